@@ -1,0 +1,300 @@
+"""The ``extmsg`` command line.
+
+A :class:`~extmsg.errors.HandledError` (bad config, broken plugin) is printed as clean
+``error:`` lines with exit code 2; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import msgspec
+from aiohttp import web
+
+from . import __version__
+from .config import Config, load_config, parse_config
+from .errors import ConfigError, HandledError
+from .plugins import Hooks, build_hooks
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "extmsg.toml"
+log = logging.getLogger("extmsg")
+
+
+class _Group(click.Group):
+    """Prints handled errors as one line each instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HandledError as exc:
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                click.echo(f"error: {line}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="extmsg")
+def main() -> None:
+    """Connect text messengers (SMS, WhatsApp, email, your own) to Unblu."""
+
+
+def _config_option(f: Any) -> Any:
+    return click.option(
+        "--config",
+        "-c",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=lambda: os.environ.get("EXTMSG_CONFIG", DEFAULT_CONFIG),
+        show_default="extmsg.toml or $EXTMSG_CONFIG",
+        help="The configuration file.",
+    )(f)
+
+
+def _load(config_path: Path) -> tuple[Config, Hooks]:
+    hooks = build_hooks()
+    return load_config(config_path, hooks.messenger_types()), hooks
+
+
+# --- plugins, check, init ---------------------------------------------------------------------
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins(as_json: bool) -> None:
+    """List the loaded plugins, their distributions and the hooks they implement."""
+    hooks = build_hooks()
+    infos = hooks.plugins()
+    if as_json:
+        click.echo(msgspec.json.encode(infos).decode())
+        return
+    for info in infos:
+        dist = f"{info.distribution} {info.version}" if info.distribution else "(not installed)"
+        tag = " [builtin]" if info.builtin else ""
+        click.echo(f"{info.name}{tag}  {dist}")
+        click.echo(f"    hooks: {', '.join(info.hooks) or '-'}")
+    messengers = hooks.messenger_types()
+    click.echo(f"messenger types: {', '.join(sorted(messengers)) or 'none'}")
+
+
+@main.command()
+@_config_option
+def check(config_path: Path) -> None:
+    """Validate the configuration and every channel's settings."""
+    config, _ = _load(config_path)
+    click.echo(
+        f"{config_path}: ok ({len(config.channels)} channel(s): "
+        f"{', '.join(f'{c.name} ({c.messenger})' for c in config.channels) or 'none'})"
+    )
+
+
+@main.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG)
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def init(path: Path, force: bool) -> None:
+    """Write a commented example configuration to PATH."""
+    from .example import EXAMPLE_CONFIG
+
+    if path.exists() and not force:
+        raise HandledError(f"{path} exists (use --force to overwrite)")
+    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    click.echo(f"wrote {path}; edit it, then run: extmsg check --config {path}")
+
+
+# --- serve ------------------------------------------------------------------------------------
+@main.command()
+@_config_option
+@click.option("--host", help="Listen address (overrides [server] host).")
+@click.option("--port", type=int, help="Listen port (overrides [server] port).")
+@click.option(
+    "--sandbox",
+    is_flag=True,
+    help="Run the Unblu sandbox and the provider fakes in-process and use them.",
+)
+@click.option("--sandbox-port", type=int, default=8091, show_default=True)
+def serve(
+    config_path: Path, host: str | None, port: int | None, sandbox: bool, sandbox_port: int
+) -> None:
+    """Run the server until SIGTERM or Ctrl-C."""
+    hooks = build_hooks()
+    if sandbox and not config_path.exists():
+        raw: dict[str, Any] = {"server": {}, "store": {"path": "var/sandbox.sqlite3"}}
+    else:
+        import tomllib
+
+        try:
+            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                [
+                    f"{config_path}: no such file (create one with 'extmsg init', "
+                    "or try 'extmsg serve --sandbox')"
+                ]
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{config_path}: not valid TOML: {exc}"]) from None
+    server = raw.setdefault("server", {})
+    if host:
+        server["host"] = host
+    if port is not None:
+        server["port"] = port
+    asyncio.run(_serve(raw, hooks, str(config_path), sandbox, sandbox_port))
+
+
+async def _serve(
+    raw: dict[str, Any], hooks: Hooks, source: str, sandbox: bool, sandbox_port: int
+) -> None:
+    from .app import create_app
+
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        if sandbox:
+            from .sandbox_mode import start_sandbox
+
+            raw = await start_sandbox(stack, raw, hooks, sandbox_port)
+        config = parse_config(raw, hooks.messenger_types(), source=source)
+        _setup_logging(config.server.log_level)
+        app = create_app(config, hooks)
+        runner = web.AppRunner(
+            app, shutdown_timeout=config.server.shutdown_timeout, access_log=None
+        )
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, config.server.host, config.server.port)
+        await site.start()
+        log.info("listening on http://%s:%d", config.server.host, config.server.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+# --- channels ---------------------------------------------------------------------------------
+@main.group()
+def channels() -> None:
+    """Channels and their Unblu counterparts."""
+
+
+@channels.command("list")
+@_config_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def channels_list(config_path: Path, as_json: bool) -> None:
+    """Show configured channels with their Unblu ids and webhook status."""
+    config, _ = _load(config_path)
+
+    async def rows() -> list[dict[str, Any]]:
+        from .store import open_store
+
+        store = open_store(config)
+        await store.open()
+        try:
+            known = {row.name: row for row in await store.list_channels()}
+        finally:
+            await store.close()
+        out = []
+        for ch in config.channels:
+            row = known.get(ch.name)
+            out.append(
+                {
+                    "name": ch.name,
+                    "messenger": ch.messenger,
+                    "unblu_channel_id": row.unblu_channel_id if row else None,
+                    "webhook_status": row.webhook_status if row else None,
+                    "endpoint": f"{config.server.base_url}/unblu/{ch.name}",
+                }
+            )
+        return out
+
+    data = asyncio.run(rows())
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for r in data:
+        click.echo(
+            f"{r['name']:<20} {r['messenger']:<12} unblu={r['unblu_channel_id'] or '-':<24} "
+            f"webhook={r['webhook_status'] or 'not provisioned'}  {r['endpoint']}"
+        )
+
+
+@channels.command("sync")
+@_config_option
+def channels_sync(config_path: Path) -> None:
+    """Create or update every channel in Unblu now."""
+    config, hooks = _load(config_path)
+    if not config.unblu.base_url:
+        raise HandledError("unblu.base_url: required to sync channels")
+
+    async def run() -> dict[str, str]:
+        from .runtime import Runtime
+        from .unblu.client import UnbluClient
+        from .unblu.provisioning import provision_channels
+
+        runtime = Runtime(config, hooks)
+        await runtime.store.open()
+        u = config.unblu
+        runtime.unblu = UnbluClient(
+            u.base_url or "", u.username, u.password, u.api_version, timeout=u.timeout
+        )
+        try:
+            return await provision_channels(runtime)
+        finally:
+            await runtime.unblu.close()
+            await runtime.store.close()
+
+    for name, channel_id in asyncio.run(run()).items():
+        click.echo(f"{name}: Unblu channel {channel_id}")
+
+
+# --- sandbox ----------------------------------------------------------------------------------
+@main.command("sandbox")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8091, show_default=True)
+@click.option("--username", default="admin", show_default=True)
+@click.option("--password", default="admin", show_default=True)
+def sandbox_cmd(host: str, port: int, username: str, password: str) -> None:
+    """Run the Unblu sandbox alone (web API under /app/rest, console under /sandbox/)."""
+    from .sandbox import run_sandbox
+
+    async def run() -> None:
+        _setup_logging("INFO")
+        server = await run_sandbox(host, port, username=username, password=password)
+        click.echo(f"Unblu sandbox: web API {server.base_url}, console {server.url}/sandbox/")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.close()
+
+    asyncio.run(run())
+
+
+def _register_optional_commands() -> None:
+    from .engine.cli import outbox
+
+    main.add_command(outbox)
+
+
+_register_optional_commands()

@@ -1,0 +1,290 @@
+"""Configuration: a TOML file plus the environment, validated with msgspec.
+
+Every problem is reported as one ``key: reason`` line (``channels[1].settings.auth_token:
+required``), all of them at once, so a user fixes a file in one pass. Any string may reference
+the environment as ``${NAME}`` or ``${NAME:-default}``; secrets belong there.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from .errors import ConfigError
+from .models import Channel, MessengerType, Recipient, Secret
+
+__all__ = [
+    "ChannelConfig",
+    "Config",
+    "EngineConfig",
+    "ServerConfig",
+    "StoreConfig",
+    "UnbluConfig",
+    "load_config",
+    "parse_config",
+]
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+ChannelName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class ServerConfig(_Section, frozen=True):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    #: How providers and Unblu reach this server (behind a proxy: the proxy's URL).
+    public_url: str | None = None
+    max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * 1024 * 1024
+    shutdown_timeout: Positive = 20.0
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+
+class StoreConfig(_Section, frozen=True):
+    #: ``sqlite`` (embedded, one instance) or ``postgres`` (several instances).
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: str = "extmsg.sqlite3"
+    dsn: Secret | None = None
+
+
+class UnbluConfig(_Section, frozen=True):
+    #: The web API prefix without the version, e.g. ``https://unblu.example.com/app/rest``.
+    base_url: str | None = None
+    api_version: Literal["v3", "v4"] = "v4"
+    username: str = ""
+    password: Secret = ""
+    timeout: Positive = 10.0
+    #: Create or update each channel in Unblu at start.
+    provision: bool = True
+    outbound_timeout_millis: Annotated[int, msgspec.Meta(ge=1000)] = 10000
+
+
+class EngineConfig(_Section, frozen=True):
+    workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 10
+    backoff_initial: Positive = 1.0
+    backoff_max: Positive = 300.0
+    lease_seconds: Positive = 60.0
+    group_commit_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+
+
+class ChannelConfig(_Section, frozen=True):
+    name: ChannelName
+    messenger: str
+    #: Unblu signs its calls to this channel with it (``webhookSecret``).
+    webhook_secret: Secret
+    engagement_type: str = "CHAT_REQUEST"
+    recipient: Recipient | None = None
+    sender_prefix: str = "{sender}: "
+    sender_fallback: str = "Agent"
+    topic: str | None = None
+    #: Refuse provider and Unblu calls with a bad signature. Off only for local development.
+    verify_signatures: bool = True
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class Config(_Section, frozen=True):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    unblu: UnbluConfig = msgspec.field(default_factory=UnbluConfig)
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    channels: list[ChannelConfig] = msgspec.field(default_factory=list)
+    #: Where the file was read from; relative store paths resolve against its folder.
+    source: str | None = None
+    #: Settings Structs per channel name, validated against the owning plugin's schema.
+    channel_settings: dict[str, Any] = msgspec.field(default_factory=dict)
+
+    def runtime_channels(self) -> list[Channel]:
+        return [
+            Channel(
+                name=ch.name,
+                messenger=ch.messenger,
+                settings=self.channel_settings.get(ch.name),
+                public_url=self.server.base_url,
+                webhook_secret=ch.webhook_secret,
+                engagement_type=ch.engagement_type,
+                recipient=ch.recipient,
+                sender_prefix=ch.sender_prefix,
+                sender_fallback=ch.sender_fallback,
+                topic=ch.topic,
+                verify_signatures=ch.verify_signatures,
+            )
+            for ch in self.channels
+        ]
+
+    def store_path(self) -> Path:
+        path = Path(self.store.path)
+        if not path.is_absolute() and self.source:
+            path = Path(self.source).parent / path
+        return path
+
+
+# --- loading ----------------------------------------------------------------------------------
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    messengers: Mapping[str, MessengerType],
+    env: Mapping[str, str] | None = None,
+) -> Config:
+    """Read and validate a config file.
+
+    :raises ConfigError: with every problem found, each naming its key.
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file (create one with 'extmsg init')"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    return parse_config(raw, messengers, env=env, source=str(path))
+
+
+def parse_config(
+    raw: dict[str, Any],
+    messengers: Mapping[str, MessengerType],
+    *,
+    env: Mapping[str, str] | None = None,
+    source: str | None = None,
+) -> Config:
+    """Validate an already parsed TOML document (see :func:`load_config`)."""
+    problems: list[str] = []
+    data = _expand_env(raw, os.environ if env is None else env, "", problems)
+    assert isinstance(data, dict)
+    data.pop("source", None)
+    data.pop("channel_settings", None)
+    _check_struct(data, Config, "", problems)
+
+    settings: dict[str, Any] = {}
+    seen: set[str] = set()
+    for i, ch in enumerate(data.get("channels") or []):
+        if not isinstance(ch, dict):
+            continue
+        where = f"channels[{i}]"
+        name = ch.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(f"{where}.name: channel {name!r} is defined twice")
+            seen.add(name)
+        messenger = ch.get("messenger")
+        if not isinstance(messenger, str):
+            continue
+        mtype = messengers.get(messenger)
+        if mtype is None:
+            known = ", ".join(sorted(messengers)) or "none installed"
+            problems.append(
+                f"{where}.messenger: unknown messenger type {messenger!r} (known: {known})"
+            )
+            continue
+        value = _check_struct(
+            ch.get("settings") or {}, mtype.settings, f"{where}.settings", problems
+        )
+        if value is not None and isinstance(name, str):
+            settings[name] = value
+
+    if problems:
+        raise ConfigError(problems, source or "config")
+    config = msgspec.convert(data, Config)
+    return msgspec.structs.replace(config, source=source, channel_settings=settings)
+
+
+def _expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+            return ""
+
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, env, _join(path, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, env, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _check_struct(data: Any, cls: type[S], path: str, problems: list[str]) -> S | None:
+    """Validate ``data`` against ``cls`` field by field, so every problem gets its own line."""
+    if not isinstance(data, dict):
+        problems.append(f"{path or '<root>'}: expected a table, got {type(data).__name__}")
+        return None
+    before = len(problems)
+    fields = msgspec.structs.fields(cls)
+    names = [f.encode_name for f in fields]
+    forbid = getattr(getattr(cls, "__struct_config__", None), "forbid_unknown_fields", False)
+    for key in data:
+        if key not in names and (forbid or (isinstance(cls, type) and issubclass(cls, _Section))):
+            hint = difflib.get_close_matches(key, names, n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.append(f"{_join(path, key)}: unknown key{extra}")
+    for field in fields:
+        key = field.encode_name
+        where = _join(path, key)
+        if key not in data:
+            if field.required:
+                problems.append(f"{where}: required")
+            continue
+        if key == "channels" and cls is Config:
+            items = data[key]
+            if not isinstance(items, list):
+                problems.append(f"{where}: expected an array of tables ([[channels]])")
+                continue
+            for i, item in enumerate(items):
+                _check_struct(item, ChannelConfig, f"channels[{i}]", problems)
+            continue
+        if key == "settings" and cls is ChannelConfig:
+            continue  # checked against the messenger's own schema
+        if isinstance(field.type, type) and issubclass(field.type, _Section):
+            _check_struct(data[key], field.type, where, problems)
+            continue
+        try:
+            msgspec.convert(data[key], field.type)
+        except msgspec.ValidationError as exc:
+            problems.append(_validation_line(where, exc))
+    if len(problems) > before:
+        return None
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
+        problems.append(_validation_line(path or "<root>", exc))
+        return None
+
+
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.S)
+
+
+def _validation_line(where: str, exc: msgspec.ValidationError) -> str:
+    match = _AT.match(str(exc))
+    assert match is not None
+    msg, at = match.group("msg"), match.group("at") or ""
+    return f"{where}{at}: {msg[0].lower() + msg[1:] if msg else 'invalid'}"

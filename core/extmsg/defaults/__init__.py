@@ -1,0 +1,1 @@
+"""The core's default behaviour, registered as plugins like any other."""

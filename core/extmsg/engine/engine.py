@@ -1,0 +1,472 @@
+"""The delivery engine: runs the store's durable jobs with bounded concurrency.
+
+* **Lanes.** The store hands out only the oldest unfinished job of a lane, and only while no
+  other job of that lane runs, so a lane's jobs run one after another while lanes run side by
+  side on up to ``workers`` slots.
+* **Leases.** A claimed job is leased; the engine renews the leases of the jobs it runs, so a
+  job that runs long is never taken for abandoned. A killed process renews nothing: its jobs
+  are claimed again once their leases run out.
+* **Failures** are classified by the caller's ``classify``; retryable ones come back after a
+  backoff (:mod:`.retry`), the rest become dead letters and are reported through ``on_dead``.
+* **Intake** goes through :class:`.GroupCommit`, so concurrent webhook writes share a
+  transaction, and wakes the dispatcher.
+* **Stopping** stops claiming, lets running jobs finish for a while, then cancels the rest and
+  gives them back to the store without counting an attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import msgspec
+
+from ..config import EngineConfig
+from ..metrics import Metrics
+from ..models import ErrorVerdict
+from ..store.base import Intake, IntakeResult, Job, Store
+from .group_commit import GroupCommit
+from .logsafe import mask
+from .retry import RetryPolicy
+
+__all__ = ["Classifier", "DeadLetterHandler", "Engine", "JobHandler"]
+
+log = logging.getLogger("extmsg.engine")
+
+JobHandler = Callable[[Job], Awaitable[None]]
+Classifier = Callable[[Job, BaseException], Awaitable[ErrorVerdict]]
+DeadLetterHandler = Callable[[Job, ErrorVerdict], Awaitable[None]]
+
+_MAX_ERROR_TEXT = 2000
+
+
+class _Run:
+    """A job this engine holds a lease on."""
+
+    __slots__ = ("handler", "job", "released", "worker")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.worker: asyncio.Task[None] | None = None
+        self.handler: asyncio.Task[None] | None = None
+        self.released = False
+
+    @property
+    def in_handler(self) -> bool:
+        return self.handler is not None and not self.handler.done()
+
+
+class Engine:
+    """Durable jobs: register a handler per job kind, :meth:`start`, :meth:`intake` work.
+
+    :param classify: turns a handler's exception into a verdict (retryable or not).
+    :param on_dead: called once when a job gives up, before it is buried; what it raises is
+        logged and noted in the job's last error.
+    :param clock: wall-clock time, the time base of the store's ``next_at``.
+    :param poll_interval: the longest the dispatcher sleeps without being woken; bounds how
+        late it notices work it was not told about (other processes, expired leases).
+    :param intake_max_batch: items after which a group commit is written without waiting.
+    :param counts_interval: how often queue depth metrics are refreshed from the store.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: EngineConfig,
+        *,
+        classify: Classifier,
+        on_dead: DeadLetterHandler | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+        poll_interval: float = 1.0,
+        intake_max_batch: int = 256,
+        counts_interval: float = 15.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.policy = RetryPolicy.from_config(config, rng)
+        self._classify = classify
+        self._on_dead = on_dead
+        self._metrics = metrics
+        self._clock = clock
+        self._poll = max(poll_interval, 0.001)
+        self._counts_interval = counts_interval
+        self._handlers: dict[str, JobHandler] = {}
+        self._runs: dict[int, _Run] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._due: list[float] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._started = False
+        self._intake = GroupCommit(
+            store,
+            window=config.group_commit_ms / 1000.0,
+            max_items=intake_max_batch,
+            on_commit=self._committed,
+            metrics=metrics,
+        )
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def register(self, kind: str, handler: JobHandler) -> None:
+        """Run ``handler`` for jobs of ``kind``; a kind has one handler."""
+        if kind in self._handlers:
+            raise ValueError(f"a handler for job kind {kind!r} is already registered")
+        self._handlers[kind] = handler
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._handlers)
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopping
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs this engine holds right now."""
+        return len(self._runs)
+
+    @property
+    def intake_transactions(self) -> int:
+        """Transactions the group commit has written."""
+        return self._intake.transactions
+
+    # -- intake ---------------------------------------------------------------------------------
+    async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
+        """Store messages and jobs durably (shared transaction); return this call's results.
+
+        When it returns, the work is committed and may be acknowledged. When it raises, none of
+        ``items`` was stored.
+        """
+        return await self._intake.submit(items)
+
+    def wake(self) -> None:
+        """Tell the dispatcher there may be work to claim now."""
+        self._wake.set()
+
+    def _committed(self, items: Sequence[Intake], results: Sequence[IntakeResult]) -> None:
+        now = self._clock()
+        enqueued = False
+        for item, result in zip(items, results, strict=True):
+            if item.job is None or not result.accepted:
+                continue
+            enqueued = True
+            if item.job.delay > 0:
+                heapq.heappush(self._due, now + item.job.delay)
+        if enqueued:
+            self.wake()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start claiming and running jobs (the store must be open)."""
+        if self._started:
+            return
+        self._started = True
+        self._stopping = False
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._dispatch(), name="extmsg-engine-dispatch"),
+            loop.create_task(self._renew_leases(), name="extmsg-engine-leases"),
+        ]
+        if self._metrics is not None:
+            self._tasks.append(
+                loop.create_task(self._refresh_counts(), name="extmsg-engine-counts")
+            )
+        log.info(
+            "delivery engine started: %d workers, job kinds %s",
+            self.config.workers,
+            ", ".join(self.kinds) or "none",
+        )
+
+    async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - a grace period
+        """Stop claiming; give running jobs ``timeout`` seconds to finish, then cancel them and
+        give them back to the store without counting an attempt; write pending intakes."""
+        if self._started and not self._stopping:
+            self._stopping = True
+            self.wake()
+            dispatcher, *others = self._tasks
+            await asyncio.gather(dispatcher, return_exceptions=True)
+            await self._finish_or_release(max(timeout, 0.0))
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            self._tasks = []
+            self._started = False
+            log.info("delivery engine stopped")
+        await self._intake.drain()
+
+    async def _finish_or_release(self, grace: float) -> None:
+        if not self._workers:
+            return
+        _, pending = await asyncio.wait(set(self._workers), timeout=grace)
+        if not pending:
+            return
+        held = list(self._runs.values())
+        for run in held:
+            if run.in_handler and run.handler is not None:
+                run.released = True
+                run.handler.cancel()
+        # Workers that were recording an outcome get a moment more; then they are cut off too.
+        _, stuck = await asyncio.wait(pending, timeout=5.0)
+        for task in stuck:
+            task.cancel()
+        await asyncio.gather(*stuck, return_exceptions=True)
+        ids = [run.job.id for run in held if run.released or run.worker in stuck]
+        self._runs.clear()
+        try:
+            await self.store.release_jobs(ids)
+        except Exception:
+            log.exception(
+                "giving back %d unfinished job(s) failed; they run again once their leases expire",
+                len(ids),
+            )
+            return
+        log.warning(
+            "stopped with %d job(s) unfinished after %.1fs; they were given back to the queue",
+            len(ids),
+            grace,
+        )
+
+    # -- dispatching ----------------------------------------------------------------------------
+    async def _dispatch(self) -> None:
+        while not self._stopping:
+            try:
+                await self._dispatch_once()
+            except Exception:
+                log.exception("the job dispatcher failed; it goes on in %.1fs", self._poll)
+                await self._sleep(self._poll)
+
+    async def _dispatch_once(self) -> None:
+        """Claim what free slots allow, then sleep until woken, something is due, or the poll
+        interval passed."""
+        self._wake.clear()
+        free = self.config.workers - len(self._runs)
+        if free <= 0:
+            await self._sleep(self._poll)  # a finishing job wakes us
+            return
+        claimed_at = self._clock()
+        try:
+            jobs = await self.store.claim_jobs(free, self.config.lease_seconds)
+        except Exception:
+            log.exception("claiming jobs failed; trying again in %.1fs", self._poll)
+            await self._sleep(self._poll)
+            return
+        if self._stopping:
+            await self._give_back(jobs)
+            return
+        for job in jobs:
+            self._launch(job)
+        while self._due and self._due[0] <= claimed_at:
+            heapq.heappop(self._due)
+        if len(jobs) < free:
+            await self._sleep(self._until_due())
+
+    def _until_due(self) -> float:
+        if not self._due:
+            return self._poll
+        # a little past the due time, so the store's clock has passed it as well
+        return min(self._poll, max(self._due[0] - self._clock(), 0.0) + 0.005)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+
+    async def _give_back(self, jobs: Sequence[Job]) -> None:
+        if not jobs:
+            return
+        try:
+            await self.store.release_jobs([job.id for job in jobs])
+        except Exception:
+            log.exception("giving back %d claimed job(s) failed", len(jobs))
+
+    def _launch(self, job: Job) -> None:
+        run = _Run(job)
+        self._runs[job.id] = run
+        task = asyncio.get_running_loop().create_task(self._work(run), name=f"extmsg-job-{job.id}")
+        run.worker = task
+        self._workers.add(task)
+        task.add_done_callback(self._workers.discard)
+
+    # -- running one job ------------------------------------------------------------------------
+    async def _work(self, run: _Run) -> None:
+        job = run.job
+        try:
+            if job.attempts >= self.policy.max_attempts:
+                # Its earlier attempts were lost with their workers (expired leases).
+                verdict = ErrorVerdict(
+                    retryable=True,
+                    reason=job.last_error or "its workers stopped before it finished",
+                    code="lease-expired",
+                )
+                await self._give_up(
+                    job, verdict, f"gave up after {job.attempts} attempts", job.attempts
+                )
+                return
+            handler = self._handlers.get(job.kind)
+            if handler is None:
+                verdict = ErrorVerdict(
+                    retryable=False,
+                    reason=f"no handler is registered for job kind {job.kind!r}",
+                    code="unknown-kind",
+                )
+                await self._give_up(job, verdict, "unknown job kind", job.attempts + 1)
+                return
+            started = time.perf_counter()
+            run.handler = asyncio.get_running_loop().create_task(
+                _call(handler, job), name=f"extmsg-job-{job.id}-handler"
+            )
+            try:
+                await asyncio.wait({run.handler})
+            except asyncio.CancelledError:
+                run.handler.cancel()
+                raise
+            if self._metrics is not None:
+                self._metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
+            if run.handler.cancelled():
+                if run.released:
+                    return
+                error: BaseException | None = asyncio.CancelledError(
+                    "the job's handler was cancelled"
+                )
+            else:
+                error = run.handler.exception()
+            if error is None:
+                await self.store.complete_job(job.id)
+                self._count(job, "done")
+            else:
+                await self._failed(job, error)
+        except Exception:
+            log.exception(
+                "recording the outcome of job %d (%s) failed; it runs again once its lease expires",
+                job.id,
+                job.kind,
+            )
+        finally:
+            if not run.released:
+                self._runs.pop(job.id, None)
+            self.wake()
+
+    async def _failed(self, job: Job, error: BaseException) -> None:
+        attempt = job.attempts + 1
+        verdict = await self._verdict(job, error)
+        decision = self.policy.decide(attempt, verdict)
+        if not decision.retry:
+            await self._give_up(job, verdict, decision.why, attempt)
+            return
+        next_at = self._clock() + decision.delay
+        await self.store.reschedule_job(job.id, next_at, _error_text(verdict))
+        heapq.heappush(self._due, next_at)
+        self._count(job, "retry")
+        log.warning(
+            "job %d (%s, lane %s) failed on attempt %d of %d, next try in %.1fs: %s",
+            job.id,
+            job.kind,
+            mask(job.lane),
+            attempt,
+            self.policy.max_attempts,
+            decision.delay,
+            mask(verdict.reason),
+        )
+
+    async def _verdict(self, job: Job, error: BaseException) -> ErrorVerdict:
+        try:
+            return await self._classify(job, error)
+        except Exception:
+            log.exception(
+                "classifying the error of job %d (%s) failed; treating it as retryable",
+                job.id,
+                job.kind,
+            )
+            return ErrorVerdict(retryable=True, reason=f"{type(error).__name__}: {error}")
+
+    async def _give_up(self, job: Job, verdict: ErrorVerdict, why: str, attempts: int) -> None:
+        """Report the job as failed, then make it a dead letter.
+
+        Reporting comes first: if the process dies in between, the job runs (and fails, and
+        is reported) again, rather than staying buried without anyone being told.
+        """
+        final = msgspec.structs.replace(verdict, reason=f"{verdict.reason} ({why})")
+        error = _error_text(final)
+        if self._on_dead is not None:
+            try:
+                await self._on_dead(job, final)
+            except Exception as exc:
+                log.error(
+                    "reporting dead job %d (%s) as failed raised %s",
+                    job.id,
+                    job.kind,
+                    type(exc).__name__,
+                    exc_info=exc,
+                )
+                error = _truncate(f"{error}; reporting the failure raised {type(exc).__name__}")
+        await self.store.bury_job(job.id, error)
+        self._count(job, "dead")
+        log.error(
+            "job %d (%s, lane %s) is a dead letter after %d attempt(s): %s",
+            job.id,
+            job.kind,
+            mask(job.lane),
+            attempts,
+            mask(final.reason),
+        )
+
+    def _count(self, job: Job, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.jobs_finished.labels(job.kind, outcome).inc()
+
+    # -- housekeeping ---------------------------------------------------------------------------
+    async def _renew_leases(self) -> None:
+        lease = self.config.lease_seconds
+        while True:
+            await asyncio.sleep(max(lease / 3.0, 0.01))
+            ids = list(self._runs)
+            if not ids:
+                continue
+            try:
+                renewed = set(await self.store.renew_lease(ids, lease))
+            except Exception:
+                log.exception("renewing the leases of %d running job(s) failed", len(ids))
+                continue
+            lost = [
+                i for i in ids if i not in renewed and (run := self._runs.get(i)) and run.in_handler
+            ]
+            if lost:
+                log.warning(
+                    "lost the lease of running job(s) %s; another worker may run them as well",
+                    ", ".join(map(str, lost)),
+                )
+
+    async def _refresh_counts(self) -> None:
+        metrics = self._metrics
+        assert metrics is not None
+        while True:
+            try:
+                counts = await self.store.job_counts()
+            except Exception:
+                log.warning("reading job counts failed", exc_info=True)
+            else:
+                for state in ("ready", "running", "dead"):
+                    metrics.queue_depth.labels(state).set(counts.get(state, 0))
+                metrics.dead_letters.set(counts.get("dead", 0))
+            await asyncio.sleep(self._counts_interval)
+
+
+async def _call(handler: JobHandler, job: Job) -> None:
+    await handler(job)
+
+
+def _error_text(verdict: ErrorVerdict) -> str:
+    code = f" [code {verdict.code}]" if verdict.code else ""
+    return _truncate(f"{verdict.reason}{code}")
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 1] + "…"

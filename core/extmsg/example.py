@@ -1,0 +1,79 @@
+"""The commented example configuration ``extmsg init`` writes."""
+
+from __future__ import annotations
+
+EXAMPLE_CONFIG = """\
+# extmsg configuration. Validate with: extmsg check --config extmsg.toml
+# Any string may read the environment: "${NAME}" or "${NAME:-default}". Keep secrets there.
+
+[server]
+host = "0.0.0.0"
+port = 8080
+# How Unblu and the providers reach this server (behind a proxy: the proxy's URL).
+# Signatures are checked against this URL.
+public_url = "https://connector.example.com"
+log_level = "INFO"
+
+[store]
+# Embedded SQLite (WAL); a relative path is relative to this file.
+backend = "sqlite"
+path = "var/extmsg.sqlite3"
+
+[unblu]
+# The web API prefix without the version.
+base_url = "https://unblu.example.com/app/rest"
+# "v4" for Unblu 8, "v3" for Unblu 6 and 7.
+api_version = "v4"
+username = "${UNBLU_USERNAME}"
+password = "${UNBLU_PASSWORD}"
+timeout = 10.0
+# Create or update each channel in Unblu when the server starts.
+provision = true
+
+[engine]
+workers = 16
+max_attempts = 10
+backoff_initial = 1.0
+backoff_max = 300.0
+
+# One [[channels]] table per messenger account.
+[[channels]]
+name = "sms"
+messenger = "sms_twilio"
+# Unblu signs its calls to this channel with this secret.
+webhook_secret = "${SMS_WEBHOOK_SECRET}"
+# How new conversations open: CHAT_REQUEST, OFFLINE_CHAT_REQUEST, ...
+engagement_type = "CHAT_REQUEST"
+# Without a recipient the conversation waits in the queue; or name an agent or a team:
+# recipient = { type = "TEAM", id = "support-team-id" }
+# What the customer sees before an agent's text; {sender} is the agent's name.
+sender_prefix = "{sender}: "
+sender_fallback = "Support"
+
+[channels.settings]
+account_sid = "${TWILIO_ACCOUNT_SID}"
+auth_token = "${TWILIO_AUTH_TOKEN}"
+from_number = "+15005550006"
+
+# [[channels]]
+# name = "whatsapp-main"
+# messenger = "whatsapp"
+# webhook_secret = "${WA_WEBHOOK_SECRET}"
+# [channels.settings]
+# phone_number_id = "123456789012345"
+# access_token = "${WA_ACCESS_TOKEN}"
+# app_secret = "${WA_APP_SECRET}"
+# verify_token = "${WA_VERIFY_TOKEN}"
+# template_name = "reopen_conversation"
+
+# [[channels]]
+# name = "mail"
+# messenger = "email_smtp"
+# webhook_secret = "${MAIL_WEBHOOK_SECRET}"
+# [channels.settings]
+# address = "support@example.com"
+# display_name = "Example Support"
+# smtp_host = "smtp.example.com"
+# smtp_username = "support@example.com"
+# smtp_password = "${SMTP_PASSWORD}"
+"""

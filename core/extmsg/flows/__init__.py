@@ -1,0 +1,77 @@
+"""The message flows between messengers and Unblu, each step a durable job.
+
+* :mod:`.accept` — a provider's request becomes stored events and jobs (then the ack);
+* :mod:`.to_unblu` — a contact's message is posted into its Unblu conversation;
+* :mod:`.to_messenger` — an agent's message is rendered and sent to the contact;
+* :mod:`.states` — delivery states in both directions, forward only.
+
+Unblu's own calls enter through :mod:`extmsg.unblu.endpoint`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..models import Channel, ErrorVerdict, MessageState
+from ..runtime import Runtime
+from ..store.base import Intake, Job
+from . import payloads as p
+from .states import apply_contact_update, apply_provider_status, mark_read, report_state
+from .to_messenger import deliver_to_messenger, report_state_job
+from .to_unblu import deliver_to_unblu
+
+__all__ = ["channel_of_job", "on_dead", "register_jobs"]
+
+log = logging.getLogger("extmsg.flows")
+
+_HANDLERS: dict[type[Any], Callable[[Runtime, Job, Any], Awaitable[None]]] = {
+    p.ToUnbluJob: deliver_to_unblu,
+    p.OutboundMessageJob: deliver_to_messenger,
+    p.ProviderStatusJob: apply_provider_status,
+    p.UnbluStateJob: report_state,
+    p.MarkReadJob: mark_read,
+    p.ContactJob: apply_contact_update,
+}
+
+
+def register_jobs(runtime: Runtime) -> None:
+    """Register one engine handler per job kind."""
+    assert runtime.engine is not None
+    for payload_type, handler in _HANDLERS.items():
+        runtime.engine.register(payload_type.__struct_config__.tag, _bind(runtime, handler))
+
+
+def _bind(
+    runtime: Runtime, handler: Callable[[Runtime, Job, Any], Awaitable[None]]
+) -> Callable[[Job], Awaitable[None]]:
+    async def run(job: Job) -> None:
+        await handler(runtime, job, p.decode(job.payload))
+
+    return run
+
+
+def channel_of_job(runtime: Runtime, job: Job) -> Channel | None:
+    try:
+        return runtime.channels.get(p.decode(job.payload).channel)
+    except Exception:
+        return None
+
+
+async def on_dead(runtime: Runtime, job: Job, verdict: ErrorVerdict) -> None:
+    """A job gave up. An agent message is reported to Unblu as failed, with the reason."""
+    payload = p.decode(job.payload)
+    log.warning("job %d (%s) is a dead letter: %s", job.id, job.kind, verdict.reason)
+    if not isinstance(payload, p.OutboundMessageJob):
+        return
+    await runtime.store.advance_state(payload.message_id, MessageState.FAILED, verdict.reason)
+    report = p.UnbluStateJob(
+        channel=payload.channel,
+        message_id=payload.message_id,
+        state="failed",
+        failure_text=verdict.reason,
+        terminal=not verdict.retryable,
+    )
+    assert runtime.engine is not None
+    await runtime.engine.intake([Intake(job=report_state_job(report))])

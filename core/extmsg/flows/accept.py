@@ -1,0 +1,178 @@
+"""Where a provider's request enters: verify, parse, store durably, acknowledge.
+
+Nothing is acknowledged before its events and their jobs are committed (one group-committed
+transaction, deduplicated by channel and provider message id), so a provider that got our
+``200`` can forget the request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from ..errors import BadInbound, SignatureError
+from ..models import (
+    Channel,
+    ContactUpdate,
+    HttpReply,
+    InboundEvent,
+    InboundMessage,
+    InboundRequest,
+    Route,
+    StatusUpdate,
+)
+from ..runtime import RUNTIME, Runtime
+from ..store.base import Intake, IntakeResult, NewJob, NewMessage
+from . import payloads as p
+
+__all__ = ["accept_events", "provider_request"]
+
+log = logging.getLogger("extmsg.inbound")
+
+
+async def provider_request(request: web.Request, messenger: str, route: Route) -> web.Response:
+    runtime = request.app[RUNTIME]
+    status = 500
+    try:
+        response = await _handle(runtime, request, messenger, route)
+        status = response.status
+        return response
+    finally:
+        runtime.metrics.inbound_requests.labels(messenger, route.name, str(status)).inc()
+
+
+async def _handle(
+    runtime: Runtime, request: web.Request, messenger: str, route: Route
+) -> web.Response:
+    if route.scope == "channel":
+        name = request.match_info["channel"]
+        channel = runtime.channels.get(name)
+        if channel is None or channel.messenger != messenger:
+            return _error(404, f"no {messenger} channel named {name!r}")
+        channels = [channel]
+    else:
+        channels = runtime.channels_of(messenger)
+    ireq = InboundRequest(
+        method=request.method,
+        url=public_url(runtime, request),
+        path=request.path,
+        route=route.name,
+        query=tuple(request.query.items()),
+        headers=_headers(request),
+        body=await request.read(),
+    )
+    if route.kind == "handler":
+        if route.handler is None:
+            return _error(500, f"route {route.name!r} has no handler")
+        return _response(await route.handler(ireq, channels))
+
+    if any(ch.verify_signatures for ch in channels):
+        try:
+            verified = await runtime.hooks.verify_inbound(messenger, ireq, channels)
+        except SignatureError as exc:
+            log.warning("%s %s: refused: %s", messenger, route.name, exc)
+            return _error(403, f"signature check failed: {exc}")
+        if not verified:
+            return _error(403, f"no plugin verifies {messenger} requests; refused")
+    try:
+        events = await runtime.hooks.parse_inbound(messenger, ireq, channels)
+    except BadInbound as exc:
+        return _error(400, str(exc))
+    if events is None:
+        return _error(500, f"no plugin parses {messenger} requests")
+    try:
+        await accept_events(runtime, channels, events)
+    except BadInbound as exc:
+        return _error(400, str(exc))
+    return _response(await runtime.hooks.render_ack(messenger, ireq, events))
+
+
+async def accept_events(
+    runtime: Runtime, channels: Sequence[Channel], events: Sequence[InboundEvent]
+) -> list[IntakeResult]:
+    """Store ``events`` and their jobs durably; return one result per event."""
+    names = {ch.name for ch in channels}
+    items: list[Intake] = []
+    for event in events:
+        channel = event.channel or (channels[0].name if len(channels) == 1 else None)
+        if channel is None or channel not in names:
+            raise BadInbound(f"event for unknown channel {event.channel!r}")
+        items.append(_intake(channel, event))
+    if not items:
+        return []
+    assert runtime.engine is not None
+    results = await runtime.engine.intake(items)
+    for event, result in zip(events, results, strict=True):
+        runtime.metrics.inbound_events.labels(
+            event.channel or channels[0].name,
+            type(event).__struct_config__.tag,
+            "accepted" if result.accepted else "duplicate",
+        ).inc()
+    return results
+
+
+def _intake(channel: str, event: InboundEvent) -> Intake:
+    if isinstance(event, InboundMessage):
+        message_id = p.new_id()
+        thread = event.thread_id
+        return Intake(
+            message=NewMessage(
+                id=message_id,
+                channel=channel,
+                direction="in",
+                thread=thread,
+                provider_message_id=event.provider_message_id,
+            ),
+            job=_job(
+                p.ToUnbluJob(channel=channel, message_id=message_id, message=event),
+                p.lane(channel, thread),
+            ),
+        )
+    if isinstance(event, StatusUpdate):
+        key = event.message_ref or event.provider_message_id or "unknown"
+        job = p.ProviderStatusJob(channel=channel, update=event)
+        return Intake(job=_job(job, p.lane(channel, f"status:{key}")))
+    if isinstance(event, ContactUpdate):
+        contact_job = p.ContactJob(channel=channel, update=event)
+        return Intake(job=_job(contact_job, p.lane(channel, event.address)))
+    raise BadInbound(f"unsupported event {type(event).__name__}")
+
+
+def _job(payload: p.JobPayload, lane: str) -> NewJob:
+    return NewJob(kind=p.kind(payload), lane=lane, payload=p.encode(payload))
+
+
+def public_url(runtime: Runtime, request: web.Request) -> str:
+    """The URL the caller used, as seen from outside (what providers sign).
+
+    ``server.public_url`` wins; without it ``X-Forwarded-Proto``/``X-Forwarded-Host`` from a
+    proxy are honoured, and the request's own URL is the last resort.
+    """
+    configured = runtime.config.server.public_url
+    if configured:
+        return configured.rstrip("/") + request.path_qs
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
+    host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
+    if proto or host:
+        return f"{proto or request.scheme}://{host or request.host}{request.path_qs}"
+    return str(request.url)
+
+
+def _headers(request: web.Request) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in request.headers.items():
+        k = key.lower()
+        out[k] = f"{out[k]},{value}" if k in out else value
+    return out
+
+
+def _response(reply: HttpReply) -> web.Response:
+    resp = web.Response(status=reply.status, body=reply.body, headers=dict(reply.headers))
+    resp.content_type = reply.content_type
+    return resp
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)

@@ -1,0 +1,108 @@
+"""What a job carries: one tagged Struct per job kind, stored as JSON in the job's payload.
+
+The tag is the job kind, so ``decode`` needs nothing but the payload.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+import msgspec
+
+from ..models import ContactUpdate, InboundMessage, StatusUpdate
+from ..unblu.calls import AgentMessage
+
+__all__ = [
+    "ContactJob",
+    "JobPayload",
+    "MarkReadJob",
+    "OutboundMessageJob",
+    "ProviderStatusJob",
+    "ToUnbluJob",
+    "UnbluStateJob",
+    "decode",
+    "encode",
+    "lane",
+    "new_id",
+]
+
+
+class _Payload(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
+    channel: str
+
+
+class ToUnbluJob(_Payload, frozen=True, tag="to_unblu.message"):
+    """A contact's message to post into Unblu."""
+
+    message_id: str
+    message: InboundMessage
+
+
+class OutboundMessageJob(_Payload, frozen=True, tag="to_messenger.message"):
+    """An agent's message to send to the contact."""
+
+    message_id: str
+    message: AgentMessage
+    contact_address: str | None = None
+    thread: str | None = None
+
+
+class ProviderStatusJob(_Payload, frozen=True, tag="to_unblu.provider_status"):
+    """The provider's status for a message we sent, to correlate and report to Unblu."""
+
+    update: StatusUpdate
+
+
+class UnbluStateJob(_Payload, frozen=True, tag="to_unblu.state"):
+    """Report an agent message's state to Unblu (sent / delivered / read / failed)."""
+
+    message_id: str
+    state: Literal["sent", "delivered", "read", "failed"]
+    failure_text: str | None = None
+    terminal: bool = True
+
+
+class MarkReadJob(_Payload, frozen=True, tag="to_messenger.read"):
+    """An agent read a contact's message: tell the provider."""
+
+    provider_message_id: str
+
+
+class ContactJob(_Payload, frozen=True, tag="contact.update"):
+    """A contact opted out or back in."""
+
+    update: ContactUpdate
+
+
+JobPayload = (
+    ToUnbluJob | OutboundMessageJob | ProviderStatusJob | UnbluStateJob | MarkReadJob | ContactJob
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(JobPayload)
+
+
+def encode(payload: JobPayload) -> bytes:
+    return _encoder.encode(payload)
+
+
+def decode(data: bytes) -> JobPayload:
+    payload: JobPayload = _decoder.decode(data)
+    return payload
+
+
+def kind(payload: JobPayload) -> str:
+    tag = type(payload).__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+def lane(channel: str, key: str) -> str:
+    """The ordering key: jobs with the same lane run one after another."""
+    return f"{channel}/{key}"
+
+
+def new_id() -> str:
+    """Our id for a message (Unblu's ``externalMessageId``, providers' references)."""
+    return uuid.uuid4().hex

@@ -1,0 +1,96 @@
+"""Message states: the provider's statuses and Unblu's reads, correlated and passed on.
+
+States only move forward (``Store.advance_state``); a status that arrives late or twice changes
+nothing and reports nothing. Unblu hears only the latest state a message reached.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import PermanentError, RetryableError
+from ..models import MessageState
+from ..runtime import Runtime
+from ..store.base import Intake, Job, MessageRow
+from . import payloads as p
+from .to_messenger import report_state_job
+
+__all__ = ["apply_provider_status", "mark_read", "report_state"]
+
+log = logging.getLogger("extmsg.states")
+
+
+async def apply_provider_status(runtime: Runtime, job: Job, payload: p.ProviderStatusJob) -> None:
+    update = payload.update
+    row = await _correlate(runtime, payload)
+    if row is None:
+        # The status can outrun the commit of the provider's id after a send.
+        raise RetryableError("no sent message matches this status yet")
+    state = MessageState.parse(update.state)
+    error = update.error_text or (
+        f"provider error {update.error_code}" if update.error_code else None
+    )
+    if not await runtime.store.advance_state(row.id, state, error):
+        return
+    report = p.UnbluStateJob(
+        channel=payload.channel,
+        message_id=row.id,
+        state=update.state,
+        failure_text=error,
+        terminal=True,
+    )
+    assert runtime.engine is not None
+    await runtime.engine.intake([Intake(job=report_state_job(report))])
+
+
+async def _correlate(runtime: Runtime, payload: p.ProviderStatusJob) -> MessageRow | None:
+    """By our own id first (providers echo it back), then by the provider's id."""
+    update = payload.update
+    if update.message_ref:
+        row = await runtime.store.get_message(update.message_ref)
+        if row is not None and row.channel == payload.channel and row.direction == "out":
+            return row
+    if update.provider_message_id:
+        return await runtime.store.find_message(
+            payload.channel, "out", provider_message_id=update.provider_message_id
+        )
+    return None
+
+
+async def report_state(runtime: Runtime, job: Job, payload: p.UnbluStateJob) -> None:
+    row = await runtime.store.get_message(payload.message_id)
+    if row is None:
+        raise PermanentError(f"message {payload.message_id} is not in the store")
+    if row.state != MessageState.parse(payload.state):
+        return  # a later state was reached; it has its own report
+    if not row.conversation_id or not row.unblu_message_id:
+        raise PermanentError(f"message {payload.message_id} has no Unblu ids")
+    client = runtime.unblu_client()
+    channel_id = runtime.unblu_channel_id(payload.channel)
+    if payload.state == "sent":
+        await client.message_sent(channel_id, row.conversation_id, row.unblu_message_id)
+    elif payload.state == "delivered":
+        await client.message_delivered(channel_id, row.conversation_id, row.unblu_message_id)
+    elif payload.state == "read":
+        await client.message_read(channel_id, row.conversation_id, row.unblu_message_id)
+    else:
+        await client.message_send_failed(
+            channel_id,
+            row.conversation_id,
+            row.unblu_message_id,
+            terminal=payload.terminal,
+            failure_text=payload.failure_text or "The message could not be delivered.",
+        )
+
+
+async def mark_read(runtime: Runtime, job: Job, payload: p.MarkReadJob) -> None:
+    channel = runtime.channel(payload.channel)
+    if not await runtime.hooks.mark_read(channel, payload.provider_message_id):
+        log.debug("channel %s has no read receipts", channel.name)
+
+
+async def apply_contact_update(runtime: Runtime, job: Job, payload: p.ContactJob) -> None:
+    update = payload.update
+    await runtime.store.set_opt_out(
+        payload.channel, update.address, update.opted_out, update.reason
+    )

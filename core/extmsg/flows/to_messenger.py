@@ -1,0 +1,125 @@
+"""An agent's message on its way out: resolve the contact, render, send, record.
+
+Runs as the ``to_messenger.message`` job, in order per conversation. The provider's id is
+stored as soon as the provider accepted the message, and the state report to Unblu is a job of
+its own, so a failing Unblu call never causes a second send. What remains is the window between
+the provider accepting and our commit (a crash there sends once more on restart).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import PermanentError
+from ..models import Attachment, Contact, MessageState, OutboundMessage
+from ..runtime import Runtime
+from ..store.base import Intake, Job, NewJob
+from ..unblu.calls import AgentMessage
+from . import payloads as p
+
+__all__ = ["deliver_to_messenger", "report_state_job"]
+
+log = logging.getLogger("extmsg.to_messenger")
+
+
+async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMessageJob) -> None:
+    channel = runtime.channel(payload.channel)
+    stored = await runtime.store.get_message(payload.message_id)
+    if stored is not None and stored.provider_message_id:
+        # Sent before a crash or a failed report: only the report is missing.
+        await _enqueue_report(runtime, payload)
+        return
+    agent = payload.message
+    address, thread = await _recipient(runtime, payload)
+    contact_row = await runtime.store.get_contact(channel.name, address)
+    if contact_row is not None and contact_row.opted_out:
+        reason = f" ({contact_row.opted_out_reason})" if contact_row.opted_out_reason else ""
+        raise PermanentError(
+            f"Not sent: the customer opted out of messages on this channel{reason}. "
+            "They have to opt in again (e.g. reply START) before they can be reached here."
+        )
+    message = OutboundMessage(
+        id=payload.message_id,
+        unblu_message_id=agent.id,
+        conversation_id=agent.conversation_id,
+        contact=Contact(address=address, name=contact_row.name if contact_row else None),
+        text=_text(agent),
+        attachment=await _attachment(runtime, agent),
+        sender_name=agent.sender_display_name,
+        thread=thread,
+        reply_to=await _reply_to(runtime, channel.name, agent),
+        last_inbound_at=await runtime.store.last_inbound_at(channel.name, thread),
+    )
+    parts = await runtime.hooks.render_outbound(channel, message)
+    if not parts:
+        raise PermanentError("the message has nothing this channel can send")
+    first: str | None = None
+    for part in parts:
+        result = await runtime.hooks.send(channel, part)
+        if first is None:
+            first = result.provider_message_id
+            await runtime.store.update_message(payload.message_id, provider_message_id=first)
+    await runtime.store.advance_state(payload.message_id, MessageState.SENT)
+    await _enqueue_report(runtime, payload)
+
+
+async def _recipient(runtime: Runtime, payload: p.OutboundMessageJob) -> tuple[str, str]:
+    """The contact's address and the thread, from what we know of the conversation."""
+    conversation = await runtime.store.find_conversation(payload.message.conversation_id)
+    if conversation is not None:
+        return conversation.contact_address, conversation.thread
+    if payload.contact_address:
+        return payload.contact_address, payload.thread or payload.contact_address
+    remote = await runtime.unblu_client().get_conversation(payload.message.conversation_id)
+    if remote.source_id:
+        return remote.source_id, remote.source_id
+    raise PermanentError("Not sent: this conversation is not linked to a contact of the channel")
+
+
+def _text(agent: AgentMessage) -> str | None:
+    if agent.type == "FILE":
+        return None
+    return agent.text if agent.text is not None else agent.fallback_text
+
+
+async def _attachment(runtime: Runtime, agent: AgentMessage) -> Attachment | None:
+    if agent.type != "FILE":
+        return None
+    if not agent.download_url:
+        raise PermanentError("Not sent: the file has no download link yet")
+    data, mime = await runtime.unblu_client().download(agent.download_url)
+    return Attachment(
+        file_name=agent.file_name or "file",
+        mime_type=agent.mime_type or mime or "application/octet-stream",
+        data=data,
+        caption=agent.caption,
+    )
+
+
+async def _reply_to(runtime: Runtime, channel: str, agent: AgentMessage) -> str | None:
+    if not agent.reply_to_message_id:
+        return None
+    row = await runtime.store.find_message(
+        channel, "in", unblu_message_id=agent.reply_to_message_id
+    )
+    if row is None:
+        row = await runtime.store.find_message(
+            channel, "out", unblu_message_id=agent.reply_to_message_id
+        )
+    return row.provider_message_id if row else None
+
+
+async def _enqueue_report(runtime: Runtime, payload: p.OutboundMessageJob) -> None:
+    report = p.UnbluStateJob(channel=payload.channel, message_id=payload.message_id, state="sent")
+    assert runtime.engine is not None
+    await runtime.engine.intake([Intake(job=report_state_job(report))])
+
+
+def report_state_job(report: p.UnbluStateJob) -> NewJob:
+    """The job reporting ``report`` to Unblu, in the message's own lane so states keep order."""
+    return NewJob(
+        kind=p.kind(report),
+        lane=p.lane(report.channel, f"state:{report.message_id}"),
+        payload=p.encode(report),
+        message_id=report.message_id,
+    )

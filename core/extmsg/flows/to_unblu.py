@@ -1,0 +1,161 @@
+"""A contact's message on its way into Unblu: contact, conversation, sendMessage.
+
+Runs as the ``to_unblu.message`` job, in order per channel thread. The contact and the active
+conversation are remembered in the store, so the usual message costs one Unblu call. When
+Unblu says the conversation is over, the message opens a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import PermanentError
+from ..models import Channel, Contact, InboundMessage, MessageState
+from ..runtime import Runtime
+from ..store.base import ContactRow, ConversationRow, Job
+from ..unblu.client import ContactRef, Recipient
+from ..unblu.errors import UnbluError
+from . import payloads as p
+
+__all__ = ["deliver_to_unblu"]
+
+log = logging.getLogger("extmsg.to_unblu")
+
+
+async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) -> None:
+    channel = runtime.channel(payload.channel)
+    message = payload.message
+    stored = await runtime.store.get_message(payload.message_id)
+    if stored is not None and stored.unblu_message_id:
+        return  # posted before a crash; only the job's completion was lost
+    contact = await runtime.hooks.map_contact(channel, message.contact)
+    ref = await _contact_ref(runtime, channel, contact)
+    conversation_id = await _conversation(runtime, channel, contact, ref, message)
+    try:
+        unblu_id = await _post(runtime, channel, conversation_id, ref, message)
+    except UnbluError as exc:
+        if exc.retryable or not await _has_ended(runtime, conversation_id):
+            raise
+        log.info("conversation %s ended in Unblu; opening a new one", conversation_id)
+        await runtime.store.end_conversation(conversation_id)
+        conversation_id = await _conversation(runtime, channel, contact, ref, message)
+        unblu_id = await _post(runtime, channel, conversation_id, ref, message)
+    await runtime.store.update_message(
+        payload.message_id, unblu_message_id=unblu_id, conversation_id=conversation_id
+    )
+    await runtime.store.advance_state(payload.message_id, MessageState.SENT)
+
+
+async def _contact_ref(runtime: Runtime, channel: Channel, contact: Contact) -> ContactRef:
+    row = await runtime.store.get_contact(channel.name, contact.address)
+    v4 = runtime.config.unblu.api_version == "v4"
+    if (
+        row is not None
+        and row.unblu_person_id
+        and (row.unblu_contact_id or not v4)
+        and (contact.name is None or contact.name == row.name)
+    ):
+        return ContactRef(row.unblu_person_id, row.unblu_contact_id)
+    ref = await runtime.unblu_client().ensure_contact(
+        runtime.unblu_channel_id(channel.name),
+        contact.address,
+        name=contact.name or (row.name if row else None),
+        phone=contact.phone,
+        email=contact.email,
+    )
+    await runtime.store.upsert_contact(
+        ContactRow(
+            channel=channel.name,
+            address=contact.address,
+            name=contact.name or (row.name if row else None),
+            unblu_person_id=ref.person_id,
+            unblu_contact_id=ref.contact_id,
+        )
+    )
+    return ref
+
+
+async def _conversation(
+    runtime: Runtime, channel: Channel, contact: Contact, ref: ContactRef, message: InboundMessage
+) -> str:
+    thread = message.thread_id
+    row = await runtime.store.active_conversation(channel.name, thread)
+    if row is not None:
+        return row.unblu_conversation_id
+    client = runtime.unblu_client()
+    channel_id = runtime.unblu_channel_id(channel.name)
+    found = await client.find_active_conversation(channel_id, thread)
+    if found is None or found.ended:
+        routing = await runtime.hooks.route_conversation(channel, contact, message)
+        recipient = (
+            Recipient(routing.recipient.type, routing.recipient.id) if routing.recipient else None
+        )
+        found = await client.create_conversation(
+            channel_id,
+            thread,
+            ref,
+            engagement_type=routing.engagement_type,
+            recipient=recipient,
+            topic=routing.topic,
+            locale=routing.locale,
+        )
+        log.info("opened conversation %s on channel %s", found.id, channel.name)
+    await runtime.store.add_conversation(
+        ConversationRow(
+            channel=channel.name,
+            thread=thread,
+            contact_address=contact.address,
+            unblu_conversation_id=found.id,
+        )
+    )
+    return found.id
+
+
+async def _post(
+    runtime: Runtime,
+    channel: Channel,
+    conversation_id: str,
+    ref: ContactRef,
+    message: InboundMessage,
+) -> str:
+    """Post the text (sourceId = the provider's id), then each attachment as a FILE message."""
+    client = runtime.unblu_client()
+    channel_id = runtime.unblu_channel_id(channel.name)
+    ids: list[str] = []
+    if message.text or not message.attachments:
+        ids.append(
+            await client.send_text(
+                channel_id, conversation_id, ref, message.provider_message_id, message.text or ""
+            )
+        )
+    for attachment in message.attachments:
+        if attachment.data is None:
+            attachment = await runtime.hooks.fetch_attachment(channel, attachment)
+        if attachment.data is None:
+            raise PermanentError(f"the attachment {attachment.file_name!r} could not be fetched")
+        ids.append(
+            await client.send_file(
+                channel_id,
+                conversation_id,
+                ref,
+                _source_id(message, len(ids)),
+                file_name=attachment.file_name,
+                mime_type=attachment.mime_type,
+                data=attachment.data,
+                caption=attachment.caption,
+            )
+        )
+    return ids[0]
+
+
+def _source_id(message: InboundMessage, index: int) -> str:
+    """One sourceId per Unblu message: the provider id, suffixed for a message's extra parts."""
+    return message.provider_message_id if index == 0 else f"{message.provider_message_id}#{index}"
+
+
+async def _has_ended(runtime: Runtime, conversation_id: str) -> bool:
+    try:
+        conversation = await runtime.unblu_client().get_conversation(conversation_id)
+    except UnbluError as exc:
+        return exc.status == 404
+    return conversation.ended

@@ -1,0 +1,184 @@
+"""The running server's parts and their order of start and stop.
+
+Start: store (migrations) → Unblu client → delivery engine → plugins' ``extmsg_startup`` →
+channel provisioning in Unblu (retried in the background until it succeeds) → ready.
+Stop, in reverse: not ready → engine finishes or releases in-flight jobs → plugins'
+``extmsg_shutdown`` → Unblu client → store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from .asyncutil import BackgroundTasks
+from .config import Config
+from .errors import RetryableError
+from .metrics import Metrics
+from .models import Channel, ErrorVerdict, InboundEvent, MessengerType
+from .plugins import Hooks
+from .store import Store, open_store
+from .store.base import IntakeResult, Job
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .unblu.client import UnbluClient
+
+__all__ = ["RUNTIME", "Runtime"]
+
+log = logging.getLogger("extmsg.runtime")
+
+
+class Runtime:
+    """Everything a running ``extmsg serve`` holds; one per application."""
+
+    def __init__(self, config: Config, hooks: Hooks, store: Store | None = None) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.store = store if store is not None else open_store(config)
+        self.metrics = Metrics()
+        self.messengers: dict[str, MessengerType] = hooks.messenger_types()
+        self.channels: dict[str, Channel] = {ch.name: ch for ch in config.runtime_channels()}
+        self.tasks = BackgroundTasks()
+        self.engine: Engine | None = None
+        self.unblu: UnbluClient | None = None
+        self.unblu_channel_ids: dict[str, str] = {}
+        self.started_at = time.monotonic()
+        self.ready = False
+        self.plugins_started = False
+        self._provisioned = asyncio.Event()
+
+    # -- look-ups used by the flows -----------------------------------------------------------
+    def channel(self, name: str) -> Channel:
+        try:
+            return self.channels[name]
+        except KeyError:
+            raise RetryableError(f"channel {name!r} is not configured any more") from None
+
+    def channels_of(self, messenger: str) -> list[Channel]:
+        return [ch for ch in self.channels.values() if ch.messenger == messenger]
+
+    def unblu_client(self) -> UnbluClient:
+        if self.unblu is None:
+            raise RetryableError("no Unblu server is configured ([unblu] base_url)")
+        return self.unblu
+
+    def unblu_channel_id(self, channel: str) -> str:
+        try:
+            return self.unblu_channel_ids[channel]
+        except KeyError:
+            raise RetryableError(f"channel {channel!r} is not provisioned in Unblu yet") from None
+
+    async def accept(self, channel: str, events: Sequence[InboundEvent]) -> list[IntakeResult]:
+        """Store events that did not come through an HTTP route (mail from SMTP or IMAP).
+
+        Returns when they and their jobs are committed: only then may the source be
+        acknowledged. Duplicates (same provider message id) come back with ``accepted=False``.
+        """
+        from .flows.accept import accept_events
+
+        return await accept_events(self, [self.channel(channel)], events)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self, app: web.Application) -> None:
+        from .engine import Engine
+        from .flows import register_jobs
+
+        await self.store.open()
+        for row in await self.store.list_channels():
+            if row.unblu_channel_id and row.name in self.channels:
+                self.unblu_channel_ids[row.name] = row.unblu_channel_id
+        u = self.config.unblu
+        if u.base_url:
+            from .unblu.client import UnbluClient
+
+            self.unblu = UnbluClient(
+                u.base_url, u.username, u.password, u.api_version, timeout=u.timeout
+            )
+        self.engine = Engine(
+            self.store,
+            self.config.engine,
+            classify=self._classify,
+            on_dead=self._on_dead,
+            metrics=self.metrics,
+        )
+        register_jobs(self)
+        await self.hooks.startup(app, self.config)
+        self.plugins_started = True
+        await self.engine.start()
+        if self.unblu is not None and u.provision and self.channels:
+            self.tasks.create(self._provision_until_done(), name="provision-channels")
+        self.ready = True
+        log.info(
+            "extmsg ready: %d channel(s), Unblu %s, in %.0f ms",
+            len(self.channels),
+            u.api_version if self.unblu else "not configured",
+            (time.monotonic() - self.started_at) * 1000,
+        )
+
+    async def stop(self, app: web.Application) -> None:
+        self.ready = False
+        await self.tasks.cancel_all()
+        if self.engine is not None:
+            await self.engine.stop(self.config.server.shutdown_timeout)
+        if self.plugins_started:
+            await self.hooks.shutdown(app, self.config)
+        if self.unblu is not None:
+            await self.unblu.close()
+        if self.store.is_open:
+            await self.store.close()
+        log.info("extmsg stopped")
+
+    async def _provision_until_done(self) -> None:
+        from .unblu.provisioning import provision_channels
+
+        delay = 1.0
+        while True:
+            try:
+                await provision_channels(self)
+            except Exception as exc:
+                log.warning(
+                    "provisioning channels in Unblu failed, retrying in %.0fs: %s", delay, exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            self._provisioned.set()
+            if self.engine is not None:
+                self.engine.wake()
+            return
+
+    @property
+    def provisioned(self) -> bool:
+        return self._provisioned.is_set()
+
+    # -- engine callbacks ----------------------------------------------------------------------
+    async def _classify(self, job: Job, error: BaseException) -> ErrorVerdict:
+        from .flows import channel_of_job
+
+        return await self.hooks.classify_error(channel_of_job(self, job), error)
+
+    async def _on_dead(self, job: Job, verdict: ErrorVerdict) -> None:
+        from .flows import on_dead
+
+        await on_dead(self, job, verdict)
+
+
+RUNTIME = web.AppKey("extmsg.runtime", Runtime)
+
+
+async def runtime_context(app: web.Application) -> AsyncIterator[None]:
+    """aiohttp ``cleanup_ctx`` running :meth:`Runtime.start` and :meth:`Runtime.stop`."""
+    runtime = app[RUNTIME]
+    try:
+        await runtime.start(app)
+    except BaseException:
+        await runtime.stop(app)
+        raise
+    yield
+    await runtime.stop(app)

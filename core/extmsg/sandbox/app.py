@@ -1,0 +1,133 @@
+"""The sandbox web application and a helper to serve it.
+
+Layout: ``/app/rest/v4/...`` and ``/app/rest/v3/...`` (the emulated web API, basic auth; a
+client's base URL is ``http://host:port/app/rest``), ``/app/rest/sandbox/files/{messageId}``
+(file downloads, basic auth), ``/sandbox/api/...`` (agent API, see
+:mod:`extmsg.sandbox.agent_api`) and ``/sandbox/`` (a small console page).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from .agent_api import create_agent_api_app, file_response
+from .rest_common import api_middleware, sandbox_of
+from .rest_v3 import create_v3_app
+from .rest_v4 import create_v4_app
+from .service import FILES_PATH, SANDBOX_KEY, Sandbox
+
+__all__ = ["SandboxServer", "create_sandbox_app", "run_sandbox"]
+
+log = logging.getLogger("extmsg.sandbox")
+
+
+def create_sandbox_app(
+    *,
+    username: str = "admin",
+    password: str = "admin",  # noqa: S107 - the sandbox's documented default
+    account_id: str = "sandbox-account",
+    delivery_retries: int = 5,
+    retry_backoff: float = 1.0,
+    retry_backoff_max: float = 60.0,
+    agent_token: str | None = None,
+    public_url: str | None = None,
+) -> web.Application:
+    """An aiohttp application emulating Unblu; its :class:`Sandbox` is ``app[SANDBOX_KEY]``.
+
+    ``delivery_retries`` is how many times a failed delivery is retried after the first
+    attempt, waiting ``retry_backoff`` seconds doubled per retry (at most ``retry_backoff_max``).
+    ``agent_token`` protects the agent API; ``public_url`` is the externally visible base URL
+    used in file download links (default: the URL of the request that created the message).
+    """
+    sandbox = Sandbox(
+        username=username,
+        password=password,
+        account_id=account_id,
+        delivery_retries=delivery_retries,
+        retry_backoff=retry_backoff,
+        retry_backoff_max=retry_backoff_max,
+        agent_token=agent_token,
+        public_url=public_url,
+    )
+    app = web.Application()
+    app[SANDBOX_KEY] = sandbox
+    app.add_subapp("/app/rest/v4", create_v4_app())
+    app.add_subapp("/app/rest/v3", create_v3_app())
+    files = web.Application(middlewares=[api_middleware])
+    files.router.add_get("/{messageId}", _download)
+    app.add_subapp(FILES_PATH, files)
+    app.add_subapp("/sandbox/api", create_agent_api_app())
+    app.router.add_get("/sandbox/", _console)
+    app.router.add_get("/sandbox", _to_console)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[SANDBOX_KEY].close()
+
+
+async def _download(request: web.Request) -> web.Response:
+    return file_response(sandbox_of(request), request.match_info["messageId"])
+
+
+async def _to_console(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/sandbox/")
+
+
+async def _console(request: web.Request) -> web.Response:
+    page = resources.files("extmsg.sandbox").joinpath("static/console.html")
+    return web.Response(text=page.read_text(encoding="utf-8"), content_type="text/html")
+
+
+@dataclass
+class SandboxServer:
+    """A running sandbox: ``base_url`` is what an Unblu client is configured with."""
+
+    app: web.Application
+    runner: web.AppRunner
+    site: web.TCPSite
+    host: str
+    port: int
+
+    @property
+    def sandbox(self) -> Sandbox:
+        return self.app[SANDBOX_KEY]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/app/rest"
+
+    async def close(self) -> None:
+        await self.runner.cleanup()
+
+
+async def run_sandbox(host: str = "127.0.0.1", port: int = 0, **kw: Any) -> SandboxServer:
+    """Serve a new sandbox on ``host:port`` (0 = any free port) until ``close()``.
+
+    Keyword arguments go to :func:`create_sandbox_app`.
+    """
+    app = create_sandbox_app(**kw)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = port
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            bound = int(addr[1])
+            break
+    server = SandboxServer(app=app, runner=runner, site=site, host=host, port=bound)
+    log.info("Unblu sandbox listening on %s (web API base %s)", server.url, server.base_url)
+    return server

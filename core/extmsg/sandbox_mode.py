@@ -1,0 +1,60 @@
+"""``extmsg serve --sandbox``: the Unblu sandbox and the provider fakes, in-process.
+
+The config's ``[unblu]`` section is pointed at the sandbox. Without channels in the config,
+one channel per messenger that ships a provider fake is added, talking to that fake, so a fresh
+clone has a complete system to play with and no account anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from .plugins import Hooks
+
+__all__ = ["start_sandbox"]
+
+log = logging.getLogger("extmsg.sandbox")
+
+
+async def start_sandbox(
+    stack: contextlib.AsyncExitStack, raw: dict[str, Any], hooks: Hooks, port: int
+) -> dict[str, Any]:
+    """Start the sandbox (and fakes) on ``stack``; return ``raw`` pointed at them."""
+    from .sandbox import run_sandbox
+
+    server = await run_sandbox("127.0.0.1", port)
+    stack.push_async_callback(server.close)
+    unblu = dict(raw.get("unblu") or {})
+    unblu.update(base_url=server.base_url, username="admin", password="admin")  # noqa: S106
+    raw = {**raw, "unblu": unblu}
+    lines = [f"Unblu sandbox: console {server.url}/sandbox/  web API {server.base_url}"]
+    if not raw.get("channels"):
+        channels = []
+        for fake in hooks.provider_fakes():
+            if fake.channel_settings is None:
+                continue
+            runner = web.AppRunner(fake.factory(), access_log=None)
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            fake_port = runner.addresses[0][1]
+            url = f"http://127.0.0.1:{fake_port}"
+            channels.append(
+                {
+                    "name": f"{fake.messenger.replace('_', '-')}-sandbox",
+                    "messenger": fake.messenger,
+                    "webhook_secret": secrets.token_hex(16),
+                    "settings": fake.channel_settings(url),
+                }
+            )
+            lines.append(f"{fake.name} fake ({fake.messenger}): {url}")
+        raw["channels"] = channels
+    for line in lines:
+        print(line, flush=True)
+    return raw

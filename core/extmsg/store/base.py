@@ -1,0 +1,279 @@
+"""The store interface: everything extmsg keeps, behind one abstract class.
+
+Callers use only this interface, so the embedded SQLite store and a PostgreSQL store are
+interchangeable. Rows cross it as the Structs below.
+
+Three groups of data:
+
+* **directory** — channels (with their Unblu ids), contacts (with their Unblu person/contact
+  ids and opt-out state), conversations (Unblu conversation per channel thread);
+* **messages** — one row per message in either direction with its ids on both sides and its
+  delivery state, which only moves forward;
+* **jobs** — the durable work queue of the delivery engine, ordered per lane.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Literal
+
+import msgspec
+
+from ..models import MessageState
+
+__all__ = [
+    "ChannelRow",
+    "ContactRow",
+    "ConversationRow",
+    "Intake",
+    "IntakeResult",
+    "Job",
+    "JobState",
+    "MessageRow",
+    "NewJob",
+    "NewMessage",
+    "Store",
+]
+
+JobState = Literal["ready", "running", "done", "dead"]
+Direction = Literal["in", "out"]
+
+
+class _Row(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class ChannelRow(_Row, frozen=True):
+    name: str
+    messenger: str
+    unblu_channel_id: str | None = None
+    webhook_status: str | None = None
+    provisioned_at: float | None = None
+
+
+class ContactRow(_Row, frozen=True):
+    channel: str
+    address: str
+    name: str | None = None
+    unblu_person_id: str | None = None
+    unblu_contact_id: str | None = None
+    opted_out: bool = False
+    opted_out_reason: str | None = None
+
+
+class ConversationRow(_Row, frozen=True):
+    channel: str
+    thread: str
+    contact_address: str
+    unblu_conversation_id: str
+    state: Literal["active", "ended"] = "active"
+    created_at: float = 0.0
+    ended_at: float | None = None
+
+
+class NewMessage(_Row, frozen=True):
+    """A message row to insert; ``(channel, direction, provider_message_id)`` and
+    ``(channel, direction, unblu_message_id)`` are unique: a second insert is a duplicate."""
+
+    id: str
+    channel: str
+    direction: Direction
+    thread: str
+    provider_message_id: str | None = None
+    unblu_message_id: str | None = None
+    conversation_id: str | None = None
+    state: MessageState = MessageState.PENDING
+
+
+class MessageRow(NewMessage, frozen=True):
+    error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class NewJob(_Row, frozen=True):
+    """A job to enqueue. ``lane`` orders it: a lane's jobs run one at a time, oldest first."""
+
+    kind: str
+    lane: str
+    payload: bytes
+    message_id: str | None = None
+    delay: float = 0.0
+
+
+class Job(_Row, frozen=True):
+    id: int
+    kind: str
+    lane: str
+    payload: bytes
+    state: JobState
+    attempts: int
+    next_at: float
+    message_id: str | None = None
+    lease_until: float | None = None
+    last_error: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Intake(_Row, frozen=True):
+    """One unit of accepted work: an optional message row and an optional job.
+
+    When the message is a duplicate, the job is not enqueued.
+    """
+
+    message: NewMessage | None = None
+    job: NewJob | None = None
+
+
+class IntakeResult(_Row, frozen=True):
+    accepted: bool
+    """False when the message was a duplicate of one already stored."""
+    message_id: str | None = None
+    """The stored message's id (the existing one for a duplicate)."""
+
+
+class Store(abc.ABC):
+    """Persistence for extmsg. Open with :meth:`open`, close with :meth:`close`."""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and disconnect."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The number of the last applied migration."""
+
+    @property
+    @abc.abstractmethod
+    def is_open(self) -> bool: ...
+
+    # -- directory -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def upsert_channel(self, row: ChannelRow) -> None: ...
+
+    @abc.abstractmethod
+    async def get_channel(self, name: str) -> ChannelRow | None: ...
+
+    @abc.abstractmethod
+    async def list_channels(self) -> list[ChannelRow]: ...
+
+    @abc.abstractmethod
+    async def get_contact(self, channel: str, address: str) -> ContactRow | None: ...
+
+    @abc.abstractmethod
+    async def upsert_contact(self, row: ContactRow) -> None:
+        """Insert or replace the contact; ``opted_out`` is kept unless the row changes it."""
+
+    @abc.abstractmethod
+    async def set_opt_out(
+        self, channel: str, address: str, opted_out: bool, reason: str | None
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def active_conversation(self, channel: str, thread: str) -> ConversationRow | None: ...
+
+    @abc.abstractmethod
+    async def find_conversation(self, unblu_conversation_id: str) -> ConversationRow | None: ...
+
+    @abc.abstractmethod
+    async def add_conversation(self, row: ConversationRow) -> None:
+        """Record a new active conversation; an older active one of the thread is ended."""
+
+    @abc.abstractmethod
+    async def end_conversation(self, unblu_conversation_id: str) -> None: ...
+
+    # -- intake, messages and jobs -------------------------------------------------------------
+    @abc.abstractmethod
+    async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
+        """Store messages and their jobs in one transaction, deduplicating messages."""
+
+    @abc.abstractmethod
+    async def get_message(self, message_id: str) -> MessageRow | None: ...
+
+    @abc.abstractmethod
+    async def find_message(
+        self,
+        channel: str,
+        direction: Direction,
+        *,
+        provider_message_id: str | None = None,
+        unblu_message_id: str | None = None,
+    ) -> MessageRow | None: ...
+
+    @abc.abstractmethod
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        provider_message_id: str | None = None,
+        unblu_message_id: str | None = None,
+        conversation_id: str | None = None,
+    ) -> None:
+        """Fill in ids learned later; ``None`` leaves a column unchanged."""
+
+    @abc.abstractmethod
+    async def advance_state(
+        self, message_id: str, state: MessageState, error: str | None = None
+    ) -> bool:
+        """Move a message's state forward; return False (and change nothing) when ``state`` is
+        not after the stored one. FAILED is final, except that :meth:`retry_job` resets it."""
+
+    @abc.abstractmethod
+    async def claim_jobs(self, limit: int, lease_seconds: float) -> list[Job]:
+        """Lease up to ``limit`` runnable jobs: due, and each the oldest unfinished job of its
+        lane while no other job of that lane is running. A job whose lease ran out (its worker
+        died) is runnable again, with that lost attempt counted."""
+
+    @abc.abstractmethod
+    async def renew_lease(self, job_ids: Sequence[int], lease_seconds: float) -> list[int]:
+        """Extend the leases of running jobs to ``lease_seconds`` from now, so a job that runs
+        long is not taken for abandoned; return the ids that were still running."""
+
+    @abc.abstractmethod
+    async def complete_job(self, job_id: int) -> None:
+        """Mark a leased job done (one more attempt counted)."""
+
+    @abc.abstractmethod
+    async def reschedule_job(self, job_id: int, next_at: float, error: str) -> None:
+        """Release a leased job to run again at ``next_at`` (one more attempt counted)."""
+
+    @abc.abstractmethod
+    async def bury_job(self, job_id: int, error: str) -> None:
+        """Make an unfinished job a dead letter (one more attempt counted): it stays visible
+        and no longer blocks its lane."""
+
+    @abc.abstractmethod
+    async def release_jobs(self, job_ids: Sequence[int]) -> None:
+        """Give leased jobs back without counting an attempt (graceful shutdown)."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, states: Sequence[JobState] = ("ready", "running", "dead"), limit: int = 100
+    ) -> list[Job]: ...
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: int) -> Job | None: ...
+
+    @abc.abstractmethod
+    async def retry_job(self, job_id: int) -> bool:
+        """Make a dead job ready again now (by hand); False when it is not dead."""
+
+    @abc.abstractmethod
+    async def purge_jobs(self, states: Sequence[JobState], older_than: float | None = None) -> int:
+        """Delete done or dead jobs last changed more than ``older_than`` seconds ago (all of
+        them when None); return how many. Other states raise :class:`ValueError`."""
+
+    @abc.abstractmethod
+    async def last_inbound_at(self, channel: str, thread: str) -> float | None:
+        """When the contact last wrote on ``thread`` (epoch seconds), for reply windows."""
+
+    @abc.abstractmethod
+    async def job_counts(self) -> dict[str, int]:
+        """Number of jobs per state."""

@@ -1,0 +1,95 @@
+"""Numbered, described schema migrations for the SQL stores.
+
+A migration runs in one transaction together with the version bump, so a crash leaves either
+the old or the new schema. Never edit a released migration: add the next number.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+__all__ = ["MIGRATIONS", "Migration"]
+
+
+class Migration(NamedTuple):
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "channels, contacts and conversations",
+        """
+        CREATE TABLE channels (
+            name TEXT PRIMARY KEY,
+            messenger TEXT NOT NULL,
+            unblu_channel_id TEXT,
+            webhook_status TEXT,
+            provisioned_at REAL
+        );
+        CREATE TABLE contacts (
+            channel TEXT NOT NULL,
+            address TEXT NOT NULL,
+            name TEXT,
+            unblu_person_id TEXT,
+            unblu_contact_id TEXT,
+            opted_out INTEGER NOT NULL DEFAULT 0,
+            opted_out_reason TEXT,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (channel, address)
+        );
+        CREATE TABLE conversations (
+            unblu_conversation_id TEXT PRIMARY KEY,
+            channel TEXT NOT NULL,
+            thread TEXT NOT NULL,
+            contact_address TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('active', 'ended')),
+            created_at REAL NOT NULL,
+            ended_at REAL
+        );
+        CREATE UNIQUE INDEX conversations_active_thread
+            ON conversations (channel, thread) WHERE state = 'active';
+        """,
+    ),
+    Migration(
+        2,
+        "messages and the delivery engine's jobs",
+        """
+        CREATE TABLE messages (
+            id TEXT PRIMARY KEY,
+            channel TEXT NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+            thread TEXT NOT NULL,
+            provider_message_id TEXT,
+            unblu_message_id TEXT,
+            conversation_id TEXT,
+            state INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX messages_provider_id
+            ON messages (channel, direction, provider_message_id);
+        CREATE UNIQUE INDEX messages_unblu_id
+            ON messages (channel, direction, unblu_message_id);
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            lane TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            message_id TEXT,
+            state TEXT NOT NULL CHECK (state IN ('ready', 'running', 'done', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,
+            lease_until REAL,
+            last_error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX jobs_runnable ON jobs (state, next_at);
+        CREATE INDEX jobs_lane ON jobs (lane, state, id);
+        """,
+    ),
+)

@@ -1,0 +1,633 @@
+"""The embedded store: SQLite in WAL mode through aiosqlite.
+
+One writer connection (writes are serialized by a lock and grouped into short transactions)
+and one reader connection; WAL lets the reader run while the writer commits. ``synchronous =
+NORMAL`` keeps every commit across a crash of the process (kill -9); only a power loss can
+drop the last commits, which ``durability = "full"`` would prevent at a cost in throughput.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from ..models import MessageState
+from .base import (
+    ChannelRow,
+    ContactRow,
+    ConversationRow,
+    Direction,
+    Intake,
+    IntakeResult,
+    Job,
+    JobState,
+    MessageRow,
+    NewMessage,
+    Store,
+)
+from .migrations import MIGRATIONS
+
+__all__ = ["SqliteStore"]
+
+_JOB_COLUMNS = (
+    "id, kind, lane, payload, state, attempts, next_at, message_id, lease_until, last_error, "
+    "created_at, updated_at"
+)
+_MESSAGE_COLUMNS = (
+    "id, channel, direction, thread, provider_message_id, unblu_message_id, conversation_id, "
+    "state, error, created_at, updated_at"
+)
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self._synchronous = synchronous
+        self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await self._connect()
+        await self._migrate(self._db)
+        self._reader = await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute(f"PRAGMA synchronous={self._synchronous}")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+        return db
+
+    async def close(self) -> None:
+        async with self._lock:
+            for conn in (self._reader, self._db):
+                if conn is not None:
+                    await conn.close()
+            self._db = self._reader = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        """Apply pending migrations, each in one transaction with its version row.
+
+        The current version is read inside each migration's ``BEGIN IMMEDIATE`` so two
+        processes opening one file at once cannot both apply the same migration.
+        """
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+        )
+        for migration in MIGRATIONS:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                async with db.execute(
+                    "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+                ) as cur:
+                    row = await cur.fetchone()
+                if (int(row[0]) if row else 0) >= migration.version:
+                    await db.execute("ROLLBACK")
+                    continue
+                for statement in _statements(migration.sql):
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT INTO schema_version (version, description, applied_at)"
+                    " VALUES (?, ?, ?)",
+                    (migration.version, migration.description, time.time()),
+                )
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def schema_version(self) -> int:
+        row = await self._one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        return int(row[0]) if row else 0
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def _w(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
+
+    @property
+    def _r(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise RuntimeError("the store is not open")
+        return self._reader
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            db = self._w
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
+        async with self._tx() as db, db.execute(sql, params) as cur:
+            return cur.rowcount
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        async with self._r.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._r.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    # -- directory -----------------------------------------------------------------------------
+    async def upsert_channel(self, row: ChannelRow) -> None:
+        await self._write(
+            "INSERT INTO channels (name, messenger, unblu_channel_id, webhook_status,"
+            " provisioned_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+            " messenger = excluded.messenger,"
+            " unblu_channel_id = COALESCE(excluded.unblu_channel_id, unblu_channel_id),"
+            " webhook_status = COALESCE(excluded.webhook_status, webhook_status),"
+            " provisioned_at = COALESCE(excluded.provisioned_at, provisioned_at)",
+            (row.name, row.messenger, row.unblu_channel_id, row.webhook_status, row.provisioned_at),
+        )
+
+    async def get_channel(self, name: str) -> ChannelRow | None:
+        row = await self._one(
+            "SELECT name, messenger, unblu_channel_id, webhook_status, provisioned_at"
+            " FROM channels WHERE name = ?",
+            (name,),
+        )
+        return _channel(row) if row else None
+
+    async def list_channels(self) -> list[ChannelRow]:
+        rows = await self._all(
+            "SELECT name, messenger, unblu_channel_id, webhook_status, provisioned_at"
+            " FROM channels ORDER BY name"
+        )
+        return [_channel(r) for r in rows]
+
+    async def get_contact(self, channel: str, address: str) -> ContactRow | None:
+        row = await self._one(
+            "SELECT channel, address, name, unblu_person_id, unblu_contact_id, opted_out,"
+            " opted_out_reason FROM contacts WHERE channel = ? AND address = ?",
+            (channel, address),
+        )
+        if row is None:
+            return None
+        return ContactRow(
+            channel=row[0],
+            address=row[1],
+            name=row[2],
+            unblu_person_id=row[3],
+            unblu_contact_id=row[4],
+            opted_out=bool(row[5]),
+            opted_out_reason=row[6],
+        )
+
+    async def upsert_contact(self, row: ContactRow) -> None:
+        await self._write(
+            "INSERT INTO contacts (channel, address, name, unblu_person_id, unblu_contact_id,"
+            " opted_out, opted_out_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (channel, address) DO UPDATE SET name = excluded.name,"
+            " unblu_person_id = excluded.unblu_person_id,"
+            " unblu_contact_id = excluded.unblu_contact_id, updated_at = excluded.updated_at",
+            (
+                row.channel,
+                row.address,
+                row.name,
+                row.unblu_person_id,
+                row.unblu_contact_id,
+                int(row.opted_out),
+                row.opted_out_reason,
+                time.time(),
+            ),
+        )
+
+    async def set_opt_out(
+        self, channel: str, address: str, opted_out: bool, reason: str | None
+    ) -> None:
+        await self._write(
+            "INSERT INTO contacts (channel, address, opted_out, opted_out_reason, updated_at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel, address) DO UPDATE SET"
+            " opted_out = excluded.opted_out, opted_out_reason = excluded.opted_out_reason,"
+            " updated_at = excluded.updated_at",
+            (channel, address, int(opted_out), reason, time.time()),
+        )
+
+    _CONV = (
+        "SELECT channel, thread, contact_address, unblu_conversation_id, state, created_at,"
+        " ended_at FROM conversations"
+    )
+
+    async def active_conversation(self, channel: str, thread: str) -> ConversationRow | None:
+        row = await self._one(
+            f"{self._CONV} WHERE channel = ? AND thread = ? AND state = 'active'",
+            (channel, thread),
+        )
+        return _conversation(row) if row else None
+
+    async def find_conversation(self, unblu_conversation_id: str) -> ConversationRow | None:
+        row = await self._one(
+            f"{self._CONV} WHERE unblu_conversation_id = ?",
+            (unblu_conversation_id,),
+        )
+        return _conversation(row) if row else None
+
+    async def add_conversation(self, row: ConversationRow) -> None:
+        now = time.time()
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE conversations SET state = 'ended', ended_at = ?"
+                " WHERE channel = ? AND thread = ? AND state = 'active'",
+                (now, row.channel, row.thread),
+            )
+            await db.execute(
+                "INSERT INTO conversations (unblu_conversation_id, channel, thread,"
+                " contact_address, state, created_at) VALUES (?, ?, ?, ?, 'active', ?)"
+                " ON CONFLICT (unblu_conversation_id) DO UPDATE SET state = 'active',"
+                " ended_at = NULL",
+                (
+                    row.unblu_conversation_id,
+                    row.channel,
+                    row.thread,
+                    row.contact_address,
+                    row.created_at or now,
+                ),
+            )
+
+    async def end_conversation(self, unblu_conversation_id: str) -> None:
+        await self._write(
+            "UPDATE conversations SET state = 'ended', ended_at = ?"
+            " WHERE unblu_conversation_id = ? AND state = 'active'",
+            (time.time(), unblu_conversation_id),
+        )
+
+    # -- intake and messages -------------------------------------------------------------------
+    async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
+        if not items:
+            return []
+        async with self._tx() as db:
+            return await _intake(db, items, time.time())
+
+    async def get_message(self, message_id: str) -> MessageRow | None:
+        row = await self._one(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
+            (message_id,),
+        )
+        return _message(row) if row else None
+
+    async def find_message(
+        self,
+        channel: str,
+        direction: Direction,
+        *,
+        provider_message_id: str | None = None,
+        unblu_message_id: str | None = None,
+    ) -> MessageRow | None:
+        if provider_message_id is not None:
+            column, value = "provider_message_id", provider_message_id
+        elif unblu_message_id is not None:
+            column, value = "unblu_message_id", unblu_message_id
+        else:
+            raise ValueError("give provider_message_id or unblu_message_id")
+        row = await self._one(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608
+            f" WHERE channel = ? AND direction = ? AND {column} = ?",
+            (channel, direction, value),
+        )
+        return _message(row) if row else None
+
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        provider_message_id: str | None = None,
+        unblu_message_id: str | None = None,
+        conversation_id: str | None = None,
+    ) -> None:
+        await self._write(
+            "UPDATE messages SET"
+            " provider_message_id = COALESCE(?, provider_message_id),"
+            " unblu_message_id = COALESCE(?, unblu_message_id),"
+            " conversation_id = COALESCE(?, conversation_id), updated_at = ? WHERE id = ?",
+            (provider_message_id, unblu_message_id, conversation_id, time.time(), message_id),
+        )
+
+    async def advance_state(
+        self, message_id: str, state: MessageState, error: str | None = None
+    ) -> bool:
+        failed = int(MessageState.FAILED)
+        changed = await self._write(
+            "UPDATE messages SET state = ?, error = COALESCE(?, error), updated_at = ?"
+            " WHERE id = ? AND state < ? AND state != ?",
+            (int(state), error, time.time(), message_id, int(state), failed),
+        )
+        return changed == 1
+
+    # -- jobs ----------------------------------------------------------------------------------
+    async def claim_jobs(self, limit: int, lease_seconds: float) -> list[Job]:
+        if limit <= 0:
+            return []
+        now = time.time()
+        async with self._tx() as db:
+            # A lease ran out: the worker holding it stopped without finishing (killed, or
+            # stalled for longer than the lease). The job is runnable again, and the lost
+            # attempt counts, so a job that kills its worker every time still ends.
+            await db.execute(
+                "UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1,"
+                " last_error = 'the worker running it stopped before it finished (lease"
+                " expired)', updated_at = ? WHERE state = 'running' AND lease_until < ?",
+                (now, now),
+            )
+            async with db.execute(
+                f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id IN ("  # noqa: S608
+                "   SELECT MIN(id) FROM jobs WHERE state IN ('ready', 'running') GROUP BY lane)"
+                " AND state = 'ready' AND next_at <= ? ORDER BY next_at, id LIMIT ?",
+                (now, limit),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            if not rows:
+                return []
+            lease = now + lease_seconds
+            await db.executemany(
+                "UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ? WHERE id = ?",
+                [(lease, now, r[0]) for r in rows],
+            )
+        return [_job(r, state="running", lease_until=lease, updated_at=now) for r in rows]
+
+    async def renew_lease(self, job_ids: Sequence[int], lease_seconds: float) -> list[int]:
+        if not job_ids:
+            return []
+        now = time.time()
+        renewed: list[int] = []
+        async with self._tx() as db:
+            for chunk in _chunks(list(job_ids), 500):
+                marks = ",".join("?" * len(chunk))
+                async with db.execute(
+                    "UPDATE jobs SET lease_until = ?, updated_at = ?"  # noqa: S608
+                    f" WHERE state = 'running' AND id IN ({marks}) RETURNING id",
+                    (now + lease_seconds, now, *chunk),
+                ) as cur:
+                    renewed.extend(int(r[0]) for r in await cur.fetchall())
+        return renewed
+
+    async def complete_job(self, job_id: int) -> None:
+        await self._write(
+            "UPDATE jobs SET state = 'done', lease_until = NULL, attempts = attempts + 1,"
+            " updated_at = ? WHERE id = ? AND state = 'running'",
+            (time.time(), job_id),
+        )
+
+    async def reschedule_job(self, job_id: int, next_at: float, error: str) -> None:
+        await self._write(
+            "UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1,"
+            " next_at = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = 'running'",
+            (next_at, error, time.time(), job_id),
+        )
+
+    async def bury_job(self, job_id: int, error: str) -> None:
+        await self._write(
+            "UPDATE jobs SET state = 'dead', lease_until = NULL, attempts = attempts + 1,"
+            " last_error = ?, updated_at = ? WHERE id = ? AND state IN ('ready', 'running')",
+            (error, time.time(), job_id),
+        )
+
+    async def release_jobs(self, job_ids: Sequence[int]) -> None:
+        if not job_ids:
+            return
+        now = time.time()
+        async with self._tx() as db:
+            await db.executemany(
+                "UPDATE jobs SET state = 'ready', lease_until = NULL, updated_at = ?"
+                " WHERE id = ? AND state = 'running'",
+                [(now, i) for i in job_ids],
+            )
+
+    async def list_jobs(
+        self, states: Sequence[JobState] = ("ready", "running", "dead"), limit: int = 100
+    ) -> list[Job]:
+        marks = ",".join("?" * len(states))
+        rows = await self._all(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks})"  # noqa: S608
+            " ORDER BY id LIMIT ?",
+            (*states, limit),
+        )
+        return [_job(r) for r in rows]
+
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await self._one(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",  # noqa: S608
+            (job_id,),
+        )
+        return _job(row) if row else None
+
+    async def retry_job(self, job_id: int) -> bool:
+        now = time.time()
+        async with self._tx() as db:
+            async with db.execute(
+                "UPDATE jobs SET state = 'ready', next_at = ?, attempts = 0, updated_at = ?"
+                " WHERE id = ? AND state = 'dead'",
+                (now, now, job_id),
+            ) as cur:
+                changed = cur.rowcount == 1
+            if changed:
+                # A hand retry re-opens the message's failed state.
+                await db.execute(
+                    "UPDATE messages SET state = ?, error = NULL, updated_at = ?"
+                    " WHERE id = (SELECT message_id FROM jobs WHERE id = ?) AND state = ?",
+                    (int(MessageState.PENDING), now, job_id, int(MessageState.FAILED)),
+                )
+        return changed
+
+    async def purge_jobs(self, states: Sequence[JobState], older_than: float | None = None) -> int:
+        unfinished = set(states) - {"done", "dead"}
+        if unfinished:
+            raise ValueError(f"only done or dead jobs can be purged, not {sorted(unfinished)}")
+        if not states:
+            return 0
+        marks = ",".join("?" * len(states))
+        cutoff = time.time() - older_than if older_than is not None else time.time() + 1
+        return await self._write(
+            f"DELETE FROM jobs WHERE state IN ({marks}) AND updated_at < ?",  # noqa: S608
+            (*states, cutoff),
+        )
+
+    async def last_inbound_at(self, channel: str, thread: str) -> float | None:
+        row = await self._one(
+            "SELECT MAX(created_at) FROM messages"
+            " WHERE channel = ? AND thread = ? AND direction = 'in'",
+            (channel, thread),
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
+    async def job_counts(self) -> dict[str, int]:
+        rows = await self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        counts = {"ready": 0, "running": 0, "done": 0, "dead": 0}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+
+async def _intake(
+    db: aiosqlite.Connection, items: Sequence[Intake], now: float
+) -> list[IntakeResult]:
+    """Write a batch of intakes with a few multi-row statements (the transaction is open).
+
+    Messages go first, ``ON CONFLICT DO NOTHING``; the rows the insert returns tell which were
+    new. A duplicate (also of an earlier item in the same batch) enqueues no job. Jobs are
+    inserted in item order, so their ids keep the order in which the work arrived.
+    """
+    inserted: set[tuple[Any, ...]] = set()
+    messages = [item.message for item in items if item.message is not None]
+    for batch in _chunks(messages, 500):
+        values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?)"] * len(batch))
+        params: list[Any] = []
+        for new in batch:
+            params += (
+                new.id,
+                new.channel,
+                new.direction,
+                new.thread,
+                new.provider_message_id,
+                new.unblu_message_id,
+                new.conversation_id,
+                int(new.state),
+                now,
+                now,
+            )
+        async with db.execute(
+            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES {values}"  # noqa: S608
+            " ON CONFLICT DO NOTHING"
+            " RETURNING id, channel, direction, provider_message_id, unblu_message_id",
+            params,
+        ) as cur:
+            inserted.update(tuple(r) for r in await cur.fetchall())
+
+    results: list[IntakeResult] = []
+    jobs: list[tuple[Any, ...]] = []
+    for item in items:
+        message_id: str | None = None
+        m = item.message
+        if m is not None:
+            key = (m.id, m.channel, m.direction, m.provider_message_id, m.unblu_message_id)
+            if key not in inserted:
+                results.append(IntakeResult(accepted=False, message_id=await _existing(db, m)))
+                continue
+            inserted.discard(key)  # a later item with the same key is a duplicate of this one
+            message_id = m.id
+        if item.job is not None:
+            j = item.job
+            jobs.append(
+                (
+                    j.kind,
+                    j.lane,
+                    j.payload,
+                    j.message_id or message_id,
+                    now + max(j.delay, 0.0),
+                    now,
+                    now,
+                )
+            )
+        results.append(IntakeResult(accepted=True, message_id=message_id))
+
+    for rows in _chunks(jobs, 500):
+        values = ",".join(["(?, ?, ?, ?, 'ready', 0, ?, ?, ?)"] * len(rows))
+        await db.execute(
+            "INSERT INTO jobs (kind, lane, payload, message_id, state, attempts,"  # noqa: S608
+            f" next_at, created_at, updated_at) VALUES {values}",
+            [v for row in rows for v in row],
+        )
+    return results
+
+
+async def _existing(db: aiosqlite.Connection, m: NewMessage) -> str | None:
+    """The id of the stored message ``m`` duplicates."""
+    async with db.execute(
+        "SELECT id FROM messages WHERE channel = ? AND direction = ? AND"
+        " (provider_message_id = ? OR unblu_message_id = ?)"
+        " UNION ALL SELECT id FROM messages WHERE id = ? LIMIT 1",
+        (m.channel, m.direction, m.provider_message_id, m.unblu_message_id, m.id),
+    ) as cur:
+        row = await cur.fetchone()
+    return str(row[0]) if row else None
+
+
+T = TypeVar("T")
+
+
+def _chunks(values: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def _statements(sql: str) -> list[str]:
+    return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+def _channel(row: Any) -> ChannelRow:
+    return ChannelRow(
+        name=row[0],
+        messenger=row[1],
+        unblu_channel_id=row[2],
+        webhook_status=row[3],
+        provisioned_at=row[4],
+    )
+
+
+def _conversation(row: Any) -> ConversationRow:
+    return ConversationRow(
+        channel=row[0],
+        thread=row[1],
+        contact_address=row[2],
+        unblu_conversation_id=row[3],
+        state=row[4],
+        created_at=row[5],
+        ended_at=row[6],
+    )
+
+
+def _message(row: Any) -> MessageRow:
+    return MessageRow(
+        id=row[0],
+        channel=row[1],
+        direction=row[2],
+        thread=row[3],
+        provider_message_id=row[4],
+        unblu_message_id=row[5],
+        conversation_id=row[6],
+        state=MessageState(row[7]),
+        error=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+    )
+
+
+def _job(row: Any, **override: Any) -> Job:
+    fields = {
+        "id": row[0],
+        "kind": row[1],
+        "lane": row[2],
+        "payload": bytes(row[3]),
+        "state": row[4],
+        "attempts": row[5],
+        "next_at": row[6],
+        "message_id": row[7],
+        "lease_until": row[8],
+        "last_error": row[9],
+        "created_at": row[10],
+        "updated_at": row[11],
+    }
+    fields.update(override)
+    return Job(**fields)

@@ -1,0 +1,1015 @@
+"""Async client for the parts of the Unblu web API a custom external messenger channel uses.
+
+One :class:`UnbluClient` speaks one dialect: ``v4`` (Unblu 8) or ``v3`` (Unblu 6/7). Every public
+method takes the same arguments in both dialects and hides the differences (paths with or
+without ``{channelId}``, contacts versus persons, ``failState`` versus ``failedState``, …); where
+a v3 server has nothing equivalent the docstring says what happens instead.
+
+All HTTP goes through :meth:`UnbluClient._call`, which maps failures to
+:class:`~extmsg.unblu.errors.UnbluError` and can record each exchange for contract tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+import yarl
+
+from extmsg.unblu import wire
+from extmsg.unblu.errors import UnbluError, UnbluNotFound, parse_retry_after
+from extmsg.unblu.wire import Channel, ContactIdentifierFieldType, Conversation, RecipientType
+
+__all__ = [
+    "ApiVersion",
+    "ChannelSpec",
+    "ContactRef",
+    "Recipient",
+    "RecordedCall",
+    "UnbluClient",
+    "virtual_person_source_id",
+]
+
+ApiVersion = Literal["v3", "v4"]
+T = TypeVar("T")
+
+log = logging.getLogger("extmsg.unblu")
+
+_MAX_SOURCE_ID = 250
+_PATH_PARAM = re.compile(r"\{([^}]+)\}")
+_USER_AGENT = "extmsg"
+_BARE_TOKEN = re.compile(rb"[A-Za-z0-9_.:-]{1,200}")
+_V3_RECIPIENT_TYPES: dict[
+    str, Literal["AccountData", "TeamData", "NamedAreaData", "PersonData"]
+] = {
+    "AGENT": "PersonData",
+    "TEAM": "TeamData",
+    "NAMED_AREA": "NamedAreaData",
+    "ACCOUNT": "AccountData",
+}
+_NOT_FOUND_HINTS = ("not found", "no active", "does not exist", "doesn't exist", "not exist")
+
+
+class ChannelSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The desired state of a custom channel, as extmsg manages it.
+
+    ``None`` in an optional field means "not managed": provisioning neither sends nor compares
+    it and an update keeps the server's value. Fields that v3 does not know
+    (``outbound_*``, ``contact_identifier_*``) are not sent to a v3 server.
+    """
+
+    name: str
+    webhook_endpoint: str
+    webhook_secret: str | None = None
+    description: str | None = None
+    message_state_handled_externally: bool = True
+    outbound_supported: bool = False
+    outbound_timeout_millis: int = 10_000
+    contact_identifier_field_name: str = "id"
+    contact_identifier_field_type: ContactIdentifierFieldType = "OTHER"
+    metadata: dict[str, str] | None = None
+    webhook_status: Literal["ACTIVE", "INACTIVE"] | None = "ACTIVE"
+
+    def __repr__(self) -> str:
+        secret = "None" if self.webhook_secret is None else "'***'"
+        return (
+            f"ChannelSpec(name={self.name!r}, webhook_endpoint={self.webhook_endpoint!r}, "
+            f"webhook_secret={secret}, outbound_supported={self.outbound_supported!r})"
+        )
+
+
+class ContactRef(msgspec.Struct, frozen=True):
+    """Who writes on the messenger side: the Unblu person, and (v4 only) the
+    ExternalMessengerContact linking that person to the channel."""
+
+    person_id: str
+    contact_id: str | None = None
+
+
+class Recipient(msgspec.Struct, frozen=True):
+    """Where a new conversation is routed: an agent, team, named area or the whole account."""
+
+    type: RecipientType
+    id: str
+
+
+class RecordedCall(msgspec.Struct, frozen=True, kw_only=True):
+    """One HTTP exchange, as recorded for contract tests (``path`` is the spec template)."""
+
+    method: str
+    path: str
+    url_path: str
+    query: dict[str, str]
+    request: Any
+    status: int | None
+    response: Any
+
+
+def virtual_person_source_id(channel_id: str, source_id: str) -> str:
+    """The stable ``sourceId`` of the virtual person standing for a messenger contact.
+
+    Scoped by channel so the same phone number on two channels maps to two persons; hashed when
+    it would exceed Unblu's 250-character limit.
+    """
+    plain = f"extmsg:{channel_id}:{source_id}"
+    if len(plain) <= _MAX_SOURCE_ID:
+        return plain
+    digest = hashlib.sha256(source_id.encode()).hexdigest()
+    return f"extmsg:{channel_id[:150]}:sha256:{digest}"
+
+
+def _normalize_base(base_url: str, api_version: ApiVersion) -> str:
+    base = base_url.strip().rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise ValueError(f"Unblu base_url must be an http(s) URL, got {base_url!r}")
+    match = re.search(r"/(v\d+)$", base)
+    if match:
+        if match.group(1) != api_version:
+            raise ValueError(
+                f"Unblu base_url {base_url!r} ends in /{match.group(1)} but api_version is "
+                f"{api_version!r}; give the prefix without the version (e.g. .../app/rest)"
+            )
+        base = base[: match.start()]
+    return f"{base}/{api_version}"
+
+
+class UnbluClient:
+    """Client for one Unblu server, speaking web API ``v4`` (Unblu 8) or ``v3`` (Unblu 6/7).
+
+    ``base_url`` is the web API prefix without the version, e.g.
+    ``https://unblu.example.com/app/rest`` (a trailing ``/v4`` matching ``api_version`` is
+    accepted). Authentication is HTTP basic. Use as ``async with UnbluClient(...) as client`` or
+    call :meth:`close`; a ``session`` passed in is used as is and never closed here.
+
+    ``recorder``, when given, receives a :class:`RecordedCall` per request (the last
+    ``record_limit`` are kept) so tests can validate every body against the vendor spec.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        api_version: ApiVersion = "v4",
+        *,
+        timeout: float = 10.0,
+        session: aiohttp.ClientSession | None = None,
+        recorder: list[RecordedCall] | None = None,
+        record_limit: int = 1000,
+    ) -> None:
+        if api_version not in ("v3", "v4"):
+            raise ValueError(f"api_version must be 'v3' or 'v4', got {api_version!r}")
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self._root = _normalize_base(base_url, api_version)
+        self._api_version: ApiVersion = api_version
+        self._username = username
+        self.__password = password
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        self.__authorization = f"Basic {token}"
+        self._timeout = timeout
+        self._session = session
+        self._owns_session = session is None
+        self.recorder = recorder
+        self._record_limit = record_limit
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def api_version(self) -> ApiVersion:
+        return self._api_version
+
+    @property
+    def base_url(self) -> str:
+        """The versioned web API root, e.g. ``https://host/app/rest/v4``."""
+        return self._root
+
+    def __repr__(self) -> str:
+        return (
+            f"UnbluClient(base_url={self._root!r}, username={self._username!r}, "
+            f"api_version={self._api_version!r})"
+        )
+
+    async def __aenter__(self) -> UnbluClient:
+        self._http()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session if this client created it."""
+        if self._owns_session and self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or (self._owns_session and self._session.closed):
+            self._session = aiohttp.ClientSession()
+            self._owns_session = True
+        return self._session
+
+    @property
+    def _v4(self) -> bool:
+        return self._api_version == "v4"
+
+    # -- transport -----------------------------------------------------------------------------
+    async def _call(
+        self,
+        method: str,
+        path_template: str,
+        path_params: Mapping[str, str] | None = None,
+        body: msgspec.Struct | None = None,
+        query: Mapping[str, str | None] | None = None,
+    ) -> Any:
+        """Do one HTTP call; return the decoded JSON (``None`` for an empty answer).
+
+        Raises :class:`UnbluError` (:class:`UnbluNotFound` for 404) for network errors,
+        timeouts, redirects, non-2xx answers and 2xx answers that are not JSON.
+        """
+        operation = f"{method} {path_template}"
+        url_path = _fill_path(path_template, path_params or {})
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        payload = msgspec.json.encode(body) if body is not None else None
+        headers = {
+            "Accept": "application/json",
+            "Authorization": self.__authorization,
+            "User-Agent": _USER_AGENT,
+        }
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        started = time.monotonic()
+        status: int | None = None
+        data: Any = None
+        try:
+            async with self._http().request(
+                method,
+                self._root + url_path,
+                params=params or None,
+                data=payload,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                raw = await resp.read()
+                content_type = resp.content_type
+                reason = resp.reason
+                retry_after = resp.headers.get("Retry-After")
+        except TimeoutError as exc:
+            self._record(method, path_template, url_path, params, body, None, None)
+            raise UnbluError(
+                operation, error_message=f"timed out after {self._timeout:g}s"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            self._record(method, path_template, url_path, params, body, None, None)
+            raise UnbluError(operation, error_message=_describe_network_error(exc)) from exc
+
+        log.debug(
+            "unblu %s -> %s in %.0f ms", operation, status, (time.monotonic() - started) * 1000
+        )
+        if raw.strip():
+            try:
+                data = msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                data = None
+                if 200 <= status < 300:
+                    if content_type == "text/plain" or _BARE_TOKEN.fullmatch(raw.strip()):
+                        data = raw.decode("utf-8", "replace").strip()
+                    else:
+                        self._record(method, path_template, url_path, params, body, status, None)
+                        raise UnbluError(
+                            operation,
+                            status=status,
+                            error_message=(
+                                f"expected JSON, got {content_type or 'no content type'}; "
+                                "is base_url the web API prefix (e.g. https://host/app/rest)?"
+                            ),
+                            retryable=False,
+                        ) from None
+        self._record(method, path_template, url_path, params, body, status, data)
+
+        if 200 <= status < 300:
+            return data
+        if 300 <= status < 400:
+            raise UnbluError(
+                operation,
+                status=status,
+                error_message=(
+                    "unexpected redirect; base_url must point at the web API on the internal "
+                    "entry path (e.g. https://host/app/rest)"
+                ),
+                retryable=False,
+            )
+        message = self._error_message(data) or reason or None
+        cls = UnbluNotFound if status == 404 else UnbluError
+        raise cls(
+            operation,
+            status=status,
+            error_message=message,
+            retry_after=parse_retry_after(retry_after),
+        )
+
+    def _error_message(self, data: Any) -> str | None:
+        if not isinstance(data, dict):
+            return None
+        try:
+            err = msgspec.convert(data, wire.ErrorBody)
+        except msgspec.ValidationError:
+            return None
+        text = err.error_message or err.status_description
+        if text and len(self.__password) >= 4:
+            text = text.replace(self.__password, "***")
+        return text
+
+    def _record(
+        self,
+        method: str,
+        template: str,
+        url_path: str,
+        query: dict[str, str],
+        body: msgspec.Struct | None,
+        status: int | None,
+        response: Any,
+    ) -> None:
+        if self.recorder is None:
+            return
+        self.recorder.append(
+            RecordedCall(
+                method=method,
+                path=template,
+                url_path=url_path,
+                query=dict(query),
+                request=msgspec.to_builtins(body) if body is not None else None,
+                status=status,
+                response=response,
+            )
+        )
+        overflow = len(self.recorder) - self._record_limit
+        if overflow > 0:
+            del self.recorder[:overflow]
+
+    @staticmethod
+    def _decode(data: Any, into: type[T], operation: str) -> T:
+        try:
+            return msgspec.convert(data, into)
+        except msgspec.ValidationError as exc:
+            raise UnbluError(
+                operation, error_message=f"unexpected response: {exc}", retryable=False
+            ) from None
+
+    # -- channels ------------------------------------------------------------------------------
+    async def get_channel_by_name(self, name: str) -> Channel | None:
+        """The channel called ``name`` (with its metadata), or None when there is none."""
+        path = "/externalmessengers/getByName"
+        try:
+            data = await self._call("GET", path, query={"name": name, "expand": "metadata"})
+        except UnbluNotFound:
+            return None
+        if data is None:
+            return None
+        return self._decode(data, Channel, f"GET {path}")
+
+    async def create_channel(self, spec: ChannelSpec) -> Channel:
+        """Create a custom channel from ``spec``."""
+        path = "/externalmessengers/create"
+        data = await self._call(
+            "POST", path, body=self._channel_body(spec, None), query={"expand": "metadata"}
+        )
+        return self._decode(data, Channel, f"POST {path}")
+
+    async def update_channel(self, spec: ChannelSpec, current: Channel | None = None) -> Channel:
+        """Apply ``spec`` to the existing channel of the same name.
+
+        ``current`` is the channel as last read (its id, version and accountId are carried, as
+        are the fields extmsg does not manage); it is fetched by name when not given.
+        """
+        if current is None:
+            current = await self.get_channel_by_name(spec.name)
+            if current is None:
+                raise UnbluNotFound(
+                    "GET /externalmessengers/getByName",
+                    status=404,
+                    error_message="no channel with that name",
+                )
+        path = "/externalmessengers/update"
+        data = await self._call(
+            "POST", path, body=self._channel_body(spec, current), query={"expand": "metadata"}
+        )
+        return self._decode(data, Channel, f"POST {path}")
+
+    async def provision_channel(self, spec: ChannelSpec) -> Channel:
+        """Make sure a channel matching ``spec`` exists; idempotent by name.
+
+        Creates it when absent, updates it only when a managed field differs, else returns it
+        untouched (no write at all).
+        """
+        current = await self.get_channel_by_name(spec.name)
+        if current is None:
+            channel = await self.create_channel(spec)
+            log.info("unblu channel %r created (id %s)", spec.name, channel.id)
+            return channel
+        differing = self.channel_differences(current, spec)
+        if not differing:
+            log.debug("unblu channel %r up to date (id %s)", spec.name, current.id)
+            return current
+        channel = await self.update_channel(spec, current)
+        log.info(
+            "unblu channel %r updated (id %s): %s", spec.name, channel.id, ", ".join(differing)
+        )
+        return channel
+
+    def channel_differences(self, current: Channel, spec: ChannelSpec) -> list[str]:
+        """Names of the managed fields (JSON names) where ``current`` differs from ``spec``."""
+        diffs: list[str] = []
+        for attr, wanted in self._managed_fields(spec).items():
+            if wanted is None:
+                continue
+            if getattr(current, attr) != wanted:
+                diffs.append(_camel(attr))
+        return diffs
+
+    def _managed_fields(self, spec: ChannelSpec) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "type": "CUSTOM",
+            "description": spec.description,
+            "webhook_endpoint": spec.webhook_endpoint,
+            "webhook_api_version": "V4" if self._v4 else "V3",
+            "webhook_secret": spec.webhook_secret,
+            "webhook_status": spec.webhook_status,
+            "message_state_handled_externally": spec.message_state_handled_externally,
+            "metadata": spec.metadata,
+        }
+        if self._v4:
+            fields.update(
+                outbound_supported=spec.outbound_supported,
+                outbound_timeout_millis=spec.outbound_timeout_millis,
+                contact_identifier_field_name=spec.contact_identifier_field_name,
+                contact_identifier_field_type=spec.contact_identifier_field_type,
+            )
+        return fields
+
+    def _channel_body(
+        self, spec: ChannelSpec, current: Channel | None
+    ) -> wire.CustomExternalMessengerChannel:
+        fields = self._managed_fields(spec)
+        fields["name"] = spec.name
+        if current is not None:
+            fields.update(id=current.id, version=current.version, account_id=current.account_id)
+            fields["source_id"] = current.source_id
+            if isinstance(current.channel_icon, str):
+                fields["channel_icon"] = current.channel_icon
+            for attr in ("description", "webhook_secret", "webhook_status", "metadata"):
+                if fields[attr] is None:
+                    fields[attr] = getattr(current, attr)
+            if self._v4:
+                fields["supports_multiple_conversations_per_contact"] = (
+                    current.supports_multiple_conversations_per_contact
+                )
+                fields["contact_identifier_translations"] = current.contact_identifier_translations
+        return wire.CustomExternalMessengerChannel(**fields)
+
+    # -- contacts ------------------------------------------------------------------------------
+    async def ensure_contact(
+        self,
+        channel_id: str,
+        source_id: str,
+        *,
+        name: str | None,
+        phone: str | None = None,
+        email: str | None = None,
+    ) -> ContactRef:
+        """The Unblu identity of messenger contact ``source_id`` on ``channel_id``.
+
+        A virtual visitor person (stable ``sourceId`` from :func:`virtual_person_source_id`) is
+        created or updated with the name, phone and email, so calling this again after a name
+        change updates Unblu. v4 then reuses the channel's ExternalMessengerContact with that
+        ``sourceId`` (keeping the person it is linked to, which differs when Unblu created it
+        for an agent-initiated conversation) or creates one. v3 has no contacts: the person is
+        the identity and ``contact_id`` is None.
+        """
+        person_id = await self._upsert_person(channel_id, source_id, name, phone, email)
+        if not self._v4:
+            return ContactRef(person_id, None)
+        existing = await self._find_contact(channel_id, source_id)
+        if existing is not None and existing.id:
+            return ContactRef(existing.person_id or person_id, existing.id)
+        path = "/externalmessengercontacts/create"
+        body = wire.ExternalMessengerContact(
+            name=name or source_id,
+            external_messenger_channel_id=channel_id,
+            source_id=source_id,
+            person_id=person_id,
+        )
+        contact = self._decode(await self._call("POST", path, body=body), wire.Contact, path)
+        if not contact.id:
+            raise UnbluError(
+                f"POST {path}", error_message="response has no contact id", retryable=False
+            )
+        return ContactRef(contact.person_id or person_id, contact.id)
+
+    async def get_contact(self, contact_id: str) -> wire.Contact:
+        """Read an ExternalMessengerContact (v4 only; v3 has no contacts)."""
+        path = "/externalmessengercontacts/{externalMessengerContactId}/read"
+        if not self._v4:
+            raise UnbluError(
+                f"GET {path}",
+                error_message="web API v3 has no external messenger contacts",
+                retryable=False,
+            )
+        data = await self._call("GET", path, {"externalMessengerContactId": contact_id})
+        return self._decode(data, wire.Contact, f"GET {path}")
+
+    async def _find_contact(self, channel_id: str, source_id: str) -> wire.Contact | None:
+        path = "/externalmessengercontacts/search"
+        query = wire.ExternalMessengerContactQuery(
+            search_filters=[
+                wire.ExternalMessengerChannelIdExternalMessengerContactSearchFilter(
+                    field="EXTERNAL_MESSENGER_CHANNEL_ID",
+                    operator=wire.EqualsIdOperator(type="EQUALS", value=channel_id),
+                ),
+                wire.SourceIdExternalMessengerContactSearchFilter(
+                    field="SOURCE_ID",
+                    operator=wire.EqualsStringOperator(type="EQUALS", value=source_id),
+                ),
+            ],
+            limit=2,
+        )
+        data = await self._call("POST", path, body=query)
+        result = self._decode(data, wire.ContactSearchResult, f"POST {path}")
+        for item in result.items:
+            if item.source_id in (None, source_id) and item.external_messenger_channel_id in (
+                None,
+                channel_id,
+            ):
+                return item
+        return None
+
+    async def _upsert_person(
+        self,
+        channel_id: str,
+        source_id: str,
+        name: str | None,
+        phone: str | None,
+        email: str | None,
+    ) -> str:
+        path = "/persons/createOrUpdateVirtual"
+        body = wire.PersonData(
+            person_source="VIRTUAL",
+            person_type="VISITOR",
+            source_id=virtual_person_source_id(channel_id, source_id),
+            nickname=name or None,
+            phone=phone,
+            email=email,
+        )
+        person = self._decode(await self._call("POST", path, body=body), wire.Person, path)
+        if not person.id:
+            raise UnbluError(
+                f"POST {path}", error_message="response has no person id", retryable=False
+            )
+        return person.id
+
+    # -- conversations -------------------------------------------------------------------------
+    async def find_active_conversation(
+        self, channel_id: str, source_id: str
+    ) -> Conversation | None:
+        """The active (not ended) conversation of ``source_id`` on the channel, else None."""
+        path = "/conversations/getBySourceIdAndChannelId"
+        try:
+            data = await self._call(
+                "GET", path, query={"sourceId": source_id, "externalMessengerChannelId": channel_id}
+            )
+        except UnbluNotFound:
+            return None
+        except UnbluError as exc:
+            text = (exc.error_message or "").lower()
+            if exc.status in (400, 422) and any(hint in text for hint in _NOT_FOUND_HINTS):
+                return None
+            raise
+        if data is None:
+            return None
+        conversation = self._decode(data, Conversation, f"GET {path}")
+        return None if conversation.state == "ENDED" else conversation
+
+    async def create_conversation(
+        self,
+        channel_id: str,
+        source_id: str,
+        contact: ContactRef,
+        *,
+        engagement_type: str = "CHAT_REQUEST",
+        recipient: Recipient | None = None,
+        topic: str | None = None,
+        locale: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> Conversation:
+        """Open a conversation on the channel with ``contact`` as the context person.
+
+        ``source_id`` links it to the messenger-side thread; Unblu keeps it unique among the
+        channel's active conversations.
+        """
+        path = "/conversations/create"
+        body: msgspec.Struct
+        if self._v4:
+            if not contact.contact_id:
+                raise ValueError("v4 conversations need an ExternalMessengerContact id")
+            body = wire.ConversationCreationData(
+                topic=topic,
+                recipient=(
+                    wire.ConversationCreationRecipientData(type=recipient.type, id=recipient.id)
+                    if recipient
+                    else None
+                ),
+                external_participants=[
+                    wire.ConversationCreationExternalParticipantData(
+                        external_messenger_contact_id=contact.contact_id,
+                        participation_type="CONTEXT_PERSON",
+                    )
+                ],
+                initial_engagement_type=engagement_type,
+                locale=locale,
+                external_messenger_channel_id=channel_id,
+                source_id=source_id,
+                metadata=metadata,
+            )
+        else:
+            body = wire.ConversationData(
+                topic=topic,
+                recipient=(
+                    wire.ConversationRecipientRef(
+                        type_=_V3_RECIPIENT_TYPES[recipient.type], id=recipient.id
+                    )
+                    if recipient
+                    else None
+                ),
+                participants=[
+                    wire.ParticipantData(
+                        person_id=contact.person_id, connected_via_external_messenger=True
+                    )
+                ],
+                context_person_id=contact.person_id,
+                initial_engagement_type=engagement_type,
+                locale=locale,
+                external_messenger_channel_id=channel_id,
+                source_id=source_id,
+                metadata=metadata,
+            )
+        data = await self._call("POST", path, body=body)
+        return self._decode(data, Conversation, f"POST {path}")
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        """Read one conversation (raises :class:`UnbluNotFound` when it does not exist)."""
+        if self._v4:
+            path = "/conversations/{conversationId}/read"
+            data = await self._call("GET", path, {"conversationId": conversation_id})
+        else:
+            path = "/conversations/read"
+            data = await self._call("GET", path, query={"id": conversation_id})
+        return self._decode(data, Conversation, f"GET {path}")
+
+    async def end_conversation(
+        self,
+        conversation_id: str,
+        reason: str = "EXTERNAL_CHANNEL_CLOSED",
+        *,
+        comment: str | None = None,
+    ) -> Conversation:
+        """End a conversation, by default because the messenger side closed it."""
+        path = "/conversations/{conversationId}/end"
+        data = await self._call(
+            "POST",
+            path,
+            {"conversationId": conversation_id},
+            body=wire.ConversationsEndBody(reason=reason, comment=comment),
+        )
+        return self._decode(data, Conversation, f"POST {path}")
+
+    # -- messages ------------------------------------------------------------------------------
+    async def send_text(
+        self,
+        channel_id: str,
+        conversation_id: str,
+        sender: ContactRef,
+        source_id: str,
+        text: str,
+        *,
+        reply_to_message_id: str | None = None,
+        external_message_id: str | None = None,
+    ) -> str:
+        """Post a messenger user's text into the conversation; return Unblu's id for it.
+
+        ``source_id`` is the provider's message id (read receipts refer to it). v3 returns the
+        message's *action* id (Unblu 6/7 do not return the message id) and has no
+        ``externalMessageId``, which is then not sent. Text is sent as SIMPLE_TEXT, so a
+        messenger user's ``*`` and ``_`` are not read as Markdown.
+        """
+        data = wire.TextPostMessageData(type="TEXT", text=text, text_type="SIMPLE_TEXT")
+        return await self._send(
+            channel_id,
+            conversation_id,
+            sender,
+            source_id,
+            data,
+            reply_to_message_id=reply_to_message_id,
+            external_message_id=external_message_id,
+        )
+
+    async def send_file(
+        self,
+        channel_id: str,
+        conversation_id: str,
+        sender: ContactRef,
+        source_id: str,
+        *,
+        file_name: str,
+        mime_type: str,
+        data: bytes,
+        caption: str | None = None,
+        reply_to_message_id: str | None = None,
+        external_message_id: str | None = None,
+    ) -> str:
+        """Post a file (sent inline as an RFC 2397 base64 data URL); return Unblu's id for it."""
+        media_type = "".join(mime_type.split()) or "application/octet-stream"
+        if "," in media_type:
+            raise ValueError(f"invalid MIME type {mime_type!r}")
+        file_data = f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+        message = wire.FilePostMessageData(
+            type="FILE",
+            file_name=file_name,
+            file_data=file_data,
+            caption=caption or None,
+            fallback_text=caption or file_name,
+        )
+        return await self._send(
+            channel_id,
+            conversation_id,
+            sender,
+            source_id,
+            message,
+            reply_to_message_id=reply_to_message_id,
+            external_message_id=external_message_id,
+        )
+
+    async def _send(
+        self,
+        channel_id: str,
+        conversation_id: str,
+        sender: ContactRef,
+        source_id: str,
+        data: wire.TextPostMessageData | wire.FilePostMessageData,
+        *,
+        reply_to_message_id: str | None,
+        external_message_id: str | None,
+    ) -> str:
+        if self._v4:
+            if not sender.contact_id:
+                raise ValueError("v4 sendMessage needs the sender's ExternalMessengerContact id")
+            path = "/externalmessengers/{channelId}/sendMessage"
+            body = wire.ExternalMessengerPostMessage(
+                conversation_id=conversation_id,
+                message_data=data,
+                sender_external_messenger_contact_id=sender.contact_id,
+                source_id=source_id,
+                reply_to_message_id=reply_to_message_id,
+                external_message_id=external_message_id,
+            )
+            result = await self._call("POST", path, {"channelId": channel_id}, body=body)
+            return self._decode(result, wire.SendMessageResult, f"POST {path}").message_id
+        path = "/externalmessengers/sendMessage"
+        body = wire.ExternalMessengerPostMessage(
+            conversation_id=conversation_id,
+            message_data=data,
+            external_messenger_channel_id=channel_id,
+            sender_person_id=sender.person_id,
+            source_id=source_id,
+            reply_to_message_id=reply_to_message_id,
+        )
+        result = await self._call("POST", path, body=body)
+        return self._decode(result, str, f"POST {path}")
+
+    # -- message states ------------------------------------------------------------------------
+    async def message_sent(self, channel_id: str, conversation_id: str, message_id: str) -> None:
+        """Report that an agent's message reached the messenger (not yet delivered)."""
+        body = wire.ExternalMessengersMessageSentSuccessfullyBody(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            external_messenger_channel_id=None if self._v4 else channel_id,
+        )
+        await self._channel_call("messageSentSuccessfully", channel_id, body)
+
+    async def message_delivered(
+        self,
+        channel_id: str,
+        conversation_id: str,
+        message_id: str,
+        *,
+        contact: ContactRef | None = None,
+    ) -> None:
+        """Report an agent's message as delivered (to ``contact``, or to every external
+        participant when None)."""
+        body = wire.ExternalMessengersMessageDeliveredBody(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            **self._state_ids(channel_id, contact),
+        )
+        await self._channel_call("messageDelivered", channel_id, body)
+
+    async def message_read(
+        self,
+        channel_id: str,
+        conversation_id: str,
+        message_id: str,
+        *,
+        contact: ContactRef | None = None,
+    ) -> None:
+        """Report an agent's message as read (which implies delivered)."""
+        body = wire.ExternalMessengersMessageReadBody(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            **self._state_ids(channel_id, contact),
+        )
+        await self._channel_call("messageRead", channel_id, body)
+
+    async def message_send_failed(
+        self,
+        channel_id: str,
+        conversation_id: str,
+        message_id: str,
+        *,
+        terminal: bool,
+        failure_text: str,
+    ) -> None:
+        """Report that an agent's message could not be sent; ``failure_text`` is shown to the
+        agent, and a non-terminal failure lets them retry."""
+        state: wire.SendFailState = "TERMINAL" if terminal else "RETRYABLE"
+        body = wire.ExternalMessengersMessageSendFailedBody(
+            conversation_id=conversation_id,
+            message_id=message_id,
+            failure_text=failure_text,
+            **(
+                {"fail_state": state}
+                if self._v4
+                else {"failed_state": state, "external_messenger_channel_id": channel_id}
+            ),
+        )
+        await self._channel_call("messageSendFailed", channel_id, body)
+
+    def _state_ids(self, channel_id: str, contact: ContactRef | None) -> dict[str, str | None]:
+        if self._v4:
+            return {"external_messenger_contact_id": contact.contact_id if contact else None}
+        return {
+            "external_messenger_channel_id": channel_id,
+            "person_id": contact.person_id if contact else None,
+        }
+
+    async def _channel_call(self, operation: str, channel_id: str, body: msgspec.Struct) -> None:
+        if self._v4:
+            await self._call(
+                "POST",
+                f"/externalmessengers/{{channelId}}/{operation}",
+                {"channelId": channel_id},
+                body,
+            )
+        else:
+            await self._call("POST", f"/externalmessengers/{operation}", body=body)
+
+    # -- ping ----------------------------------------------------------------------------------
+    async def ping(self, channel_id: str) -> str | None:
+        """Ask Unblu to ping the channel's endpoint.
+
+        v4 returns the ``pingId`` our endpoint echoed; v3 (``pingCustomChannel``, 204) returns
+        None because Unblu 6/7 only emit a ``ping`` webhook event and report nothing back.
+        """
+        if self._v4:
+            path = "/externalmessengers/{channelId}/sendPing"
+            data = await self._call("POST", path, {"channelId": channel_id})
+            return self._decode(data, wire.PingResult, f"POST {path}").ping_id
+        await self._call(
+            "POST",
+            "/externalmessengers/pingCustomChannel",
+            body=wire.ExternalMessengersPingCustomChannelBody(
+                external_messenger_channel_id=channel_id
+            ),
+        )
+        return None
+
+    # -- files ---------------------------------------------------------------------------------
+    async def download(
+        self,
+        url: str,
+        *,
+        max_bytes: int = 100 * 1024 * 1024,
+        time_limit: float | None = None,
+    ) -> tuple[bytes, str | None]:
+        """Fetch a file an agent sent (its WEB_API download link); return data and MIME type.
+
+        Credentials only ever go to the origin of ``base_url``. A link to another origin whose
+        path lies under the web API prefix (Unblu building links from its public URL behind a
+        proxy) is fetched from ``base_url``'s origin instead; any other link is refused.
+        While file interceptors review an upload Unblu answers 403, reported as retryable.
+        ``time_limit`` defaults to the client timeout, but at least 60 s.
+        """
+        operation = "GET <file download link>"
+        base = yarl.URL(self._root)
+        target = base.join(yarl.URL(url))
+        if target.origin() != base.origin():
+            prefix = base.path.rsplit("/", 1)[0] + "/"
+            if not target.path.startswith(prefix):
+                raise UnbluError(
+                    operation,
+                    error_message=(
+                        f"refusing to send Unblu credentials to {target.origin()}; "
+                        f"the link is outside {base.origin()}{prefix}"
+                    ),
+                    retryable=False,
+                )
+            target = base.origin().join(yarl.URL(target.raw_path_qs, encoded=True))
+        limit = aiohttp.ClientTimeout(total=time_limit or max(self._timeout, 60.0))
+        try:
+            async with self._http().get(
+                target,
+                headers={"Authorization": self.__authorization, "User-Agent": _USER_AGENT},
+                timeout=limit,
+                allow_redirects=False,
+            ) as resp:
+                if resp.status != 200:
+                    raw = await resp.read()
+                    try:
+                        data: Any = msgspec.json.decode(raw) if raw.strip() else None
+                    except msgspec.DecodeError:
+                        data = None
+                    message = self._error_message(data) or resp.reason
+                    if resp.status == 403:
+                        message = f"file not available (yet): {message or 'forbidden'}"
+                    cls = UnbluNotFound if resp.status == 404 else UnbluError
+                    raise cls(
+                        operation,
+                        status=resp.status,
+                        error_message=message,
+                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+                        retryable=True if resp.status == 403 else None,
+                    )
+                if resp.content_length is not None and resp.content_length > max_bytes:
+                    raise UnbluError(
+                        operation,
+                        status=resp.status,
+                        error_message=f"file is larger than {max_bytes} bytes",
+                        retryable=False,
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise UnbluError(
+                            operation,
+                            status=resp.status,
+                            error_message=f"file is larger than {max_bytes} bytes",
+                            retryable=False,
+                        )
+                    chunks.append(chunk)
+                mime = resp.content_type if resp.headers.get("Content-Type") else None
+                return b"".join(chunks), mime
+        except TimeoutError as exc:
+            raise UnbluError(operation, error_message="download timed out") from exc
+        except aiohttp.ClientError as exc:
+            raise UnbluError(operation, error_message=_describe_network_error(exc)) from exc
+
+
+def _fill_path(template: str, params: Mapping[str, str]) -> str:
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1)
+        try:
+            value = params[name]
+        except KeyError:
+            raise ValueError(f"missing path parameter {name!r} for {template}") from None
+        if not value:
+            raise ValueError(f"empty path parameter {name!r} for {template}")
+        return quote(value, safe="")
+
+    return _PATH_PARAM.sub(repl, template)
+
+
+def _describe_network_error(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return f"cannot connect to {exc.host}:{exc.port} ({reason})"
+    return type(exc).__name__
+
+
+def _camel(attr: str) -> str:
+    head, *rest = attr.split("_")
+    return head + "".join(part.title() for part in rest)

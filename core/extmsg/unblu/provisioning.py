@@ -1,0 +1,64 @@
+"""Channel provisioning: each configured channel exists in Unblu as a custom channel.
+
+Idempotent by name, so ``serve`` can run it at every start and ``extmsg channels sync`` by
+hand. The Unblu channel id is kept in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ..models import Channel
+from ..store.base import ChannelRow
+from .client import ChannelSpec
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+__all__ = ["channel_spec", "endpoint_url", "provision_channels"]
+
+log = logging.getLogger("extmsg.unblu")
+
+
+def endpoint_url(channel: Channel) -> str:
+    """Where Unblu calls this channel: ``{public_url}/unblu/{channel}``."""
+    return f"{channel.public_url.rstrip('/')}/unblu/{channel.name}"
+
+
+def channel_spec(runtime: Runtime, channel: Channel) -> ChannelSpec:
+    mtype = runtime.messengers[channel.messenger]
+    return ChannelSpec(
+        name=channel.name,
+        description=f"extmsg {mtype.description or channel.messenger}".strip(),
+        webhook_endpoint=endpoint_url(channel),
+        webhook_secret=channel.webhook_secret,
+        message_state_handled_externally=True,
+        outbound_supported=True,
+        outbound_timeout_millis=runtime.config.unblu.outbound_timeout_millis,
+        contact_identifier_field_name=mtype.contact_identifier_name,
+        contact_identifier_field_type=mtype.contact_identifier_type,
+        metadata={"extmsg.messenger": channel.messenger},
+    )
+
+
+async def provision_channels(runtime: Runtime) -> dict[str, str]:
+    """Create or update every configured channel in Unblu; return name → Unblu id."""
+    client = runtime.unblu_client()
+    done: dict[str, str] = {}
+    for channel in runtime.channels.values():
+        remote = await client.provision_channel(channel_spec(runtime, channel))
+        await runtime.store.upsert_channel(
+            ChannelRow(
+                name=channel.name,
+                messenger=channel.messenger,
+                unblu_channel_id=remote.id,
+                webhook_status=remote.webhook_status,
+                provisioned_at=time.time(),
+            )
+        )
+        runtime.unblu_channel_ids[channel.name] = remote.id
+        done[channel.name] = remote.id
+        log.info("channel %s is Unblu channel %s", channel.name, remote.id)
+    return done

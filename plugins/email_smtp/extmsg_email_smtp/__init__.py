@@ -1,0 +1,1 @@
+"""Email (SMTP out; SMTP or IMAP in), as an extmsg messenger."""

@@ -1,0 +1,1 @@
+"""SMS through Twilio Programmable Messaging, as an extmsg messenger."""

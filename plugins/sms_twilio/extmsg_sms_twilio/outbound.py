@@ -1,0 +1,155 @@
+"""Agent messages to SMS: rendering (prefix, split, segment guard) and the Messages API call."""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+
+from extmsg.errors import DeliveryError, PermanentError, RetryableError
+from extmsg.models import Channel, OutboundMessage, SendResult
+from extmsg.rendering import prefix_text, split_text
+
+from .errors import describe_code, error_from_response
+from .phone import mask
+from .segments import count_segments
+from .settings import TWILIO_MAX_BODY, TwilioSettings
+
+__all__ = ["messages_url", "render", "send", "send_form", "split_body", "status_callback_url"]
+
+log = logging.getLogger("extmsg.sms_twilio")
+
+
+def split_body(text: str) -> list[str]:
+    """``text`` in parts Twilio accepts as one ``Body`` each, cut on word boundaries.
+
+    Twilio counts UTF-16 code units, so a part full of emoji is cut again at half length.
+    """
+    parts: list[str] = []
+    for part in split_text(text, TWILIO_MAX_BODY):
+        if len(part.encode("utf-16-le")) // 2 <= TWILIO_MAX_BODY:
+            parts.append(part)
+        else:
+            parts.extend(split_text(part, TWILIO_MAX_BODY // 2))
+    return parts
+
+
+def render(channel: Channel, message: OutboundMessage) -> list[OutboundMessage]:
+    """The sender prefix, then one message per 1600-character part.
+
+    :raises PermanentError: the parts together cost more than ``max_segments`` SMS segments.
+    """
+    settings: TwilioSettings = channel.settings
+    message = prefix_text(channel, message)
+    if not message.text:
+        return [message]
+    parts = split_body(message.text)
+    if message.attachment is None:
+        total = sum(count_segments(part).segments for part in parts)
+        if total > settings.max_segments:
+            raise PermanentError(
+                f"This message is too long for SMS: it would be sent as {total} segments and "
+                f"this channel allows at most {settings.max_segments}. Please shorten it."
+            )
+    rendered = [
+        msgspec.structs.replace(message, text=part, part=index) for index, part in enumerate(parts)
+    ]
+    if message.attachment is not None and len(rendered) > 1:
+        # The file travels with the last part, after the text that introduces it.
+        rendered = [msgspec.structs.replace(m, attachment=None) for m in rendered[:-1]] + [
+            rendered[-1]
+        ]
+    return rendered
+
+
+def messages_url(settings: TwilioSettings) -> str:
+    return f"{settings.api_root}/2010-04-01/Accounts/{settings.account_sid}/Messages.json"
+
+
+def status_callback_url(channel: Channel, message: OutboundMessage) -> str:
+    """The channel's status route with our message id, which Twilio echoes in the URL."""
+    return f"{channel.route_url('status')}?ref={quote(message.id, safe='')}"
+
+
+def send_form(channel: Channel, message: OutboundMessage) -> list[tuple[str, str]]:
+    """The Messages API form for one rendered message.
+
+    :raises PermanentError: nothing to send, or a file without a public URL.
+    """
+    settings: TwilioSettings = channel.settings
+    form: list[tuple[str, str]] = [("To", message.contact.address)]
+    if settings.messaging_service_sid:
+        form.append(("MessagingServiceSid", settings.messaging_service_sid))
+    else:
+        form.append(("From", settings.from_number or ""))
+    attachment = message.attachment
+    body = message.text or (attachment.caption if attachment is not None else None)
+    if body:
+        form.append(("Body", body))
+    if attachment is not None:
+        if not attachment.url:
+            raise PermanentError(
+                "This channel cannot send files without a public media URL; the file "
+                f"{attachment.file_name!r} was not sent."
+            )
+        form.append(("MediaUrl", attachment.url))
+    if not body and attachment is None:
+        raise PermanentError(describe_code("21602"), code="21602")
+    if settings.status_callback:
+        form.append(("StatusCallback", status_callback_url(channel, message)))
+    return form
+
+
+class _Created(msgspec.Struct, kw_only=True):
+    sid: str
+    status: str | None = None
+    error_code: int | str | None = None
+    error_message: str | None = None
+
+
+async def send(
+    session: aiohttp.ClientSession, channel: Channel, message: OutboundMessage
+) -> SendResult:
+    """Create the message through Twilio's Messages API.
+
+    :raises RetryableError: throttling, 5xx, network trouble or a timeout.
+    :raises PermanentError: Twilio refused the message (see :mod:`.errors`).
+    """
+    settings: TwilioSettings = channel.settings
+    form = send_form(channel, message)
+    auth = aiohttp.BasicAuth(settings.account_sid, settings.auth_token)
+    timeout = aiohttp.ClientTimeout(total=settings.timeout)
+    try:
+        async with session.post(
+            messages_url(settings),
+            data=form,
+            auth=auth,
+            timeout=timeout,
+            headers={"Accept": "application/json"},
+        ) as response:
+            body = await response.read()
+            status, headers = response.status, response.headers
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise RetryableError(
+            f"Could not reach Twilio ({type(exc).__name__}); the message will be retried."
+        ) from exc
+    if status >= 400:
+        error: DeliveryError = error_from_response(status, body, headers)
+        log.warning(
+            "twilio send %s to %s failed: HTTP %s code %s",
+            message.id, mask(message.contact.address), status, error.code,
+        )
+        raise error
+    try:
+        created = msgspec.json.decode(body, type=_Created)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise RetryableError(
+            f"Twilio answered HTTP {status} without a message id; the message will be retried."
+        ) from exc
+    if (created.status or "").lower() in ("failed", "undelivered"):
+        code = None if created.error_code is None else str(created.error_code)
+        raise PermanentError(describe_code(code, created.error_message), code=code)
+    log.info("twilio sent %s to %s as %s", message.id, mask(message.contact.address), created.sid)
+    return SendResult(provider_message_id=created.sid)

@@ -1,0 +1,36 @@
+"""The one HTTP client session the plugin shares between its channels."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+__all__ = ["SessionHolder"]
+
+USER_AGENT = "extmsg-sms-twilio/0.1"
+
+
+class SessionHolder:
+    """Opens the session at start-up (or on first use, for callers without a lifecycle, such
+    as tests) and closes it at shutdown. A session belongs to one event loop; a call from
+    another loop gets a fresh one."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": USER_AGENT},
+                connector=aiohttp.TCPConnector(limit=100, limit_per_host=50),
+            )
+            self._loop = loop
+        return self._session
+
+    async def close(self) -> None:
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()

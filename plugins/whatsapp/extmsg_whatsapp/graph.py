@@ -1,0 +1,154 @@
+"""The HTTP side of the Graph API: one session for all channels, errors turned into verdicts.
+
+Every call carries the channel's bearer token and its own timeout. Answers that are not 2xx
+become :class:`~extmsg.errors.RetryableError` / :class:`~extmsg.errors.PermanentError` through
+:mod:`extmsg_whatsapp.errors`; transport failures become retryable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from extmsg.errors import DeliveryError, PermanentError, RetryableError
+
+from . import errors
+from .media import too_large_inbound
+from .settings import WhatsAppSettings
+
+__all__ = ["Graph"]
+
+log = logging.getLogger("extmsg.whatsapp")
+
+_CHUNK = 64 * 1024
+
+
+def _auth(settings: WhatsAppSettings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {settings.access_token}"}
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class Graph:
+    """A lazily opened ``aiohttp.ClientSession`` bound to the running event loop."""
+
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self) -> None:
+        self.session()
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+        self._session = None
+        self._loop = None
+
+    def session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            self._session = aiohttp.ClientSession(
+                headers={"User-Agent": "extmsg-whatsapp"}, raise_for_status=False
+            )
+            self._loop = loop
+        return self._session
+
+    async def call(
+        self,
+        settings: WhatsAppSettings,
+        method: str,
+        url: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        form: aiohttp.FormData | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Mapping[str, Any]:
+        """One Graph API request; its JSON object answer, or a DeliveryError."""
+        timeout = aiohttp.ClientTimeout(total=settings.timeout)
+        try:
+            async with self.session().request(
+                method,
+                url,
+                json=json_body,
+                data=form,
+                params=params,
+                headers=_auth(settings),
+                timeout=timeout,
+            ) as resp:
+                raw = await resp.read()
+                payload = _json(raw)
+                if not 200 <= resp.status < 300:
+                    error = errors.from_response(
+                        resp.status, payload, retry_after=_retry_after(resp.headers)
+                    )
+                    log.warning(
+                        "whatsapp: %s %s answered HTTP %s (code %s)",
+                        method, _path(url), resp.status, error.code,
+                    )
+                    raise error
+        except DeliveryError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("whatsapp: %s %s failed: %s", method, _path(url), type(exc).__name__)
+            raise errors.network_error(exc) from exc
+        if not isinstance(payload, Mapping):
+            raise PermanentError(
+                "WhatsApp answered with something that is not JSON; the outcome is unknown.",
+                status=resp.status,
+            )
+        return payload
+
+    async def download(self, settings: WhatsAppSettings, url: str, limit: int) -> bytes:
+        """GET a media URL with the bearer token, refusing more than ``limit`` bytes."""
+        timeout = aiohttp.ClientTimeout(total=max(settings.timeout, 120.0))
+        try:
+            async with self.session().get(url, headers=_auth(settings), timeout=timeout) as resp:
+                if resp.status in (401, 403, 404, 410):
+                    # the download link lives five minutes: ask for a new one on the next try
+                    raise RetryableError(
+                        "WhatsApp's download link for the file expired; it will be fetched "
+                        "again.",
+                        status=resp.status,
+                    )
+                if not 200 <= resp.status < 300:
+                    raise errors.from_response(
+                        resp.status, _json(await resp.read()),
+                        retry_after=_retry_after(resp.headers),
+                    )
+                if resp.content_length is not None and resp.content_length > limit:
+                    raise too_large_inbound(resp.content_length, limit)
+                data = bytearray()
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    data += chunk
+                    if len(data) > limit:
+                        raise too_large_inbound(len(data), limit)
+                return bytes(data)
+        except DeliveryError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("whatsapp: media download failed: %s", type(exc).__name__)
+            raise errors.network_error(exc) from exc
+
+
+def _path(url: str) -> str:
+    """The URL without host and query, for logs."""
+    return "/" + url.split("://", 1)[-1].split("/", 1)[-1].split("?", 1)[0]

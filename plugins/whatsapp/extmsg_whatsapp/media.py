@@ -1,0 +1,86 @@
+"""Which WhatsApp media type a file travels as, and how big it may be.
+
+WhatsApp shows JPEG/PNG as images, MP4/3GPP as videos and a handful of audio formats as voice
+or audio; anything else goes as a document, which any file type may be. The limits are Meta's
+per-type maximums; a larger file fails before it is uploaded, with a reason the agent can read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+from urllib.parse import urlsplit
+
+from extmsg.errors import PermanentError
+
+from .content import base_mime
+
+__all__ = [
+    "CAPTION_TYPES",
+    "MAX_BYTES",
+    "MediaKind",
+    "check_outbound_size",
+    "may_carry_token",
+    "outbound_kind",
+    "too_large_inbound",
+]
+
+MediaKind = Literal["image", "video", "audio", "document", "sticker"]
+
+_IMAGE = frozenset({"image/jpeg", "image/png"})
+_VIDEO = frozenset({"video/mp4", "video/3gpp"})
+_AUDIO = frozenset({"audio/aac", "audio/amr", "audio/mpeg", "audio/mp4", "audio/ogg"})
+
+MAX_BYTES: Mapping[str, int] = {
+    "image": 5 * 1024 * 1024,
+    "video": 16 * 1024 * 1024,
+    "audio": 16 * 1024 * 1024,
+    "document": 100 * 1024 * 1024,
+    "sticker": 500 * 1024,
+}
+#: Media types that carry a caption (audio and stickers do not).
+CAPTION_TYPES = frozenset({"image", "video", "document"})
+
+#: Hosts Meta serves media from; the access token is only ever sent to these and the API host.
+_MEDIA_HOST_SUFFIXES = (".fbsbx.com", ".facebook.com", ".fbcdn.net", ".whatsapp.net")
+
+
+def outbound_kind(mime_type: str | None) -> MediaKind:
+    mime = base_mime(mime_type)
+    if mime in _IMAGE:
+        return "image"
+    if mime in _VIDEO:
+        return "video"
+    if mime in _AUDIO:
+        return "audio"
+    return "document"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
+
+
+def check_outbound_size(kind: str, size: int) -> None:
+    limit = MAX_BYTES[kind]
+    if size > limit:
+        raise PermanentError(
+            f"The file is too large for WhatsApp ({_megabytes(size)}; a {kind} may have at "
+            f"most {_megabytes(limit)})."
+        )
+
+
+def too_large_inbound(size: int, limit: int) -> PermanentError:
+    return PermanentError(
+        f"The contact's file is too large to pass on ({_megabytes(size)}; this channel "
+        f"accepts at most {_megabytes(limit)})."
+    )
+
+
+def may_carry_token(url: str, api_base_url: str) -> bool:
+    """Whether a media URL is on a host that may receive the channel's access token."""
+    target = urlsplit(url)
+    host = (target.hostname or "").lower()
+    api = urlsplit(api_base_url)
+    if host and host == (api.hostname or "").lower() and target.port == api.port:
+        return True
+    return target.scheme == "https" and host.endswith(_MEDIA_HOST_SUFFIXES)

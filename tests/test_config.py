@@ -1,0 +1,128 @@
+"""Configuration: TOML + environment, every problem reported with its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from extmsg.config import load_config, parse_config
+from extmsg.errors import ConfigError
+from extmsg.plugins import build_hooks
+
+from . import loopback_plugin
+
+MESSENGERS = build_hooks(entry_points=False, extra=[loopback_plugin]).messenger_types()
+
+VALID = """
+[server]
+port = 9000
+public_url = "https://connector.example.com/"
+
+[unblu]
+base_url = "https://unblu.example.com/app/rest"
+username = "admin"
+password = "${UNBLU_PASSWORD}"
+
+[[channels]]
+name = "sms"
+messenger = "loopback"
+webhook_secret = "${HOOK_SECRET:-fallback-secret}"
+recipient = { type = "TEAM", id = "team-1" }
+
+[channels.settings]
+token = "${TWILIO_TOKEN}"
+mode = "a"
+"""
+
+
+def _problems(text: str, env: dict[str, str] | None = None) -> list[str]:
+    import tomllib
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(tomllib.loads(text), MESSENGERS, env=env or {})
+    return info.value.problems
+
+
+def test_valid_config_with_environment_references(tmp_path: Path) -> None:
+    path = tmp_path / "extmsg.toml"
+    path.write_text(VALID)
+    config = load_config(path, MESSENGERS, env={"UNBLU_PASSWORD": "pw", "TWILIO_TOKEN": "tok"})
+    assert config.unblu.password == "pw"
+    assert config.channels[0].webhook_secret == "fallback-secret"
+    assert config.channels[0].recipient is not None
+    assert config.channels[0].recipient.type == "TEAM"
+    settings = config.channel_settings["sms"]
+    assert settings.token == "tok"
+    assert config.server.base_url == "https://connector.example.com"
+    [channel] = config.runtime_channels()
+    assert channel.route_url("inbound") == "https://connector.example.com/channels/sms/inbound"
+    assert config.store_path() == tmp_path / "extmsg.sqlite3"
+
+
+def test_every_problem_is_one_line_naming_its_key() -> None:
+    text = """
+[server]
+port = "eighty"
+bogus = 1
+
+[unblu]
+api_version = "v5"
+
+[[channels]]
+name = "sms"
+messenger = "loopback"
+webhook_secret = "x"
+[channels.settings]
+account = "acct-1"
+
+[[channels]]
+name = "Bad Name"
+messenger = "smss"
+
+[[channels]]
+name = "sms"
+messenger = "loopback"
+webhook_secret = "y"
+[channels.settings]
+account = "nope"
+token = "t"
+"""
+    problems = _problems(text)
+    assert "server.port: expected `int`, got `str`" in problems
+    assert "server.bogus: unknown key" in problems
+    assert any(p.startswith("unblu.api_version: ") for p in problems)
+    assert "channels[0].settings.token: required" in problems
+    assert any(p.startswith("channels[1].name: expected `str` matching regex") for p in problems)
+    assert "channels[1].webhook_secret: required" in problems
+    assert any(
+        p.startswith("channels[1].messenger: unknown messenger type 'smss' (known: ")
+        for p in problems
+    )
+    assert "channels[2].name: channel 'sms' is defined twice" in problems
+    assert any(p.startswith("channels[2].settings.account: ") for p in problems)
+
+
+def test_missing_environment_variable_names_the_key_and_the_variable() -> None:
+    problems = _problems(VALID, env={"TWILIO_TOKEN": "t"})
+    assert problems == ["unblu.password: environment variable UNBLU_PASSWORD is not set"]
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    problems = _problems('[server]\npublic_ur = "x"\n')
+    assert problems == ["server.public_ur: unknown key (did you mean 'public_url'?)"]
+
+
+def test_cross_field_rule_in_plugin_settings() -> None:
+    text = VALID.replace('mode = "a"', 'mode = "a"\nother = "b"')
+    problems = _problems(text, env={"UNBLU_PASSWORD": "p", "TWILIO_TOKEN": "t"})
+    assert problems == ["channels[0].settings: set at most one of mode and other"]
+
+
+def test_not_toml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad, MESSENGERS)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml", MESSENGERS)

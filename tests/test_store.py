@@ -1,0 +1,306 @@
+"""The SQLite store: dedup with the job in one transaction, forward-only message states, lane
+ordering of jobs, leases, dead letters and migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from extmsg.models import MessageState
+from extmsg.store.base import Intake, NewJob, NewMessage
+from extmsg.store.migrations import MIGRATIONS
+from extmsg.store.sqlite import SqliteStore
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "store.sqlite3")
+    await s.open()
+    yield s
+    await s.close()
+
+
+def message(
+    n: int | str,
+    *,
+    provider: str | None = None,
+    unblu: str | None = None,
+    channel: str = "sms",
+    direction: str = "in",
+) -> NewMessage:
+    return NewMessage(
+        id=f"m{n}",
+        channel=channel,
+        direction=direction,  # type: ignore[arg-type]
+        thread="+41790000001",
+        provider_message_id=provider
+        if provider is not None
+        else (f"p{n}" if unblu is None else None),
+        unblu_message_id=unblu,
+    )
+
+
+def job(lane: str, payload: bytes = b"{}", kind: str = "k", delay: float = 0.0) -> NewJob:
+    return NewJob(kind=kind, lane=lane, payload=payload, delay=delay)
+
+
+async def enqueue(store: SqliteStore, *lanes: str) -> list[int]:
+    """One job per lane name given (repeat a name for several), in order; their ids."""
+    before = {j.id for j in await store.list_jobs(("ready", "running", "done", "dead"), 10**6)}
+    await store.intake(
+        [Intake(job=job(lane, payload=str(i).encode())) for i, lane in enumerate(lanes)]
+    )
+    after = await store.list_jobs(("ready", "running", "done", "dead"), 10**6)
+    return [j.id for j in after if j.id not in before]
+
+
+async def count(store: SqliteStore, table: str) -> int:
+    row = await store._one(f"SELECT COUNT(*) FROM {table}")  # noqa: S608
+    return int(row[0])
+
+
+# -- intake and dedup -------------------------------------------------------------------------
+async def test_a_duplicate_message_enqueues_no_job(store: SqliteStore) -> None:
+    first = await store.intake([Intake(message=message(1), job=job("a"))])
+    assert [r.accepted for r in first] == [True]
+    assert first[0].message_id == "m1"
+
+    # the provider sends the same message again (same provider id, a fresh id of ours)
+    again = await store.intake([Intake(message=message("x", provider="p1"), job=job("a"))])
+    assert again[0].accepted is False
+    assert again[0].message_id == "m1"
+    assert await count(store, "messages") == 1
+    assert await count(store, "jobs") == 1
+
+
+async def test_duplicates_within_one_batch_and_by_unblu_id(store: SqliteStore) -> None:
+    results = await store.intake(
+        [
+            Intake(message=message(1), job=job("a")),
+            Intake(message=message(2, provider="p1"), job=job("a")),  # same provider id as m1
+            Intake(message=message(3, unblu="u1", direction="out"), job=job("b")),
+            Intake(message=message(4, unblu="u1", direction="out"), job=job("b")),
+            Intake(message=message(5, unblu="u1", direction="in"), job=job("c")),  # other direction
+            Intake(message=message(6, provider="p1", channel="wa"), job=job("d")),  # other channel
+            Intake(job=job("e")),  # a job without a message is always accepted
+        ]
+    )
+    assert [(r.accepted, r.message_id) for r in results] == [
+        (True, "m1"),
+        (False, "m1"),
+        (True, "m3"),
+        (False, "m3"),
+        (True, "m5"),
+        (True, "m6"),
+        (True, None),
+    ]
+    jobs = await store.list_jobs(("ready",))
+    assert [j.lane for j in jobs] == ["a", "b", "c", "d", "e"]
+    assert [j.message_id for j in jobs] == ["m1", "m3", "m5", "m6", None]
+
+
+async def test_a_failed_intake_stores_nothing(store: SqliteStore) -> None:
+    bad = message(2, direction="sideways")  # violates the CHECK constraint
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.intake([Intake(message=message(1), job=job("a")), Intake(message=bad)])
+    assert await count(store, "messages") == 0
+    assert await count(store, "jobs") == 0
+
+
+async def test_large_batches_keep_their_order(store: SqliteStore) -> None:
+    items = [
+        Intake(message=message(i), job=job(f"lane{i % 3}", payload=str(i).encode()))
+        for i in range(1200)
+    ]
+    results = await store.intake(items)
+    assert all(r.accepted for r in results)
+    jobs = await store.list_jobs(("ready",), 5000)
+    assert [int(j.payload) for j in jobs] == list(range(1200))
+    assert [j.message_id for j in jobs] == [f"m{i}" for i in range(1200)]
+
+
+async def test_delayed_jobs_wait(store: SqliteStore) -> None:
+    await store.intake([Intake(job=job("a", delay=30))])
+    assert await store.claim_jobs(5, 10) == []
+
+
+# -- message states ---------------------------------------------------------------------------
+async def test_message_states_only_move_forward(store: SqliteStore) -> None:
+    await store.intake([Intake(message=message(1))])
+
+    async def state() -> MessageState:
+        row = await store.get_message("m1")
+        assert row is not None
+        return row.state
+
+    assert await store.advance_state("m1", MessageState.DELIVERED)
+    assert not await store.advance_state("m1", MessageState.SENT)
+    assert await state() is MessageState.DELIVERED
+    assert await store.advance_state("m1", MessageState.READ)
+    assert not await store.advance_state("m1", MessageState.DELIVERED)
+    assert not await store.advance_state("m1", MessageState.READ)
+    assert await state() is MessageState.READ
+
+
+async def test_failed_is_final_until_the_job_is_retried(store: SqliteStore) -> None:
+    await store.intake([Intake(message=message(1), job=job("a"))])
+    [claimed] = await store.claim_jobs(1, 30)
+    assert await store.advance_state("m1", MessageState.FAILED, "opted out")
+    for later in MessageState:
+        assert not await store.advance_state("m1", later)
+    await store.bury_job(claimed.id, "opted out")
+
+    assert await store.retry_job(claimed.id)
+    row = await store.get_message("m1")
+    assert row is not None
+    assert row.state is MessageState.PENDING
+    assert await store.advance_state("m1", MessageState.SENT)
+    retried = await store.get_job(claimed.id)
+    assert retried is not None
+    assert (retried.state, retried.attempts) == ("ready", 0)
+
+
+# -- claiming ---------------------------------------------------------------------------------
+async def test_claims_follow_lane_order(store: SqliteStore) -> None:
+    a1, a2, a3, b1, b2 = await enqueue(store, "a", "a", "a", "b", "b")
+    first = await store.claim_jobs(10, 30)
+    assert [j.id for j in first] == [a1, b1]
+    assert all(j.state == "running" and j.lease_until for j in first)
+    assert await store.claim_jobs(10, 30) == []  # both heads run: their lanes wait
+
+    await store.complete_job(a1)
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a2]
+
+    # a2 fails and backs off: it stays the head of lane a and blocks it
+    await store.reschedule_job(a2, time.time() + 0.2, "try later")
+    await store.complete_job(b1)
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [b2]
+    assert await store.claim_jobs(10, 30) == []
+    backing_off = await store.get_job(a2)
+    assert backing_off is not None
+    assert (backing_off.state, backing_off.attempts, backing_off.last_error) == (
+        "ready",
+        1,
+        "try later",
+    )
+
+    await asyncio.sleep(0.25)
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a2]
+    await store.complete_job(a2)
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a3]
+
+
+async def test_claim_limit(store: SqliteStore) -> None:
+    ids = await enqueue(store, *[f"lane{i}" for i in range(6)])
+    assert [j.id for j in await store.claim_jobs(4, 30)] == ids[:4]
+    assert [j.id for j in await store.claim_jobs(4, 30)] == ids[4:]
+    assert await store.claim_jobs(0, 30) == []
+
+
+async def test_dead_jobs_do_not_block_their_lane(store: SqliteStore) -> None:
+    a1, a2 = await enqueue(store, "a", "a")
+    await store.claim_jobs(10, 30)
+    await store.bury_job(a1, "permanent")
+    [next_job] = await store.claim_jobs(10, 30)
+    assert next_job.id == a2
+    dead = await store.get_job(a1)
+    assert dead is not None
+    assert (dead.state, dead.last_error, dead.attempts) == ("dead", "permanent", 1)
+    assert await store.job_counts() == {"ready": 0, "running": 1, "done": 0, "dead": 1}
+
+
+async def test_an_expired_lease_is_claimed_again_and_counts_an_attempt(
+    store: SqliteStore,
+) -> None:
+    [a1] = await enqueue(store, "a")
+    await store.claim_jobs(1, 0.05)
+    assert await store.claim_jobs(1, 30) == []
+    await asyncio.sleep(0.1)
+    [again] = await store.claim_jobs(1, 30)
+    assert again.id == a1
+    assert again.attempts == 1
+    assert "lease expired" in (again.last_error or "")
+
+
+async def test_renewing_a_lease_keeps_the_job(store: SqliteStore) -> None:
+    a1, b1 = await enqueue(store, "a", "b")
+    await store.claim_jobs(2, 0.1)
+    assert await store.renew_lease([a1], 30) == [a1]
+    await asyncio.sleep(0.15)
+    assert [j.id for j in await store.claim_jobs(5, 30)] == [b1]  # only b1's lease ran out
+    await store.complete_job(a1)
+    assert await store.renew_lease([a1], 30) == []  # not running any more
+    assert await store.renew_lease([], 30) == []
+
+
+async def test_releasing_counts_no_attempt(store: SqliteStore) -> None:
+    [a1] = await enqueue(store, "a")
+    await store.claim_jobs(1, 30)
+    await store.release_jobs([a1])
+    released = await store.get_job(a1)
+    assert released is not None
+    assert (released.state, released.attempts, released.lease_until) == ("ready", 0, None)
+    assert [j.id for j in await store.claim_jobs(1, 30)] == [a1]
+
+
+async def test_only_a_running_job_can_be_completed(store: SqliteStore) -> None:
+    [a1] = await enqueue(store, "a")
+    await store.complete_job(a1)  # never claimed: nothing happens
+    job_row = await store.get_job(a1)
+    assert job_row is not None
+    assert job_row.state == "ready"
+
+
+# -- maintenance ------------------------------------------------------------------------------
+async def test_retry_only_dead_jobs(store: SqliteStore) -> None:
+    a1, b1 = await enqueue(store, "a", "b")
+    await store.claim_jobs(2, 30)
+    await store.bury_job(a1, "no")
+    assert not await store.retry_job(b1)  # running
+    assert not await store.retry_job(999)
+    assert await store.retry_job(a1)
+    assert not await store.retry_job(a1)  # ready now
+
+
+async def test_purge(store: SqliteStore) -> None:
+    a1, b1, c1 = await enqueue(store, "a", "b", "c")
+    await store.claim_jobs(3, 30)
+    await store.complete_job(a1)
+    await store.bury_job(b1, "no")
+    assert await store.purge_jobs(["done"], older_than=3600) == 0
+    assert await store.purge_jobs(["done"]) == 1
+    assert await store.purge_jobs(["dead"]) == 1
+    with pytest.raises(ValueError, match="only done or dead"):
+        await store.purge_jobs(["running"])
+    assert [j.id for j in await store.list_jobs()] == [c1]
+
+
+async def test_migrations_run_once_and_are_recorded(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    assert await store.schema_version() == MIGRATIONS[-1].version
+    rows = await store._all("SELECT version, description, applied_at FROM schema_version")
+    assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
+    await store.intake([Intake(message=message(1), job=job("a"))])
+    await store.close()
+
+    again = SqliteStore(path)
+    await again.open()  # would fail on CREATE TABLE if a migration ran twice
+    assert await again._all("SELECT version, description, applied_at FROM schema_version") == rows
+    assert await count(again, "messages") == 1
+    await again.close()
+
+
+async def test_two_stores_opening_one_new_file_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "race.sqlite3"
+    stores = [SqliteStore(path) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    for s in stores:
+        assert await s.schema_version() == MIGRATIONS[-1].version
+        await s.close()
