@@ -135,11 +135,17 @@ async def _send(channel: Channel, message: OutboundMessage) -> SendResult:
 
 
 @hookimpl
-def extmsg_mark_read(channel: Channel, provider_message_id: str) -> bool | None:
+def extmsg_mark_read(channel: Channel, provider_message_id: str) -> Any:
     if channel.messenger != NAME:
         return None
-    READS.append(provider_message_id)
+    return _mark_read(channel, provider_message_id)
+
+
+async def _mark_read(channel: Channel, provider_message_id: str) -> bool:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{channel.settings.api_url}/read", json={"id": provider_message_id}) as resp,
+    ):
+        if resp.status >= 400:
+            raise RetryableError("loopback API refused the read receipt", status=resp.status)
     return True
-
-
-READS: list[str] = []

@@ -283,10 +283,19 @@ async def test_hook_extmsg_send(aiohttp_server: Any) -> None:
         await hooks.send(make_channel("x", "nobody"), outbound())
 
 
-async def test_hook_extmsg_mark_read() -> None:
-    loopback_plugin.READS.clear()
-    assert await hooks_with().mark_read(loop_channel(), "p9") is True
-    assert loopback_plugin.READS == ["p9"]
+async def test_hook_extmsg_mark_read(aiohttp_server: Any) -> None:
+    reads: list[str] = []
+
+    async def read(req: web.Request) -> web.Response:
+        reads.append((await req.json())["id"])
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/read", read)
+    server = await aiohttp_server(app)
+    channel = loop_channel(settings={"api_url": str(server.make_url("")).rstrip("/")})
+    assert await hooks_with().mark_read(channel, "p9") is True
+    assert reads == ["p9"]
     assert await hooks_with().mark_read(make_channel("x", "nobody"), "p9") is False
 
 
