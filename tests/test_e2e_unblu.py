@@ -7,133 +7,13 @@ side; each messenger plugin has its own end-to-end tests.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
-
-import aiohttp
-import pytest
+from typing import Any
 
 from extmsg.unblu import signing
 
-from .helpers import ServeProcess, free_port
-from .loopback_fake import LoopbackProvider, signed
+from .e2e import CUSTOMER, World, at_least, eventually, world
 
-T = TypeVar("T")
-
-CONFIG = """
-[server]
-port = {port}
-public_url = "http://127.0.0.1:{port}"
-
-[store]
-path = "store.sqlite3"
-
-[unblu]
-base_url = "{unblu}"
-api_version = "{version}"
-username = "admin"
-password = "admin"
-
-[engine]
-backoff_initial = 0.05
-backoff_max = 0.5
-max_attempts = 4
-
-[[channels]]
-name = "loop"
-messenger = "loopback"
-webhook_secret = "whsec-123"
-sender_fallback = "Support"
-[channels.settings]
-token = "tok"
-api_url = "{provider}"
-"""
-
-CUSTOMER = "+41790000001"
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
-    """Poll ``check`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-@dataclass
-class World:
-    base: str
-    sandbox: Any
-    provider: LoopbackProvider
-    session: aiohttp.ClientSession
-    proc: ServeProcess
-    channel_id: str
-
-    async def inbound(self, payload: dict[str, Any], token: str = "tok") -> int:
-        body, headers = signed(token, payload)
-        async with self.session.post(
-            f"{self.base}/channels/loop/inbound", data=body, headers=headers
-        ) as resp:
-            return resp.status
-
-    async def say(self, message_id: str, text: str, sender: str = CUSTOMER) -> int:
-        return await self.inbound({"messages": [{"id": message_id, "from": sender, "text": text}]})
-
-    async def agent(self, path: str, method: str = "GET", **body: Any) -> Any:
-        url = f"{self.sandbox.url}/sandbox/api/{path}"
-        async with self.session.request(method, url, json=body or None) as resp:
-            assert resp.status < 300, await resp.text()
-            return await resp.json()
-
-    async def conversations(self) -> list[dict[str, Any]]:
-        data = await self.agent(f"conversations?channelId={self.channel_id}")
-        return list(data["conversations"] if isinstance(data, dict) else data)
-
-    async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
-        data = await self.agent(f"conversations/{conversation_id}/messages")
-        return list(data["messages"] if isinstance(data, dict) else data)
-
-
-@pytest.fixture(params=["v4", "v3"])
-async def world(
-    request: pytest.FixtureRequest, tmp_path: Path, unblu_sandbox: Any, aiohttp_server: Any
-) -> AsyncIterator[World]:
-    provider = LoopbackProvider()
-    provider_server = await aiohttp_server(provider.app)
-    port = free_port()
-    config = tmp_path / "extmsg.toml"
-    config.write_text(
-        CONFIG.format(
-            port=port,
-            unblu=unblu_sandbox.base_url,
-            version=request.param,
-            provider=str(provider_server.make_url("")).rstrip("/"),
-        )
-    )
-    proc = ServeProcess(config, env={"EXTMSG_PLUGINS": "tests.loopback_plugin"})
-    proc.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            await proc.wait_ready(base)
-
-            async def provisioned() -> str | None:
-                async with session.get(f"{base}/readyz") as resp:
-                    body = await resp.json()
-                channel_id: str | None = body["channels"]["loop"]["unblu_channel_id"]
-                return channel_id
-
-            channel_id = await eventually(provisioned)
-            yield World(base, unblu_sandbox, provider, session, proc, channel_id)
-    finally:
-        proc.kill()
+__all__ = ["world"]  # the fixture
 
 
 async def test_channel_is_provisioned_with_our_endpoint(world: World) -> None:
@@ -203,7 +83,7 @@ async def test_agent_reply_is_sent_once_with_prefix_and_states_flow_back(world: 
         senderName="Anna Agent",
     )
     await world.agent(f"conversations/{conv['id']}/messages", "POST", text="Still there?")
-    sends = await eventually(lambda: _at_least(world.provider.sends, 2))
+    sends = await eventually(lambda: at_least(world.provider.sends, 2))
     await asyncio.sleep(0.3)
     assert len(world.provider.sends) == 2
     assert sends[0]["to"] == CUSTOMER
@@ -231,7 +111,7 @@ async def test_agent_reply_is_sent_once_with_prefix_and_states_flow_back(world: 
     # The agent reads the customer's message: the provider gets the read receipt.
     [visitor] = [m for m in await world.messages(conv["id"]) if m.get("sourceId") == "p1"]
     await world.agent(f"conversations/{conv['id']}/messages/{visitor['id']}/read", "POST")
-    assert await eventually(lambda: _at_least(world.provider.reads, 1)) == ["p1"]
+    assert await eventually(lambda: at_least(world.provider.reads, 1)) == ["p1"]
 
 
 async def test_permanent_provider_failure_is_reported_to_unblu(world: World) -> None:
@@ -273,7 +153,3 @@ async def test_bad_signatures_are_refused_and_change_nothing(world: World) -> No
         )
     await asyncio.sleep(0.3)
     assert await world.conversations() == []
-
-
-async def _at_least(items: list[T], n: int) -> list[T] | None:
-    return list(items) if len(items) >= n else None

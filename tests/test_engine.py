@@ -497,15 +497,28 @@ async def test_stop_gives_back_unfinished_jobs_without_an_attempt(
     await until(lambda: finished(store, 1))
 
 
-async def test_stop_writes_pending_intakes(store: CountingStore) -> None:
+async def test_stop_writes_pending_intakes(tmp_path: Path) -> None:
+    class SlowStore(CountingStore):
+        async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
+            await asyncio.sleep(0.05)
+            return await super().intake(items)
+
+    store = SlowStore(tmp_path / "slow.sqlite3")
+    await store.open()
     engine = make_engine(store, group_commit_ms=300)
     await engine.start()
-    pending = asyncio.ensure_future(engine.intake([work("a")]))
+    first = asyncio.ensure_future(engine.intake([work("a")]))  # the writer is idle: goes at once
     await asyncio.sleep(0.01)
+    queued = asyncio.ensure_future(engine.intake([work("b")]))  # waits behind it, up to 300 ms
+    await asyncio.sleep(0.01)
+    assert not queued.done()
     await engine.stop(1.0)
-    assert pending.done()
-    assert [r.accepted for r in pending.result()] == [True]
-    assert (await store.job_counts())["ready"] == 1
+    assert first.done()
+    assert queued.done()
+    assert [r.accepted for r in queued.result()] == [True]
+    assert store.intake_calls == 2
+    assert (await store.job_counts())["ready"] == 2
+    await store.close()
 
 
 # -- group commit -----------------------------------------------------------------------------

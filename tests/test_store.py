@@ -304,3 +304,24 @@ async def test_two_stores_opening_one_new_file_at_once(tmp_path: Path) -> None:
     for s in stores:
         assert await s.schema_version() == MIGRATIONS[-1].version
         await s.close()
+
+
+async def test_an_older_schema_is_upgraded_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import extmsg.store.sqlite as sqlite_module
+
+    path = tmp_path / "old.sqlite3"
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", MIGRATIONS[:2])
+    old = SqliteStore(path)
+    await old.open()
+    assert await old.schema_version() == 2
+    await old.intake([Intake(message=message(1), job=job("a")), Intake(job=job("a"))])
+    await old.close()
+
+    monkeypatch.setattr(sqlite_module, "MIGRATIONS", MIGRATIONS)
+    new = SqliteStore(path)
+    await new.open()
+    assert await new.schema_version() == MIGRATIONS[-1].version
+    assert [j.lane for j in await new.claim_jobs(5, 30)] == ["a"]
+    await new.close()
