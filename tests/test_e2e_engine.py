@@ -119,4 +119,3 @@ def _name_header(delivery: dict[str, Any]) -> dict[str, str]:
     if delivery.get("style") == "event":
         return {"x-unblu-event": delivery["name"]}
     return {"x-unblu-service-name": delivery["name"]}
-

@@ -1,9 +1,11 @@
 """Group commit: concurrent intake requests share one store transaction.
 
 Every webhook must be durable before it is acknowledged, and one transaction per request makes
-the commit the bottleneck. Requests that arrive within a short window (or while the previous
-transaction is being written) are written together: one transaction, then each waiting caller
-receives exactly its own results. A batch is written early once it reaches a size cap.
+the commit the bottleneck. A request that finds the writer idle is written at once, so a quiet
+server adds no latency. Requests that arrive while a transaction is being written queue up and
+go together in the next one, which waits at most ``window`` (from the first of them) for more
+company; a batch that reaches the size cap goes at once. Each waiting caller then receives
+exactly its own results.
 
 If a shared transaction fails, nothing of it was stored; the requests are then written one by
 one, so a single bad request fails only its own caller.
@@ -41,8 +43,8 @@ class _Request:
 class GroupCommit:
     """Batches :meth:`Store.intake` calls.
 
-    :param window: seconds a batch waits for company after its first request arrived
-        (0: write at once whatever has queued up meanwhile).
+    :param window: seconds a batch that queued up behind a running transaction may wait for
+        more requests, counted from its first request's arrival (0: no waiting).
     :param max_items: a batch that reaches this many items is written without waiting; a
         request is never split across batches.
     :param on_commit: called after each successful transaction with its items and results.
@@ -101,15 +103,17 @@ class GroupCommit:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        idle = True  # the first batch found the writer idle: no reason to wait
         try:
             while self._queue:
                 wait = self._queue[0].arrived + self._window - loop.time()
-                if wait > 0 and self._queued_items < self._max_items:
+                if not idle and wait > 0 and self._queued_items < self._max_items:
                     self._full.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait):
                             await self._full.wait()
                 await self._commit(self._take())
+                idle = False
         finally:
             self._task = None
             for request in self._queue:  # only left when this task was cancelled

@@ -215,6 +215,16 @@ def conversation_filter(body: Body) -> Callable[[Conversation], bool]:
     return _make_filter(body.obj_list("searchFilters"), getters)
 
 
+def equals_filter(body: Body, field_name: str) -> str | None:
+    """The value of an EQUALS filter on ``field_name``, if the query has one (for indexes)."""
+    for f in body.obj_list("searchFilters"):
+        op = f.opt_obj("operator")
+        if f.data.get("field") == field_name and op is not None and op.data.get("type") == "EQUALS":
+            value = op.data.get("value")
+            return value if isinstance(value, str) else None
+    return None
+
+
 def contact_filter(body: Body) -> Callable[[Any], bool]:
     getters: dict[str, Getter[Any]] = {
         "ID": lambda c: [c.id],

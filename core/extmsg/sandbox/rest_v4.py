@@ -7,6 +7,8 @@ behind the channel are ``externalParticipants``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from aiohttp import web
 
 from . import render
@@ -21,6 +23,7 @@ from .rest_common import (
     base_url,
     contact_filter,
     conversation_filter,
+    equals_filter,
     expand_of,
     order_conversations,
     page,
@@ -31,7 +34,7 @@ from .rest_common import (
     result,
     sandbox_of,
 )
-from .state import Participant, Recipient
+from .state import Contact, Participant, Recipient
 
 __all__ = ["create_v4_app"]
 
@@ -196,10 +199,14 @@ async def search_contacts(request: web.Request) -> web.Response:
     body = await read_body(request)
     body.type_tag("ExternalMessengerContactQuery")
     keep = contact_filter(body)
-    found = sorted(
-        (c for c in sandbox.state.contacts.values() if keep(c)),
-        key=lambda c: c.creation_timestamp,
-    )
+    state = sandbox.state
+    pool: Iterable[Contact] = state.contacts.values()
+    channel_id = equals_filter(body, "EXTERNAL_MESSENGER_CHANNEL_ID")
+    source_id = equals_filter(body, "SOURCE_ID")
+    if channel_id is not None and source_id is not None:
+        hit = state.contacts_by_source.get((channel_id, source_id))
+        pool = [state.contacts[hit]] if hit else []
+    found = sorted((c for c in pool if keep(c)), key=lambda c: c.creation_timestamp)
     items, more, next_offset = page(body, found)
     return web.json_response(
         result(

@@ -138,10 +138,10 @@ class Sandbox:
         return p
 
     def person_by_source(self, person_source: str, source_id: str) -> Person:
-        for p in self.state.persons.values():
-            if p.person_source == person_source and p.source_id == source_id:
-                return p
-        raise ApiError.not_found(f"no {person_source} person with sourceId {source_id!r}")
+        person_id = self.state.persons_by_source.get((person_source, source_id))
+        if person_id is None:
+            raise ApiError.not_found(f"no {person_source} person with sourceId {source_id!r}")
+        return self.state.persons[person_id]
 
     def contact(
         self, contact_id: str, *, field_name: str = "externalMessengerContactId"
@@ -162,12 +162,12 @@ class Sandbox:
         return c
 
     def active_conversation(self, source_id: str, channel_id: str | None) -> Conversation:
-        for c in self.state.conversations.values():
-            if c.is_active and c.source_id == source_id and c.channel_id == channel_id:
-                return c
-        raise ApiError.not_found(
-            f"no active conversation with sourceId {source_id!r} on channel {channel_id!r}"
-        )
+        conversation_id = self.state.active_by_source.get((channel_id, source_id))
+        if conversation_id is None:
+            raise ApiError.not_found(
+                f"no active conversation with sourceId {source_id!r} on channel {channel_id!r}"
+            )
+        return self.state.conversations[conversation_id]
 
     def message(self, conversation: Conversation, message_id: str) -> Message:
         m = self.state.messages.get(message_id)
@@ -288,7 +288,7 @@ class Sandbox:
             username=pid,
             fixed_display_name=display_name,
         )
-        self.state.persons[pid] = agent
+        self.state.add_person(agent)
         return agent
 
     def agent_named(self, display_name: str) -> Person:
@@ -311,7 +311,7 @@ class Sandbox:
                 source_id=f.source_id,
                 person_type=f.person_type or "VISITOR",
             )
-            self.state.persons[p.id] = p
+            self.state.add_person(p)
         for name in (
             "person_type",
             "first_name",
@@ -339,12 +339,12 @@ class Sandbox:
         description: str | None,
     ) -> Contact:
         ch = self.channel(channel_id)
-        for c in self.state.contacts.values():
-            if c.channel_id == ch.id and c.source_id == source_id:
-                raise ApiError.conflict(
-                    f"sourceId: channel {ch.id!r} already has a contact with sourceId "
-                    f"{source_id!r} ({c.id})"
-                )
+        existing = self.state.contacts_by_source.get((ch.id, source_id))
+        if existing is not None:
+            raise ApiError.conflict(
+                f"sourceId: channel {ch.id!r} already has a contact with sourceId "
+                f"{source_id!r} ({existing})"
+            )
         contact_id = new_id()
         if person_id is None:
             person = self.upsert_virtual_person(
@@ -364,7 +364,7 @@ class Sandbox:
             name=name,
             description=description,
         )
-        self.state.contacts[contact.id] = contact
+        self.state.add_contact(contact)
         return contact
 
     # -- conversations ---------------------------------------------------------------------
@@ -384,16 +384,12 @@ class Sandbox:
                         f"{contact.channel_id!r}, not to {nc.channel_id!r}"
                     )
         if nc.source_id is not None:
-            for other in self.state.conversations.values():
-                if (
-                    other.is_active
-                    and other.source_id == nc.source_id
-                    and other.channel_id == nc.channel_id
-                ):
-                    raise ApiError.conflict(
-                        f"sourceId: an active conversation ({other.id}) with sourceId "
-                        f"{nc.source_id!r} already exists for channel {nc.channel_id!r}"
-                    )
+            other = self.state.active_by_source.get((nc.channel_id, nc.source_id))
+            if other is not None:
+                raise ApiError.conflict(
+                    f"sourceId: an active conversation ({other}) with sourceId "
+                    f"{nc.source_id!r} already exists for channel {nc.channel_id!r}"
+                )
         if channel is not None and not channel.supports_multiple_conversations_per_contact:
             for p in nc.participants:
                 if p.contact_id and self._contact_busy(p.contact_id):
@@ -430,7 +426,7 @@ class Sandbox:
             awaited_person_type="AGENT",
             awaited_person_type_change_timestamp=now,
         )
-        self.state.conversations[conv.id] = conv
+        self.state.add_conversation(conv)
         return conv
 
     def _contact_busy(self, contact_id: str) -> bool:
@@ -446,8 +442,7 @@ class Sandbox:
         self._end(conv, reason or "ENDED_BY_PARTICIPANT")
         return conv
 
-    @staticmethod
-    def _end(conv: Conversation, reason: str) -> None:
+    def _end(self, conv: Conversation, reason: str) -> None:
         now = now_ms()
         conv.state = "ENDED"
         conv.end_reason = reason
@@ -456,6 +451,7 @@ class Sandbox:
         conv.awaited_person_type_change_timestamp = now
         for p in conv.participants:
             p.state = "ENDED"
+        self.state.conversation_ended(conv)
 
     def _await(self, conv: Conversation, who: str) -> None:
         if conv.awaited_person_type != who:

@@ -294,7 +294,11 @@ class Message:
 
 @dataclass
 class SandboxState:
-    """Every entity by id. Single event loop, so plain dicts need no locking."""
+    """Every entity by id, plus the look-ups that run on every inbound message.
+
+    Single event loop, so plain dicts need no locking. Add persons, contacts and
+    conversations through the ``add_*`` methods so that the indexes stay right.
+    """
 
     account_id: str
     channels: dict[str, Channel] = field(default_factory=dict)
@@ -302,10 +306,41 @@ class SandboxState:
     contacts: dict[str, Contact] = field(default_factory=dict)
     conversations: dict[str, Conversation] = field(default_factory=dict)
     messages: dict[str, Message] = field(default_factory=dict)
+    #: (personSource, sourceId) -> person id
+    persons_by_source: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (channel id, contact sourceId) -> contact id
+    contacts_by_source: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (channel id or None, conversation sourceId) -> id of the active conversation
+    active_by_source: dict[tuple[str | None, str], str] = field(default_factory=dict)
+
+    def add_person(self, person: Person) -> None:
+        self.persons[person.id] = person
+        self.persons_by_source[(person.person_source, person.source_id)] = person.id
+
+    def add_contact(self, contact: Contact) -> None:
+        self.contacts[contact.id] = contact
+        self.contacts_by_source[(contact.channel_id, contact.source_id)] = contact.id
+
+    def add_conversation(self, conv: Conversation) -> None:
+        self.conversations[conv.id] = conv
+        if conv.is_active and conv.source_id is not None:
+            self.active_by_source[(conv.channel_id, conv.source_id)] = conv.id
+
+    def conversation_ended(self, conv: Conversation) -> None:
+        if conv.source_id is not None:
+            key = (conv.channel_id, conv.source_id)
+            if self.active_by_source.get(key) == conv.id:
+                del self.active_by_source[key]
 
     def clear(self) -> None:
-        self.channels.clear()
-        self.persons.clear()
-        self.contacts.clear()
-        self.conversations.clear()
-        self.messages.clear()
+        for table in (
+            self.channels,
+            self.persons,
+            self.contacts,
+            self.conversations,
+            self.messages,
+            self.persons_by_source,
+            self.contacts_by_source,
+            self.active_by_source,
+        ):
+            table.clear()

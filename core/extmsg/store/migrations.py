@@ -92,4 +92,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX jobs_lane ON jobs (lane, state, id);
         """,
     ),
+    Migration(
+        3,
+        "index the unfinished jobs by lane, so finding lane heads costs per lane, not per job",
+        """
+        CREATE INDEX jobs_unfinished ON jobs (lane, id) WHERE state IN ('ready', 'running');
+        DROP INDEX jobs_lane;
+        """,
+    ),
 )

@@ -180,7 +180,7 @@ def parse_message(params: Mapping[str, str]) -> list[InboundEvent]:
 def parse_status(params: Mapping[str, str], ref: str | None) -> list[InboundEvent]:
     """A delivery report for a message we sent; in-flight states yield nothing."""
     sid = _required(params, "MessageSid", "SmsSid")
-    raw = (params.get("MessageStatus") or params.get("SmsStatus") or "").strip().lower()
+    raw = _status_of(params)
     if not raw:
         raise BadInbound("the Twilio status callback has no MessageStatus parameter")
     if raw not in _STATUS_MAP:
@@ -206,14 +206,18 @@ def parse_status(params: Mapping[str, str], ref: str | None) -> list[InboundEven
     return [update]
 
 
-def _is_status(params: Mapping[str, str]) -> bool:
-    raw = (params.get("MessageStatus") or params.get("SmsStatus") or "").strip().lower()
-    return bool(raw) and raw not in _INBOUND_STATES
+def _status_of(params: Mapping[str, str]) -> str:
+    return (params.get("MessageStatus") or params.get("SmsStatus") or "").strip().lower()
 
 
 def parse_request(request: InboundRequest) -> list[InboundEvent]:
-    """The events in one Twilio webhook call, by route."""
+    """The events in one Twilio webhook call.
+
+    The parameters decide, not the route: a number or service pointed at the wrong one of
+    the two URLs still loses nothing. Incoming messages carry ``SmsStatus=received``.
+    """
     params = request_params(request)
-    if request.route == "status" or _is_status(params):
-        return parse_status(params, request.query_value("ref"))
-    return parse_message(params)
+    status = _status_of(params)
+    if status in _INBOUND_STATES or (not status and request.route != "status"):
+        return parse_message(params)
+    return parse_status(params, request.query_value("ref"))

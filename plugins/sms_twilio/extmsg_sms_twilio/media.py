@@ -17,6 +17,7 @@ import msgspec
 from extmsg.errors import PermanentError, RetryableError
 from extmsg.models import Attachment, Channel
 
+from .session import basic_auth
 from .settings import TwilioSettings
 
 __all__ = ["fetch_media", "sends_credentials"]
@@ -54,16 +55,16 @@ async def fetch_media(
     url = attachment.url
     if not url:
         raise PermanentError(f"The file {attachment.file_name!r} has no download URL.")
-    auth = (
-        aiohttp.BasicAuth(settings.account_sid, settings.auth_token)
+    headers = (
+        {"Authorization": basic_auth(settings.account_sid, settings.auth_token)}
         if sends_credentials(url, settings)
-        else None
+        else {}
     )
     limit = settings.max_media_bytes
     try:
         async with session.get(
             url,
-            auth=auth,
+            headers=headers,
             allow_redirects=True,
             timeout=aiohttp.ClientTimeout(total=max(settings.timeout, 30.0)),
         ) as response:

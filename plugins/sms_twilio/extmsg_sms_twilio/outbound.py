@@ -15,6 +15,7 @@ from extmsg.rendering import prefix_text, split_text
 from .errors import describe_code, error_from_response
 from .phone import mask
 from .segments import count_segments
+from .session import basic_auth
 from .settings import TWILIO_MAX_BODY, TwilioSettings
 
 __all__ = ["messages_url", "render", "send", "send_form", "split_body", "status_callback_url"]
@@ -22,18 +23,33 @@ __all__ = ["messages_url", "render", "send", "send_form", "split_body", "status_
 log = logging.getLogger("extmsg.sms_twilio")
 
 
+def _fitting(text: str, units: int) -> int:
+    """How many leading characters of ``text`` fit in ``units`` UTF-16 code units."""
+    used = 0
+    for index, ch in enumerate(text):
+        used += 2 if ord(ch) > 0xFFFF else 1
+        if used > units:
+            return index
+    return len(text)
+
+
 def split_body(text: str) -> list[str]:
     """``text`` in parts Twilio accepts as one ``Body`` each, cut on word boundaries.
 
-    Twilio counts UTF-16 code units, so a part full of emoji is cut again at half length.
+    Twilio's 1600 counts UTF-16 code units, so emoji (two units each) shorten a part.
     """
     parts: list[str] = []
-    for part in split_text(text, TWILIO_MAX_BODY):
-        if len(part.encode("utf-16-le")) // 2 <= TWILIO_MAX_BODY:
-            parts.append(part)
-        else:
-            parts.extend(split_text(part, TWILIO_MAX_BODY // 2))
-    return parts
+    rest = text
+    while True:
+        limit = _fitting(rest, TWILIO_MAX_BODY)
+        if limit >= len(rest):
+            parts.append(rest)
+            return parts
+        chunk = split_text(rest, limit)[0]
+        parts.append(chunk)
+        rest = rest[len(chunk) :].lstrip()
+        if not rest:
+            return parts
 
 
 def render(channel: Channel, message: OutboundMessage) -> list[OutboundMessage]:
@@ -119,24 +135,23 @@ async def send(
     """
     settings: TwilioSettings = channel.settings
     form = send_form(channel, message)
-    auth = aiohttp.BasicAuth(settings.account_sid, settings.auth_token)
+    headers = {
+        "Accept": "application/json",
+        "Authorization": basic_auth(settings.account_sid, settings.auth_token),
+    }
     timeout = aiohttp.ClientTimeout(total=settings.timeout)
     try:
         async with session.post(
-            messages_url(settings),
-            data=form,
-            auth=auth,
-            timeout=timeout,
-            headers={"Accept": "application/json"},
+            messages_url(settings), data=form, headers=headers, timeout=timeout
         ) as response:
             body = await response.read()
-            status, headers = response.status, response.headers
+            status, reply_headers = response.status, response.headers
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise RetryableError(
             f"Could not reach Twilio ({type(exc).__name__}); the message will be retried."
         ) from exc
     if status >= 400:
-        error: DeliveryError = error_from_response(status, body, headers)
+        error: DeliveryError = error_from_response(status, body, reply_headers)
         log.warning(
             "twilio send %s to %s failed: HTTP %s code %s",
             message.id, mask(message.contact.address), status, error.code,

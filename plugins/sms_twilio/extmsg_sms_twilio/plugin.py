@@ -73,7 +73,8 @@ def extmsg_provider_fakes() -> list[ProviderFake]:
 
 @hookimpl
 def extmsg_startup(app: web.Application, config: Config) -> None:
-    sessions.get()
+    if any(channel.messenger == NAME for channel in config.channels):
+        sessions.get()
 
 
 @hookimpl

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import aiohttp
 
-__all__ = ["SessionHolder"]
+__all__ = ["SessionHolder", "basic_auth"]
 
 USER_AGENT = "extmsg-sms-twilio/0.1"
 
@@ -34,3 +35,9 @@ class SessionHolder:
         session, self._session, self._loop = self._session, None, None
         if session is not None and not session.closed:
             await session.close()
+
+
+def basic_auth(user: str, password: str) -> str:
+    """An ``Authorization`` header value for HTTP Basic auth (aiohttp drops it on a redirect
+    to another origin)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")

@@ -57,7 +57,10 @@ async def send_message(
         raise PermanentError("WhatsApp accepted the message but returned no message id.")
     log.info(
         "whatsapp: sent %s message %s to %s as %s",
-        body["type"], message.id, mask(message.contact.address), wamid,
+        body["type"],
+        message.id,
+        mask(message.contact.address),
+        wamid,
     )
     return SendResult(provider_message_id=wamid)
 
@@ -83,19 +86,20 @@ async def fetch_media(
 ) -> Attachment:
     """The two-step download: the media's short-lived URL, then its bytes (both with the token)."""
     assert attachment.url is not None
-    media_id = attachment.url[len(MEDIA_SCHEME):]
+    media_id = attachment.url[len(MEDIA_SCHEME) :]
     limit = settings.media_max_bytes
     try:
         info = await graph.call(
-            settings, "GET", f"{settings.graph_url}/{media_id}",
+            settings,
+            "GET",
+            f"{settings.graph_url}/{media_id}",
             params={"phone_number_id": settings.phone_number_id},
         )
     except PermanentError as exc:
         if exc.code in ("0", "190", "10", "3"):
             raise
         raise PermanentError(
-            "The contact's file is no longer available from WhatsApp (files expire after "
-            "7 days).",
+            "The contact's file is no longer available from WhatsApp (files expire after 7 days).",
             status=exc.status,
             code=exc.code,
         ) from exc

@@ -70,8 +70,7 @@ CODES: Mapping[int, tuple[bool, str]] = {
     ),
     131049: (
         False,
-        "WhatsApp held the message back to protect the contact's experience; try again "
-        "in a day.",
+        "WhatsApp held the message back to protect the contact's experience; try again in a day.",
     ),
     131050: (False, "The contact has stopped marketing messages from this business."),
     131051: (False, "WhatsApp does not support this kind of message."),
@@ -129,8 +128,12 @@ _WITH_DETAILS = frozenset({100, 131008, 131009, 132000, 132012})
 
 
 def describe(
-    code: int | None, *, status: int | None = None, details: str | None = None,
-    message: str | None = None, transient: bool | None = None,
+    code: int | None,
+    *,
+    status: int | None = None,
+    details: str | None = None,
+    message: str | None = None,
+    transient: bool | None = None,
 ) -> tuple[bool, str]:
     """(retryable, text for the agent) for a Graph error code."""
     if code is not None and code in CODES:
@@ -165,9 +168,7 @@ def _details(error: Mapping[str, Any]) -> str | None:
     return None
 
 
-def from_response(
-    status: int, payload: Any, *, retry_after: float | None = None
-) -> DeliveryError:
+def from_response(status: int, payload: Any, *, retry_after: float | None = None) -> DeliveryError:
     """The error to raise for a non-2xx Graph API answer (``payload``: the parsed JSON or None)."""
     error = payload.get("error") if isinstance(payload, Mapping) else None
     if not isinstance(error, Mapping):

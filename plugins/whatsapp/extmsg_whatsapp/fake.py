@@ -40,9 +40,11 @@ __all__ = [
     "StoredMedia",
     "contact",
     "create_graph_fake",
+    "encode",
     "entry",
     "error",
     "media_message",
+    "new_wamid",
     "send_webhook",
     "sign",
     "status",
@@ -85,8 +87,7 @@ _ERRORS: Mapping[int, tuple[str, str]] = {
     ),
     132000: (
         "Number of parameters does not match the expected number of params",
-        "body: number of localizable_params (1) does not match the expected number of params "
-        "(0)",
+        "body: number of localizable_params (1) does not match the expected number of params (0)",
     ),
     132001: (
         "Template name does not exist in the translation",
@@ -115,8 +116,13 @@ def contact(
 
 
 def _message(
-    sender: str | None, kind: str, *, wamid: str | None, timestamp: int | None,
-    reply_to: str | None, user_id: str | None = None,
+    sender: str | None,
+    kind: str,
+    *,
+    wamid: str | None,
+    timestamp: int | None,
+    reply_to: str | None,
+    user_id: str | None = None,
 ) -> dict[str, Any]:
     message: dict[str, Any] = {}
     if reply_to:
@@ -134,19 +140,33 @@ def _message(
 
 
 def text_message(
-    sender: str | None, body: str, *, wamid: str | None = None, timestamp: int | None = None,
-    reply_to: str | None = None, user_id: str | None = None,
+    sender: str | None,
+    body: str,
+    *,
+    wamid: str | None = None,
+    timestamp: int | None = None,
+    reply_to: str | None = None,
+    user_id: str | None = None,
 ) -> dict[str, Any]:
-    message = _message(sender, "text", wamid=wamid, timestamp=timestamp, reply_to=reply_to,
-                       user_id=user_id)
+    message = _message(
+        sender, "text", wamid=wamid, timestamp=timestamp, reply_to=reply_to, user_id=user_id
+    )
     message["text"] = {"body": body}
     return message
 
 
 def media_message(
-    sender: str, kind: str, media_id: str, *, mime_type: str, caption: str | None = None,
-    filename: str | None = None, sha256: str | None = None, wamid: str | None = None,
-    timestamp: int | None = None, reply_to: str | None = None,
+    sender: str,
+    kind: str,
+    media_id: str,
+    *,
+    mime_type: str,
+    caption: str | None = None,
+    filename: str | None = None,
+    sha256: str | None = None,
+    wamid: str | None = None,
+    timestamp: int | None = None,
+    reply_to: str | None = None,
 ) -> dict[str, Any]:
     message = _message(sender, kind, wamid=wamid, timestamp=timestamp, reply_to=reply_to)
     item: dict[str, Any] = {"mime_type": mime_type, "sha256": sha256 or "", "id": media_id}
@@ -171,8 +191,13 @@ def error(code: int, title: str | None = None, details: str | None = None) -> di
 
 
 def status(
-    wamid: str, state: str, recipient_id: str, *, errors: Sequence[Mapping[str, Any]] = (),
-    callback_data: str | None = None, timestamp: int | None = None,
+    wamid: str,
+    state: str,
+    recipient_id: str,
+    *,
+    errors: Sequence[Mapping[str, Any]] = (),
+    callback_data: str | None = None,
+    timestamp: int | None = None,
 ) -> dict[str, Any]:
     """One ``value.statuses[]`` item."""
     item: dict[str, Any] = {
@@ -196,8 +221,11 @@ def status(
 
 
 def value(
-    phone_number_id: str, *, messages: Sequence[Mapping[str, Any]] = (),
-    statuses: Sequence[Mapping[str, Any]] = (), contacts: Sequence[Mapping[str, Any]] = (),
+    phone_number_id: str,
+    *,
+    messages: Sequence[Mapping[str, Any]] = (),
+    statuses: Sequence[Mapping[str, Any]] = (),
+    contacts: Sequence[Mapping[str, Any]] = (),
     display_phone_number: str = DEFAULT_DISPLAY_NUMBER,
 ) -> dict[str, Any]:
     """One change's ``value``: the events of one business number."""
@@ -237,7 +265,10 @@ def sign(body: bytes, app_secret: str) -> str:
 
 
 async def send_webhook(
-    url: str, app_secret: str, payload: Mapping[str, Any], *,
+    url: str,
+    app_secret: str,
+    payload: Mapping[str, Any],
+    *,
     session: aiohttp.ClientSession | None = None,
 ) -> int:
     """POST ``payload`` to ``url`` as Meta does (signed); the HTTP status of the answer."""
@@ -256,7 +287,10 @@ async def send_webhook(
 
 
 async def verify_webhook(
-    url: str, verify_token: str, challenge: str = "1158201444", *,
+    url: str,
+    verify_token: str,
+    challenge: str = "1158201444",
+    *,
     session: aiohttp.ClientSession | None = None,
 ) -> tuple[int, str]:
     """Meta's GET subscription handshake; (status, body) of the answer."""
@@ -322,14 +356,21 @@ class GraphFake:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def fail(
-        self, recipient: str, code: int | None = None, *, status: int = 400,
+        self,
+        recipient: str,
+        code: int | None = None,
+        *,
+        status: int = 400,
         times: int | None = None,
     ) -> None:
         """Make sends to ``recipient`` fail (``code``: Meta error code; else HTTP ``status``)."""
         self.failures[recipient.lstrip("+")] = Failure(code=code, status=status, times=times)
 
     def add_media(
-        self, data: bytes, mime_type: str, file_name: str | None = None,
+        self,
+        data: bytes,
+        mime_type: str,
+        file_name: str | None = None,
         phone_number_id: str | None = None,
     ) -> str:
         """Store a file as if a contact had sent it; its media id."""
@@ -488,7 +529,9 @@ async def _post_statuses(
                     phone_number_id,
                     statuses=[
                         status(
-                            wamid, state, recipient,
+                            wamid,
+                            state,
+                            recipient,
                             callback_data=body.get("biz_opaque_callback_data"),
                         )
                     ],
@@ -526,11 +569,14 @@ async def _media_info(request: web.Request) -> web.Response:
     owner = request.query.get("phone_number_id")
     if stored is None or (owner and stored.phone_number_id and owner != stored.phone_number_id):
         return _graph_error(
-            100, details=f"Unsupported get request. Object with ID "
+            100,
+            details=f"Unsupported get request. Object with ID "
             f"'{request.match_info['media_id']}' does not exist.",
         )
-    url = request.url.origin().with_path(f"/fake/download/{stored.id}").with_query(
-        mid=stored.id, ext=str(int(time.time()))
+    url = (
+        request.url.origin()
+        .with_path(f"/fake/download/{stored.id}")
+        .with_query(mid=stored.id, ext=str(int(time.time())))
     )
     return web.json_response(
         {
@@ -572,7 +618,8 @@ async def _add_media(request: web.Request) -> web.Response:
     fake = request.app[FAKE]
     data = await request.read()
     media_id = fake.add_media(
-        data, request.content_type or "application/octet-stream",
+        data,
+        request.content_type or "application/octet-stream",
         request.query.get("filename"),
     )
     return web.json_response({"id": media_id, "sha256": fake.media[media_id].sha256})
@@ -582,7 +629,9 @@ async def _set_failure(request: web.Request) -> web.Response:
     fake = request.app[FAKE]
     body = await request.json()
     fake.fail(
-        str(body["recipient"]), body.get("code"), status=int(body.get("status", 400)),
+        str(body["recipient"]),
+        body.get("code"),
+        status=int(body.get("status", 400)),
         times=body.get("times"),
     )
     return web.Response(status=204)

@@ -102,7 +102,10 @@ class Graph:
                     )
                     log.warning(
                         "whatsapp: %s %s answered HTTP %s (code %s)",
-                        method, _path(url), resp.status, error.code,
+                        method,
+                        _path(url),
+                        resp.status,
+                        error.code,
                     )
                     raise error
         except DeliveryError:
@@ -125,13 +128,13 @@ class Graph:
                 if resp.status in (401, 403, 404, 410):
                     # the download link lives five minutes: ask for a new one on the next try
                     raise RetryableError(
-                        "WhatsApp's download link for the file expired; it will be fetched "
-                        "again.",
+                        "WhatsApp's download link for the file expired; it will be fetched again.",
                         status=resp.status,
                     )
                 if not 200 <= resp.status < 300:
                     raise errors.from_response(
-                        resp.status, _json(await resp.read()),
+                        resp.status,
+                        _json(await resp.read()),
                         retry_after=_retry_after(resp.headers),
                     )
                 if resp.content_length is not None and resp.content_length > limit:

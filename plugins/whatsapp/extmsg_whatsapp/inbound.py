@@ -99,7 +99,7 @@ def parse(request: InboundRequest, channels: Sequence[Channel]) -> list[InboundE
     if not isinstance(payload, Mapping):
         raise BadInbound("the webhook body is not a JSON object")
     if payload.get("object") != OBJECT:
-        log.info("whatsapp: ignored a notification for object %r", payload.get("object"))
+        log.info("whatsapp: ignored a notification for object %.40r", payload.get("object"))
         return []
     entries = payload.get("entry")
     if not isinstance(entries, list):
@@ -134,7 +134,9 @@ def _value_events(
         error = _map(error)
         log.warning(
             "whatsapp: channel %s: Meta reported error %s (%s)",
-            channel, error.get("code"), error.get("title"),
+            channel,
+            error.get("code"),
+            error.get("title"),
         )
     contacts = _Contacts(_list(value.get("contacts")))
     for message in _list(value.get("messages")):
@@ -216,7 +218,9 @@ def _status(status: Mapping[str, Any], channel: str) -> StatusUpdate | None:
     if wamid is None or state is None:
         log.info(
             "whatsapp: channel %s: ignored status %r of message %s",
-            channel, status.get("status"), wamid,
+            channel,
+            status.get("status"),
+            wamid,
         )
         return None
     code, text = (None, None)

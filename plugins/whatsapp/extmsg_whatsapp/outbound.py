@@ -58,8 +58,8 @@ WINDOW_CLOSED_FILE = (
 
 
 def window_open(last_inbound_at: float | None, now: float) -> bool:
-    """Whether the contact wrote within the last 24 hours."""
-    return last_inbound_at is not None and 0 <= now - last_inbound_at < WINDOW_SECONDS
+    """Whether the contact wrote within the last 24 hours (a time slightly ahead counts as now)."""
+    return last_inbound_at is not None and now - last_inbound_at < WINDOW_SECONDS
 
 
 def template_parameter(text: str) -> str:
@@ -87,6 +87,8 @@ def render(channel: Channel, message: OutboundMessage) -> list[OutboundMessage]:
         )
     if rendered.attachment is not None:
         sends.extend(_attachment_sends(channel, rendered))
+    if not sends:
+        return [rendered]  # nothing to say: the send fails with a reason instead of vanishing
     return [
         msgspec.structs.replace(send, part=i, reply_to=rendered.reply_to if i == 0 else None)
         for i, send in enumerate(sends)
@@ -116,10 +118,14 @@ def _attachment_sends(channel: Channel, message: OutboundMessage) -> list[Outbou
         return [msgspec.structs.replace(message, text=None)]
     # the caption cannot ride along: it goes first as text, the file follows without it
     bare = msgspec.structs.replace(attachment, caption=None)
-    sends = [] if not caption or only_prefix else [
-        msgspec.structs.replace(message, text=chunk, attachment=None)
-        for chunk in split_text(caption, TEXT_LIMIT)
-    ]
+    sends = (
+        []
+        if not caption or only_prefix
+        else [
+            msgspec.structs.replace(message, text=chunk, attachment=None)
+            for chunk in split_text(caption, TEXT_LIMIT)
+        ]
+    )
     sends.append(msgspec.structs.replace(message, text=None, attachment=bare))
     return sends
 

@@ -193,9 +193,7 @@ def extmsg_send(channel: Channel, message: OutboundMessage) -> Awaitable[SendRes
 
 
 @hookimpl
-def extmsg_mark_read(
-    channel: Channel, provider_message_id: str
-) -> bool | Awaitable[bool] | None:
+def extmsg_mark_read(channel: Channel, provider_message_id: str) -> bool | Awaitable[bool] | None:
     settings = _settings(channel)
     if settings is None:
         return None

@@ -33,7 +33,7 @@ def _received_digest(request: InboundRequest) -> bytes | None:
     value = (request.header(HEADER) or "").strip()
     if not value.lower().startswith(_PREFIX):
         return None
-    digest = value[len(_PREFIX):].strip().lower()
+    digest = value[len(_PREFIX) :].strip().lower()
     if len(digest) != 64:
         return None
     return digest.encode("ascii", "replace")
@@ -52,7 +52,7 @@ def matching_channels(request: InboundRequest, channels: Sequence[Channel]) -> l
             continue
         secret = settings.app_secret
         if secret not in verdicts:
-            expected = sign(request.body, secret)[len(_PREFIX):].encode("ascii")
+            expected = sign(request.body, secret)[len(_PREFIX) :].encode("ascii")
             verdicts[secret] = hmac.compare_digest(expected, received)
         if verdicts[secret]:
             matched.append(channel)

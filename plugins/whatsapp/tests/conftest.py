@@ -59,7 +59,10 @@ def graph_channel(graph_server: TestServer) -> Callable[..., Channel]:
 
     def build(**settings: Any) -> Channel:
         settings.setdefault("api_base_url", base)
-        return make_channel(settings.pop("name", "wa-main"),
-                            settings.pop("phone_number_id", "106540352242922"), **settings)
+        return make_channel(
+            settings.pop("name", "wa-main"),
+            settings.pop("phone_number_id", "106540352242922"),
+            **settings,
+        )
 
     return build
