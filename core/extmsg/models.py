@@ -320,8 +320,9 @@ class ContactCheck(Struct, frozen=True):
 class ProviderFake(Struct, frozen=True):
     """A fake of a provider's API a messenger ships for tests and the sandbox.
 
-    :ivar factory: builds the fake's aiohttp application; called without arguments it must
-        work with the credentials ``channel_settings`` returns.
+    :ivar factory: ``factory(extmsg_url=...)`` builds the fake's aiohttp application, working
+        with the credentials ``channel_settings`` returns; ``extmsg_url`` is where extmsg
+        listens (``http://127.0.0.1:8080``), for fakes that call back (webhooks, statuses).
     :ivar channel_settings: given the fake's base URL (``http://127.0.0.1:PORT``), the
         ``settings`` table of a channel that talks to it; ``extmsg serve --sandbox`` uses it.
     """

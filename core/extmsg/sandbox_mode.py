@@ -33,12 +33,16 @@ async def start_sandbox(
     unblu.update(base_url=server.base_url, username="admin", password="admin")  # noqa: S106
     raw = {**raw, "unblu": unblu}
     lines = [f"Unblu sandbox: console {server.url}/sandbox/  web API {server.base_url}"]
+    server_raw = raw.get("server") or {}
+    extmsg_url = server_raw.get("public_url") or (
+        f"http://127.0.0.1:{server_raw.get('port', 8080)}"
+    )
     if not raw.get("channels"):
         channels = []
         for fake in hooks.provider_fakes():
             if fake.channel_settings is None:
                 continue
-            runner = web.AppRunner(fake.factory(), access_log=None)
+            runner = web.AppRunner(fake.factory(extmsg_url=extmsg_url), access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, "127.0.0.1", 0)

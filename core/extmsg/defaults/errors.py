@@ -19,7 +19,7 @@ def extmsg_classify_error(channel: Channel | None, error: BaseException) -> Erro
     if isinstance(error, DeliveryError):
         return ErrorVerdict(
             retryable=error.retryable,
-            reason=str(error),
+            reason=error.message,
             retry_after=error.retry_after,
             code=error.code,
         )

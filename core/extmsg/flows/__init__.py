@@ -10,7 +10,6 @@ Unblu's own calls enter through :mod:`extmsg.unblu.endpoint`.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,8 +22,6 @@ from .to_messenger import deliver_to_messenger, report_state_job
 from .to_unblu import deliver_to_unblu
 
 __all__ = ["channel_of_job", "on_dead", "register_jobs"]
-
-log = logging.getLogger("extmsg.flows")
 
 _HANDLERS: dict[type[Any], Callable[[Runtime, Job, Any], Awaitable[None]]] = {
     p.ToUnbluJob: deliver_to_unblu,
@@ -62,7 +59,6 @@ def channel_of_job(runtime: Runtime, job: Job) -> Channel | None:
 async def on_dead(runtime: Runtime, job: Job, verdict: ErrorVerdict) -> None:
     """A job gave up. An agent message is reported to Unblu as failed, with the reason."""
     payload = p.decode(job.payload)
-    log.warning("job %d (%s) is a dead letter: %s", job.id, job.kind, verdict.reason)
     if not isinstance(payload, p.OutboundMessageJob):
         return
     await runtime.store.advance_state(payload.message_id, MessageState.FAILED, verdict.reason)

@@ -127,7 +127,7 @@ def verify_request(request: InboundRequest, channels: Sequence[Channel]) -> Chan
             expected = compute_signature(url, params, key, algorithm)
             if hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8")):
                 return channel
-    if keyless:
+    if keyless and algorithm != "HMAC_SHA1":
         raise SignatureError(
             "the request is signed by a Twilio Webhooks Rule (HMAC-SHA256); set the channel's "
             "webhook_signing_key to the rule's shared key"

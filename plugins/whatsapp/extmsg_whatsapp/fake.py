@@ -692,7 +692,8 @@ def create_graph_fake(
     :param webhook_url: where ``/fake/inbound`` and automatic statuses are posted.
     :param auto_statuses: statuses to post after each accepted send.
     :param templates: the template names that exist (None: any).
-    :param failures: recipient → Meta error code (or a :class:`Failure`).
+    :param failures: recipient → Meta error code (131047, 130429, …), a bare HTTP status
+        (500 to 599), or a :class:`Failure`.
     """
     fake = GraphFake(
         access_token=access_token,
@@ -705,6 +706,8 @@ def create_graph_fake(
     for recipient, failure in (failures or {}).items():
         if isinstance(failure, Failure):
             fake.failures[recipient.lstrip("+")] = failure
+        elif 500 <= failure <= 599:
+            fake.fail(recipient, status=failure)
         else:
             fake.fail(recipient, failure)
     app = web.Application()

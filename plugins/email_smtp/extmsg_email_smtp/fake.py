@@ -1,0 +1,231 @@
+"""A fake mail provider for tests and the sandbox: an SMTP sink that records what it gets.
+
+:class:`RecordingHandler` is an aiosmtpd handler. Run it as its own process, as the tests do::
+
+    python -m aiosmtpd -n -l 127.0.0.1:2525 -c extmsg_email_smtp.fake.RecordingHandler /tmp/mail
+
+Each accepted mail is written to the folder as ``NNNNNN.eml`` with ``NNNNNN.json`` (envelope)
+beside it. Recipients script failures by their local part, like a real server would answer:
+``fail-550…`` / ``fail-451…`` are refused at RCPT, ``fail-data-554…`` / ``fail-data-452…`` at DATA.
+
+:func:`create_email_fake` is the sandbox's form: an aiohttp application that starts the sink
+on a free port when it starts, and offers
+
+- ``GET  /fake/messages``: every recorded mail, oldest first (headers, text, attachments);
+- ``POST /fake/inbound`` ``{"from": …, "subject": …, "text": …, "in_reply_to": …}``: write a
+  mail as a customer would, delivered by SMTP to the sandbox channel's listener.
+
+``ProviderFake.channel_settings`` only gets the fake's HTTP URL, so each started fake registers
+its sink, and the settings of the newest unclaimed one are returned for a URL seen first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import socket
+from collections.abc import AsyncIterator
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+from aiohttp import web
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+__all__ = [
+    "FakeMailServer",
+    "RecordingHandler",
+    "create_email_fake",
+    "fake_channel_settings",
+    "read_mail",
+]
+
+_FAIL = re.compile(r"^fail-(data-)?(\d{3})", re.IGNORECASE)
+_PARSER = BytesParser(policy=policy.default)
+
+SANDBOX_ADDRESS = "support@sandbox.example"
+
+
+def read_mail(raw: bytes, envelope: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A recorded mail as JSON-friendly data."""
+    msg = _PARSER.parsebytes(raw)
+    assert isinstance(msg, EmailMessage)
+    text = msg.get_body(preferencelist=("plain",))
+    html = msg.get_body(preferencelist=("html",))
+    attachments = [
+        {
+            "file_name": part.get_filename(),
+            "mime_type": part.get_content_type(),
+            "size": len(part.get_payload(decode=True) or b""),
+        }
+        for part in msg.iter_attachments()
+    ]
+    return {
+        **(envelope or {}),
+        "headers": {k.lower(): str(v) for k, v in msg.items()},
+        "text": text.get_content() if text is not None else None,
+        "html": html.get_content() if html is not None else None,
+        "attachments": attachments,
+    }
+
+
+class RecordingHandler:
+    """An aiosmtpd handler that keeps every accepted mail (in memory, and in ``folder``)."""
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        self.folder = Path(folder) if folder else None
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.messages: list[tuple[bytes, dict[str, Any]]] = []
+
+    @classmethod
+    def from_cli(cls, parser: argparse.ArgumentParser, *args: str) -> RecordingHandler:
+        if len(args) != 1:
+            parser.error("RecordingHandler takes one argument: the folder to write mail to")
+        return cls(args[0])
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        match = _FAIL.match(address)
+        if match and not match.group(1):
+            code = match.group(2)
+            return f"{code} {code[0]}.1.1 <{address}>: scripted failure at RCPT"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        for rcpt in envelope.rcpt_tos:
+            match = _FAIL.match(rcpt)
+            if match and match.group(1):
+                code = match.group(2)
+                return f"{code} {code[0]}.7.1 scripted failure at DATA"
+        raw = envelope.original_content or b""
+        info = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": list(envelope.rcpt_tos),
+            "auth": bool(session.authenticated),
+        }
+        self.messages.append((raw, info))
+        if self.folder is not None:
+            stem = self.folder / f"{len(list(self.folder.glob('*.eml'))) + 1:06d}"
+            stem.with_suffix(".json").write_text(json.dumps(info))
+            tmp = stem.with_suffix(".tmp")
+            tmp.write_bytes(raw)
+            tmp.rename(stem.with_suffix(".eml"))
+        return "250 2.0.0 OK: recorded"
+
+
+class FakeMailServer:
+    """The sandbox's SMTP sink plus where the sandbox channel listens for inbound mail."""
+
+    def __init__(self) -> None:
+        self.handler = RecordingHandler()
+        self.server: asyncio.AbstractServer | None = None
+        self.smtp_port = 0
+        self.base_url: str | None = None
+        self.listen_port = _free_port()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: SMTP(self.handler, enable_SMTPUTF8=True, ident="extmsg-fake"),
+            "127.0.0.1",
+            0,
+        )
+        sockets = self.server.sockets or ()
+        self.smtp_port = sockets[0].getsockname()[1] if sockets else 0
+        _SINKS.append(self)
+
+    async def stop(self) -> None:
+        if self in _SINKS:
+            _SINKS.remove(self)
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "address": SANDBOX_ADDRESS,
+            "display_name": "Sandbox Support",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": self.smtp_port,
+            "smtp_security": "none",
+            "inbound": ["smtp"],
+            "listen_host": "127.0.0.1",
+            "listen_port": self.listen_port,
+        }
+
+
+_SINKS: list[FakeMailServer] = []
+SERVER = web.AppKey("extmsg.email.fake", FakeMailServer)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def fake_channel_settings(base_url: str) -> dict[str, Any]:
+    """Settings of a channel that sends through (and is written to by) the fake at ``base_url``."""
+    for sink in reversed(_SINKS):
+        if sink.base_url == base_url:
+            return sink.settings()
+    for sink in reversed(_SINKS):
+        if sink.base_url is None:
+            sink.base_url = base_url
+            return sink.settings()
+    raise RuntimeError("no email fake is running; start create_email_fake() first")
+
+
+async def _messages(request: web.Request) -> web.Response:
+    sink = request.app[SERVER]
+    return web.json_response([read_mail(raw, info) for raw, info in sink.handler.messages])
+
+
+async def _inbound(request: web.Request) -> web.Response:
+    sink = request.app[SERVER]
+    body = await request.json()
+    mail = EmailMessage()
+    mail["From"] = str(body.get("from") or "Customer <customer@example.org>")
+    mail["To"] = str(body.get("to") or SANDBOX_ADDRESS)
+    mail["Subject"] = str(body.get("subject") or "Hello")
+    mail["Message-ID"] = make_msgid(domain="example.org")
+    if body.get("in_reply_to"):
+        mail["In-Reply-To"] = str(body["in_reply_to"])
+        mail["References"] = str(body["in_reply_to"])
+    mail.set_content(str(body.get("text") or ""))
+    try:
+        await aiosmtplib.send(mail, hostname="127.0.0.1", port=sink.listen_port, timeout=10)
+    except aiosmtplib.SMTPException as exc:
+        return web.json_response({"error": str(exc)}, status=502)
+    return web.json_response({"message_id": mail["Message-ID"]})
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    sink = app[SERVER]
+    await sink.start()
+    yield
+    await sink.stop()
+
+
+def create_email_fake() -> web.Application:
+    app = web.Application()
+    app[SERVER] = FakeMailServer()
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_get("/fake/messages", _messages)
+    app.router.add_post("/fake/inbound", _inbound)
+    return app

@@ -1,0 +1,193 @@
+"""The embedded SMTP/LMTP listener an MTA forwards mail to.
+
+One listener per ``listen_host:listen_port``; channels sharing one are told apart by the
+envelope recipient (RCPT TO). The answer to DATA is ``250`` only once every channel's events
+are committed; ``451`` (try again later) when storing failed, so the MTA keeps the mail and
+retries — a retry of what was stored the first time is a duplicate the core drops. Unknown
+recipients get ``550`` at RCPT, mail over a channel's size limit ``552``.
+
+Under LMTP (Postfix ``lmtp:`` transport) DATA is answered once per recipient (RFC 2033).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Iterable, Sequence
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from extmsg.models import Channel
+
+from . import addresses
+from .inbound import MailIntake, UnreadableMail
+from .settings import EmailSettings
+
+__all__ = ["Listener", "listeners_for"]
+
+log = logging.getLogger("extmsg.email.smtp")
+
+OK = "250 2.0.0 OK: stored"
+TRY_LATER = "451 4.3.0 Temporary failure storing the message, try again later"
+TOO_BIG = "552 5.3.4 Message too big for this recipient"
+UNREADABLE = "554 5.6.0 Message could not be parsed"
+
+
+class Listener:
+    """An SMTP (or LMTP) server for the channels that share one address and port."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        channels: Sequence[Channel],
+        intake: MailIntake,
+        protocol: str = "smtp",
+        hostname: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.channels = list(channels)
+        self.intake = intake
+        self.protocol = protocol
+        self.hostname = hostname
+        self._server: asyncio.AbstractServer | None = None
+        self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+
+    @property
+    def size_limit(self) -> int:
+        return max(self._settings(ch).max_message_bytes for ch in self.channels)
+
+    @staticmethod
+    def _settings(channel: Channel) -> EmailSettings:
+        settings: EmailSettings = channel.settings
+        return settings
+
+    def route(self, recipient: str) -> Channel | None:
+        """The channel that takes mail for ``recipient``, if any."""
+        for channel in self.channels:
+            s = self._settings(channel)
+            if addresses.recipient_matches(recipient, s.address, s.allowed_recipients):
+                return channel
+        return None
+
+    # -- server --------------------------------------------------------------------------------
+    def _protocol(self) -> SMTP:
+        cls = LMTP if self.protocol == "lmtp" else SMTP
+        server = cls(
+            self,
+            data_size_limit=self.size_limit,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=self.hostname,
+            ident="extmsg",
+        )
+        self._sessions.add(server)
+        return server
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, self.host, self.port)
+        if self.port == 0:
+            sockets = self._server.sockets or ()
+            self.port = sockets[0].getsockname()[1] if sockets else 0
+        log.info(
+            "email: %s listener on %s:%d for %d channel(s)",
+            self.protocol.upper(),
+            self.host,
+            self.port,
+            len(self.channels),
+        )
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for session in list(self._sessions):
+            transport = session.transport
+            if transport is not None:
+                transport.close()
+        await self._server.wait_closed()
+        self._server = None
+
+    # -- aiosmtpd handler hooks ----------------------------------------------------------------
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if self.route(address) is None:
+            log.info("email: refused recipient %s", addresses.mask(address))
+            return "550 5.1.1 Recipient address rejected: not accepted here"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content or b""
+        data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
+        groups = _by_channel(self, envelope.rcpt_tos)
+        status: dict[str, str] = {}
+        for channel, rcpts in groups:
+            status[channel.name] = await self._store(channel, data, rcpts)
+        if self.protocol == "lmtp":
+            lines = []
+            for rcpt in envelope.rcpt_tos:
+                routed = self.route(rcpt)
+                lines.append(status[routed.name] if routed else TRY_LATER)
+            return "\r\n".join(lines)
+        answers = set(status.values())
+        if answers == {OK}:
+            return OK
+        for worst in (TRY_LATER, UNREADABLE, TOO_BIG):
+            if worst in answers:
+                return worst
+        return TRY_LATER
+
+    async def _store(self, channel: Channel, data: bytes, rcpts: Sequence[str]) -> str:
+        if len(data) > self._settings(channel).max_message_bytes:
+            return TOO_BIG
+        try:
+            await self.intake.deliver(channel, data, rcpts)
+        except UnreadableMail as exc:
+            log.warning("email %s: refused a mail that cannot be parsed: %s", channel.name, exc)
+            return UNREADABLE
+        except Exception as exc:
+            log.warning(
+                "email %s: storing a mail failed, answered 451: %s: %s",
+                channel.name,
+                type(exc).__name__,
+                exc,
+            )
+            return TRY_LATER
+        return OK
+
+
+def _by_channel(listener: Listener, rcpts: Iterable[str]) -> list[tuple[Channel, list[str]]]:
+    groups: dict[str, tuple[Channel, list[str]]] = {}
+    for rcpt in rcpts:
+        channel = listener.route(rcpt)
+        if channel is not None:
+            groups.setdefault(channel.name, (channel, []))[1].append(rcpt)
+    return list(groups.values())
+
+
+def listeners_for(channels: Iterable[Channel], intake: MailIntake) -> list[Listener]:
+    """One listener per ``listen_host:listen_port`` among channels with ``smtp`` inbound."""
+    by_address: dict[tuple[str, int], list[Channel]] = {}
+    for channel in channels:
+        s: EmailSettings = channel.settings
+        if "smtp" in s.inbound:
+            by_address.setdefault((s.listen_host, s.listen_port), []).append(channel)
+    out: list[Listener] = []
+    for (host, port), group in by_address.items():
+        protocols = {g.settings.listen_protocol for g in group}
+        if len(protocols) > 1:
+            names = ", ".join(g.name for g in group)
+            raise ValueError(f"email channels {names} share {host}:{port} but not listen_protocol")
+        out.append(Listener(host, port, group, intake, protocol=protocols.pop()))
+    return out

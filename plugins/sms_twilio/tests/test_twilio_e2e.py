@@ -1,0 +1,270 @@
+"""End to end in one process: the Twilio fake ⇄ extmsg (the core's app with this plugin) ⇄ the
+Unblu sandbox. What a customer texts shows up in Unblu; what an agent writes reaches the fake,
+and its delivery reports (or Twilio's refusals) come back as message states."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
+
+from extmsg.app import create_app
+from extmsg.config import parse_config
+from extmsg.plugins import build_hooks
+from extmsg_sms_twilio import plugin
+from extmsg_sms_twilio.fake import (
+    TWILIO_FAKE,
+    FakeTwilio,
+    InboundResult,
+    create_twilio_fake,
+    inbound_params,
+)
+
+T = TypeVar("T")
+CUSTOMER = "+41791234567"
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class World:
+    base: str
+    fake_url: str
+    fake: FakeTwilio
+    sandbox: Any
+    session: aiohttp.ClientSession
+    channel_id: str
+
+    async def text(self, body: str, **params: str) -> InboundResult:
+        values = inbound_params(
+            from_=CUSTOMER, to=FROM_NUMBER, body=body, account_sid=ACCOUNT_SID
+        )
+        values.update(params)
+        return await self.fake.send_inbound(f"{self.base}/channels/sms/inbound", values)
+
+    async def agent(self, path: str, method: str = "GET", **body: Any) -> Any:
+        url = f"{self.sandbox.url}/sandbox/api/{path}"
+        async with self.session.request(method, url, json=body or None) as resp:
+            assert resp.status < 300, await resp.text()
+            return await resp.json()
+
+    async def conversation(self) -> dict[str, Any]:
+        async def one() -> dict[str, Any] | None:
+            data = await self.agent(f"conversations?channelId={self.channel_id}")
+            convs = data["conversations"] if isinstance(data, dict) else data
+            return convs[0] if convs else None
+
+        return await eventually(one)
+
+    async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
+        data = await self.agent(f"conversations/{conversation_id}/messages")
+        return list(data["messages"] if isinstance(data, dict) else data)
+
+    async def message_in(self, conversation_id: str, text: str, state: str) -> dict[str, Any]:
+        async def find() -> dict[str, Any] | None:
+            for m in await self.messages(conversation_id):
+                if m.get("text") == text and m["state"] == state:
+                    return m
+            return None
+
+        return await eventually(find)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(params=["v4", "v3"])
+async def world(
+    request: pytest.FixtureRequest, tmp_path: Path, unblu_sandbox: Any
+) -> AsyncIterator[World]:
+    fake_app = create_twilio_fake(
+        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, callback_delay=0.02
+    )
+    fake_server = TestServer(fake_app)
+    await fake_server.start_server()
+    fake_url = str(fake_server.make_url("")).rstrip("/")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
+    raw = {
+        "server": {"port": port, "public_url": base},
+        "store": {"path": str(tmp_path / "store.sqlite3")},
+        "unblu": {
+            "base_url": unblu_sandbox.base_url,
+            "api_version": request.param,
+            "username": "admin",
+            "password": "admin",
+        },
+        "engine": {"backoff_initial": 0.05, "backoff_max": 0.5},
+        "channels": [
+            {
+                "name": "sms",
+                "messenger": "sms_twilio",
+                "webhook_secret": "whsec-123",
+                "settings": {
+                    "account_sid": ACCOUNT_SID,
+                    "auth_token": AUTH_TOKEN,
+                    "from_number": FROM_NUMBER,
+                    "api_base_url": fake_url,
+                },
+            }
+        ],
+    }
+    config = parse_config(raw, hooks.messenger_types())
+    runner = web.AppRunner(create_app(config, hooks))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def provisioned() -> str | None:
+                async with session.get(f"{base}/readyz") as resp:
+                    body = await resp.json()
+                channel_id: str | None = body["channels"]["sms"]["unblu_channel_id"]
+                return channel_id
+
+            channel_id = await eventually(provisioned)
+            yield World(base, fake_url, fake_app[TWILIO_FAKE], unblu_sandbox, session,
+                        channel_id)
+    finally:
+        await runner.cleanup()
+        await fake_server.close()
+
+
+async def test_conversation_round_trip(world: World) -> None:
+    first = await world.text("Hello, my parcel did not arrive")
+    assert (first.status, first.content_type) == (200, "text/xml")
+    assert first.body == '<?xml version="1.0" encoding="UTF-8"?><Response/>'
+    again = await world.fake.send_inbound(f"{world.base}/channels/sms/inbound", first.params)
+    assert again.status == 200  # Twilio's retry of the same MessageSid
+
+    conv = await world.conversation()
+    assert conv["sourceId"] == CUSTOMER
+    [message] = await world.messages(conv["id"])
+    assert message["text"] == "Hello, my parcel did not arrive"
+    assert message["sourceId"] == first.params["MessageSid"]
+
+    await world.agent(f"conversations/{conv['id']}/messages", "POST",
+                      text="Let me check that for you", senderName="Anna")
+    await world.message_in(conv["id"], "Let me check that for you", "DELIVERED")
+    [sent] = world.fake.messages
+    assert (sent["to"], sent["from"]) == (CUSTOMER, FROM_NUMBER)
+    assert sent["body"] == "Anna: Let me check that for you"
+    assert sent["status_callback"].startswith(f"{world.base}/channels/sms/status?ref=")
+    assert [c["http_status"] for c in sent["callbacks"]] == [200, 200, 200]
+
+
+async def test_mms_arrives_as_file(world: World) -> None:
+    url = world.fake_url + world.fake.add_media(b"\x89PNG-picture", "image/png")
+    result = await world.text("", NumMedia="1", MediaUrl0=url, MediaContentType0="image/png")
+    assert result.status == 200
+    conv = await world.conversation()
+
+    async def file_message() -> dict[str, Any] | None:
+        found = [m for m in await world.messages(conv["id"]) if m["type"] == "FILE"]
+        return found[0] if found else None
+
+    message = await eventually(file_message)
+    assert message["mimeType"] == "image/png"
+    async with world.session.get(f"{world.sandbox.url}/sandbox/api/files/{message['id']}") as r:
+        assert await r.read() == b"\x89PNG-picture"
+
+
+@pytest.mark.parametrize(
+    ("scenario", "text"),
+    [
+        ("opted_out", "replied STOP"),
+        ("unreachable", "unreachable"),
+        ("invalid_number", "not a valid phone number"),
+    ],
+)
+async def test_twilio_failures_reach_the_agent(world: World, scenario: str, text: str) -> None:
+    await world.text("Hi")
+    conv = await world.conversation()
+    world.fake.fail(CUSTOMER, scenario)
+    await world.agent(f"conversations/{conv['id']}/messages", "POST", text="Are you there?")
+    failed = await world.message_in(conv["id"], "Are you there?", "FAILED")
+    assert text in failed["failureText"]
+
+
+async def test_stop_blocks_sends_until_start(world: World) -> None:
+    await world.text("Hi")
+    conv = await world.conversation()
+    assert (await world.text("STOP")).status == 200
+
+    async def stop_shown() -> bool:
+        return any(m.get("text") == "STOP" for m in await world.messages(conv["id"]))
+
+    await eventually(stop_shown)  # the agent sees why later messages fail
+    await world.agent(f"conversations/{conv['id']}/messages", "POST", text="Anything else?")
+    failed = await world.message_in(conv["id"], "Anything else?", "FAILED")
+    assert "texted STOP" in failed["failureText"]
+    assert world.fake.messages == []
+
+    assert (await world.text("START")).status == 200
+
+    async def start_shown() -> bool:
+        return any(m.get("text") == "START" for m in await world.messages(conv["id"]))
+
+    await eventually(start_shown)
+    await world.agent(f"conversations/{conv['id']}/messages", "POST", text="Welcome back")
+    await world.message_in(conv["id"], "Welcome back", "DELIVERED")
+
+
+async def test_agent_file_without_public_url_fails_readably(world: World) -> None:
+    await world.text("Can you send me the form?")
+    conv = await world.conversation()
+    data = base64.b64encode(b"%PDF-1.4 form").decode()
+    await world.agent(
+        f"conversations/{conv['id']}/messages", "POST",
+        file={"name": "form.pdf", "mimeType": "application/pdf", "data": data},
+    )
+
+    async def failed_file() -> dict[str, Any] | None:
+        for m in await world.messages(conv["id"]):
+            if m["type"] == "FILE" and m["state"] == "FAILED":
+                return m
+        return None
+
+    failed = await eventually(failed_file)
+    assert "public media URL" in failed["failureText"]
+    assert world.fake.messages == []
+
+
+async def test_long_agent_message_is_split(world: World) -> None:
+    await world.text("Tell me everything")
+    conv = await world.conversation()
+    text = "All the details you asked for. " * 60  # 1860 characters
+    await world.agent(f"conversations/{conv['id']}/messages", "POST", text=text.strip(),
+                      senderName="Anna")
+    await world.message_in(conv["id"], text.strip(), "DELIVERED")
+    bodies = [m["body"] for m in world.fake.messages]
+    assert len(bodies) == 2
+    assert all(len(b) <= 1600 for b in bodies)
+    assert " ".join(bodies).split() == ("Anna: " + text).split()
+    refs = {m["status_callback"] for m in world.fake.messages}
+    assert len(refs) == 1  # both parts report on the one agent message

@@ -1,0 +1,104 @@
+"""Signature vectors, segment counting, rendering and contact validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from twilio_testkit import case_params, make_channel, text_of, twilio_sign
+
+from extmsg.errors import PermanentError
+from extmsg.models import Attachment, Contact, OutboundMessage
+from extmsg.plugins import Hooks
+from extmsg_sms_twilio.segments import count_segments
+from extmsg_sms_twilio.signature import body_sha256, compute_signature, url_variants
+
+
+@case_params("signature_vectors")
+def test_signature_known_answers(case: dict[str, Any]) -> None:
+    """Twilio's own validator test vectors, and the independent helper the cases use."""
+    params = [(k, v) for k, v in case["params"]]
+    assert compute_signature(case["url"], params, "12345") == case["signature"]
+    assert twilio_sign(case["url"], params, "12345", "HMAC_SHA1") == case["signature"]
+    if "body" in case:
+        assert body_sha256(case["body"].encode()) == case["body_sha256"]
+
+
+def test_url_variants() -> None:
+    assert url_variants("https://h.example/p?q=1") == [
+        "https://h.example/p?q=1",
+        "https://h.example:443/p?q=1",
+    ]
+    assert url_variants("http://h.example:80/p") == ["http://h.example:80/p", "http://h.example/p"]
+    assert url_variants("http://[::1]:8080/p") == ["http://[::1]:8080/p", "http://[::1]/p"]
+
+
+@case_params("segments")
+def test_segments(case: dict[str, Any]) -> None:
+    info = count_segments(text_of(case["text"]))
+    assert (info.encoding, info.units, info.segments) == (
+        case["encoding"],
+        case["units"],
+        case["segments"],
+    )
+
+
+def _outbound(case: dict[str, Any]) -> OutboundMessage:
+    attachment = case.get("attachment")
+    return OutboundMessage(
+        id="msg-01HZX3",
+        unblu_message_id="u-1",
+        conversation_id="c-1",
+        contact=Contact(address="+14155550123"),
+        text=text_of(case["text"]) or None,
+        attachment=msgspec.convert(attachment, Attachment) if attachment else None,
+        sender_name=case.get("sender_name"),
+    )
+
+
+@case_params("render")
+async def test_render_outbound(hooks: Hooks, case: dict[str, Any]) -> None:
+    channel = make_channel(case.get("settings"), **case.get("channel", {}))
+    message = _outbound(case)
+    expect = case["expect"]
+    if "error" in expect:
+        with pytest.raises(PermanentError, match=expect["error"]):
+            await hooks.render_outbound(channel, message)
+        return
+    parts = await hooks.render_outbound(channel, message)
+    assert [p.part for p in parts] == list(range(len(parts)))
+    assert all(p.id == message.id for p in parts)
+    if "parts" in expect:
+        assert len(parts) == len(expect["parts"])
+        for got, want in zip(parts, expect["parts"], strict=True):
+            assert got.text == want["text"]
+            if "encoding" in want:
+                info = count_segments(got.text or "")
+                assert (info.encoding, info.segments) == (want["encoding"], want["segments"])
+            if "caption" in want:
+                assert got.attachment is not None
+                assert got.attachment.caption == want["caption"]
+        return
+    assert len(parts) == expect["count"]
+    texts = [p.text or "" for p in parts]
+    assert all(len(t.encode("utf-16-le")) // 2 <= 1600 for t in texts)
+    if "segments" in expect:
+        assert [count_segments(t).segments for t in texts] == expect["segments"]
+    original = (channel.sender_prefix.replace("{sender}", message.sender_name or "Agent")
+                + (message.text or ""))
+    assert " ".join(texts).split() == original.split()  # cut on words, nothing lost
+    if "attachment_on" in expect:
+        assert [i for i, p in enumerate(parts) if p.attachment] == expect["attachment_on"]
+
+
+@case_params("contacts", key="identifier")
+async def test_validate_contact(hooks: Hooks, case: dict[str, Any]) -> None:
+    channel = make_channel({"default_region": case.get("default_region")})
+    check = await hooks.validate_contact(channel, case["identifier"])
+    expect = case["expect"]
+    assert check.valid is expect["valid"]
+    if check.valid:
+        assert check.address == expect["address"]
+    else:
+        assert expect["error"] in (check.error or "")
