@@ -69,6 +69,7 @@ class World:
     session: aiohttp.ClientSession
     proc: ServeProcess
     channel_id: str
+    version: str
 
     async def inbound(self, payload: dict[str, Any], token: str = "tok") -> int:
         body, headers = signed(token, payload)
@@ -125,7 +126,7 @@ async def world(
                 return channel_id
 
             channel_id = await eventually(provisioned)
-            yield World(base, unblu_sandbox, provider, session, proc, channel_id)
+            yield World(base, unblu_sandbox, provider, session, proc, channel_id, request.param)
     finally:
         proc.kill()
 

@@ -7,8 +7,12 @@ side; each messenger plugin has its own end-to-end tests.
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import pytest
+
+from extmsg.testing.openapi import SpecUnavailable, load_spec
 from extmsg.unblu import signing
 
 from .e2e import CUSTOMER, World, at_least, eventually, world
@@ -153,3 +157,89 @@ async def test_bad_signatures_are_refused_and_change_nothing(world: World) -> No
         )
     await asyncio.sleep(0.3)
     assert await world.conversations() == []
+
+
+async def _outbound_request(world: World, service: str, body: dict[str, Any]) -> dict[str, Any]:
+    raw = json.dumps({"accountId": "sandbox-account", "serviceName": service, **body}).encode()
+    headers = {
+        "x-unblu-service-name": service,
+        "content-type": "application/json",
+        **signing.sign_headers("whsec-123", raw),
+    }
+    async with world.session.post(f"{world.base}/unblu/loop", data=raw, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        answer = await resp.read()
+        assert resp.headers[signing.SIGNATURE_256_HEADER] == signing.signature_256(
+            "whsec-123", answer
+        )
+    try:
+        load_spec("v4").validate_callback_response(service, json.loads(answer))
+    except SpecUnavailable:
+        pass
+    result: dict[str, Any] = json.loads(answer)
+    return result
+
+
+@pytest.mark.parametrize("world", ["v4"], indirect=True)  # v4 outbound requests only
+async def test_agent_initiated_contact_and_conversation(world: World) -> None:
+    created = await _outbound_request(
+        world,
+        "outbound.external_messenger.create_contact",
+        {
+            "$_type": "ExternalMessengerCreateContactRequest",
+            "externalMessengerChannelId": world.channel_id,
+            "personData": {"$_type": "PersonData", "displayName": "Bob Builder"},
+            "contactIdentifier": "  +41790000009 ",
+        },
+    )
+    assert created["type"] == "CREATE"
+    assert created["sourceId"] == "+41790000009"
+    invalid = await _outbound_request(
+        world,
+        "outbound.external_messenger.create_contact",
+        {
+            "$_type": "ExternalMessengerCreateContactRequest",
+            "externalMessengerChannelId": world.channel_id,
+            "contactIdentifier": "   ",
+        },
+    )
+    assert invalid["type"] == "INVALID_CONTACT_IDENTIFIER"
+    assert invalid["errorText"] == "the contact identifier is empty"
+
+    # A contact who is already talking gets the existing conversation.
+    assert await world.say("p1", "Hi") == 200
+    [conv] = await eventually(world.conversations)
+    [contact_id] = [p["contactId"] for p in conv["participants"] if p.get("contactId")]
+    request = {
+        "$_type": "ExternalMessengerCreateConversationRequest",
+        "creationData": {
+            "$_type": "ConversationCreationData",
+            "externalMessengerChannelId": world.channel_id,
+            "externalParticipants": [
+                {
+                    "$_type": "ConversationCreationExternalParticipantData",
+                    "externalMessengerContactId": contact_id,
+                    "participationType": "CONTEXT_PERSON",
+                }
+            ],
+        },
+    }
+    service = "outbound.external_messenger.create_conversation"
+    existing = await _outbound_request(world, service, request)
+    assert existing == {
+        "$_type": "ExternalMessengerCreateConversationUseExistingResponse",
+        "type": "USE_EXISTING",
+        "conversationId": conv["id"],
+    }
+    await world.agent(f"conversations/{conv['id']}/end", "POST")
+    await world.say("p2", "still there?")  # noticed as ended, a new conversation opens
+
+    async def second() -> list[dict[str, Any]] | None:
+        convs = await world.conversations()
+        return convs if len(convs) == 2 else None
+
+    await eventually(second)
+    await world.agent(f"conversations/{(await world.conversations())[-1]['id']}/end", "POST")
+    fresh = await _outbound_request(world, service, request)
+    assert fresh["type"] == "CREATE"
+    assert fresh["sourceId"] == CUSTOMER

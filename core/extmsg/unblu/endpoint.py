@@ -17,6 +17,7 @@ from ..models import Channel
 from ..runtime import RUNTIME, Runtime
 from ..store.base import Intake, NewJob, NewMessage
 from . import calls, signing
+from .errors import UnbluNotFound
 
 __all__ = ["unblu_request"]
 
@@ -173,7 +174,14 @@ async def _create_conversation(
         )
     existing = await runtime.store.active_conversation(channel.name, source_id)
     if existing is not None:
-        return calls.conversation_use_existing_response(existing.unblu_conversation_id)
+        # Our record may be stale: the agent side can end a conversation without telling us.
+        try:
+            remote = await runtime.unblu_client().get_conversation(existing.unblu_conversation_id)
+        except UnbluNotFound:
+            remote = None
+        if remote is not None and not remote.ended:
+            return calls.conversation_use_existing_response(existing.unblu_conversation_id)
+        await runtime.store.end_conversation(existing.unblu_conversation_id)
     return calls.conversation_create_response(source_id=source_id)
 
 
