@@ -7,6 +7,7 @@ side; each messenger plugin has its own end-to-end tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -172,10 +173,8 @@ async def _outbound_request(world: World, service: str, body: dict[str, Any]) ->
         assert resp.headers[signing.SIGNATURE_256_HEADER] == signing.signature_256(
             "whsec-123", answer
         )
-    try:
+    with contextlib.suppress(SpecUnavailable):  # without the specs the shape goes unchecked
         load_spec("v4").validate_callback_response(service, json.loads(answer))
-    except SpecUnavailable:
-        pass
     result: dict[str, Any] = json.loads(answer)
     return result
 

@@ -39,7 +39,6 @@ _STATUS_TEXT = {
     "1.2": "the recipient's domain does not exist or does not accept mail",
     "1.3": "the address is not valid",
     "1.6": "the mailbox has moved",
-    "1.10": "the recipient's domain does not accept mail",
     "2.1": "the mailbox is disabled",
     "2.2": "the mailbox is full",
     "2.3": "the message is larger than the recipient accepts",

@@ -51,8 +51,13 @@ class _Converter(HTMLParser):
 
     def _break(self, blank: bool = False) -> None:
         self._flush()
-        if blank and self.lines and self.lines[-1][1] != "":
+        if not blank or not self.lines:
+            return
+        depth, text = self.lines[-1]
+        if text:
             self.lines.append((self.depth, ""))
+        elif depth > self.depth:
+            self.lines[-1] = (self.depth, "")
 
     def _text(self, text: str) -> None:
         if not text:
@@ -138,8 +143,9 @@ class _Converter(HTMLParser):
                 self._text(f" ({target})" if shown else target)
             self.link = None
         if tag == "blockquote":
-            self._break(blank=True)
+            self._flush()
             self.depth = max(0, self.depth - 1)
+            self._break(blank=True)
         elif tag == "pre":
             self._break(blank=True)
             self.pre = max(0, self.pre - 1)

@@ -157,7 +157,11 @@ class ImapPoller:
         conn = self._connect_fn(s)
         try:
             _check(conn.login(s.imap_username or "", s.imap_password or ""), "LOGIN")
-            caps = {c.upper() for c in conn.capabilities}
+            # The capabilities after login are the ones that count (MOVE, UIDPLUS).
+            data = _check(conn.capability(), "CAPABILITY")
+            listed = data[0] if data and isinstance(data[0], bytes) else b""
+            caps = {c.upper() for c in listed.decode("ascii", "replace").split()}
+            caps |= {c.upper() for c in conn.capabilities}
             self._can_move = "MOVE" in caps
             self._uidplus = "UIDPLUS" in caps
             typ, data = conn.create(encode_folder(s.imap_processed_folder))
@@ -184,6 +188,8 @@ class ImapPoller:
     def _search(self) -> list[str]:
         conn = self._require()
         criterion = "UNSEEN" if self.settings.imap_fetch == "unseen" else "ALL"
+        # NOOP lets the server bring the session's view up to date (mail delivered since).
+        _check(conn.noop(), "NOOP")
         data = _check(conn.uid("SEARCH", criterion), "SEARCH")
         found = data[0] if data and isinstance(data[0], bytes) else b""
         return found.decode("ascii", "replace").split()

@@ -48,7 +48,7 @@ def _message_text(parsed: ParsedMail, settings: EmailSettings, is_new: bool) -> 
         body = parsed.text
         if not body and not parsed.attachments:
             body = parsed.full_text
-    subject = threads.clean_subject(parsed.subject)
+    subject = " ".join(parsed.subject.split())
     show_subject = settings.subject_in_text == "always" or (
         settings.subject_in_text == "new" and is_new
     )

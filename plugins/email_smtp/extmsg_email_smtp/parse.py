@@ -30,6 +30,7 @@ _PARSER = BytesParser(policy=policy.default)
 _SIGNATURES = {"application/pgp-signature", "application/pkcs7-signature",
                "application/x-pkcs7-signature"}  # fmt: skip
 _LATIN1 = {"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1", "iso_8859-1", "cp819"}
+_CID_PLACEHOLDER = re.compile(r"[ \t]*\[cid:[^\]\s]+\]")
 _UNLABELLED = {"", "us-ascii", "ascii", "unknown-8bit", "x-unknown", "unknown", "8bit"}
 
 
@@ -109,6 +110,8 @@ def _unflow(text: str, delsp: bool) -> str:
 
 def _leaves(msg: Message) -> Iterator[Message]:
     """Leaf parts in order, not descending into attached mails (message/*)."""
+    if msg.get_content_maintype() == "message":
+        return
     if msg.is_multipart():
         for sub in msg.get_payload():
             if isinstance(sub, Message):
@@ -135,6 +138,8 @@ def _body(msg: Message) -> tuple[str, str]:
     text = "\n\n".join(t.strip("\n") for t in (_part_text(p) for p in plains) if t.strip())
     if not text.strip() and html:
         text = htmltext.html_to_text(html)
+    # Outlook's plain text marks inline images with "[cid:…]" placeholders.
+    text = _CID_PLACEHOLDER.sub("", text)
     return text, html
 
 

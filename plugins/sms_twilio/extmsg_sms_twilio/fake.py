@@ -37,12 +37,17 @@ from .segments import count_segments
 from .signature import compute_signature
 
 __all__ = [
+    "SANDBOX_ACCOUNT_SID",
+    "SANDBOX_AUTH_TOKEN",
+    "SANDBOX_CHANNEL",
+    "SANDBOX_FROM_NUMBER",
     "SCENARIOS",
     "TWILIO_FAKE",
     "FakeFailure",
     "FakeTwilio",
     "InboundResult",
     "create_twilio_fake",
+    "fake_channel_settings",
     "inbound_params",
     "new_sid",
     "send_inbound",
@@ -51,6 +56,12 @@ __all__ = [
 log = logging.getLogger("extmsg.sms_twilio.fake")
 
 API_VERSION = "2010-04-01"
+#: Credentials of the sandbox's Twilio channel (``extmsg serve --sandbox``); not secrets.
+SANDBOX_ACCOUNT_SID = "AC" + "5a4d" * 8
+SANDBOX_AUTH_TOKEN = "sandbox-twilio-auth-token"  # noqa: S105
+SANDBOX_FROM_NUMBER = "+15005550006"
+#: The channel ``extmsg serve --sandbox`` creates for this fake.
+SANDBOX_CHANNEL = "sms-twilio-sandbox"
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 _MAX_BODY = 1600
 
@@ -215,8 +226,12 @@ class FakeTwilio:
         failures: Mapping[str, str | FakeFailure] | None = None,
         callback_delay: float = 0.01,
         callbacks: bool = True,
+        extmsg_url: str | None = None,
+        from_number: str = SANDBOX_FROM_NUMBER,
     ) -> None:
         self.account_sid = account_sid
+        self.extmsg_url = extmsg_url.rstrip("/") if extmsg_url else None
+        self.from_number = from_number
         self.auth_token = auth_token
         self.callback_delay = callback_delay
         self.callbacks_enabled = callbacks
@@ -428,10 +443,34 @@ class FakeTwilio:
         return web.json_response({"to": data["to"], "scenario": data["scenario"]})
 
     async def deliver_inbound(self, request: web.Request) -> web.Response:
+        """``{"url"?, "channel"?, "from"?, "body"?, "params"?}`` → a signed inbound SMS.
+
+        Without ``url`` the message goes to ``{extmsg_url}/channels/{channel}/inbound`` (the
+        sandbox's channel by default); ``params`` override the generated parameters.
+        """
         data = await request.json()
-        params = {str(k): str(v) for k, v in dict(data.get("params") or {}).items()}
-        result = await self.send_inbound(str(data["url"]), params)
+        url = data.get("url")
+        if not url:
+            if not self.extmsg_url:
+                return web.json_response({"error": "give a url (no extmsg_url known)"}, status=400)
+            channel = data.get("channel") or SANDBOX_CHANNEL
+            url = f"{self.extmsg_url}/channels/{channel}/inbound"
+        params = inbound_params(
+            from_=str(data.get("from") or "+14155550123"),
+            to=self.from_number,
+            body=str(data.get("body") or ""),
+            account_sid=self.account_sid,
+        )
+        params.update({str(k): str(v) for k, v in dict(data.get("params") or {}).items()})
+        try:
+            result = await self.send_inbound(str(url), params)
+        except aiohttp.ClientError as exc:
+            return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=502)
         return web.json_response(msgspec.to_builtins(result))
+
+    async def console(self, request: web.Request) -> web.Response:
+        """A tiny page to text the sandbox as a customer would."""
+        return web.Response(text=_CONSOLE, content_type="text/html")
 
     # -- status callbacks -------------------------------------------------------------------
     async def _run_callbacks(self, message: dict[str, Any], failure: FakeFailure | None) -> None:
@@ -495,6 +534,27 @@ class FakeTwilio:
 
 _PRIVATE = frozenset({"media_urls", "status_callback", "callbacks"})
 
+_CONSOLE = """<!doctype html>
+<html lang="en"><meta charset="utf-8"><title>Twilio fake</title>
+<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
+<h1>Twilio fake</h1>
+<p>Text the sandbox channel as a customer.
+Sent messages: <a href="/fake/messages">/fake/messages</a>.
+<form id="f"><label>From <input name="from" value="+14155550123"></label>
+<label>Message <input name="body" size="40" required></label> <button>Send</button></form>
+<pre id="out"></pre>
+<script>
+document.getElementById("f").onsubmit = async (e) => {
+  e.preventDefault();
+  const data = Object.fromEntries(new FormData(e.target));
+  const r = await fetch("/fake/inbound", {method: "POST", body: JSON.stringify(data),
+                                          headers: {"Content-Type": "application/json"}});
+  document.getElementById("out").textContent = JSON.stringify(await r.json(), null, 2);
+};
+</script>
+</body></html>
+"""
+
 #: Where the fake's state lives in its application.
 TWILIO_FAKE = web.AppKey("twilio_fake", FakeTwilio)
 
@@ -515,19 +575,31 @@ def _error(
     return web.json_response(body, status=status, headers=dict(headers or {}))
 
 
+def fake_channel_settings(base_url: str) -> dict[str, Any]:
+    """The settings of a channel talking to a fake started with the sandbox credentials."""
+    return {
+        "account_sid": SANDBOX_ACCOUNT_SID,
+        "auth_token": SANDBOX_AUTH_TOKEN,
+        "from_number": SANDBOX_FROM_NUMBER,
+        "api_base_url": base_url,
+    }
+
+
 def create_twilio_fake(
     *,
-    account_sid: str,
-    auth_token: str,
+    account_sid: str = SANDBOX_ACCOUNT_SID,
+    auth_token: str = SANDBOX_AUTH_TOKEN,
     failures: Mapping[str, str | FakeFailure] | None = None,
     callback_delay: float = 0.01,
     callbacks: bool = True,
+    extmsg_url: str | None = None,
 ) -> web.Application:
     """Build the fake's application; its state is ``app[TWILIO_FAKE]``.
 
     :param failures: destination number → scenario name (see :data:`SCENARIOS`) or failure.
     :param callback_delay: seconds between two status callbacks of one message.
     :param callbacks: fire status callbacks at all.
+    :param extmsg_url: where extmsg listens, for inbound messages sent without a URL.
     """
     fake = FakeTwilio(
         account_sid=account_sid,
@@ -535,6 +607,7 @@ def create_twilio_fake(
         failures=failures,
         callback_delay=callback_delay,
         callbacks=callbacks,
+        extmsg_url=extmsg_url,
     )
     app = web.Application()
     app[TWILIO_FAKE] = fake
@@ -554,4 +627,5 @@ def create_twilio_fake(
     app.router.add_post("/fake/failures", fake.script_failure)
     app.router.add_delete("/fake/failures", fake.script_failure)
     app.router.add_post("/fake/inbound", fake.deliver_inbound)
+    app.router.add_get("/", fake.console)
     return app

@@ -158,7 +158,9 @@ def parse_message(params: Mapping[str, str]) -> list[InboundEvent]:
     keyword = _keyword(params, body)
     if keyword in ("STOP", "START"):
         opted_out = keyword == "STOP"
-        reason = "the customer texted " + (body.strip().upper() or keyword)
+        word = body.strip().upper()
+        shown = word if word and len(word) <= 20 and not any(c.isspace() for c in word) else keyword
+        reason = f"the customer texted {shown}"
         events.append(ContactUpdate(address=address, opted_out=opted_out, reason=reason))
         log.info("twilio %s from %s (%s)", keyword, mask(address), sid)
     if text or attachments:

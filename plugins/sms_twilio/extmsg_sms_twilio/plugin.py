@@ -25,7 +25,7 @@ from extmsg.models import (
 )
 
 from . import inbound, media, outbound, phone, signature
-from .fake import create_twilio_fake
+from .fake import create_twilio_fake, fake_channel_settings
 from .session import SessionHolder
 from .settings import TWILIO_MAX_BODY, TwilioSettings
 
@@ -66,6 +66,7 @@ def extmsg_provider_fakes() -> list[ProviderFake]:
             messenger=NAME,
             name="twilio",
             factory=create_twilio_fake,
+            channel_settings=fake_channel_settings,
             description="Twilio Messages API: sends, delivery callbacks, scripted failures",
         )
     ]

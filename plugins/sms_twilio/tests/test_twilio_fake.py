@@ -21,6 +21,8 @@ from extmsg_sms_twilio.session import basic_auth
 
 FakeServer = tuple[TestServer, FakeTwilio]
 Receiver = tuple[TestServer, list[dict[str, Any]]]
+#: Settings overrides for the receiver's channel (``{"channel": {...}}``).
+RECEIVER_SETTINGS = web.AppKey("receiver_settings", dict[str, Any])
 
 
 @pytest.fixture
@@ -28,6 +30,7 @@ async def receiver(hooks: Hooks) -> AsyncIterator[Receiver]:
     """``/channels/sms/{route}`` answered like the core does: verify → parse → ack."""
     outcomes: list[dict[str, Any]] = []
     holder: dict[str, str] = {}
+    settings: dict[str, Any] = {}
 
     async def handle(request: web.Request) -> web.Response:
         inbound = InboundRequest(
@@ -39,7 +42,7 @@ async def receiver(hooks: Hooks) -> AsyncIterator[Receiver]:
             headers={k.lower(): v for k, v in request.headers.items()},
             body=await request.read(),
         )
-        channel = make_channel(public_url=holder["base"])
+        channel = make_channel(settings.get("channel"), public_url=holder["base"])
         outcome = await deliver(hooks, channel, inbound)
         outcomes.append(outcome)
         if outcome["status"] != 200:
@@ -48,6 +51,7 @@ async def receiver(hooks: Hooks) -> AsyncIterator[Receiver]:
         return web.Response(body=body, content_type=content_type)
 
     app = web.Application()
+    app[RECEIVER_SETTINGS] = settings
     app.router.add_post("/channels/sms/{route}", handle)
     server = TestServer(app)
     await server.start_server()
@@ -183,3 +187,33 @@ async def test_control_endpoints(
             delivered = await response.json()
         assert delivered["status"] == 200
     assert [e["type"] for e in _events(outcomes)] == ["contact", "message"]
+
+
+async def test_sandbox_declaration_and_inbound_console(hooks: Hooks, receiver: Receiver) -> None:
+    """``extmsg serve --sandbox`` builds the fake with ``extmsg_url`` only and configures the
+    channel from ``channel_settings``; the fake's console texts that channel."""
+    rx, outcomes = receiver
+    [declared] = hooks.provider_fakes()
+    assert declared.channel_settings is not None
+    base = str(rx.make_url("")).rstrip("/")
+    app = declared.factory(extmsg_url=base)
+    fake_server = TestServer(app)
+    await fake_server.start_server()
+    try:
+        settings = declared.channel_settings(str(fake_server.make_url("")).rstrip("/"))
+        rx.app[RECEIVER_SETTINGS]["channel"] = settings
+        async with aiohttp.ClientSession() as http:
+            async with http.get(fake_server.make_url("/")) as response:
+                assert "Twilio fake" in await response.text()
+            async with http.post(
+                fake_server.make_url("/fake/inbound"),
+                json={"channel": "sms", "from": "+41791234567", "body": "Hi sandbox"},
+            ) as response:
+                assert (await response.json())["status"] == 200
+        [event] = _events(outcomes)
+        assert (event["contact"]["address"], event["text"]) == ("+41791234567", "Hi sandbox")
+        channel = make_channel(settings)
+        result = await hooks.send(channel, _message("+14155550123"))
+        assert result.provider_message_id.startswith("SM")
+    finally:
+        await fake_server.close()
