@@ -9,7 +9,7 @@ import pytest
 
 from extmsg.config import EngineConfig
 from extmsg.engine import RetryPolicy
-from extmsg.engine.logsafe import mask
+from extmsg.logsafe import mask
 from extmsg.models import ErrorVerdict
 
 RETRYABLE = ErrorVerdict(retryable=True, reason="503")

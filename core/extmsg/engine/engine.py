@@ -27,11 +27,11 @@ from collections.abc import Awaitable, Callable, Sequence
 import msgspec
 
 from ..config import EngineConfig
+from ..logsafe import mask
 from ..metrics import Metrics
 from ..models import ErrorVerdict
 from ..store.base import Intake, IntakeResult, Job, Store
 from .group_commit import GroupCommit
-from .logsafe import mask
 from .retry import RetryPolicy
 
 __all__ = ["Classifier", "DeadLetterHandler", "Engine", "JobHandler"]

@@ -15,6 +15,7 @@ from typing import Literal
 import msgspec
 
 from extmsg.errors import BadInbound
+from extmsg.logsafe import mask_address as mask
 from extmsg.models import (
     Attachment,
     Contact,
@@ -26,7 +27,7 @@ from extmsg.models import (
 )
 
 from .errors import describe_code
-from .phone import mask, normalize_inbound
+from .phone import normalize_inbound
 
 __all__ = [
     "HELP_KEYWORDS",

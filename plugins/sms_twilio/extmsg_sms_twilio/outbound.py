@@ -9,11 +9,11 @@ import aiohttp
 import msgspec
 
 from extmsg.errors import DeliveryError, PermanentError, RetryableError
+from extmsg.logsafe import mask_address as mask
 from extmsg.models import Channel, OutboundMessage, SendResult
 from extmsg.rendering import prefix_text, split_text
 
 from .errors import describe_code, error_from_response
-from .phone import mask
 from .segments import count_segments
 from .session import basic_auth
 from .settings import TWILIO_MAX_BODY, TwilioSettings
@@ -154,7 +154,10 @@ async def send(
         error: DeliveryError = error_from_response(status, body, reply_headers)
         log.warning(
             "twilio send %s to %s failed: HTTP %s code %s",
-            message.id, mask(message.contact.address), status, error.code,
+            message.id,
+            mask(message.contact.address),
+            status,
+            error.code,
         )
         raise error
     try:

@@ -1,4 +1,4 @@
-"""Phone numbers: E.164 normalization for contacts and masking for logs."""
+"""Phone numbers: E.164 normalization for contacts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import phonenumbers
 
 from extmsg.models import ContactCheck
 
-__all__ = ["mask", "normalize_inbound", "validate_typed"]
+__all__ = ["normalize_inbound", "validate_typed"]
 
 _E164 = phonenumbers.PhoneNumberFormat.E164
 
@@ -55,14 +55,3 @@ def validate_typed(identifier: str, default_region: str | None) -> ContactCheck:
     if not phonenumbers.is_valid_number(parsed):
         return ContactCheck(valid=False, error=f"{raw!r} is not a valid phone number.")
     return ContactCheck(valid=True, address=phonenumbers.format_number(parsed, _E164))
-
-
-def mask(address: str | None) -> str:
-    """A number fit for logs: country prefix and last two digits, e.g. ``+4179*****67``."""
-    if not address:
-        return "-"
-    scheme, sep, number = address.rpartition(":")
-    head = f"{scheme}:" if sep else ""
-    if len(number) <= 6:
-        return head + "*" * len(number)
-    return f"{head}{number[:4]}{'*' * (len(number) - 6)}{number[-2:]}"

@@ -56,9 +56,7 @@ class World:
     channel_id: str
 
     async def text(self, body: str, **params: str) -> InboundResult:
-        values = inbound_params(
-            from_=CUSTOMER, to=FROM_NUMBER, body=body, account_sid=ACCOUNT_SID
-        )
+        values = inbound_params(from_=CUSTOMER, to=FROM_NUMBER, body=body, account_sid=ACCOUNT_SID)
         values.update(params)
         return await self.fake.send_inbound(f"{self.base}/channels/sms/inbound", values)
 
@@ -148,8 +146,7 @@ async def world(
                 return channel_id
 
             channel_id = await eventually(provisioned)
-            yield World(base, fake_url, fake_app[TWILIO_FAKE], unblu_sandbox, session,
-                        channel_id)
+            yield World(base, fake_url, fake_app[TWILIO_FAKE], unblu_sandbox, session, channel_id)
     finally:
         await runner.cleanup()
         await fake_server.close()
@@ -168,8 +165,12 @@ async def test_conversation_round_trip(world: World) -> None:
     assert message["text"] == "Hello, my parcel did not arrive"
     assert message["sourceId"] == first.params["MessageSid"]
 
-    await world.agent(f"conversations/{conv['id']}/messages", "POST",
-                      text="Let me check that for you", senderName="Anna")
+    await world.agent(
+        f"conversations/{conv['id']}/messages",
+        "POST",
+        text="Let me check that for you",
+        senderName="Anna",
+    )
     await world.message_in(conv["id"], "Let me check that for you", "DELIVERED")
     [sent] = world.fake.messages
     assert (sent["to"], sent["from"]) == (CUSTOMER, FROM_NUMBER)
@@ -240,7 +241,8 @@ async def test_agent_file_without_public_url_fails_readably(world: World) -> Non
     conv = await world.conversation()
     data = base64.b64encode(b"%PDF-1.4 form").decode()
     await world.agent(
-        f"conversations/{conv['id']}/messages", "POST",
+        f"conversations/{conv['id']}/messages",
+        "POST",
         file={"name": "form.pdf", "mimeType": "application/pdf", "data": data},
     )
 
@@ -259,8 +261,9 @@ async def test_long_agent_message_is_split(world: World) -> None:
     await world.text("Tell me everything")
     conv = await world.conversation()
     text = "All the details you asked for. " * 60  # 1860 characters
-    await world.agent(f"conversations/{conv['id']}/messages", "POST", text=text.strip(),
-                      senderName="Anna")
+    await world.agent(
+        f"conversations/{conv['id']}/messages", "POST", text=text.strip(), senderName="Anna"
+    )
     await world.message_in(conv["id"], text.strip(), "DELIVERED")
     bodies = [m["body"] for m in world.fake.messages]
     assert len(bodies) == 2

@@ -64,8 +64,11 @@ async def receiver(hooks: Hooks) -> AsyncIterator[Receiver]:
 
 def _message(to: str, message_id: str = "msg-7f3a") -> OutboundMessage:
     return OutboundMessage(
-        id=message_id, unblu_message_id="u", conversation_id="c",
-        contact=Contact(address=to), text="Anna: Hello",
+        id=message_id,
+        unblu_message_id="u",
+        conversation_id="c",
+        contact=Contact(address=to),
+        text="Anna: Hello",
     )
 
 
@@ -131,9 +134,13 @@ async def test_send_inbound_helper(hooks: Hooks, receiver: Receiver) -> None:
     rx, outcomes = receiver
     url = str(rx.make_url("/channels/sms/inbound"))
     params = inbound_params(
-        from_="+41791234567", to=FROM_NUMBER, body="Grüezi 👋", account_sid=ACCOUNT_SID,
-        media=[("https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1",
-                "image/jpeg")],
+        from_="+41791234567",
+        to=FROM_NUMBER,
+        body="Grüezi 👋",
+        account_sid=ACCOUNT_SID,
+        media=[
+            ("https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1", "image/jpeg")
+        ],
     )
     answer = await send_inbound(url, AUTH_TOKEN, params)
     assert (answer.status, answer.content_type) == (200, "text/xml")
@@ -148,9 +155,7 @@ async def test_send_inbound_helper(hooks: Hooks, receiver: Receiver) -> None:
     assert forged.status == 403
 
 
-async def test_control_endpoints(
-    hooks: Hooks, twilio_fake: FakeServer, receiver: Receiver
-) -> None:
+async def test_control_endpoints(hooks: Hooks, twilio_fake: FakeServer, receiver: Receiver) -> None:
     server, fake = twilio_fake
     rx, outcomes = receiver
     async with aiohttp.ClientSession() as http:

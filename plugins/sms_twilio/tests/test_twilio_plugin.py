@@ -40,12 +40,18 @@ def test_loads_through_entry_point() -> None:
 
 
 async def test_other_messengers_are_declined(hooks: Hooks) -> None:
-    other = Channel(name="wa", messenger="whatsapp", settings=None, public_url="https://x",
-                    webhook_secret="s")
+    other = Channel(
+        name="wa", messenger="whatsapp", settings=None, public_url="https://x", webhook_secret="s"
+    )
     request = InboundRequest(method="POST", url="https://x/", path="/", route="inbound")
-    message = OutboundMessage(id="1", unblu_message_id="u", conversation_id="c",
-                              contact=Contact(address="+14155550123"), text="hi",
-                              sender_name="Anna")
+    message = OutboundMessage(
+        id="1",
+        unblu_message_id="u",
+        conversation_id="c",
+        contact=Contact(address="+14155550123"),
+        text="hi",
+        sender_name="Anna",
+    )
     assert await hooks.verify_inbound("whatsapp", request, [other]) is None
     assert await hooks.parse_inbound("whatsapp", request, [other]) is None
     assert (await hooks.render_ack("whatsapp", request, [])).content_type == "text/plain"
@@ -63,8 +69,11 @@ async def test_mark_read_is_unsupported(hooks: Hooks) -> None:
 
 
 def _config(settings: dict[str, object]) -> dict[str, object]:
-    return {"channels": [{"name": "sms", "messenger": "sms_twilio", "webhook_secret": "w",
-                          "settings": settings}]}
+    return {
+        "channels": [
+            {"name": "sms", "messenger": "sms_twilio", "webhook_secret": "w", "settings": settings}
+        ]
+    }
 
 
 def test_settings_validate_in_config(hooks: Hooks) -> None:
@@ -84,8 +93,9 @@ def test_settings_validate_in_config(hooks: Hooks) -> None:
     assert "channels[0].settings.account_sid" in text
     assert "from_number" in text  # the typo is pointed out
     with pytest.raises(ConfigError, match="exactly one of from_number and messaging_service_sid"):
-        parse_config(_config({"account_sid": ACCOUNT_SID, "auth_token": "t"}),
-                     hooks.messenger_types())
+        parse_config(
+            _config({"account_sid": ACCOUNT_SID, "auth_token": "t"}), hooks.messenger_types()
+        )
 
 
 async def test_session_lifecycle() -> None:

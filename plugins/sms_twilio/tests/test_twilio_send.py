@@ -49,8 +49,9 @@ async def test_send(
     fake.callbacks_enabled = False
     api = str(server.make_url("")).rstrip("/")
     settings = {"api_base_url": api, "timeout": 5.0}
-    settings.update({k: _fill(v, {"closed": closed_port_url}) for k, v in
-                     case.get("settings", {}).items()})
+    settings.update(
+        {k: _fill(v, {"closed": closed_port_url}) for k, v in case.get("settings", {}).items()}
+    )
     channel = make_channel(settings)
     message = _message(case["message"])
     if "scenario" in case:
@@ -184,7 +185,8 @@ async def test_fetch_attachment(
     channel = make_channel(settings)
     url = _fill(case.get("url", "{server}/redirect"), places)
     attachment = Attachment(
-        file_name="ME123.bin", mime_type=case.get("attachment_mime", "application/octet-stream"),
+        file_name="ME123.bin",
+        mime_type=case.get("attachment_mime", "application/octet-stream"),
         url=url,
     )
     expect = case["expect"]
@@ -241,10 +243,13 @@ async def test_network_timeout_is_retryable(hooks: Hooks) -> None:
 
 async def test_fake_rejects_bad_credentials_shape(twilio_fake: FakeServer) -> None:
     server, _ = twilio_fake
-    async with aiohttp.ClientSession() as session, session.post(
-        server.make_url(f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"),
-        data={"To": "+14155550123", "From": "+15005550006", "Body": "x"},
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            server.make_url(f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"),
+            data={"To": "+14155550123", "From": "+15005550006", "Body": "x"},
+        ) as response,
+    ):
         assert response.status == 401
         body = await response.json()
     assert body["code"] == 20003

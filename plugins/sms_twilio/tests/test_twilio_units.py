@@ -85,8 +85,9 @@ async def test_render_outbound(hooks: Hooks, case: dict[str, Any]) -> None:
     assert all(len(t.encode("utf-16-le")) // 2 <= 1600 for t in texts)
     if "segments" in expect:
         assert [count_segments(t).segments for t in texts] == expect["segments"]
-    original = (channel.sender_prefix.replace("{sender}", message.sender_name or "Agent")
-                + (message.text or ""))
+    original = channel.sender_prefix.replace("{sender}", message.sender_name or "Agent") + (
+        message.text or ""
+    )
     assert " ".join(texts).split() == original.split()  # cut on words, nothing lost
     if "attachment_on" in expect:
         assert [i for i, p in enumerate(parts) if p.attachment] == expect["attachment_on"]

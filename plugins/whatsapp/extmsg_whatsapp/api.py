@@ -11,12 +11,12 @@ import aiohttp
 import msgspec
 
 from extmsg.errors import PermanentError, RetryableError
+from extmsg.logsafe import mask_address as mask
 from extmsg.models import Attachment, OutboundMessage, SendResult
 
 from . import media, outbound
 from .content import MEDIA_SCHEME, base_mime
 from .graph import Graph
-from .masking import mask
 from .settings import WhatsAppSettings
 
 __all__ = ["fetch_media", "mark_read", "send_message", "upload_media"]

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from extmsg.errors import BadInbound
+from extmsg.logsafe import mask_address as mask
 from extmsg.models import (
     Channel,
     Contact,
@@ -26,7 +27,6 @@ from extmsg.models import (
 
 from . import errors, signature
 from .content import content
-from .masking import mask
 from .settings import WhatsAppSettings
 
 __all__ = ["parse"]
