@@ -84,14 +84,15 @@ def test_hook_extmsg_provider_fakes() -> None:
                     messenger="loopback",
                     name="Loopback API",
                     factory=web.Application,
-                    channel_settings=lambda url: {"token": "t", "api_url": url},
+                    channel_settings=lambda url, app: {"token": "t", "api_url": url},
                 )
             ]
 
     [fake] = hooks_with(Fakes()).provider_fakes()
     assert fake.name == "Loopback API"
     assert fake.channel_settings is not None
-    assert fake.channel_settings("http://127.0.0.1:1")["api_url"] == "http://127.0.0.1:1"
+    settings = fake.channel_settings("http://127.0.0.1:1", web.Application())
+    assert settings["api_url"] == "http://127.0.0.1:1"
 
 
 async def test_hook_extmsg_startup() -> None:

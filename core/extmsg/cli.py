@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +127,9 @@ def serve(
     """Run the server until SIGTERM or Ctrl-C."""
     hooks = build_hooks()
     if sandbox and not config_path.exists():
-        raw: dict[str, Any] = {"server": {}, "store": {"path": "var/sandbox.sqlite3"}}
+        # The sandbox forgets everything when it stops; so does a store made for it.
+        store = Path(tempfile.mkdtemp(prefix="extmsg-sandbox-")) / "store.sqlite3"
+        raw: dict[str, Any] = {"server": {}, "store": {"path": str(store)}}
     else:
         import tomllib
 

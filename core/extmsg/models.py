@@ -323,14 +323,15 @@ class ProviderFake(Struct, frozen=True):
     :ivar factory: ``factory(extmsg_url=...)`` builds the fake's aiohttp application, working
         with the credentials ``channel_settings`` returns; ``extmsg_url`` is where extmsg
         listens (``http://127.0.0.1:8080``), for fakes that call back (webhooks, statuses).
-    :ivar channel_settings: given the fake's base URL (``http://127.0.0.1:PORT``), the
-        ``settings`` table of a channel that talks to it; ``extmsg serve --sandbox`` uses it.
+    :ivar channel_settings: ``channel_settings(base_url, app)``: given where the started fake
+        is served (``http://127.0.0.1:PORT``) and its application, the ``settings`` table of a
+        channel that talks to it; ``extmsg serve --sandbox`` uses it.
     """
 
     messenger: str
     name: str
     factory: Callable[..., Any]
-    channel_settings: Callable[[str], dict[str, Any]] | None = None
+    channel_settings: Callable[[str, Any], dict[str, Any]] | None = None
     description: str = ""
 
 

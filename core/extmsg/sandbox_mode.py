@@ -42,7 +42,8 @@ async def start_sandbox(
         for fake in hooks.provider_fakes():
             if fake.channel_settings is None:
                 continue
-            runner = web.AppRunner(fake.factory(extmsg_url=extmsg_url), access_log=None)
+            fake_app = fake.factory(extmsg_url=extmsg_url)
+            runner = web.AppRunner(fake_app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -54,7 +55,7 @@ async def start_sandbox(
                     "name": f"{fake.messenger.replace('_', '-')}-sandbox",
                     "messenger": fake.messenger,
                     "webhook_secret": secrets.token_hex(16),
-                    "settings": fake.channel_settings(url),
+                    "settings": fake.channel_settings(url, fake_app),
                 }
             )
             lines.append(f"{fake.name} fake ({fake.messenger}): {url}")

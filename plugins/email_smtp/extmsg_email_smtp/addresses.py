@@ -96,4 +96,5 @@ def mask(address: str | None) -> str:
 def formatted(name: str | None, address: str) -> str:
     """A header value ``"Name" <address>`` with the name encoded as needed."""
     local, _, domain = address.rpartition("@")
-    return str(Address(display_name=name or "", username=local, domain=domain))
+    clean = " ".join((name or "").split())  # no line breaks in a header
+    return str(Address(display_name=clean, username=local, domain=domain))

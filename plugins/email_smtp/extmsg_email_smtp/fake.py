@@ -15,8 +15,7 @@ on a free port when it starts, and offers
 - ``POST /fake/inbound`` ``{"from": …, "subject": …, "text": …, "in_reply_to": …}``: write a
   mail as a customer would, delivered by SMTP to the sandbox channel's listener.
 
-``ProviderFake.channel_settings`` only gets the fake's HTTP URL, so each started fake registers
-its sink, and the settings of the newest unclaimed one are returned for a URL seen first.
+``ProviderFake.channel_settings`` reads the started sink's ports from the fake's application.
 """
 
 from __future__ import annotations
@@ -37,6 +36,8 @@ from typing import Any
 import aiosmtplib
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from .smtp_in import quiet_aiosmtpd
 
 __all__ = [
     "FakeMailServer",
@@ -134,23 +135,22 @@ class FakeMailServer:
         self.handler = RecordingHandler()
         self.server: asyncio.AbstractServer | None = None
         self.smtp_port = 0
-        self.base_url: str | None = None
         self.listen_port = _free_port()
 
     async def start(self) -> None:
+        quiet_aiosmtpd()
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: SMTP(self.handler, enable_SMTPUTF8=True, ident="extmsg-fake"),
+            lambda: SMTP(
+                self.handler, enable_SMTPUTF8=True, hostname="localhost", ident="extmsg-fake"
+            ),
             "127.0.0.1",
             0,
         )
         sockets = self.server.sockets or ()
         self.smtp_port = sockets[0].getsockname()[1] if sockets else 0
-        _SINKS.append(self)
 
     async def stop(self) -> None:
-        if self in _SINKS:
-            _SINKS.remove(self)
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
@@ -168,7 +168,6 @@ class FakeMailServer:
         }
 
 
-_SINKS: list[FakeMailServer] = []
 SERVER = web.AppKey("extmsg.email.fake", FakeMailServer)
 
 
@@ -179,16 +178,9 @@ def _free_port() -> int:
         return port
 
 
-def fake_channel_settings(base_url: str) -> dict[str, Any]:
-    """Settings of a channel that sends through (and is written to by) the fake at ``base_url``."""
-    for sink in reversed(_SINKS):
-        if sink.base_url == base_url:
-            return sink.settings()
-    for sink in reversed(_SINKS):
-        if sink.base_url is None:
-            sink.base_url = base_url
-            return sink.settings()
-    raise RuntimeError("no email fake is running; start create_email_fake() first")
+def fake_channel_settings(base_url: str, app: web.Application) -> dict[str, Any]:
+    """Settings of a channel that sends through (and is written to by) the started fake."""
+    return app[SERVER].settings()
 
 
 async def _messages(request: web.Request) -> web.Response:
@@ -222,7 +214,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await sink.stop()
 
 
-def create_email_fake() -> web.Application:
+def create_email_fake(extmsg_url: str | None = None) -> web.Application:
+    """The sandbox's fake. ``extmsg_url`` is accepted for the factory contract and not
+    needed: customer mail reaches extmsg over SMTP, at the channel's listener."""
     app = web.Application()
     app[SERVER] = FakeMailServer()
     app.cleanup_ctx.append(_lifecycle)

@@ -33,7 +33,7 @@ class UnreadableMail(Exception):
     """The mail could not be parsed at all; taking it again cannot help."""
 
 
-def _too_big_notice(parsed: ParsedMail, limit: int) -> str:
+def _too_big_notice(limit: int) -> str:
     mib = limit / (1024 * 1024)
     return (
         f"[This email is larger than the channel's limit of {mib:.0f} MiB; only its headers "
@@ -43,7 +43,7 @@ def _too_big_notice(parsed: ParsedMail, limit: int) -> str:
 
 def _message_text(parsed: ParsedMail, settings: EmailSettings, is_new: bool) -> str:
     if parsed.truncated:
-        body = _too_big_notice(parsed, settings.max_message_bytes)
+        body = _too_big_notice(settings.max_message_bytes)
     else:
         body = parsed.text
         if not body and not parsed.attachments:

@@ -135,7 +135,10 @@ async def send(
     info = book.get(thread) if book is not None else None
     if info is not None:
         info = msgspec.structs.replace(info, references=list(info.references))
-    mail = build_mail(channel, message, info)
+    try:
+        mail = build_mail(channel, message, info)
+    except ValueError as exc:
+        raise PermanentError(f"Not sent: the email could not be composed ({exc})") from exc
     security = settings.smtp_security
     try:
         await aiosmtplib.send(

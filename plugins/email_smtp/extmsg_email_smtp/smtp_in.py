@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import weakref
 from collections.abc import Iterable, Sequence
 
@@ -25,9 +26,18 @@ from . import addresses
 from .inbound import MailIntake, UnreadableMail
 from .settings import EmailSettings
 
-__all__ = ["Listener", "listeners_for"]
+__all__ = ["Listener", "listeners_for", "quiet_aiosmtpd"]
 
 log = logging.getLogger("extmsg.email.smtp")
+
+
+def quiet_aiosmtpd() -> None:
+    """aiosmtpd logs every command, addresses included, at INFO: keep it to warnings unless
+    the operator set its level."""
+    aiosmtpd_log = logging.getLogger("mail.log")
+    if aiosmtpd_log.level == logging.NOTSET:
+        aiosmtpd_log.setLevel(logging.WARNING)
+
 
 OK = "250 2.0.0 OK: stored"
 TRY_LATER = "451 4.3.0 Temporary failure storing the message, try again later"
@@ -52,7 +62,8 @@ class Listener:
         self.channels = list(channels)
         self.intake = intake
         self.protocol = protocol
-        self.hostname = hostname
+        # aiosmtpd would look the FQDN up (DNS) for every connection without one.
+        self.hostname = hostname or socket.gethostname()
         self._server: asyncio.AbstractServer | None = None
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
@@ -88,6 +99,7 @@ class Listener:
         return server
 
     async def start(self) -> None:
+        quiet_aiosmtpd()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._protocol, self.host, self.port)
         if self.port == 0:

@@ -575,7 +575,7 @@ def _error(
     return web.json_response(body, status=status, headers=dict(headers or {}))
 
 
-def fake_channel_settings(base_url: str) -> dict[str, Any]:
+def fake_channel_settings(base_url: str, app: web.Application | None = None) -> dict[str, Any]:
     """The settings of a channel talking to a fake started with the sandbox credentials."""
     return {
         "account_sid": SANDBOX_ACCOUNT_SID,

@@ -205,7 +205,7 @@ async def test_sandbox_declaration_and_inbound_console(hooks: Hooks, receiver: R
     fake_server = TestServer(app)
     await fake_server.start_server()
     try:
-        settings = declared.channel_settings(str(fake_server.make_url("")).rstrip("/"))
+        settings = declared.channel_settings(str(fake_server.make_url("")).rstrip("/"), app)
         rx.app[RECEIVER_SETTINGS]["channel"] = settings
         async with aiohttp.ClientSession() as http:
             async with http.get(fake_server.make_url("/")) as response:

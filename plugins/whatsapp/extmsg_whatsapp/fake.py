@@ -40,9 +40,11 @@ __all__ = [
     "StoredMedia",
     "contact",
     "create_graph_fake",
+    "create_sandbox_fake",
     "encode",
     "entry",
     "error",
+    "fake_channel_settings",
     "media_message",
     "new_wamid",
     "send_webhook",
@@ -60,6 +62,7 @@ FAKE_ACCESS_TOKEN = "fake-access-token"  # noqa: S105
 FAKE_APP_SECRET = "fake-app-secret"  # noqa: S105
 FAKE_VERIFY_TOKEN = "fake-verify-token"  # noqa: S105
 DEFAULT_DISPLAY_NUMBER = "15550783881"
+SANDBOX_PHONE_NUMBER_ID = "106540352242922"
 
 #: Meta's title and details for the codes the fake can be told to fail with.
 _ERRORS: Mapping[int, tuple[str, str]] = {
@@ -725,3 +728,21 @@ def create_graph_fake(
     app.router.add_get(r"/{version:v\d+\.\d+}/{media_id:\d+}", _media_info)
     app.on_cleanup.append(_stop_tasks)
     return app
+
+
+def create_sandbox_fake(extmsg_url: str | None = None) -> web.Application:
+    """The fake as ``extmsg serve --sandbox`` runs it: contacts written through
+    ``POST /fake/inbound`` reach extmsg's webhook, and every send gets sent/delivered statuses."""
+    webhook = f"{extmsg_url.rstrip('/')}/messengers/whatsapp/webhook" if extmsg_url else None
+    return create_graph_fake(webhook_url=webhook, auto_statuses=("sent", "delivered"))
+
+
+def fake_channel_settings(base_url: str, app: web.Application | None = None) -> dict[str, str]:
+    """The settings of a channel talking to a fake started with the default credentials."""
+    return {
+        "phone_number_id": SANDBOX_PHONE_NUMBER_ID,
+        "access_token": FAKE_ACCESS_TOKEN,
+        "app_secret": FAKE_APP_SECRET,
+        "verify_token": FAKE_VERIFY_TOKEN,
+        "api_base_url": base_url,
+    }

@@ -32,7 +32,7 @@ from extmsg.models import (
 
 from . import api, inbound, outbound, signature
 from .content import MEDIA_SCHEME
-from .fake import create_graph_fake
+from .fake import create_sandbox_fake, fake_channel_settings
 from .graph import Graph
 from .handshake import handle_verification
 from .settings import WhatsAppSettings
@@ -87,7 +87,8 @@ def extmsg_provider_fakes() -> list[ProviderFake]:
         ProviderFake(
             messenger=NAME,
             name="graph",
-            factory=create_graph_fake,
+            factory=create_sandbox_fake,
+            channel_settings=fake_channel_settings,
             description="Meta Graph API: messages, media upload/download, signed webhooks",
         )
     ]
