@@ -1,5 +1,6 @@
-"""The SQLite store: dedup with the job in one transaction, forward-only message states, lane
-ordering of jobs, leases, dead letters and migrations."""
+"""Both stores (SQLite and PostgreSQL, every test on each): dedup with the job in one
+transaction, forward-only message states, lane ordering of jobs, leases, dead letters; and the
+SQLite migrations (PostgreSQL's multi-instance behaviour is in test_store_postgres.py)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,33 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from extmsg.models import MessageState
-from extmsg.store.base import Intake, NewJob, NewMessage
+from extmsg.store.base import Intake, NewJob, NewMessage, Store
 from extmsg.store.migrations import MIGRATIONS
+from extmsg.store.postgres import PostgresStore
 from extmsg.store.sqlite import SqliteStore
 
+from . import pg
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
-    s = SqliteStore(tmp_path / "store.sqlite3")
-    await s.open()
-    yield s
-    await s.close()
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "store.sqlite3")
+        await s.open()
+        yield s
+        await s.close()
+        return
+    async with pg.fresh_schema() as schema:
+        p = pg.store_in(schema)
+        await p.open()
+        try:
+            yield p
+        finally:
+            await p.close()
 
 
 def message(
@@ -49,7 +63,7 @@ def job(lane: str, payload: bytes = b"{}", kind: str = "k", delay: float = 0.0) 
     return NewJob(kind=kind, lane=lane, payload=payload, delay=delay)
 
 
-async def enqueue(store: SqliteStore, *lanes: str) -> list[int]:
+async def enqueue(store: Store, *lanes: str) -> list[int]:
     """One job per lane name given (repeat a name for several), in order; their ids."""
     before = {j.id for j in await store.list_jobs(("ready", "running", "done", "dead"), 10**6)}
     await store.intake(
@@ -59,13 +73,24 @@ async def enqueue(store: SqliteStore, *lanes: str) -> list[int]:
     return [j.id for j in after if j.id not in before]
 
 
-async def count(store: SqliteStore, table: str) -> int:
+async def count(store: Store, table: str) -> int:
+    if isinstance(store, PostgresStore):
+        return int(await store._fetchval(f"SELECT COUNT(*) FROM {table}"))  # noqa: S608
+    assert isinstance(store, SqliteStore)
     row = await store._one(f"SELECT COUNT(*) FROM {table}")  # noqa: S608
     return int(row[0])
 
 
+def integrity_error(store: Store) -> type[Exception]:
+    """What the store's driver raises for a violated CHECK constraint."""
+    error: type[Exception] = (
+        asyncpg.CheckViolationError if isinstance(store, PostgresStore) else sqlite3.IntegrityError
+    )
+    return error
+
+
 # -- intake and dedup -------------------------------------------------------------------------
-async def test_a_duplicate_message_enqueues_no_job(store: SqliteStore) -> None:
+async def test_a_duplicate_message_enqueues_no_job(store: Store) -> None:
     first = await store.intake([Intake(message=message(1), job=job("a"))])
     assert [r.accepted for r in first] == [True]
     assert first[0].message_id == "m1"
@@ -78,7 +103,7 @@ async def test_a_duplicate_message_enqueues_no_job(store: SqliteStore) -> None:
     assert await count(store, "jobs") == 1
 
 
-async def test_duplicates_within_one_batch_and_by_unblu_id(store: SqliteStore) -> None:
+async def test_duplicates_within_one_batch_and_by_unblu_id(store: Store) -> None:
     results = await store.intake(
         [
             Intake(message=message(1), job=job("a")),
@@ -104,15 +129,15 @@ async def test_duplicates_within_one_batch_and_by_unblu_id(store: SqliteStore) -
     assert [j.message_id for j in jobs] == ["m1", "m3", "m5", "m6", None]
 
 
-async def test_a_failed_intake_stores_nothing(store: SqliteStore) -> None:
+async def test_a_failed_intake_stores_nothing(store: Store) -> None:
     bad = message(2, direction="sideways")  # violates the CHECK constraint
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(integrity_error(store)):
         await store.intake([Intake(message=message(1), job=job("a")), Intake(message=bad)])
     assert await count(store, "messages") == 0
     assert await count(store, "jobs") == 0
 
 
-async def test_large_batches_keep_their_order(store: SqliteStore) -> None:
+async def test_large_batches_keep_their_order(store: Store) -> None:
     items = [
         Intake(message=message(i), job=job(f"lane{i % 3}", payload=str(i).encode()))
         for i in range(1200)
@@ -124,13 +149,13 @@ async def test_large_batches_keep_their_order(store: SqliteStore) -> None:
     assert [j.message_id for j in jobs] == [f"m{i}" for i in range(1200)]
 
 
-async def test_delayed_jobs_wait(store: SqliteStore) -> None:
+async def test_delayed_jobs_wait(store: Store) -> None:
     await store.intake([Intake(job=job("a", delay=30))])
     assert await store.claim_jobs(5, 10) == []
 
 
 # -- message states ---------------------------------------------------------------------------
-async def test_message_states_only_move_forward(store: SqliteStore) -> None:
+async def test_message_states_only_move_forward(store: Store) -> None:
     await store.intake([Intake(message=message(1))])
 
     async def state() -> MessageState:
@@ -147,7 +172,7 @@ async def test_message_states_only_move_forward(store: SqliteStore) -> None:
     assert await state() is MessageState.READ
 
 
-async def test_failed_is_final_until_the_job_is_retried(store: SqliteStore) -> None:
+async def test_failed_is_final_until_the_job_is_retried(store: Store) -> None:
     await store.intake([Intake(message=message(1), job=job("a"))])
     [claimed] = await store.claim_jobs(1, 30)
     assert await store.advance_state("m1", MessageState.FAILED, "opted out")
@@ -166,7 +191,7 @@ async def test_failed_is_final_until_the_job_is_retried(store: SqliteStore) -> N
 
 
 # -- claiming ---------------------------------------------------------------------------------
-async def test_claims_follow_lane_order(store: SqliteStore) -> None:
+async def test_claims_follow_lane_order(store: Store) -> None:
     a1, a2, a3, b1, b2 = await enqueue(store, "a", "a", "a", "b", "b")
     first = await store.claim_jobs(10, 30)
     assert [j.id for j in first] == [a1, b1]
@@ -195,14 +220,14 @@ async def test_claims_follow_lane_order(store: SqliteStore) -> None:
     assert [j.id for j in await store.claim_jobs(10, 30)] == [a3]
 
 
-async def test_claim_limit(store: SqliteStore) -> None:
+async def test_claim_limit(store: Store) -> None:
     ids = await enqueue(store, *[f"lane{i}" for i in range(6)])
     assert [j.id for j in await store.claim_jobs(4, 30)] == ids[:4]
     assert [j.id for j in await store.claim_jobs(4, 30)] == ids[4:]
     assert await store.claim_jobs(0, 30) == []
 
 
-async def test_dead_jobs_do_not_block_their_lane(store: SqliteStore) -> None:
+async def test_dead_jobs_do_not_block_their_lane(store: Store) -> None:
     a1, a2 = await enqueue(store, "a", "a")
     await store.claim_jobs(10, 30)
     await store.bury_job(a1, "permanent")
@@ -215,7 +240,7 @@ async def test_dead_jobs_do_not_block_their_lane(store: SqliteStore) -> None:
 
 
 async def test_an_expired_lease_is_claimed_again_and_counts_an_attempt(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     [a1] = await enqueue(store, "a")
     await store.claim_jobs(1, 0.05)
@@ -227,7 +252,7 @@ async def test_an_expired_lease_is_claimed_again_and_counts_an_attempt(
     assert "lease expired" in (again.last_error or "")
 
 
-async def test_renewing_a_lease_keeps_the_job(store: SqliteStore) -> None:
+async def test_renewing_a_lease_keeps_the_job(store: Store) -> None:
     a1, b1 = await enqueue(store, "a", "b")
     await store.claim_jobs(2, 0.1)
     assert await store.renew_lease([a1], 30) == [a1]
@@ -238,7 +263,7 @@ async def test_renewing_a_lease_keeps_the_job(store: SqliteStore) -> None:
     assert await store.renew_lease([], 30) == []
 
 
-async def test_releasing_counts_no_attempt(store: SqliteStore) -> None:
+async def test_releasing_counts_no_attempt(store: Store) -> None:
     [a1] = await enqueue(store, "a")
     await store.claim_jobs(1, 30)
     await store.release_jobs([a1])
@@ -248,7 +273,7 @@ async def test_releasing_counts_no_attempt(store: SqliteStore) -> None:
     assert [j.id for j in await store.claim_jobs(1, 30)] == [a1]
 
 
-async def test_only_a_running_job_can_be_completed(store: SqliteStore) -> None:
+async def test_only_a_running_job_can_be_completed(store: Store) -> None:
     [a1] = await enqueue(store, "a")
     await store.complete_job(a1)  # never claimed: nothing happens
     job_row = await store.get_job(a1)
@@ -257,7 +282,7 @@ async def test_only_a_running_job_can_be_completed(store: SqliteStore) -> None:
 
 
 # -- maintenance ------------------------------------------------------------------------------
-async def test_retry_only_dead_jobs(store: SqliteStore) -> None:
+async def test_retry_only_dead_jobs(store: Store) -> None:
     a1, b1 = await enqueue(store, "a", "b")
     await store.claim_jobs(2, 30)
     await store.bury_job(a1, "no")
@@ -267,7 +292,7 @@ async def test_retry_only_dead_jobs(store: SqliteStore) -> None:
     assert not await store.retry_job(a1)  # ready now
 
 
-async def test_purge(store: SqliteStore) -> None:
+async def test_purge(store: Store) -> None:
     a1, b1, c1 = await enqueue(store, "a", "b", "c")
     await store.claim_jobs(3, 30)
     await store.complete_job(a1)

@@ -62,7 +62,9 @@ class ServerConfig(_Section, frozen=True):
 class StoreConfig(_Section, frozen=True):
     #: ``sqlite`` (embedded, one instance) or ``postgres`` (several instances).
     backend: Literal["sqlite", "postgres"] = "sqlite"
+    #: The SQLite file (``sqlite``).
     path: str = "extmsg.sqlite3"
+    #: The PostgreSQL connection URI (``postgres``), e.g. ``postgresql://user:pw@host/db``.
     dsn: Secret | None = None
 
 
@@ -175,6 +177,9 @@ def parse_config(
     data.pop("source", None)
     data.pop("channel_settings", None)
     _check_struct(data, Config, "", problems)
+    store = data.get("store")
+    if isinstance(store, dict) and store.get("backend") == "postgres" and not store.get("dsn"):
+        problems.append('store.dsn: required when store.backend is "postgres"')
 
     settings: dict[str, Any] = {}
     seen: set[str] = set()

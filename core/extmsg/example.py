@@ -18,6 +18,10 @@ log_level = "INFO"
 # Embedded SQLite (WAL); a relative path is relative to this file.
 backend = "sqlite"
 path = "var/extmsg.sqlite3"
+# Several instances behind a load balancer share one PostgreSQL database instead
+# (needs: pip install 'extmsg[postgres]'); they apply its migrations on start.
+# backend = "postgres"
+# dsn = "${EXTMSG_DATABASE_URL}"  # e.g. postgresql://extmsg:secret@db.example.com/extmsg
 
 [unblu]
 # The web API prefix without the version.

@@ -17,7 +17,18 @@ def open_store(config: Config) -> Store:
     if config.store.backend == "postgres":
         from ..errors import ConfigError
 
-        raise ConfigError(["store.backend: 'postgres' is not available in this version yet"])
+        if not config.store.dsn:
+            raise ConfigError(['store.dsn: required when store.backend is "postgres"'])
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                [
+                    f"store.backend: 'postgres' needs asyncpg ({exc});"
+                    " install it with: pip install 'extmsg[postgres]'"
+                ]
+            ) from None
+        return PostgresStore(config.store.dsn)
     from .sqlite import SqliteStore
 
     return SqliteStore(config.store_path())

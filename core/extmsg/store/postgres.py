@@ -1,0 +1,843 @@
+"""The scale-out store: PostgreSQL through an asyncpg pool, shared by several extmsg instances.
+
+**Claiming** is one READ COMMITTED transaction of three statements:
+
+1. expired leases are taken back, their rows locked ``FOR UPDATE SKIP LOCKED`` so two claimers
+   never wait on each other nor count one lost attempt twice;
+2. the lane heads that are ready, due and whose lane runs nothing are listed oldest first (from
+   the oldest ready jobs, or lane by lane when those mostly wait behind running heads), and the
+   claimer takes a transaction-scoped advisory lock per lane (``pg_try_advisory_xact_lock``),
+   passing over lanes another claimer holds: ``SKIP LOCKED`` for lanes;
+3. one ``UPDATE`` re-checks every candidate under those locks (still ready, due, its lane's head,
+   nothing of its lane running) and marks it running.
+
+The lane, not a job row, is what must be exclusive, hence a lock per lane. Locking the head row
+is not enough: intakes of several instances commit out of id order and a dead letter retried by
+hand becomes its lane's head again, so two claimers can each lock a different "head" of one
+lane. A ``lanes`` table would give each lane a lockable row, at the price of a write per intake
+and of its own garbage collection; advisory locks cost nothing until taken and vanish at commit.
+Statement 3 reads a snapshot taken after the locks were granted, so it sees every claim an
+earlier holder of the lane committed. The partial unique index ``jobs_running_lane`` backs this
+up (the database refuses a second running job in a lane) and serves the "lane busy" checks; it
+is not the mechanism itself, because a colliding ``UPDATE`` waits and then aborts the claim.
+
+**Intake** inserts messages and jobs with a few ``unnest`` statements in one transaction;
+duplicates are whatever the unique indexes turn away (``ON CONFLICT DO NOTHING RETURNING``),
+and rows go in in item order, so of two duplicates in one batch the earlier wins and job ids
+follow arrival. Two instances inserting overlapping duplicates in opposite orders can deadlock;
+PostgreSQL aborts one and it is retried.
+
+**Time** is epoch seconds from each instance's clock, as in the SQLite store and the engine:
+instances sharing a database need synchronized clocks (NTP), since one instance's lease is
+judged by another's clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import asyncpg
+
+from ..errors import HandledError
+from ..models import MessageState
+from .base import (
+    ChannelRow,
+    ContactRow,
+    ConversationRow,
+    Direction,
+    Intake,
+    IntakeResult,
+    Job,
+    JobState,
+    MessageRow,
+    Store,
+)
+from .migrations import POSTGRES_MIGRATIONS
+
+__all__ = ["PostgresStore"]
+
+log = logging.getLogger("extmsg.store")
+
+# Advisory lock namespaces (the first key of the two-key form); the second key is a hash that
+# starts with the schema, so deployments sharing a database in separate schemas do not contend.
+_MIGRATION_LOCK = 0x65786D00
+_LANE_LOCK = 0x65786D01
+_THREAD_LOCK = 0x65786D02
+
+# At most this many lanes are locked per claim transaction: advisory locks live in the shared
+# lock table (sized by max_locks_per_transaction), so a large claim is taken in rounds.
+_CLAIM_ROUND = 256
+
+_JOB_COLUMNS = (
+    "id, kind, lane, payload, state, attempts, next_at, message_id, lease_until, last_error, "
+    "created_at, updated_at"
+)
+_MESSAGE_COLUMNS = (
+    "id, channel, direction, thread, provider_message_id, unblu_message_id, conversation_id, "
+    "state, error, created_at, updated_at"
+)
+_LEASE_EXPIRED = "the worker running it stopped before it finished (lease expired)"
+
+_RECLAIM = """
+UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1,
+    last_error = $2, updated_at = $1
+WHERE state = 'running' AND lease_until < $1 AND id IN (
+    SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 FOR UPDATE SKIP LOCKED)
+"""
+
+# The lock taken per candidate lane; $4 is the lane namespace.
+_LOCK_LANE = "pg_try_advisory_xact_lock($4, hashtext(current_schema() || '/' || lane))"
+
+# Runnable heads, oldest first, found from the oldest ready jobs: only the first $3 of them are
+# looked at, an index probe or two each, so in a backlog the cost does not grow with the number
+# of lanes. "busy" is asked in a select list, where it stays a probe instead of becoming a join.
+_OLDEST_HEADS = f"""
+WITH oldest AS MATERIALIZED (
+    SELECT id, lane, next_at FROM jobs
+    WHERE state = 'ready' AND next_at <= $1 ORDER BY next_at, id LIMIT $3
+), heads AS MATERIALIZED (
+    SELECT o.id, o.lane, o.next_at,
+           EXISTS (SELECT 1 FROM jobs AS r WHERE r.lane = o.lane AND r.state = 'running')
+               AS busy
+    FROM oldest AS o
+    WHERE o.id = (SELECT MIN(u.id) FROM jobs AS u
+                  WHERE u.lane = o.lane AND u.state IN ('ready', 'running'))
+    ORDER BY o.next_at, o.id
+)
+SELECT id, next_at FROM heads WHERE NOT busy AND {_LOCK_LANE} LIMIT $2
+"""  # noqa: S608
+
+# The same answer from the lanes' side, for when the oldest ready jobs mostly wait behind
+# running heads: every lane's head, found by skipping from lane to lane through the partial
+# index of unfinished jobs (a few index probes per lane, however long the lanes are).
+_LANE_HEADS = f"""
+WITH RECURSIVE lanes(lane) AS (
+    (SELECT lane FROM jobs WHERE state IN ('ready', 'running') ORDER BY lane LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.lane FROM jobs AS j
+            WHERE j.state IN ('ready', 'running') AND j.lane > lanes.lane
+            ORDER BY j.lane LIMIT 1)
+    FROM lanes WHERE lanes.lane IS NOT NULL
+), heads AS MATERIALIZED (
+    SELECT h.id, h.lane, h.next_at FROM lanes CROSS JOIN LATERAL (
+        SELECT j.id, j.lane, j.state, j.next_at,
+               EXISTS (SELECT 1 FROM jobs AS r WHERE r.lane = j.lane AND r.state = 'running')
+                   AS busy
+        FROM jobs AS j
+        WHERE j.state IN ('ready', 'running') AND j.lane = lanes.lane
+        ORDER BY j.id LIMIT 1
+    ) AS h
+    WHERE h.state = 'ready' AND h.next_at <= $1 AND NOT h.busy
+    ORDER BY h.next_at, h.id
+    LIMIT $3
+)
+SELECT id, next_at FROM heads WHERE {_LOCK_LANE} LIMIT $2
+"""  # noqa: S608
+
+_TAKE = f"""
+UPDATE jobs AS j SET state = 'running', lease_until = $3, updated_at = $2
+WHERE j.id = ANY($1::bigint[]) AND j.state = 'ready' AND j.next_at <= $2
+  AND j.id = (SELECT MIN(u.id) FROM jobs AS u
+              WHERE u.lane = j.lane AND u.state IN ('ready', 'running'))
+  AND NOT EXISTS (SELECT 1 FROM jobs AS r WHERE r.lane = j.lane AND r.state = 'running')
+RETURNING {_JOB_COLUMNS}
+"""  # noqa: S608
+
+_INSERT_MESSAGES = f"""
+INSERT INTO messages ({_MESSAGE_COLUMNS})
+SELECT m.id, m.channel, m.direction, m.thread, m.provider, m.unblu, m.conversation, m.state,
+       NULL, $9, $9
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::int[])
+     WITH ORDINALITY AS m(id, channel, direction, thread, provider, unblu, conversation, state,
+                          ord)
+ORDER BY m.ord
+ON CONFLICT DO NOTHING
+RETURNING id, channel, direction, provider_message_id, unblu_message_id
+"""  # noqa: S608
+
+# The stored message each duplicate repeats: same channel and direction with the same provider
+# or Unblu id, else the same id of ours. One branch per unique index, each an exact probe.
+_EXISTING = """
+SELECT d.ord, (
+    SELECT x.id FROM (
+        SELECT m.id, 0 AS pref FROM messages AS m
+        WHERE m.channel = d.channel AND m.direction = d.direction
+          AND m.provider_message_id = d.provider
+        UNION ALL
+        SELECT m.id, 1 FROM messages AS m
+        WHERE m.channel = d.channel AND m.direction = d.direction
+          AND m.unblu_message_id = d.unblu
+        UNION ALL
+        SELECT m.id, 2 FROM messages AS m WHERE m.id = d.id
+    ) AS x ORDER BY x.pref LIMIT 1)
+FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
+     AS d(ord, id, channel, direction, provider, unblu)
+"""
+
+_INSERT_JOBS = """
+INSERT INTO jobs (kind, lane, payload, message_id, state, attempts, next_at, created_at,
+                  updated_at)
+SELECT j.kind, j.lane, j.payload, j.message_id, 'ready', 0, j.next_at, $6, $6
+FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], $5::float8[])
+     WITH ORDINALITY AS j(kind, lane, payload, message_id, next_at, ord)
+ORDER BY j.ord
+"""
+
+
+class PostgresStore(Store):
+    """:param dsn: a libpq connection URI or key/value string.
+    :param schema: put extmsg's tables into this (existing) schema instead of the search path's
+        first one.
+    :param command_timeout: seconds after which a statement is given up, so a stalled network
+        cannot hold a worker forever.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        command_timeout: float | None = 60.0,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self._min_size = min_size
+        self._max_size = max_size
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({describe_dsn(self.dsn)!r})"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def open(self) -> None:
+        settings = {"search_path": self.schema} if self.schema else {}
+        try:
+            pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                command_timeout=self._command_timeout,
+                server_settings=settings,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+            raise HandledError(
+                f"cannot connect to PostgreSQL at {describe_dsn(self.dsn)}: {exc}"
+            ) from exc
+        try:
+            await self._migrate(pool)
+        except asyncpg.PostgresError as exc:
+            # Typically the user may not create tables there (PostgreSQL 15 and later no longer
+            # let every user create in the "public" schema).
+            await pool.close()
+            raise HandledError(
+                f"cannot set up extmsg's tables in PostgreSQL at {describe_dsn(self.dsn)}: {exc}"
+            ) from exc
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=10.0)
+        except TimeoutError:
+            log.warning("closing the PostgreSQL pool took too long; its connections were cut")
+            pool.terminate()
+
+    @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    async def _migrate(self, pool: asyncpg.Pool) -> None:
+        """Apply pending migrations in one transaction with their version rows.
+
+        An advisory lock (per schema) serializes instances starting at once: the second waits,
+        then finds the migrations applied. Even the version table is created under it, since
+        two concurrent ``CREATE TABLE IF NOT EXISTS`` can collide.
+        """
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))",
+                _MIGRATION_LOCK,
+            )
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
+                " description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            current = int(
+                await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+            )
+            for migration in POSTGRES_MIGRATIONS:
+                if migration.version <= current:
+                    continue
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_version (version, description, applied_at)"
+                    " VALUES ($1, $2, $3)",
+                    migration.version,
+                    migration.description,
+                    time.time(),
+                )
+                log.info(
+                    "store migrated to version %d: %s", migration.version, migration.description
+                )
+
+    async def schema_version(self) -> int:
+        return int(await self._fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @property
+    def _p(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._p.acquire() as conn, conn.transaction(isolation="read_committed"):
+            yield conn
+
+    async def _execute(self, sql: str, *args: Any) -> int:
+        """Run one statement; the number of rows it changed."""
+        return _rowcount(await self._p.execute(sql, *args))
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        return await self._p.fetchrow(sql, *args)
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        return list(await self._p.fetch(sql, *args))
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        return await self._p.fetchval(sql, *args)
+
+    # -- directory -----------------------------------------------------------------------------
+    async def upsert_channel(self, row: ChannelRow) -> None:
+        await self._execute(
+            "INSERT INTO channels (name, messenger, unblu_channel_id, webhook_status,"
+            " provisioned_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO UPDATE SET"
+            " messenger = EXCLUDED.messenger,"
+            " unblu_channel_id = COALESCE(EXCLUDED.unblu_channel_id, channels.unblu_channel_id),"
+            " webhook_status = COALESCE(EXCLUDED.webhook_status, channels.webhook_status),"
+            " provisioned_at = COALESCE(EXCLUDED.provisioned_at, channels.provisioned_at)",
+            row.name,
+            row.messenger,
+            row.unblu_channel_id,
+            row.webhook_status,
+            row.provisioned_at,
+        )
+
+    async def get_channel(self, name: str) -> ChannelRow | None:
+        row = await self._fetchrow(
+            "SELECT name, messenger, unblu_channel_id, webhook_status, provisioned_at"
+            " FROM channels WHERE name = $1",
+            name,
+        )
+        return _channel(row) if row else None
+
+    async def list_channels(self) -> list[ChannelRow]:
+        rows = await self._fetch(
+            "SELECT name, messenger, unblu_channel_id, webhook_status, provisioned_at"
+            " FROM channels ORDER BY name"
+        )
+        return [_channel(r) for r in rows]
+
+    async def get_contact(self, channel: str, address: str) -> ContactRow | None:
+        row = await self._fetchrow(
+            "SELECT channel, address, name, unblu_person_id, unblu_contact_id, opted_out,"
+            " opted_out_reason FROM contacts WHERE channel = $1 AND address = $2",
+            channel,
+            address,
+        )
+        if row is None:
+            return None
+        return ContactRow(
+            channel=row[0],
+            address=row[1],
+            name=row[2],
+            unblu_person_id=row[3],
+            unblu_contact_id=row[4],
+            opted_out=bool(row[5]),
+            opted_out_reason=row[6],
+        )
+
+    async def upsert_contact(self, row: ContactRow) -> None:
+        await self._execute(
+            "INSERT INTO contacts (channel, address, name, unblu_person_id, unblu_contact_id,"
+            " opted_out, opted_out_reason, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            " ON CONFLICT (channel, address) DO UPDATE SET name = EXCLUDED.name,"
+            " unblu_person_id = EXCLUDED.unblu_person_id,"
+            " unblu_contact_id = EXCLUDED.unblu_contact_id, updated_at = EXCLUDED.updated_at",
+            row.channel,
+            row.address,
+            row.name,
+            row.unblu_person_id,
+            row.unblu_contact_id,
+            row.opted_out,
+            row.opted_out_reason,
+            time.time(),
+        )
+
+    async def set_opt_out(
+        self, channel: str, address: str, opted_out: bool, reason: str | None
+    ) -> None:
+        await self._execute(
+            "INSERT INTO contacts (channel, address, opted_out, opted_out_reason, updated_at)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel, address) DO UPDATE SET"
+            " opted_out = EXCLUDED.opted_out, opted_out_reason = EXCLUDED.opted_out_reason,"
+            " updated_at = EXCLUDED.updated_at",
+            channel,
+            address,
+            opted_out,
+            reason,
+            time.time(),
+        )
+
+    _CONV = (
+        "SELECT channel, thread, contact_address, unblu_conversation_id, state, created_at,"
+        " ended_at FROM conversations"
+    )
+
+    async def active_conversation(self, channel: str, thread: str) -> ConversationRow | None:
+        row = await self._fetchrow(
+            f"{self._CONV} WHERE channel = $1 AND thread = $2 AND state = 'active'",
+            channel,
+            thread,
+        )
+        return _conversation(row) if row else None
+
+    async def find_conversation(self, unblu_conversation_id: str) -> ConversationRow | None:
+        row = await self._fetchrow(
+            f"{self._CONV} WHERE unblu_conversation_id = $1", unblu_conversation_id
+        )
+        return _conversation(row) if row else None
+
+    async def add_conversation(self, row: ConversationRow) -> None:
+        now = time.time()
+        async with self._tx() as conn:
+            # Two instances opening a conversation on one thread at once take turns, so the
+            # second ends the first's instead of colliding on the one-active-per-thread index.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock("
+                " $1, hashtext(current_schema() || '/' || $2::text || '/' || $3::text))",
+                _THREAD_LOCK,
+                row.channel,
+                row.thread,
+            )
+            await conn.execute(
+                "UPDATE conversations SET state = 'ended', ended_at = $1"
+                " WHERE channel = $2 AND thread = $3 AND state = 'active'",
+                now,
+                row.channel,
+                row.thread,
+            )
+            await conn.execute(
+                "INSERT INTO conversations (unblu_conversation_id, channel, thread,"
+                " contact_address, state, created_at) VALUES ($1, $2, $3, $4, 'active', $5)"
+                " ON CONFLICT (unblu_conversation_id) DO UPDATE SET state = 'active',"
+                " ended_at = NULL",
+                row.unblu_conversation_id,
+                row.channel,
+                row.thread,
+                row.contact_address,
+                row.created_at or now,
+            )
+
+    async def end_conversation(self, unblu_conversation_id: str) -> None:
+        await self._execute(
+            "UPDATE conversations SET state = 'ended', ended_at = $1"
+            " WHERE unblu_conversation_id = $2 AND state = 'active'",
+            time.time(),
+            unblu_conversation_id,
+        )
+
+    # -- intake and messages -------------------------------------------------------------------
+    async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
+        if not items:
+            return []
+        for attempt in range(1, 4):
+            try:
+                async with self._tx() as conn:
+                    return await _intake(conn, items, time.time())
+            except asyncpg.DeadlockDetectedError:
+                if attempt == 3:
+                    raise
+                log.info("an intake deadlocked with another instance's; writing it again")
+        raise AssertionError("unreachable")
+
+    async def get_message(self, message_id: str) -> MessageRow | None:
+        row = await self._fetchrow(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1",  # noqa: S608
+            message_id,
+        )
+        return _message(row) if row else None
+
+    async def find_message(
+        self,
+        channel: str,
+        direction: Direction,
+        *,
+        provider_message_id: str | None = None,
+        unblu_message_id: str | None = None,
+    ) -> MessageRow | None:
+        if provider_message_id is not None:
+            column, value = "provider_message_id", provider_message_id
+        elif unblu_message_id is not None:
+            column, value = "unblu_message_id", unblu_message_id
+        else:
+            raise ValueError("give provider_message_id or unblu_message_id")
+        row = await self._fetchrow(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608
+            f" WHERE channel = $1 AND direction = $2 AND {column} = $3",
+            channel,
+            direction,
+            value,
+        )
+        return _message(row) if row else None
+
+    async def update_message(
+        self,
+        message_id: str,
+        *,
+        provider_message_id: str | None = None,
+        unblu_message_id: str | None = None,
+        conversation_id: str | None = None,
+    ) -> None:
+        await self._execute(
+            "UPDATE messages SET"
+            " provider_message_id = COALESCE($1, provider_message_id),"
+            " unblu_message_id = COALESCE($2, unblu_message_id),"
+            " conversation_id = COALESCE($3, conversation_id), updated_at = $4 WHERE id = $5",
+            provider_message_id,
+            unblu_message_id,
+            conversation_id,
+            time.time(),
+            message_id,
+        )
+
+    async def advance_state(
+        self, message_id: str, state: MessageState, error: str | None = None
+    ) -> bool:
+        changed = await self._execute(
+            "UPDATE messages SET state = $1, error = COALESCE($2, error), updated_at = $3"
+            " WHERE id = $4 AND state < $1 AND state <> $5",
+            int(state),
+            error,
+            time.time(),
+            message_id,
+            int(MessageState.FAILED),
+        )
+        return changed == 1
+
+    # -- jobs ----------------------------------------------------------------------------------
+    async def claim_jobs(self, limit: int, lease_seconds: float) -> list[Job]:
+        claimed: list[Job] = []
+        while len(claimed) < limit:
+            want = min(limit - len(claimed), _CLAIM_ROUND)
+            got = await self._claim_round(want, lease_seconds)
+            claimed += got
+            if len(got) < want:
+                break
+        return claimed
+
+    async def _claim_round(self, limit: int, lease_seconds: float) -> list[Job]:
+        now = time.time()
+        async with self._tx() as conn:
+            # A lease ran out: the worker holding it stopped without finishing (killed, or
+            # stalled for longer than the lease). The job is runnable again, and the lost
+            # attempt counts, so a job that kills its worker every time still ends.
+            await conn.execute(_RECLAIM, now, _LEASE_EXPIRED)
+            # Heads locked lane by lane, from the oldest ready jobs; the lane walk only when
+            # those hold too few (most wait behind running heads, or other claimers hold them).
+            found = await conn.fetch(_OLDEST_HEADS, now, limit, 4 * limit + 32, _LANE_LOCK)
+            if len(found) < limit:
+                found += await conn.fetch(_LANE_HEADS, now, limit, 2 * limit + 8, _LANE_LOCK)
+            if not found:
+                return []
+            candidates = sorted({(r[1], r[0]) for r in found})[:limit]
+            rows = await conn.fetch(
+                _TAKE, [job_id for _, job_id in candidates], now, now + lease_seconds
+            )
+        jobs = [_job(r) for r in rows]
+        jobs.sort(key=lambda j: (j.next_at, j.id))
+        return jobs
+
+    async def renew_lease(self, job_ids: Sequence[int], lease_seconds: float) -> list[int]:
+        if not job_ids:
+            return []
+        now = time.time()
+        rows = await self._fetch(
+            "UPDATE jobs SET lease_until = $1, updated_at = $2"
+            " WHERE state = 'running' AND id = ANY($3::bigint[]) RETURNING id",
+            now + lease_seconds,
+            now,
+            list(job_ids),
+        )
+        return sorted(int(r[0]) for r in rows)
+
+    async def complete_job(self, job_id: int) -> None:
+        await self._execute(
+            "UPDATE jobs SET state = 'done', lease_until = NULL, attempts = attempts + 1,"
+            " updated_at = $1 WHERE id = $2 AND state = 'running'",
+            time.time(),
+            job_id,
+        )
+
+    async def reschedule_job(self, job_id: int, next_at: float, error: str) -> None:
+        await self._execute(
+            "UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1,"
+            " next_at = $1, last_error = $2, updated_at = $3 WHERE id = $4 AND state = 'running'",
+            next_at,
+            error,
+            time.time(),
+            job_id,
+        )
+
+    async def bury_job(self, job_id: int, error: str) -> None:
+        await self._execute(
+            "UPDATE jobs SET state = 'dead', lease_until = NULL, attempts = attempts + 1,"
+            " last_error = $1, updated_at = $2 WHERE id = $3 AND state IN ('ready', 'running')",
+            error,
+            time.time(),
+            job_id,
+        )
+
+    async def release_jobs(self, job_ids: Sequence[int]) -> None:
+        if not job_ids:
+            return
+        await self._execute(
+            "UPDATE jobs SET state = 'ready', lease_until = NULL, updated_at = $1"
+            " WHERE id = ANY($2::bigint[]) AND state = 'running'",
+            time.time(),
+            list(job_ids),
+        )
+
+    async def list_jobs(
+        self, states: Sequence[JobState] = ("ready", "running", "dead"), limit: int = 100
+    ) -> list[Job]:
+        rows = await self._fetch(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ANY($1::text[])"  # noqa: S608
+            " ORDER BY id LIMIT $2",
+            list(states),
+            limit,
+        )
+        return [_job(r) for r in rows]
+
+    async def get_job(self, job_id: int) -> Job | None:
+        row = await self._fetchrow(
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1",  # noqa: S608
+            job_id,
+        )
+        return _job(row) if row else None
+
+    async def retry_job(self, job_id: int) -> bool:
+        now = time.time()
+        async with self._tx() as conn:
+            row = await conn.fetchrow(
+                "UPDATE jobs SET state = 'ready', next_at = $1, attempts = 0, updated_at = $1"
+                " WHERE id = $2 AND state = 'dead' RETURNING message_id",
+                now,
+                job_id,
+            )
+            if row is None:
+                return False
+            if row[0] is not None:
+                # A hand retry re-opens the message's failed state.
+                await conn.execute(
+                    "UPDATE messages SET state = $1, error = NULL, updated_at = $2"
+                    " WHERE id = $3 AND state = $4",
+                    int(MessageState.PENDING),
+                    now,
+                    row[0],
+                    int(MessageState.FAILED),
+                )
+        return True
+
+    async def purge_jobs(self, states: Sequence[JobState], older_than: float | None = None) -> int:
+        unfinished = set(states) - {"done", "dead"}
+        if unfinished:
+            raise ValueError(f"only done or dead jobs can be purged, not {sorted(unfinished)}")
+        if not states:
+            return 0
+        cutoff = time.time() - older_than if older_than is not None else time.time() + 1
+        return await self._execute(
+            "DELETE FROM jobs WHERE state = ANY($1::text[]) AND updated_at < $2",
+            list(states),
+            cutoff,
+        )
+
+    async def last_inbound_at(self, channel: str, thread: str) -> float | None:
+        value = await self._fetchval(
+            "SELECT MAX(created_at) FROM messages"
+            " WHERE channel = $1 AND thread = $2 AND direction = 'in'",
+            channel,
+            thread,
+        )
+        return float(value) if value is not None else None
+
+    async def job_counts(self) -> dict[str, int]:
+        rows = await self._fetch("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        counts = {"ready": 0, "running": 0, "done": 0, "dead": 0}
+        counts.update({r[0]: int(r[1]) for r in rows})
+        return counts
+
+
+async def _intake(
+    conn: asyncpg.Connection, items: Sequence[Intake], now: float
+) -> list[IntakeResult]:
+    """Write a batch of intakes (the transaction is open); see the module's notes."""
+    messages = [item.message for item in items if item.message is not None]
+    inserted: set[tuple[Any, ...]] = set()
+    if messages:
+        rows = await conn.fetch(
+            _INSERT_MESSAGES,
+            [m.id for m in messages],
+            [m.channel for m in messages],
+            [m.direction for m in messages],
+            [m.thread for m in messages],
+            [m.provider_message_id for m in messages],
+            [m.unblu_message_id for m in messages],
+            [m.conversation_id for m in messages],
+            [int(m.state) for m in messages],
+            now,
+        )
+        inserted = {tuple(r) for r in rows}
+
+    results: list[IntakeResult | None] = []
+    duplicates: list[tuple[int, Any]] = []
+    jobs: list[tuple[str, str, bytes, str | None, float]] = []
+    for item in items:
+        message_id: str | None = None
+        m = item.message
+        if m is not None:
+            key = (m.id, m.channel, m.direction, m.provider_message_id, m.unblu_message_id)
+            if key not in inserted:
+                duplicates.append((len(results), m))
+                results.append(None)
+                continue
+            inserted.discard(key)  # a later item with the same key is a duplicate of this one
+            message_id = m.id
+        if item.job is not None:
+            j = item.job
+            jobs.append(
+                (j.kind, j.lane, j.payload, j.message_id or message_id, now + max(j.delay, 0.0))
+            )
+        results.append(IntakeResult(accepted=True, message_id=message_id))
+
+    if duplicates:
+        rows = await conn.fetch(
+            _EXISTING,
+            [i for i, _ in duplicates],
+            [m.id for _, m in duplicates],
+            [m.channel for _, m in duplicates],
+            [m.direction for _, m in duplicates],
+            [m.provider_message_id for _, m in duplicates],
+            [m.unblu_message_id for _, m in duplicates],
+        )
+        for r in rows:
+            results[r[0]] = IntakeResult(accepted=False, message_id=r[1])
+    if jobs:
+        await conn.execute(
+            _INSERT_JOBS,
+            [j[0] for j in jobs],
+            [j[1] for j in jobs],
+            [j[2] for j in jobs],
+            [j[3] for j in jobs],
+            [j[4] for j in jobs],
+            now,
+        )
+    return [r if r is not None else IntakeResult(accepted=False) for r in results]
+
+
+def describe_dsn(dsn: str) -> str:
+    """``user@host:port/database`` of a DSN, without its password, for messages and logs."""
+    if "://" not in dsn:
+        fields = dict(
+            part.split("=", 1)
+            for part in dsn.split()
+            if "=" in part and not part.startswith("password")
+        )
+        host = fields.get("host", "localhost")
+        user = f"{fields['user']}@" if "user" in fields else ""
+        port = f":{fields['port']}" if "port" in fields else ""
+        return f"{user}{host}{port}/{fields.get('dbname', '')}"
+    url = urllib.parse.urlsplit(dsn)
+    user = f"{url.username}@" if url.username else ""
+    try:
+        port = f":{url.port}" if url.port else ""
+    except ValueError:
+        port = ""
+    return f"{user}{url.hostname or 'localhost'}{port}{url.path}"
+
+
+def _rowcount(status: str) -> int:
+    """The row count of a command status such as ``UPDATE 3`` or ``INSERT 0 1``."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+def _channel(row: Any) -> ChannelRow:
+    return ChannelRow(
+        name=row[0],
+        messenger=row[1],
+        unblu_channel_id=row[2],
+        webhook_status=row[3],
+        provisioned_at=row[4],
+    )
+
+
+def _conversation(row: Any) -> ConversationRow:
+    return ConversationRow(
+        channel=row[0],
+        thread=row[1],
+        contact_address=row[2],
+        unblu_conversation_id=row[3],
+        state=row[4],
+        created_at=row[5],
+        ended_at=row[6],
+    )
+
+
+def _message(row: Any) -> MessageRow:
+    return MessageRow(
+        id=row[0],
+        channel=row[1],
+        direction=row[2],
+        thread=row[3],
+        provider_message_id=row[4],
+        unblu_message_id=row[5],
+        conversation_id=row[6],
+        state=MessageState(row[7]),
+        error=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+    )
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        id=row[0],
+        kind=row[1],
+        lane=row[2],
+        payload=bytes(row[3]),
+        state=row[4],
+        attempts=row[5],
+        next_at=row[6],
+        message_id=row[7],
+        lease_until=row[8],
+        last_error=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+    )
