@@ -16,6 +16,8 @@ class LoopbackProvider:
         self.reads: list[str] = []
         #: recipient → HTTP status to answer instead of accepting
         self.fail: dict[str, int] = {}
+        #: text → how many more times to answer 503 for it
+        self.fail_text: dict[str, int] = {}
         self.app = web.Application()
         self.app.router.add_post("/send", self._send)
         self.app.router.add_post("/read", self._read)
@@ -23,6 +25,9 @@ class LoopbackProvider:
     async def _send(self, request: web.Request) -> web.Response:
         body = await request.json()
         status = self.fail.get(body["to"])
+        if self.fail_text.get(body["text"], 0) > 0:
+            self.fail_text[body["text"]] -= 1
+            status = 503
         if status:
             return web.json_response({"error": f"recipient refused ({status})"}, status=status)
         self.sends.append(body)

@@ -31,6 +31,7 @@ from extmsg.models import (
     SendResult,
     StatusUpdate,
 )
+from extmsg.rendering import prefix_text
 
 NAME = "loopback"
 
@@ -108,6 +109,19 @@ def extmsg_parse_inbound(
     for item in data.get("optouts", []):
         events.append(ContactUpdate(address=item["from"], opted_out=item.get("out", True)))
     return events
+
+
+@hookimpl(tryfirst=True)
+def extmsg_render_outbound(channel: Channel, message: OutboundMessage) -> Any:
+    """The core's prefix, then one send per ``|``-separated piece of the text."""
+    if channel.messenger != NAME or not message.text or "|" not in message.text:
+        return None
+    prefixed = prefix_text(channel, message)
+    assert prefixed.text is not None
+    return [
+        msgspec.structs.replace(prefixed, text=piece, part=i)
+        for i, piece in enumerate(prefixed.text.split("|"))
+    ]
 
 
 @hookimpl

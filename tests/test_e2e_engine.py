@@ -8,7 +8,7 @@ from typing import Any
 
 from extmsg.unblu import signing
 
-from .e2e import World, at_least, eventually, world
+from .e2e import CUSTOMER, World, at_least, eventually, world
 
 __all__ = ["world"]  # the fixture
 
@@ -119,3 +119,58 @@ def _name_header(delivery: dict[str, Any]) -> dict[str, str]:
     if delivery.get("style") == "event":
         return {"x-unblu-event": delivery["name"]}
     return {"x-unblu-service-name": delivery["name"]}
+
+
+async def test_a_split_message_resumes_after_its_failed_part(world: World) -> None:
+    assert await world.say("p1", "Hi") == 200
+    [conv] = await eventually(world.conversations)
+    world.provider.fail_text["part two"] = 2  # the provider fails twice, then takes it
+    await world.agent(
+        f"conversations/{conv['id']}/messages", "POST", text="part one|part two", senderName="Bo"
+    )
+
+    async def sent() -> dict[str, Any] | None:
+        for m in await world.messages(conv["id"]):
+            if m.get("text") == "part one|part two" and m["state"] == "SENT":
+                return m
+        return None
+
+    await eventually(sent)
+    assert [s["text"] for s in world.provider.sends] == ["Bo: part one", "part two"]
+    # A status for the second part's provider id finds the message too.
+    assert await world.inbound({"statuses": [{"state": "delivered", "id": "lp-2"}]}) == 200
+
+    async def delivered() -> dict[str, Any] | None:
+        for m in await world.messages(conv["id"]):
+            if m.get("text") == "part one|part two" and m["state"] == "DELIVERED":
+                return m
+        return None
+
+    await eventually(delivered)
+
+
+async def test_unblu_repeating_a_failed_message_sends_it_again(world: World) -> None:
+    world.provider.fail[CUSTOMER] = 400
+    assert await world.say("p1", "Hi") == 200
+    [conv] = await eventually(world.conversations)
+    await world.agent(f"conversations/{conv['id']}/messages", "POST", text="Try me")
+
+    async def in_state(state: str) -> dict[str, Any] | None:
+        for m in await world.messages(conv["id"]):
+            if m.get("text") == "Try me" and m["state"] == state:
+                return m
+        return None
+
+    await eventually(lambda: in_state("FAILED"))
+    del world.provider.fail[CUSTOMER]
+    deliveries = await world.agent(f"deliveries?channelId={world.channel_id}")
+    items = deliveries["deliveries"] if isinstance(deliveries, dict) else deliveries
+    [delivery] = [d for d in items if "new_message" in d["name"]]
+    body = _raw(delivery["body"])
+    headers = {**signing.sign_headers("whsec-123", body), "content-type": "application/json"}
+    headers.update(_name_header(delivery))
+    async with world.session.post(f"{world.base}/unblu/loop", data=body, headers=headers) as resp:
+        assert resp.status == 200
+    [sent] = await eventually(lambda: at_least(world.provider.sends, 1))
+    assert sent["text"].endswith(": Try me")
+    await eventually(lambda: in_state("SENT"))

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from extmsg.models import MessageState
-from extmsg.store.base import Intake, NewJob, NewMessage, Store
+from extmsg.store.base import Intake, MediaRow, NewJob, NewMessage, Store
 from extmsg.store.migrations import MIGRATIONS
 from extmsg.store.postgres import PostgresStore
 from extmsg.store.sqlite import SqliteStore
@@ -350,3 +350,39 @@ async def test_an_older_schema_is_upgraded_in_place(
     assert await new.schema_version() == MIGRATIONS[-1].version
     assert [j.lane for j in await new.claim_jobs(5, 30)] == ["a"]
     await new.close()
+
+
+# -- parts of split messages and published media ------------------------------------------------
+async def test_parts_are_recorded_once_and_find_their_message(store: Store) -> None:
+    out = NewMessage(id="o1", channel="sms", direction="out", thread="t", unblu_message_id="u1")
+    await store.intake([Intake(message=out)])
+    assert await store.sent_parts("o1") == {}
+    await store.record_part("o1", "sms", 0, "SM-a")
+    await store.record_part("o1", "sms", 1, "SM-b")
+    await store.record_part("o1", "sms", 1, "SM-b-again")  # a repeat changes nothing
+    assert await store.sent_parts("o1") == {0: "SM-a", 1: "SM-b"}
+    row = await store.get_message("o1")
+    assert row is not None
+    assert row.provider_message_id == "SM-a"
+    found = await store.find_message_by_part("sms", "SM-b")
+    assert found is not None
+    assert found.id == "o1"
+    assert await store.find_message_by_part("other", "SM-b") is None
+
+
+async def test_media_expires_and_is_purged(store: Store) -> None:
+    now = time.time()
+    await store.put_media(
+        MediaRow(id="m1", channel="sms", file_name="a.pdf", mime_type="application/pdf",
+                 data=b"%PDF", expires_at=now + 60)
+    )  # fmt: skip
+    await store.put_media(
+        MediaRow(id="m2", channel="sms", file_name="b.pdf", mime_type="application/pdf",
+                 data=b"%PDF", expires_at=now - 1)
+    )  # fmt: skip
+    got = await store.get_media("m1")
+    assert got is not None
+    assert (got.data, got.mime_type, got.file_name) == (b"%PDF", "application/pdf", "a.pdf")
+    assert await store.get_media("m2") is None
+    assert await store.purge_media(now) == 1
+    assert await store.get_media("m1") is not None

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .config import Config
 from .flows.accept import provider_request
+from .media import serve_media
 from .metrics import CONTENT_TYPE_LATEST
 from .models import Route
 from .plugins import Hooks
@@ -38,6 +39,7 @@ def create_app(config: Config, hooks: Hooks, *, store: Store | None = None) -> w
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/-/plugins", plugins)
     app.router.add_post("/unblu/{channel}", unblu_request)
+    app.router.add_get("/media/{channel}/{id}", serve_media)
     _add_messenger_routes(app, runtime)
     app.cleanup_ctx.append(runtime_context)
     return app

@@ -140,6 +140,8 @@ class MessengerType(Struct, frozen=True):
     :ivar routes: the HTTP routes the messenger's provider calls.
     :ivar max_text_length: longest text one send carries; longer texts are split by the
         messenger's renderer.
+    :ivar media_by_url: the provider fetches files from a URL: the core publishes an agent's
+        file at a signed, expiring link of its own and puts it in ``attachment.url``.
     """
 
     name: str
@@ -149,6 +151,7 @@ class MessengerType(Struct, frozen=True):
     contact_identifier_name: str = "id"
     routes: Sequence[Route] = ()
     max_text_length: int | None = None
+    media_by_url: bool = False
 
 
 class Recipient(Struct, frozen=True):

@@ -92,8 +92,9 @@ def list_jobs(config_path: Path, state: JobState | None, limit: int, as_json: bo
         ]
         for job in jobs
     ]
-    click.echo(_table(["ID", "STATE", "KIND", "LANE", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR"],
-                      rows))
+    click.echo(
+        _table(["ID", "STATE", "KIND", "LANE", "ATTEMPTS", "NEXT ATTEMPT", "LAST ERROR"], rows)
+    )
     more = f" (the first {limit}; see --limit)" if len(jobs) == limit else ""
     click.echo(f"{len(jobs)} job(s){more}")
 
@@ -155,7 +156,8 @@ def retry_jobs(config_path: Path, job_ids: tuple[int, ...], all_dead: bool) -> N
                 continue
             job = await store.get_job(job_id)
             problems.append(
-                f"job {job_id} does not exist" if job is None
+                f"job {job_id} does not exist"
+                if job is None
                 else f"job {job_id} is {job.state}, not dead"
             )
         return done, problems
@@ -172,11 +174,18 @@ def retry_jobs(config_path: Path, job_ids: tuple[int, ...], all_dead: bool) -> N
 @outbox.command("purge")
 @_config_option
 @click.option(
-    "--state", type=click.Choice(["done", "dead"]), default="done", show_default=True,
+    "--state",
+    type=click.Choice(["done", "dead"]),
+    default="done",
+    show_default=True,
     help="Which finished jobs to delete.",
 )
 @click.option(
-    "--older-than", "older_than", metavar="AGE", callback=_parse_age, default=None,
+    "--older-than",
+    "older_than",
+    metavar="AGE",
+    callback=_parse_age,
+    default=None,
     help="Only jobs last changed longer ago than this (7d, 12h, 30m, 90s); default: all.",
 )
 def purge_jobs(config_path: Path, state: JobState, older_than: float | None) -> None:

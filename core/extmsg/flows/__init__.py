@@ -37,7 +37,7 @@ def register_jobs(runtime: Runtime) -> None:
     """Register one engine handler per job kind."""
     assert runtime.engine is not None
     for payload_type, handler in _HANDLERS.items():
-        runtime.engine.register(payload_type.__struct_config__.tag, _bind(runtime, handler))
+        runtime.engine.register(p.kind_of(payload_type), _bind(runtime, handler))
 
 
 def _bind(

@@ -92,10 +92,15 @@ def decode(data: bytes) -> JobPayload:
     return payload
 
 
-def kind(payload: JobPayload) -> str:
-    tag = type(payload).__struct_config__.tag
+def kind_of(payload_type: type[_Payload]) -> str:
+    """The job kind of a payload type (its tag)."""
+    tag = payload_type.__struct_config__.tag
     assert isinstance(tag, str)
     return tag
+
+
+def kind(payload: JobPayload) -> str:
+    return kind_of(type(payload))
 
 
 def lane(channel: str, key: str) -> str:

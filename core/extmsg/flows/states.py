@@ -51,8 +51,11 @@ async def _correlate(runtime: Runtime, payload: p.ProviderStatusJob) -> MessageR
         if row is not None and row.channel == payload.channel and row.direction == "out":
             return row
     if update.provider_message_id:
-        return await runtime.store.find_message(
+        row = await runtime.store.find_message(
             payload.channel, "out", provider_message_id=update.provider_message_id
+        )
+        return row or await runtime.store.find_message_by_part(
+            payload.channel, update.provider_message_id
         )
     return None
 

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 
+import msgspec
+
+from .. import media
 from ..errors import PermanentError
 from ..models import Attachment, Contact, MessageState, OutboundMessage
 from ..runtime import Runtime
@@ -25,7 +28,7 @@ log = logging.getLogger("extmsg.to_messenger")
 async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMessageJob) -> None:
     channel = runtime.channel(payload.channel)
     stored = await runtime.store.get_message(payload.message_id)
-    if stored is not None and stored.provider_message_id:
+    if stored is not None and stored.state >= MessageState.SENT:
         # Sent before a crash or a failed report: only the report is missing.
         await _enqueue_report(runtime, payload)
         return
@@ -53,12 +56,19 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
     parts = await runtime.hooks.render_outbound(channel, message)
     if not parts:
         raise PermanentError("the message has nothing this channel can send")
-    first: str | None = None
-    for part in parts:
+    done = await runtime.store.sent_parts(payload.message_id)
+    by_url = runtime.messengers[channel.messenger].media_by_url
+    for index, part in enumerate(parts):
+        if index in done:
+            continue  # sent before a retry or a crash
+        attachment = part.attachment
+        if by_url and attachment is not None and attachment.data is not None and not attachment.url:
+            attachment = await media.publish(runtime, channel, attachment)
+            part = msgspec.structs.replace(part, attachment=attachment)
         result = await runtime.hooks.send(channel, part)
-        if first is None:
-            first = result.provider_message_id
-            await runtime.store.update_message(payload.message_id, provider_message_id=first)
+        await runtime.store.record_part(
+            payload.message_id, channel.name, index, result.provider_message_id
+        )
     await runtime.store.advance_state(payload.message_id, MessageState.SENT)
     await _enqueue_report(runtime, payload)
 

@@ -30,6 +30,7 @@ __all__ = [
     "IntakeResult",
     "Job",
     "JobState",
+    "MediaRow",
     "MessageRow",
     "NewJob",
     "NewMessage",
@@ -132,6 +133,17 @@ class IntakeResult(_Row, frozen=True):
     """False when the message was a duplicate of one already stored."""
     message_id: str | None = None
     """The stored message's id (the existing one for a duplicate)."""
+
+
+class MediaRow(_Row, frozen=True):
+    """A file published for a provider to fetch by URL (e.g. Twilio's MediaUrl)."""
+
+    id: str
+    channel: str
+    file_name: str
+    mime_type: str
+    data: bytes
+    expires_at: float
 
 
 class Store(abc.ABC):
@@ -269,6 +281,37 @@ class Store(abc.ABC):
     async def purge_jobs(self, states: Sequence[JobState], older_than: float | None = None) -> int:
         """Delete done or dead jobs last changed more than ``older_than`` seconds ago (all of
         them when None); return how many. Other states raise :class:`ValueError`."""
+
+    @abc.abstractmethod
+    async def record_part(
+        self, message_id: str, channel: str, part: int, provider_message_id: str
+    ) -> None:
+        """Record that part ``part`` of a message was accepted by the provider.
+
+        Part 0's id also becomes the message's ``provider_message_id``. A retried job skips the
+        parts already recorded, so a split message is never sent twice in part.
+        """
+
+    @abc.abstractmethod
+    async def sent_parts(self, message_id: str) -> dict[int, str]:
+        """Part number → provider id, for the parts of a message already sent."""
+
+    @abc.abstractmethod
+    async def find_message_by_part(
+        self, channel: str, provider_message_id: str
+    ) -> MessageRow | None:
+        """The outbound message one of whose parts the provider knows by this id."""
+
+    @abc.abstractmethod
+    async def put_media(self, row: MediaRow) -> None: ...
+
+    @abc.abstractmethod
+    async def get_media(self, media_id: str) -> MediaRow | None:
+        """The published file, or None when unknown or expired."""
+
+    @abc.abstractmethod
+    async def purge_media(self, now: float) -> int:
+        """Delete files whose link has expired; return how many."""
 
     @abc.abstractmethod
     async def last_inbound_at(self, channel: str, thread: str) -> float | None:

@@ -111,6 +111,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             ON messages (channel, thread, created_at) WHERE direction = 'in';
         """,
     ),
+    Migration(
+        5,
+        "parts of split messages, and files published for providers to fetch",
+        """
+        CREATE TABLE message_parts (
+            message_id TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            provider_message_id TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (message_id, part)
+        );
+        CREATE INDEX message_parts_provider ON message_parts (channel, provider_message_id);
+        CREATE TABLE media (
+            id TEXT PRIMARY KEY,
+            channel TEXT NOT NULL,
+            file_name TEXT NOT NULL,
+            mime_type TEXT NOT NULL,
+            data BLOB NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        CREATE INDEX media_expiry ON media (expires_at);
+        """,
+    ),
 )
 
 # Times are epoch seconds (DOUBLE PRECISION) as in SQLite, so both stores hand out the same rows
@@ -196,6 +220,30 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX jobs_state ON jobs (state, id);
         ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.02,
                               autovacuum_analyze_scale_factor = 0.02);
+        """,
+    ),
+    Migration(
+        3,
+        "parts of split messages, and files published for providers to fetch",
+        """
+        CREATE TABLE message_parts (
+            message_id TEXT NOT NULL,
+            part INTEGER NOT NULL,
+            channel TEXT NOT NULL,
+            provider_message_id TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (message_id, part)
+        );
+        CREATE INDEX message_parts_provider ON message_parts (provider_message_id, channel);
+        CREATE TABLE media (
+            id TEXT PRIMARY KEY,
+            channel TEXT NOT NULL,
+            file_name TEXT NOT NULL,
+            mime_type TEXT NOT NULL,
+            data BYTEA NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX media_expiry ON media (expires_at);
         """,
     ),
 )

@@ -55,6 +55,7 @@ from .base import (
     IntakeResult,
     Job,
     JobState,
+    MediaRow,
     MessageRow,
     Store,
 )
@@ -677,6 +678,80 @@ class PostgresStore(Store):
             list(states),
             cutoff,
         )
+
+    async def record_part(
+        self, message_id: str, channel: str, part: int, provider_message_id: str
+    ) -> None:
+        now = time.time()
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
+                " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                message_id,
+                part,
+                channel,
+                provider_message_id,
+                now,
+            )
+            if part == 0:
+                await conn.execute(
+                    "UPDATE messages SET provider_message_id = $1, updated_at = $2 WHERE id = $3",
+                    provider_message_id,
+                    now,
+                    message_id,
+                )
+
+    async def sent_parts(self, message_id: str) -> dict[int, str]:
+        rows = await self._fetch(
+            "SELECT part, provider_message_id FROM message_parts WHERE message_id = $1",
+            message_id,
+        )
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    async def find_message_by_part(
+        self, channel: str, provider_message_id: str
+    ) -> MessageRow | None:
+        row = await self._fetchrow(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ("  # noqa: S608
+            " SELECT message_id FROM message_parts"
+            " WHERE channel = $1 AND provider_message_id = $2 LIMIT 1)",
+            channel,
+            provider_message_id,
+        )
+        return _message(row) if row else None
+
+    async def put_media(self, row: MediaRow) -> None:
+        await self._execute(
+            "INSERT INTO media (id, channel, file_name, mime_type, data, expires_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            row.id,
+            row.channel,
+            row.file_name,
+            row.mime_type,
+            row.data,
+            row.expires_at,
+        )
+
+    async def get_media(self, media_id: str) -> MediaRow | None:
+        row = await self._fetchrow(
+            "SELECT id, channel, file_name, mime_type, data, expires_at FROM media"
+            " WHERE id = $1 AND expires_at > $2",
+            media_id,
+            time.time(),
+        )
+        if row is None:
+            return None
+        return MediaRow(
+            id=row[0],
+            channel=row[1],
+            file_name=row[2],
+            mime_type=row[3],
+            data=bytes(row[4]),
+            expires_at=row[5],
+        )
+
+    async def purge_media(self, now: float) -> int:
+        return await self._execute("DELETE FROM media WHERE expires_at <= $1", now)
 
     async def last_inbound_at(self, channel: str, thread: str) -> float | None:
         value = await self._fetchval(

@@ -4,14 +4,20 @@ One writer connection (writes are serialized by a lock and grouped into short tr
 and one reader connection; WAL lets the reader run while the writer commits. ``synchronous =
 NORMAL`` keeps every commit across a crash of the process (kill -9); only a power loss can
 drop the last commits, which ``durability = "full"`` would prevent at a cost in throughput.
+
+Intake, which acknowledgements wait for, writes under the same lock through a third
+connection in a thread of its own, so its whole transaction is one trip to that thread
+rather than one per statement (each trip waits for a turn of a busy event loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +33,7 @@ from .base import (
     IntakeResult,
     Job,
     JobState,
+    MediaRow,
     MessageRow,
     NewMessage,
     Store,
@@ -48,7 +55,7 @@ _MESSAGE_COLUMNS = (
 # through the partial index of unfinished jobs: a few index seeks per lane however long the
 # lanes are. Heads that are ready and due are runnable; a running or backing-off head holds
 # its lane.
-_CLAIM = f"""
+_LANE_HEADS = """
 WITH RECURSIVE lanes(lane) AS (
     SELECT MIN(lane) FROM jobs INDEXED BY jobs_unfinished WHERE state IN ('ready', 'running')
     UNION ALL
@@ -56,14 +63,80 @@ WITH RECURSIVE lanes(lane) AS (
             WHERE state IN ('ready', 'running') AND lane > lanes.lane)
     FROM lanes WHERE lanes.lane IS NOT NULL
 )
-SELECT {", ".join("j." + c.strip() for c in _JOB_COLUMNS.split(","))}
+SELECT j.id
 FROM lanes CROSS JOIN jobs AS j ON j.id = (
     SELECT MIN(id) FROM jobs INDEXED BY jobs_unfinished
     WHERE state IN ('ready', 'running') AND lane = lanes.lane)
 WHERE j.state = 'ready' AND j.next_at <= ?
 ORDER BY j.next_at, j.id
 LIMIT ?
-"""  # noqa: S608
+"""
+
+# The same answer found from the other side, for a backlog: the oldest ready and due jobs, in
+# claim order, that are the heads of their lanes. Only the first ``?`` of them are looked at,
+# one index seek each, so its cost does not grow with the number of lanes; when they hold
+# fewer heads than wanted (jobs queued behind running heads), the lane walk above decides.
+_OLDEST_HEADS = """
+SELECT j.id
+FROM (
+    SELECT id, lane FROM jobs INDEXED BY jobs_runnable
+    WHERE state = 'ready' AND next_at <= ? ORDER BY next_at, id LIMIT ?
+) AS c CROSS JOIN jobs AS j ON j.id = c.id
+WHERE c.id = (
+    SELECT MIN(id) FROM jobs INDEXED BY jobs_unfinished
+    WHERE state IN ('ready', 'running') AND lane = c.lane)
+ORDER BY j.next_at, j.id
+LIMIT ?
+"""
+
+# A claim is one statement (its own transaction): lease the heads one of the queries finds.
+_CLAIM = (
+    "UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ?"
+    f" WHERE id IN ({{heads}}) RETURNING {_JOB_COLUMNS}"
+)
+_CLAIM_OLDEST = _CLAIM.format(heads=_OLDEST_HEADS)
+_CLAIM_ANY = _CLAIM.format(heads=_LANE_HEADS)
+
+
+class _WriterGate:
+    """Who may use the writer connection: statements side by side, transactions alone.
+
+    A single statement is a transaction of its own (autocommit), so any number of them may
+    be queued on the connection at once; they run one after another in its thread without
+    waiting for each other's answers. A multi-statement transaction waits until the
+    statements in flight are done and holds new ones back until it has committed.
+    """
+
+    def __init__(self) -> None:
+        self.exclusive = asyncio.Lock()
+        self._open = asyncio.Event()
+        self._open.set()
+        self._statements = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+
+    @contextlib.asynccontextmanager
+    async def statement(self) -> AsyncIterator[None]:
+        while self.exclusive.locked():
+            await self._open.wait()
+        self._statements += 1
+        self._drained.clear()
+        try:
+            yield
+        finally:
+            self._statements -= 1
+            if not self._statements:
+                self._drained.set()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        async with self.exclusive:
+            self._open.clear()
+            try:
+                await self._drained.wait()
+                yield
+            finally:
+                self._open.set()
 
 
 class SqliteStore(Store):
@@ -72,7 +145,9 @@ class SqliteStore(Store):
         self._synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._intake_db: sqlite3.Connection | None = None
+        self._intake_thread: ThreadPoolExecutor | None = None
+        self._gate = _WriterGate()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -81,21 +156,44 @@ class SqliteStore(Store):
         self._db = await self._connect()
         await self._migrate(self._db)
         self._reader = await self._connect()
+        self._intake_thread = ThreadPoolExecutor(1, thread_name_prefix="extmsg-sqlite-intake")
+        self._intake_db = await self._in_intake_thread(self._connect_plain)
+
+    def _pragmas(self) -> list[str]:
+        return [
+            "PRAGMA journal_mode=WAL",
+            f"PRAGMA synchronous={self._synchronous}",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA busy_timeout=5000",
+        ]
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute(f"PRAGMA synchronous={self._synchronous}")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
+        for pragma in self._pragmas():
+            await db.execute(pragma)
         return db
 
+    def _connect_plain(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in self._pragmas():
+            db.execute(pragma)
+        return db
+
+    async def _in_intake_thread(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._intake_thread, fn)
+
     async def close(self) -> None:
-        async with self._lock:
+        async with self._gate.transaction():
             for conn in (self._reader, self._db):
                 if conn is not None:
                     await conn.close()
             self._db = self._reader = None
+            intake_db, self._intake_db = self._intake_db, None
+            if intake_db is not None:
+                await self._in_intake_thread(intake_db.close)
+            if self._intake_thread is not None:
+                self._intake_thread.shutdown()
+                self._intake_thread = None
 
     @property
     def is_open(self) -> bool:
@@ -152,7 +250,7 @@ class SqliteStore(Store):
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
+        async with self._gate.transaction():
             db = self._w
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -163,16 +261,17 @@ class SqliteStore(Store):
             await db.execute("COMMIT")
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        async with self._tx() as db, db.execute(sql, params) as cur:
+        """One statement, its own transaction (autocommit): one trip to the database thread."""
+        async with self._gate.statement():
+            cur = await self._w.execute(sql, params)
             return cur.rowcount
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        async with self._r.execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = await self._r.execute_fetchall(sql, params)
+        return next(iter(rows), None)
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        async with self._r.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await self._r.execute_fetchall(sql, params))
 
     # -- directory -----------------------------------------------------------------------------
     async def upsert_channel(self, row: ChannelRow) -> None:
@@ -301,8 +400,10 @@ class SqliteStore(Store):
     async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
         if not items:
             return []
-        async with self._tx() as db:
-            return await _intake(db, items, time.time())
+        db = self._intake_db
+        if db is None:
+            raise RuntimeError("the store is not open")
+        return await self._in_intake_thread(lambda: _intake_tx(db, items, time.time()))
 
     async def get_message(self, message_id: str) -> MessageRow | None:
         row = await self._one(
@@ -364,7 +465,11 @@ class SqliteStore(Store):
         if limit <= 0:
             return []
         now = time.time()
-        async with self._tx() as db:
+        lease = now + lease_seconds
+        # Each statement is a transaction of its own, and claims only jobs that are the heads
+        # of their lanes when it runs.
+        async with self._gate.statement():
+            db = self._w
             # A lease ran out: the worker holding it stopped without finishing (killed, or
             # stalled for longer than the lease). The job is runnable again, and the lost
             # attempt counts, so a job that kills its worker every time still ends.
@@ -374,16 +479,15 @@ class SqliteStore(Store):
                 " expired)', updated_at = ? WHERE state = 'running' AND lease_until < ?",
                 (now, now),
             )
-            async with db.execute(_CLAIM, (now, limit)) as cur:
-                rows = list(await cur.fetchall())
-            if not rows:
-                return []
-            lease = now + lease_seconds
-            await db.executemany(
-                "UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ? WHERE id = ?",
-                [(lease, now, r[0]) for r in rows],
+            rows = list(
+                await db.execute_fetchall(_CLAIM_OLDEST, (lease, now, now, 4 * limit + 32, limit))
             )
-        return [_job(r, state="running", lease_until=lease, updated_at=now) for r in rows]
+            if len(rows) < limit:
+                # Heads beyond the scanned ones come later in claim order than all of those,
+                # and the lanes just claimed are running now: the walk finds the rest.
+                rows += await db.execute_fetchall(_CLAIM_ANY, (lease, now, now, limit - len(rows)))
+        rows.sort(key=lambda r: (r[6], r[0]))  # next_at, id: RETURNING has no order
+        return [_job(r) for r in rows]
 
     async def renew_lease(self, job_ids: Sequence[int], lease_seconds: float) -> list[int]:
         if not job_ids:
@@ -393,12 +497,12 @@ class SqliteStore(Store):
         async with self._tx() as db:
             for chunk in _chunks(list(job_ids), 500):
                 marks = ",".join("?" * len(chunk))
-                async with db.execute(
+                rows = await db.execute_fetchall(
                     "UPDATE jobs SET lease_until = ?, updated_at = ?"  # noqa: S608
                     f" WHERE state = 'running' AND id IN ({marks}) RETURNING id",
                     (now + lease_seconds, now, *chunk),
-                ) as cur:
-                    renewed.extend(int(r[0]) for r in await cur.fetchall())
+                )
+                renewed.extend(int(r[0]) for r in rows)
         return renewed
 
     async def complete_job(self, job_id: int) -> None:
@@ -482,6 +586,67 @@ class SqliteStore(Store):
             (*states, cutoff),
         )
 
+    async def record_part(
+        self, message_id: str, channel: str, part: int, provider_message_id: str
+    ) -> None:
+        now = time.time()
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
+                " created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (message_id, part, channel, provider_message_id, now),
+            )
+            if part == 0:
+                await db.execute(
+                    "UPDATE messages SET provider_message_id = ?, updated_at = ? WHERE id = ?",
+                    (provider_message_id, now, message_id),
+                )
+
+    async def sent_parts(self, message_id: str) -> dict[int, str]:
+        rows = await self._all(
+            "SELECT part, provider_message_id FROM message_parts WHERE message_id = ?",
+            (message_id,),
+        )
+        return {int(r[0]): str(r[1]) for r in rows}
+
+    async def find_message_by_part(
+        self, channel: str, provider_message_id: str
+    ) -> MessageRow | None:
+        row = await self._one(
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ("  # noqa: S608
+            " SELECT message_id FROM message_parts"
+            " WHERE channel = ? AND provider_message_id = ? LIMIT 1)",
+            (channel, provider_message_id),
+        )
+        return _message(row) if row else None
+
+    async def put_media(self, row: MediaRow) -> None:
+        await self._write(
+            "INSERT INTO media (id, channel, file_name, mime_type, data, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (row.id, row.channel, row.file_name, row.mime_type, row.data, row.expires_at),
+        )
+
+    async def get_media(self, media_id: str) -> MediaRow | None:
+        row = await self._one(
+            "SELECT id, channel, file_name, mime_type, data, expires_at FROM media"
+            " WHERE id = ? AND expires_at > ?",
+            (media_id, time.time()),
+        )
+        if row is None:
+            return None
+        return MediaRow(
+            id=row[0],
+            channel=row[1],
+            file_name=row[2],
+            mime_type=row[3],
+            data=bytes(row[4]),
+            expires_at=row[5],
+        )
+
+    async def purge_media(self, now: float) -> int:
+        return await self._write("DELETE FROM media WHERE expires_at <= ?", (now,))
+
     async def last_inbound_at(self, channel: str, thread: str) -> float | None:
         row = await self._one(
             "SELECT MAX(created_at) FROM messages"
@@ -497,9 +662,19 @@ class SqliteStore(Store):
         return counts
 
 
-async def _intake(
-    db: aiosqlite.Connection, items: Sequence[Intake], now: float
-) -> list[IntakeResult]:
+def _intake_tx(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list[IntakeResult]:
+    """:func:`_intake` in a transaction of its own (in the intake connection's thread)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        results = _intake(db, items, now)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return results
+
+
+def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list[IntakeResult]:
     """Write a batch of intakes with a few multi-row statements (the transaction is open).
 
     Messages go first, ``ON CONFLICT DO NOTHING``; the rows the insert returns tell which were
@@ -524,13 +699,13 @@ async def _intake(
                 now,
                 now,
             )
-        async with db.execute(
+        rows = db.execute(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES {values}"  # noqa: S608
             " ON CONFLICT DO NOTHING"
             " RETURNING id, channel, direction, provider_message_id, unblu_message_id",
             params,
-        ) as cur:
-            inserted.update(tuple(r) for r in await cur.fetchall())
+        ).fetchall()
+        inserted.update(tuple(r) for r in rows)
 
     results: list[IntakeResult] = []
     jobs: list[tuple[Any, ...]] = []
@@ -540,7 +715,7 @@ async def _intake(
         if m is not None:
             key = (m.id, m.channel, m.direction, m.provider_message_id, m.unblu_message_id)
             if key not in inserted:
-                results.append(IntakeResult(accepted=False, message_id=await _existing(db, m)))
+                results.append(IntakeResult(accepted=False, message_id=_existing(db, m)))
                 continue
             inserted.discard(key)  # a later item with the same key is a duplicate of this one
             message_id = m.id
@@ -561,7 +736,7 @@ async def _intake(
 
     for rows in _chunks(jobs, 500):
         values = ",".join(["(?, ?, ?, ?, 'ready', 0, ?, ?, ?)"] * len(rows))
-        await db.execute(
+        db.execute(
             "INSERT INTO jobs (kind, lane, payload, message_id, state, attempts,"  # noqa: S608
             f" next_at, created_at, updated_at) VALUES {values}",
             [v for row in rows for v in row],
@@ -569,15 +744,14 @@ async def _intake(
     return results
 
 
-async def _existing(db: aiosqlite.Connection, m: NewMessage) -> str | None:
+def _existing(db: sqlite3.Connection, m: NewMessage) -> str | None:
     """The id of the stored message ``m`` duplicates."""
-    async with db.execute(
+    row = db.execute(
         "SELECT id FROM messages WHERE channel = ? AND direction = ? AND"
         " (provider_message_id = ? OR unblu_message_id = ?)"
         " UNION ALL SELECT id FROM messages WHERE id = ? LIMIT 1",
         (m.channel, m.direction, m.provider_message_id, m.unblu_message_id, m.id),
-    ) as cur:
-        row = await cur.fetchone()
+    ).fetchone()
     return str(row[0]) if row else None
 
 

@@ -13,7 +13,7 @@ import logging
 from aiohttp import web
 
 from ..flows import payloads as p
-from ..models import Channel
+from ..models import Channel, MessageState
 from ..runtime import RUNTIME, Runtime
 from ..store.base import Intake, NewJob, NewMessage
 from . import calls, signing
@@ -114,9 +114,26 @@ async def _accept_agent_message(
             )
         ]
     )
-    if not result.accepted:
-        log.info("duplicate delivery of Unblu message %s ignored", message.id)
+    if not result.accepted and result.message_id:
+        await _retry_if_failed(runtime, result.message_id)
     return result.message_id
+
+
+async def _retry_if_failed(runtime: Runtime, message_id: str) -> None:
+    """A repeated request for a message that failed is the agent asking to try again."""
+    row = await runtime.store.get_message(message_id)
+    if row is None or row.state != MessageState.FAILED:
+        log.info(
+            "duplicate delivery of Unblu message %s ignored", row.unblu_message_id if row else "?"
+        )
+        return
+    kind = p.kind_of(p.OutboundMessageJob)
+    for job in await runtime.store.list_jobs(("dead",), limit=10_000):
+        if job.message_id == message_id and job.kind == kind:
+            await runtime.store.retry_job(job.id)
+            log.info("message %s sent again at the agent's request (job %d)", message_id, job.id)
+    assert runtime.engine is not None
+    runtime.engine.wake()
 
 
 async def _accept_message_state(

@@ -56,6 +56,7 @@ def extmsg_messenger_types() -> MessengerType:
         contact_identifier_name="phone",
         routes=(Route(name="inbound", path="inbound"), Route(name="status", path="status")),
         max_text_length=TWILIO_MAX_BODY,
+        media_by_url=True,
     )
 
 

@@ -236,7 +236,7 @@ async def test_stop_blocks_sends_until_start(world: World) -> None:
     await world.message_in(conv["id"], "Welcome back", "DELIVERED")
 
 
-async def test_agent_file_without_public_url_fails_readably(world: World) -> None:
+async def test_agent_file_goes_out_as_a_signed_media_link(world: World) -> None:
     await world.text("Can you send me the form?")
     conv = await world.conversation()
     data = base64.b64encode(b"%PDF-1.4 form").decode()
@@ -244,17 +244,27 @@ async def test_agent_file_without_public_url_fails_readably(world: World) -> Non
         f"conversations/{conv['id']}/messages",
         "POST",
         file={"name": "form.pdf", "mimeType": "application/pdf", "data": data},
+        senderName="Anna",
     )
 
-    async def failed_file() -> dict[str, Any] | None:
+    async def delivered_file() -> dict[str, Any] | None:
         for m in await world.messages(conv["id"]):
-            if m["type"] == "FILE" and m["state"] == "FAILED":
+            if m["type"] == "FILE" and m["state"] == "DELIVERED":
                 return m
         return None
 
-    failed = await eventually(failed_file)
-    assert "public media URL" in failed["failureText"]
-    assert world.fake.messages == []
+    await eventually(delivered_file)
+    [sent] = world.fake.messages
+    [url] = sent["media_urls"]
+    assert url.startswith(f"{world.base}/media/sms/")
+    assert sent["body"] == "Anna:"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(url) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "application/pdf"
+            assert await resp.read() == b"%PDF-1.4 form"
+        async with session.get(url.replace("signature=", "signature=0")) as resp:
+            assert resp.status == 404
 
 
 async def test_long_agent_message_is_split(world: World) -> None:
