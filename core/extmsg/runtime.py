@@ -113,6 +113,7 @@ class Runtime:
         await self.engine.start()
         if self.unblu is not None and u.provision and self.channels:
             self.tasks.create(self._provision_until_done(), name="provision-channels")
+        self.tasks.create(self._housekeeping(), name="housekeeping")
         self.ready = True
         log.info(
             "extmsg ready: %d channel(s), Unblu %s, in %.0f ms",
@@ -152,6 +153,18 @@ class Runtime:
             if self.engine is not None:
                 self.engine.wake()
             return
+
+    async def _housekeeping(self, every: float = 600.0) -> None:
+        """Drop published files whose links have expired."""
+        while True:
+            try:
+                purged = await self.store.purge_media(time.time())
+            except Exception:  # noqa: BLE001 - tried again next round
+                log.exception("purging expired media failed")
+            else:
+                if purged:
+                    log.info("purged %d expired media file(s)", purged)
+            await asyncio.sleep(every)
 
     @property
     def provisioned(self) -> bool:
