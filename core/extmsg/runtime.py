@@ -159,7 +159,7 @@ class Runtime:
         while True:
             try:
                 purged = await self.store.purge_media(time.time())
-            except Exception:  # noqa: BLE001 - tried again next round
+            except Exception:
                 log.exception("purging expired media failed")
             else:
                 if purged:
