@@ -386,3 +386,13 @@ async def test_media_expires_and_is_purged(store: Store) -> None:
     assert await store.get_media("m2") is None
     assert await store.purge_media(now) == 1
     assert await store.get_media("m1") is not None
+
+
+async def test_thread_meta_merges_and_forgets(store: Store) -> None:
+    assert await store.thread_meta("mail", "t1") == {}
+    await store.put_thread_meta("mail", "t1", {"subject": "Opening hours", "last": "<a@x>"})
+    await store.put_thread_meta("mail", "t1", {"last": "<b@x>"})
+    await store.put_thread_meta("mail", "t2", {"subject": "Other"})
+    assert await store.thread_meta("mail", "t1") == {"subject": "Opening hours", "last": "<b@x>"}
+    await store.put_thread_meta("mail", "t1", {"subject": ""})
+    assert await store.thread_meta("mail", "t1") == {"last": "<b@x>"}

@@ -59,7 +59,7 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 # --- HTTP edges -------------------------------------------------------------------------------
-class InboundRequest(Struct, frozen=True):
+class InboundRequest(Struct, frozen=True, dict=True):
     """A provider's HTTP request, as the core received it.
 
     :ivar url: the public URL the provider called (rebuilt from ``server.public_url`` and
@@ -80,8 +80,16 @@ class InboundRequest(Struct, frozen=True):
         return self.headers.get(name.lower(), default)
 
     def form(self) -> list[tuple[str, str]]:
-        """The body as ``application/x-www-form-urlencoded`` pairs, in order."""
-        return parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+        """The body as ``application/x-www-form-urlencoded`` pairs, in order.
+
+        Parsed once per request (verifying and parsing both need it); each call answers a
+        list of its own.
+        """
+        cached: list[tuple[str, str]] | None = self.__dict__.get("_form")
+        if cached is None:
+            cached = parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+            self.__dict__["_form"] = cached
+        return list(cached)
 
     def query_value(self, name: str) -> str | None:
         for key, value in self.query:

@@ -5,7 +5,7 @@ The tag is the job kind, so ``decode`` needs nothing but the payload.
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Literal
 
 import msgspec
@@ -110,4 +110,4 @@ def lane(channel: str, key: str) -> str:
 
 def new_id() -> str:
     """Our id for a message (Unblu's ``externalMessageId``, providers' references)."""
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()

@@ -303,6 +303,14 @@ class Store(abc.ABC):
         """The outbound message one of whose parts the provider knows by this id."""
 
     @abc.abstractmethod
+    async def thread_meta(self, channel: str, thread: str) -> dict[str, str]:
+        """What a messenger remembered about a thread (e.g. a mail's subject); may be empty."""
+
+    @abc.abstractmethod
+    async def put_thread_meta(self, channel: str, thread: str, meta: dict[str, str]) -> None:
+        """Merge ``meta`` into the thread's remembered values (a key set to "" is removed)."""
+
+    @abc.abstractmethod
     async def put_media(self, row: MediaRow) -> None: ...
 
     @abc.abstractmethod

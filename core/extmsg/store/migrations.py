@@ -135,6 +135,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX media_expiry ON media (expires_at);
         """,
     ),
+    Migration(
+        6,
+        "what messengers remember per thread (a mail thread's subject and last Message-ID)",
+        """
+        CREATE TABLE thread_meta (
+            channel TEXT NOT NULL,
+            thread TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (channel, thread, key)
+        );
+        """,
+    ),
 )
 
 # Times are epoch seconds (DOUBLE PRECISION) as in SQLite, so both stores hand out the same rows
@@ -244,6 +258,20 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             expires_at DOUBLE PRECISION NOT NULL
         );
         CREATE INDEX media_expiry ON media (expires_at);
+        """,
+    ),
+    Migration(
+        4,
+        "what messengers remember per thread (a mail thread's subject and last Message-ID)",
+        """
+        CREATE TABLE thread_meta (
+            channel TEXT NOT NULL,
+            thread TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (channel, thread, key)
+        );
         """,
     ),
 )

@@ -720,6 +720,37 @@ class PostgresStore(Store):
         )
         return _message(row) if row else None
 
+    async def thread_meta(self, channel: str, thread: str) -> dict[str, str]:
+        rows = await self._fetch(
+            "SELECT key, value FROM thread_meta WHERE channel = $1 AND thread = $2",
+            channel,
+            thread,
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    async def put_thread_meta(self, channel: str, thread: str, meta: dict[str, str]) -> None:
+        now = time.time()
+        async with self._tx() as conn:
+            for key, value in meta.items():
+                if value:
+                    await conn.execute(
+                        "INSERT INTO thread_meta (channel, thread, key, value, updated_at)"
+                        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel, thread, key)"
+                        " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                        channel,
+                        thread,
+                        key,
+                        value,
+                        now,
+                    )
+                else:
+                    await conn.execute(
+                        "DELETE FROM thread_meta WHERE channel = $1 AND thread = $2 AND key = $3",
+                        channel,
+                        thread,
+                        key,
+                    )
+
     async def put_media(self, row: MediaRow) -> None:
         await self._execute(
             "INSERT INTO media (id, channel, file_name, mime_type, data, expires_at)"

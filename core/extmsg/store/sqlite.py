@@ -91,7 +91,7 @@ LIMIT ?
 
 # A claim is one statement (its own transaction): lease the heads one of the queries finds.
 _CLAIM = (
-    "UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ?"
+    "UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ?"  # noqa: S608
     f" WHERE id IN ({{heads}}) RETURNING {_JOB_COLUMNS}"
 )
 _CLAIM_OLDEST = _CLAIM.format(heads=_OLDEST_HEADS)
@@ -620,6 +620,30 @@ class SqliteStore(Store):
         )
         return _message(row) if row else None
 
+    async def thread_meta(self, channel: str, thread: str) -> dict[str, str]:
+        rows = await self._all(
+            "SELECT key, value FROM thread_meta WHERE channel = ? AND thread = ?",
+            (channel, thread),
+        )
+        return {str(r[0]): str(r[1]) for r in rows}
+
+    async def put_thread_meta(self, channel: str, thread: str, meta: dict[str, str]) -> None:
+        now = time.time()
+        async with self._tx() as db:
+            for key, value in meta.items():
+                if value:
+                    await db.execute(
+                        "INSERT INTO thread_meta (channel, thread, key, value, updated_at)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel, thread, key)"
+                        " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                        (channel, thread, key, value, now),
+                    )
+                else:
+                    await db.execute(
+                        "DELETE FROM thread_meta WHERE channel = ? AND thread = ? AND key = ?",
+                        (channel, thread, key),
+                    )
+
     async def put_media(self, row: MediaRow) -> None:
         await self._write(
             "INSERT INTO media (id, channel, file_name, mime_type, data, expires_at)"
@@ -699,13 +723,13 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
                 now,
                 now,
             )
-        rows = db.execute(
+        returned = db.execute(
             f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES {values}"  # noqa: S608
             " ON CONFLICT DO NOTHING"
             " RETURNING id, channel, direction, provider_message_id, unblu_message_id",
             params,
         ).fetchall()
-        inserted.update(tuple(r) for r in rows)
+        inserted.update(tuple(r) for r in returned)
 
     results: list[IntakeResult] = []
     jobs: list[tuple[Any, ...]] = []

@@ -118,9 +118,11 @@ class MailIntake:
         self,
         acceptor: Acceptor,
         books: Callable[[str], threads.ThreadBook] | None = None,
+        memory: threads.ThreadStore | None = None,
     ) -> None:
         self.acceptor = acceptor
         self._books = books
+        self.memory = memory
 
     def book(self, channel: str) -> threads.ThreadBook | None:
         return self._books(channel) if self._books is not None else None
@@ -163,4 +165,5 @@ class MailIntake:
                 threads.clean_subject(parsed.subject),
                 [*parsed.references, *parsed.in_reply_to],
             )
+            await threads.remember(self.memory, channel.name, thread, book)
         return events

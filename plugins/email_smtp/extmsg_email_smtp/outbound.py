@@ -125,7 +125,10 @@ def _tls_context(settings: EmailSettings) -> ssl.SSLContext:
 
 
 async def send(
-    channel: Channel, message: OutboundMessage, book: threads.ThreadBook | None
+    channel: Channel,
+    message: OutboundMessage,
+    book: threads.ThreadBook | None,
+    memory: threads.ThreadStore | None = None,
 ) -> SendResult:
     """Send ``message``; raises Retryable/PermanentError from what the server said."""
     settings: EmailSettings = channel.settings
@@ -133,6 +136,11 @@ async def send(
         raise PermanentError(f"Not sent: {message.contact.address!r} is not a valid email address")
     thread = message.thread or message.contact.address
     info = book.get(thread) if book is not None else None
+    if info is None and book is not None and memory is not None:
+        remembered = threads.info_from_meta(await memory.thread_meta(channel.name, thread))
+        if remembered is not None:
+            book.seed(thread, remembered)
+            info = book.get(thread)
     if info is not None:
         info = msgspec.structs.replace(info, references=list(info.references))
     try:
@@ -159,4 +167,5 @@ async def send(
     message_id = str(mail["Message-ID"])
     if book is not None:
         book.record_outbound(thread, message_id, str(mail["Subject"]).removeprefix("Re: "))
+        await threads.remember(memory, channel.name, thread, book)
     return SendResult(provider_message_id=message_id)

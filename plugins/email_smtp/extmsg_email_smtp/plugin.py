@@ -27,7 +27,7 @@ from .imap_in import ImapPoller
 from .inbound import Acceptor, MailIntake
 from .settings import EmailSettings
 from .smtp_in import Listener, listeners_for
-from .threads import ThreadBook
+from .threads import ThreadBook, ThreadStore
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -49,6 +49,7 @@ class EmailState:
         self.pollers: list[ImapPoller] = []
         self.books: dict[str, ThreadBook] = {}
         self.intake: MailIntake | None = None
+        self.memory: ThreadStore | None = None
 
     def book(self, channel: str) -> ThreadBook:
         book = self.books.get(channel)
@@ -56,9 +57,15 @@ class EmailState:
             book = self.books[channel] = ThreadBook()
         return book
 
-    async def start(self, acceptor: Acceptor, channels: Sequence[Channel]) -> None:
+    async def start(
+        self,
+        acceptor: Acceptor,
+        channels: Sequence[Channel],
+        memory: ThreadStore | None = None,
+    ) -> None:
         """Start receiving for ``channels``; a listener that cannot bind stops the start."""
-        self.intake = MailIntake(acceptor, self.book)
+        self.memory = memory
+        self.intake = MailIntake(acceptor, self.book, memory)
         try:
             for listener in listeners_for(channels, self.intake):
                 await listener.start()
@@ -120,7 +127,7 @@ async def extmsg_startup(app: web.Application, config: Config) -> None:
     runtime = app[RUNTIME]
     channels = runtime.channels_of(NAME)
     if channels:
-        await state.start(runtime, channels)
+        await state.start(runtime, channels, runtime.store)
 
 
 @hookimpl
@@ -153,7 +160,7 @@ def extmsg_render_outbound(
 def extmsg_send(channel: Channel, message: OutboundMessage) -> Awaitable[SendResult] | None:
     if not _ours(channel):
         return None
-    return outbound.send(channel, message, state.book(channel.name))
+    return outbound.send(channel, message, state.book(channel.name), state.memory)
 
 
 @hookimpl

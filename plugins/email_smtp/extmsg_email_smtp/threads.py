@@ -13,7 +13,9 @@ with the channel's webhook secret: a token is honoured only from the contact it 
 so a forwarded mail cannot make a stranger write into someone else's conversation.
 
 Subjects and the Message-IDs a reply should point at are kept in memory per thread
-(:class:`ThreadBook`); after a restart the first reply has the channel's generic subject and
+(:class:`ThreadBook`), backed by the core's store (:class:`ThreadStore`) so that a restart or
+another instance keeps the subject and the References; without a store the first reply after a
+restart has the channel's generic subject and
 no In-Reply-To, which costs the customer's mail client its grouping but not ours.
 """
 
@@ -22,23 +24,29 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 import msgspec
 
 from . import addresses
 
+log = logging.getLogger("extmsg.email")
+
 __all__ = [
     "CONTACT_TAG",
     "ThreadBook",
     "ThreadInfo",
+    "ThreadStore",
     "clean_subject",
     "is_token",
     "make_message_id",
     "message_id_token",
     "new_token",
+    "remember",
     "reply_to_address",
     "resolve_thread",
     "split_message_ids",
@@ -134,6 +142,32 @@ class ThreadInfo(msgspec.Struct, kw_only=True):
     last_inbound: str | None = None
 
 
+class ThreadStore(Protocol):
+    """Where thread memory outlives the process: the core's store."""
+
+    async def thread_meta(self, channel: str, thread: str) -> dict[str, str]: ...
+
+    async def put_thread_meta(self, channel: str, thread: str, meta: dict[str, str]) -> None: ...
+
+
+def info_to_meta(info: ThreadInfo) -> dict[str, str]:
+    return {
+        "subject": info.subject,
+        "references": " ".join(info.references),
+        "last_inbound": info.last_inbound or "",
+    }
+
+
+def info_from_meta(meta: Mapping[str, str]) -> ThreadInfo | None:
+    if not meta:
+        return None
+    return ThreadInfo(
+        subject=meta.get("subject", ""),
+        references=meta.get("references", "").split(),
+        last_inbound=meta.get("last_inbound") or None,
+    )
+
+
 class ThreadBook:
     """Per-process memory of subjects and Message-IDs by thread, bounded (oldest forgotten)."""
 
@@ -150,6 +184,14 @@ class ThreadBook:
         if info is not None:
             self._threads.move_to_end(thread)
         return info
+
+    def seed(self, thread: str, info: ThreadInfo) -> None:
+        """Take what the store remembered of a thread this process has not seen yet."""
+        if thread not in self._threads:
+            self._info(thread)
+            self._threads[thread] = info
+            for mid in info.references:
+                self._remember(mid, thread)
 
     def thread_of(self, message_id: str) -> str | None:
         """The thread of a Message-ID we have seen (inbound or outbound)."""
@@ -231,3 +273,15 @@ def resolve_thread(
     if referred or new_mail_rule == "same":
         return contact, "contact"
     return new_token(secret, contact, message_id), "new"
+
+
+async def remember(memory: ThreadStore | None, channel: str, thread: str, book: ThreadBook) -> None:
+    """Keep the thread's subject and references in the store. A failure here must not undo
+    what already happened (a sent mail, an accepted one): it is logged, not raised."""
+    info = book.get(thread)
+    if memory is None or info is None:
+        return
+    try:
+        await memory.put_thread_meta(channel, thread, info_to_meta(info))
+    except Exception:
+        log.exception("email %s: could not remember the thread's subject and references", channel)

@@ -100,10 +100,29 @@ def load_case(name: str) -> tuple[bytes, dict[str, Any]]:
     return raw, expected
 
 
+class MemoryThreadStore:
+    """The thread-memory part of the core's store, in a dict."""
+
+    def __init__(self) -> None:
+        self.meta: dict[tuple[str, str], dict[str, str]] = {}
+
+    async def thread_meta(self, channel: str, thread: str) -> dict[str, str]:
+        return dict(self.meta.get((channel, thread), {}))
+
+    async def put_thread_meta(self, channel: str, thread: str, meta: dict[str, str]) -> None:
+        current = self.meta.setdefault((channel, thread), {})
+        for key, value in meta.items():
+            if value:
+                current[key] = value
+            else:
+                current.pop(key, None)
+
+
 class FakeRuntime:
     """Stands in for ``extmsg.runtime.Runtime.accept``: records, dedups, fails on demand."""
 
     def __init__(self) -> None:
+        self.store = MemoryThreadStore()
         self.accepted: list[tuple[str, list[InboundEvent]]] = []
         self.fail: BaseException | None = None
         self.delay = 0.0

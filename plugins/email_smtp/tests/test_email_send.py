@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from email_testkit import FakeRuntime, SmtpSink, channel, load_case
 from extmsg.errors import PermanentError, RetryableError
 from extmsg.models import Attachment, Channel, Contact, OutboundMessage
 from extmsg.plugins import Hooks
+from extmsg.store.sqlite import SqliteStore
 from extmsg_email_smtp import plugin, threads
 from extmsg_email_smtp.fake import RecordingHandler
 from extmsg_email_smtp.inbound import MailIntake, events_for
@@ -97,6 +99,32 @@ async def test_reply_keeps_subject_and_threading_headers(hooks: Hooks, smtp_sink
     second, _ = _newest(smtp_sink)
     assert str(second["In-Reply-To"]).strip() == customer_id
     assert str(second["References"]).split() == [*refs, "<extmsg.c.01HZY0OUT0001@acme.example>"]
+
+
+async def test_thread_memory_survives_a_restart(
+    hooks: Hooks, smtp_sink: SmtpSink, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subject and References come back from the core's store in a new process."""
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    try:
+        ch = _sink_channel(smtp_sink)
+        raw, _ = load_case("gmail_reply")
+        runtime = FakeRuntime()
+        await MailIntake(runtime, plugin.state.book, store).deliver(ch, raw)
+        customer_id = runtime.messages()[0].provider_message_id
+        # A new process: nothing in memory, only the store.
+        monkeypatch.setattr(plugin.state, "books", {})
+        monkeypatch.setattr(plugin.state, "memory", store)
+        await hooks.send(ch, _message())
+        mail, _ = _newest(smtp_sink)
+        assert mail["Subject"] == "Re: Your password reset"
+        assert str(mail["In-Reply-To"]).strip() == customer_id
+        remembered = await store.thread_meta(ch.name, "jane.doe@gmail.com")
+        assert remembered["subject"] == "Your password reset"
+        assert str(mail["Message-ID"]) in remembered["references"].split()
+    finally:
+        await store.close()
 
 
 async def test_token_thread_round_trip(hooks: Hooks, smtp_sink: SmtpSink) -> None:
