@@ -4,6 +4,7 @@
     python3 dev.py sandbox   # venv + install, then `extmsg serve --sandbox`
     python3 dev.py test      # venv + install, then the whole test suite
     python3 dev.py lint      # venv + install, then ruff and mypy
+    python3 dev.py bench     # venv + install, then the benchmarks (--quick: under a minute)
 
 Needs only Python 3.11+ with pip and venv. The virtual environment lives in ``.venv``; it is
 (re)installed when a pyproject.toml changed since the last install.
@@ -59,7 +60,7 @@ def run(*args: str) -> int:
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     rest = argv[1:]
-    if command not in ("sandbox", "test", "lint", "setup"):
+    if command not in ("sandbox", "test", "lint", "bench", "setup"):
         print(__doc__)
         return 0 if command in ("help", "-h", "--help") else 2
     setup()
@@ -70,6 +71,8 @@ def main(argv: list[str]) -> int:
         return run("pytest", *rest)
     if command == "lint":
         return run("ruff", "check", ".") or run("mypy")
+    if command == "bench":
+        return subprocess.call([str(PY), str(ROOT / "benchmarks" / "run.py"), *rest], cwd=ROOT)
     return 0
 
 

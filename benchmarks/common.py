@@ -1,0 +1,106 @@
+"""What the benchmark's processes share: the channel's credentials, signing, ports, percentiles.
+
+The signatures are written out here from the providers' documentation rather than imported
+from extmsg, so a request the generator signs is checked by the server's own code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import math
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+CHANNEL = "sms"
+ACCOUNT_SID = "AC" + "be7c" * 8
+AUTH_TOKEN = "bench-auth-token-5f2a9c"  # noqa: S105 - a fake's credential
+FROM_NUMBER = "+15005550006"
+WEBHOOK_SECRET = "bench-webhook-secret"  # noqa: S105
+SANDBOX_USER = "admin"
+SANDBOX_PASSWORD = "admin"  # noqa: S105 - the sandbox's documented default
+
+#: Keys are fixed-length: the collectors group receipts by their first PREFIX_LEN characters.
+PREFIX_LEN = 8
+#: The ``x-unblu-service-name`` of an agent message for a v4 channel.
+NEW_MESSAGE_SERVICE = "outbound.external_messenger.new_message"
+
+
+def contact_number(i: int) -> str:
+    return f"+4179{i:07d}"
+
+
+def key_prefix(kind: str, phase: int) -> str:
+    """``SM`` keys are Twilio MessageSids (inbound), ``OB`` keys tag agent messages."""
+    return f"{kind}{phase:06x}"
+
+
+def make_key(prefix: str, seq: int, width: int) -> str:
+    return f"{prefix}{seq:0{width - len(prefix)}x}"
+
+
+def inbound_sid(prefix: str, seq: int) -> str:
+    """A Twilio-shaped MessageSid: ``SM`` and 32 hex digits."""
+    return make_key(prefix, seq, 34)
+
+
+def twilio_signature(url: str, params: Iterable[tuple[str, str]], auth_token: str) -> str:
+    """``X-Twilio-Signature``: base64 HMAC-SHA1 over the URL and the sorted name+value pairs."""
+    data = url + "".join(name + value for name, value in sorted(params))
+    mac = hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()
+    return base64.b64encode(mac).decode()
+
+
+def unblu_signature_256(secret: str, body: bytes) -> str:
+    """``x-unblu-signature-256``: hex HMAC-SHA256 of the raw body with the webhook secret."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, in KiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process used so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every CPU of the machine spent busy since boot (Linux ``/proc/stat``)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def percentiles(
+    values: Sequence[float], points: Sequence[float] = (50, 95, 99)
+) -> dict[str, float]:
+    """Nearest-rank percentiles of ``values`` (empty: NaN)."""
+    ordered = sorted(values)
+    out: dict[str, float] = {}
+    for p in points:
+        if not ordered:
+            out[f"p{p:g}"] = math.nan
+            continue
+        rank = max(1, math.ceil(p / 100 * len(ordered)))
+        out[f"p{p:g}"] = ordered[rank - 1]
+    return out

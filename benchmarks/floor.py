@@ -1,0 +1,101 @@
+"""The floors: the least a server must do for a Twilio inbound webhook, on the same stack.
+
+    python benchmarks/floor.py bare   --port 8001
+    python benchmarks/floor.py sqlite --port 8002 --db /tmp/floor.sqlite3
+
+``bare`` parses the form and answers the empty TwiML extmsg answers. ``sqlite`` does the same
+plus one SQLite commit per request (WAL, ``synchronous=NORMAL`` like extmsg's store, through
+aiosqlite like the store): the request's row is inserted in its own autocommitted statement
+before the answer. Neither checks the signature. ``GET /readyz`` answers 200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import aiosqlite
+from aiohttp import web
+
+TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response/>'
+PATH = "/channels/{channel}/inbound"
+DB = web.AppKey("db", aiosqlite.Connection)
+
+
+async def bare(request: web.Request) -> web.Response:
+    form = await request.post()
+    if not form.get("MessageSid"):
+        return web.Response(status=400, text="no MessageSid")
+    return web.Response(body=TWIML, content_type="text/xml")
+
+
+async def with_commit(request: web.Request) -> web.Response:
+    form = await request.post()
+    sid = form.get("MessageSid")
+    if not sid:
+        return web.Response(status=400, text="no MessageSid")
+    await request.app[DB].execute(
+        "INSERT INTO messages (sid, sender, body, created_at) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT DO NOTHING",
+        (str(sid), str(form.get("From", "")), str(form.get("Body", "")), time.time()),
+    )
+    return web.Response(body=TWIML, content_type="text/xml")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ready"})
+
+
+def create_app(kind: str, db_path: str | None) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/readyz", readyz)
+    if kind == "bare":
+        app.router.add_post(PATH, bare)
+        return app
+    if db_path is None:
+        raise SystemExit("sqlite needs --db")
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        db = await aiosqlite.connect(db_path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute(
+            "CREATE TABLE IF NOT EXISTS messages (sid TEXT PRIMARY KEY, sender TEXT,"
+            " body TEXT, created_at REAL)"
+        )
+        app[DB] = db
+        yield
+        await db.close()
+
+    app.cleanup_ctx.append(database)
+    app.router.add_post(PATH, with_commit)
+    return app
+
+
+async def serve(kind: str, port: int, db_path: str | None) -> None:
+    runner = web.AppRunner(create_app(kind, db_path), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description="a floor server")
+    parser.add_argument("kind", choices=("bare", "sqlite"))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--db")
+    args = parser.parse_args(argv)
+    asyncio.run(serve(args.kind, args.port, args.db))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
