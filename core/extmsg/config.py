@@ -81,12 +81,15 @@ class UnbluConfig(_Section, frozen=True):
 
 
 class EngineConfig(_Section, frozen=True):
-    workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
+    #: Jobs running at once (each mostly waits on a remote API), at most one per lane.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 10
     backoff_initial: Positive = 1.0
     backoff_max: Positive = 300.0
     lease_seconds: Positive = 60.0
     group_commit_ms: Annotated[float, msgspec.Meta(ge=0)] = 2.0
+    #: Finished jobs are kept this long for ``extmsg outbox``, then deleted. Dead letters stay.
+    keep_done_hours: Annotated[float, msgspec.Meta(ge=0)] = 24.0
 
 
 class ChannelConfig(_Section, frozen=True):

@@ -35,7 +35,9 @@ timeout = 10.0
 provision = true
 
 [engine]
-workers = 16
+workers = 64
+# Finished jobs stay visible in `extmsg outbox list --state done` this long; dead letters stay.
+keep_done_hours = 24
 max_attempts = 10
 backoff_initial = 1.0
 backoff_max = 300.0

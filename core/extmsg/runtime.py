@@ -155,15 +155,17 @@ class Runtime:
             return
 
     async def _housekeeping(self, every: float = 600.0) -> None:
-        """Drop published files whose links have expired."""
+        """Drop published files whose links have expired, and finished jobs past keeping."""
+        keep = self.config.engine.keep_done_hours * 3600
         while True:
             try:
-                purged = await self.store.purge_media(time.time())
+                media = await self.store.purge_media(time.time())
+                jobs = await self.store.purge_jobs(("done",), older_than=keep)
             except Exception:
-                log.exception("purging expired media failed")
+                log.exception("housekeeping failed; trying again later")
             else:
-                if purged:
-                    log.info("purged %d expired media file(s)", purged)
+                if media or jobs:
+                    log.info("purged %d expired media file(s), %d finished job(s)", media, jobs)
             await asyncio.sleep(every)
 
     @property
