@@ -60,6 +60,16 @@ from .base import (
     Store,
 )
 from .migrations import POSTGRES_MIGRATIONS
+from .rows import (
+    JOB_COLUMNS,
+    MESSAGE_COLUMNS,
+    channel_row,
+    conversation_row,
+    job_row,
+    media_row,
+    message_key,
+    message_row,
+)
 
 __all__ = ["PostgresStore"]
 
@@ -75,14 +85,6 @@ _THREAD_LOCK = 0x65786D02
 # lock table (sized by max_locks_per_transaction), so a large claim is taken in rounds.
 _CLAIM_ROUND = 256
 
-_JOB_COLUMNS = (
-    "id, kind, lane, payload, state, attempts, next_at, message_id, lease_until, last_error, "
-    "created_at, updated_at"
-)
-_MESSAGE_COLUMNS = (
-    "id, channel, direction, thread, provider_message_id, unblu_message_id, conversation_id, "
-    "state, error, created_at, updated_at"
-)
 _LEASE_EXPIRED = "the worker running it stopped before it finished (lease expired)"
 
 _RECLAIM = """
@@ -147,11 +149,11 @@ WHERE j.id = ANY($1::bigint[]) AND j.state = 'ready' AND j.next_at <= $2
   AND j.id = (SELECT MIN(u.id) FROM jobs AS u
               WHERE u.lane = j.lane AND u.state IN ('ready', 'running'))
   AND NOT EXISTS (SELECT 1 FROM jobs AS r WHERE r.lane = j.lane AND r.state = 'running')
-RETURNING {_JOB_COLUMNS}
+RETURNING {JOB_COLUMNS}
 """  # noqa: S608
 
 _INSERT_MESSAGES = f"""
-INSERT INTO messages ({_MESSAGE_COLUMNS})
+INSERT INTO messages ({MESSAGE_COLUMNS})
 SELECT m.id, m.channel, m.direction, m.thread, m.provider, m.unblu, m.conversation, m.state,
        NULL, $9, $9
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -346,14 +348,14 @@ class PostgresStore(Store):
             " FROM channels WHERE name = $1",
             name,
         )
-        return _channel(row) if row else None
+        return channel_row(row) if row else None
 
     async def list_channels(self) -> list[ChannelRow]:
         rows = await self._fetch(
             "SELECT name, messenger, unblu_channel_id, webhook_status, provisioned_at"
             " FROM channels ORDER BY name"
         )
-        return [_channel(r) for r in rows]
+        return [channel_row(r) for r in rows]
 
     async def get_contact(self, channel: str, address: str) -> ContactRow | None:
         row = await self._fetchrow(
@@ -417,13 +419,13 @@ class PostgresStore(Store):
             channel,
             thread,
         )
-        return _conversation(row) if row else None
+        return conversation_row(row) if row else None
 
     async def find_conversation(self, unblu_conversation_id: str) -> ConversationRow | None:
         row = await self._fetchrow(
             f"{self._CONV} WHERE unblu_conversation_id = $1", unblu_conversation_id
         )
-        return _conversation(row) if row else None
+        return conversation_row(row) if row else None
 
     async def add_conversation(self, row: ConversationRow) -> None:
         now = time.time()
@@ -480,10 +482,10 @@ class PostgresStore(Store):
 
     async def get_message(self, message_id: str) -> MessageRow | None:
         row = await self._fetchrow(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = $1",  # noqa: S608
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1",  # noqa: S608
             message_id,
         )
-        return _message(row) if row else None
+        return message_row(row) if row else None
 
     async def find_message(
         self,
@@ -493,20 +495,15 @@ class PostgresStore(Store):
         provider_message_id: str | None = None,
         unblu_message_id: str | None = None,
     ) -> MessageRow | None:
-        if provider_message_id is not None:
-            column, value = "provider_message_id", provider_message_id
-        elif unblu_message_id is not None:
-            column, value = "unblu_message_id", unblu_message_id
-        else:
-            raise ValueError("give provider_message_id or unblu_message_id")
+        column, value = message_key(provider_message_id, unblu_message_id)
         row = await self._fetchrow(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608
+            f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608
             f" WHERE channel = $1 AND direction = $2 AND {column} = $3",
             channel,
             direction,
             value,
         )
-        return _message(row) if row else None
+        return message_row(row) if row else None
 
     async def update_message(
         self,
@@ -571,7 +568,7 @@ class PostgresStore(Store):
             rows = await conn.fetch(
                 _TAKE, [job_id for _, job_id in candidates], now, now + lease_seconds
             )
-        jobs = [_job(r) for r in rows]
+        jobs = [job_row(r) for r in rows]
         jobs.sort(key=lambda j: (j.next_at, j.id))
         return jobs
 
@@ -629,19 +626,19 @@ class PostgresStore(Store):
         self, states: Sequence[JobState] = ("ready", "running", "dead"), limit: int = 100
     ) -> list[Job]:
         rows = await self._fetch(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = ANY($1::text[])"  # noqa: S608
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = ANY($1::text[])"  # noqa: S608
             " ORDER BY id LIMIT $2",
             list(states),
             limit,
         )
-        return [_job(r) for r in rows]
+        return [job_row(r) for r in rows]
 
     async def get_job(self, job_id: int) -> Job | None:
         row = await self._fetchrow(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = $1",  # noqa: S608
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1",  # noqa: S608
             job_id,
         )
-        return _job(row) if row else None
+        return job_row(row) if row else None
 
     async def retry_job(self, job_id: int) -> bool:
         now = time.time()
@@ -712,13 +709,13 @@ class PostgresStore(Store):
         self, channel: str, provider_message_id: str
     ) -> MessageRow | None:
         row = await self._fetchrow(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ("  # noqa: S608
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ("  # noqa: S608
             " SELECT message_id FROM message_parts"
             " WHERE channel = $1 AND provider_message_id = $2 LIMIT 1)",
             channel,
             provider_message_id,
         )
-        return _message(row) if row else None
+        return message_row(row) if row else None
 
     async def thread_meta(self, channel: str, thread: str) -> dict[str, str]:
         rows = await self._fetch(
@@ -770,16 +767,7 @@ class PostgresStore(Store):
             media_id,
             time.time(),
         )
-        if row is None:
-            return None
-        return MediaRow(
-            id=row[0],
-            channel=row[1],
-            file_name=row[2],
-            mime_type=row[3],
-            data=bytes(row[4]),
-            expires_at=row[5],
-        )
+        return media_row(row) if row is not None else None
 
     async def purge_media(self, now: float) -> int:
         return await self._execute("DELETE FROM media WHERE expires_at <= $1", now)
@@ -892,58 +880,3 @@ def _rowcount(status: str) -> int:
     """The row count of a command status such as ``UPDATE 3`` or ``INSERT 0 1``."""
     last = status.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else 0
-
-
-def _channel(row: Any) -> ChannelRow:
-    return ChannelRow(
-        name=row[0],
-        messenger=row[1],
-        unblu_channel_id=row[2],
-        webhook_status=row[3],
-        provisioned_at=row[4],
-    )
-
-
-def _conversation(row: Any) -> ConversationRow:
-    return ConversationRow(
-        channel=row[0],
-        thread=row[1],
-        contact_address=row[2],
-        unblu_conversation_id=row[3],
-        state=row[4],
-        created_at=row[5],
-        ended_at=row[6],
-    )
-
-
-def _message(row: Any) -> MessageRow:
-    return MessageRow(
-        id=row[0],
-        channel=row[1],
-        direction=row[2],
-        thread=row[3],
-        provider_message_id=row[4],
-        unblu_message_id=row[5],
-        conversation_id=row[6],
-        state=MessageState(row[7]),
-        error=row[8],
-        created_at=row[9],
-        updated_at=row[10],
-    )
-
-
-def _job(row: Any) -> Job:
-    return Job(
-        id=row[0],
-        kind=row[1],
-        lane=row[2],
-        payload=bytes(row[3]),
-        state=row[4],
-        attempts=row[5],
-        next_at=row[6],
-        message_id=row[7],
-        lease_until=row[8],
-        last_error=row[9],
-        created_at=row[10],
-        updated_at=row[11],
-    )

@@ -39,17 +39,19 @@ from .base import (
     Store,
 )
 from .migrations import MIGRATIONS
+from .rows import (
+    JOB_COLUMNS,
+    MESSAGE_COLUMNS,
+    channel_row,
+    conversation_row,
+    job_row,
+    media_row,
+    message_key,
+    message_row,
+)
 
 __all__ = ["SqliteStore"]
 
-_JOB_COLUMNS = (
-    "id, kind, lane, payload, state, attempts, next_at, message_id, lease_until, last_error, "
-    "created_at, updated_at"
-)
-_MESSAGE_COLUMNS = (
-    "id, channel, direction, thread, provider_message_id, unblu_message_id, conversation_id, "
-    "state, error, created_at, updated_at"
-)
 
 # The head of every lane (its oldest unfinished job), found by skipping from lane to lane
 # through the partial index of unfinished jobs: a few index seeks per lane however long the
@@ -92,7 +94,7 @@ LIMIT ?
 # A claim is one statement (its own transaction): lease the heads one of the queries finds.
 _CLAIM = (
     "UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ?"  # noqa: S608
-    f" WHERE id IN ({{heads}}) RETURNING {_JOB_COLUMNS}"
+    f" WHERE id IN ({{heads}}) RETURNING {JOB_COLUMNS}"
 )
 _CLAIM_OLDEST = _CLAIM.format(heads=_OLDEST_HEADS)
 _CLAIM_ANY = _CLAIM.format(heads=_LANE_HEADS)
@@ -291,14 +293,14 @@ class SqliteStore(Store):
             " FROM channels WHERE name = ?",
             (name,),
         )
-        return _channel(row) if row else None
+        return channel_row(row) if row else None
 
     async def list_channels(self) -> list[ChannelRow]:
         rows = await self._all(
             "SELECT name, messenger, unblu_channel_id, webhook_status, provisioned_at"
             " FROM channels ORDER BY name"
         )
-        return [_channel(r) for r in rows]
+        return [channel_row(r) for r in rows]
 
     async def get_contact(self, channel: str, address: str) -> ContactRow | None:
         row = await self._one(
@@ -358,14 +360,14 @@ class SqliteStore(Store):
             f"{self._CONV} WHERE channel = ? AND thread = ? AND state = 'active'",
             (channel, thread),
         )
-        return _conversation(row) if row else None
+        return conversation_row(row) if row else None
 
     async def find_conversation(self, unblu_conversation_id: str) -> ConversationRow | None:
         row = await self._one(
             f"{self._CONV} WHERE unblu_conversation_id = ?",
             (unblu_conversation_id,),
         )
-        return _conversation(row) if row else None
+        return conversation_row(row) if row else None
 
     async def add_conversation(self, row: ConversationRow) -> None:
         now = time.time()
@@ -407,10 +409,10 @@ class SqliteStore(Store):
 
     async def get_message(self, message_id: str) -> MessageRow | None:
         row = await self._one(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
             (message_id,),
         )
-        return _message(row) if row else None
+        return message_row(row) if row else None
 
     async def find_message(
         self,
@@ -420,18 +422,13 @@ class SqliteStore(Store):
         provider_message_id: str | None = None,
         unblu_message_id: str | None = None,
     ) -> MessageRow | None:
-        if provider_message_id is not None:
-            column, value = "provider_message_id", provider_message_id
-        elif unblu_message_id is not None:
-            column, value = "unblu_message_id", unblu_message_id
-        else:
-            raise ValueError("give provider_message_id or unblu_message_id")
+        column, value = message_key(provider_message_id, unblu_message_id)
         row = await self._one(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages"  # noqa: S608
+            f"SELECT {MESSAGE_COLUMNS} FROM messages"  # noqa: S608
             f" WHERE channel = ? AND direction = ? AND {column} = ?",
             (channel, direction, value),
         )
-        return _message(row) if row else None
+        return message_row(row) if row else None
 
     async def update_message(
         self,
@@ -487,7 +484,7 @@ class SqliteStore(Store):
                 # and the lanes just claimed are running now: the walk finds the rest.
                 rows += await db.execute_fetchall(_CLAIM_ANY, (lease, now, now, limit - len(rows)))
         rows.sort(key=lambda r: (r[6], r[0]))  # next_at, id: RETURNING has no order
-        return [_job(r) for r in rows]
+        return [job_row(r) for r in rows]
 
     async def renew_lease(self, job_ids: Sequence[int], lease_seconds: float) -> list[int]:
         if not job_ids:
@@ -542,18 +539,18 @@ class SqliteStore(Store):
     ) -> list[Job]:
         marks = ",".join("?" * len(states))
         rows = await self._all(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({marks})"  # noqa: S608
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({marks})"  # noqa: S608
             " ORDER BY id LIMIT ?",
             (*states, limit),
         )
-        return [_job(r) for r in rows]
+        return [job_row(r) for r in rows]
 
     async def get_job(self, job_id: int) -> Job | None:
         row = await self._one(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?",  # noqa: S608
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?",  # noqa: S608
             (job_id,),
         )
-        return _job(row) if row else None
+        return job_row(row) if row else None
 
     async def retry_job(self, job_id: int) -> bool:
         now = time.time()
@@ -613,12 +610,12 @@ class SqliteStore(Store):
         self, channel: str, provider_message_id: str
     ) -> MessageRow | None:
         row = await self._one(
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ("  # noqa: S608
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ("  # noqa: S608
             " SELECT message_id FROM message_parts"
             " WHERE channel = ? AND provider_message_id = ? LIMIT 1)",
             (channel, provider_message_id),
         )
-        return _message(row) if row else None
+        return message_row(row) if row else None
 
     async def thread_meta(self, channel: str, thread: str) -> dict[str, str]:
         rows = await self._all(
@@ -657,16 +654,7 @@ class SqliteStore(Store):
             " WHERE id = ? AND expires_at > ?",
             (media_id, time.time()),
         )
-        if row is None:
-            return None
-        return MediaRow(
-            id=row[0],
-            channel=row[1],
-            file_name=row[2],
-            mime_type=row[3],
-            data=bytes(row[4]),
-            expires_at=row[5],
-        )
+        return media_row(row) if row is not None else None
 
     async def purge_media(self, now: float) -> int:
         return await self._write("DELETE FROM media WHERE expires_at <= ?", (now,))
@@ -724,7 +712,7 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
                 now,
             )
         returned = db.execute(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES {values}"  # noqa: S608
+            f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES {values}"  # noqa: S608
             " ON CONFLICT DO NOTHING"
             " RETURNING id, channel, direction, provider_message_id, unblu_message_id",
             params,
@@ -788,60 +776,3 @@ def _chunks(values: Sequence[T], size: int) -> list[Sequence[T]]:
 
 def _statements(sql: str) -> list[str]:
     return [s.strip() for s in sql.split(";") if s.strip()]
-
-
-def _channel(row: Any) -> ChannelRow:
-    return ChannelRow(
-        name=row[0],
-        messenger=row[1],
-        unblu_channel_id=row[2],
-        webhook_status=row[3],
-        provisioned_at=row[4],
-    )
-
-
-def _conversation(row: Any) -> ConversationRow:
-    return ConversationRow(
-        channel=row[0],
-        thread=row[1],
-        contact_address=row[2],
-        unblu_conversation_id=row[3],
-        state=row[4],
-        created_at=row[5],
-        ended_at=row[6],
-    )
-
-
-def _message(row: Any) -> MessageRow:
-    return MessageRow(
-        id=row[0],
-        channel=row[1],
-        direction=row[2],
-        thread=row[3],
-        provider_message_id=row[4],
-        unblu_message_id=row[5],
-        conversation_id=row[6],
-        state=MessageState(row[7]),
-        error=row[8],
-        created_at=row[9],
-        updated_at=row[10],
-    )
-
-
-def _job(row: Any, **override: Any) -> Job:
-    fields = {
-        "id": row[0],
-        "kind": row[1],
-        "lane": row[2],
-        "payload": bytes(row[3]),
-        "state": row[4],
-        "attempts": row[5],
-        "next_at": row[6],
-        "message_id": row[7],
-        "lease_until": row[8],
-        "last_error": row[9],
-        "created_at": row[10],
-        "updated_at": row[11],
-    }
-    fields.update(override)
-    return Job(**fields)

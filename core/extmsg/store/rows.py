@@ -1,0 +1,115 @@
+"""What both SQL stores share: the column lists they select and the rows they hand out.
+
+Both backends select columns in these orders, so one converter per table turns a database row
+(an sqlite3 tuple or an asyncpg Record) into the Struct callers get.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..models import MessageState
+from .base import ChannelRow, ConversationRow, Job, MediaRow, MessageRow
+
+__all__ = [
+    "CHANNEL_COLUMNS",
+    "CONVERSATION_COLUMNS",
+    "JOB_COLUMNS",
+    "MEDIA_COLUMNS",
+    "MESSAGE_COLUMNS",
+    "channel_row",
+    "conversation_row",
+    "job_row",
+    "media_row",
+    "message_key",
+    "message_row",
+]
+
+CHANNEL_COLUMNS = "name, messenger, unblu_channel_id, webhook_status, provisioned_at"
+CONVERSATION_COLUMNS = (
+    "channel, thread, contact_address, unblu_conversation_id, state, created_at, ended_at"
+)
+MESSAGE_COLUMNS = (
+    "id, channel, direction, thread, provider_message_id, unblu_message_id, conversation_id, "
+    "state, error, created_at, updated_at"
+)
+JOB_COLUMNS = (
+    "id, kind, lane, payload, state, attempts, next_at, message_id, lease_until, last_error, "
+    "created_at, updated_at"
+)
+MEDIA_COLUMNS = "id, channel, file_name, mime_type, data, expires_at"
+
+
+def channel_row(row: Any) -> ChannelRow:
+    return ChannelRow(
+        name=row[0],
+        messenger=row[1],
+        unblu_channel_id=row[2],
+        webhook_status=row[3],
+        provisioned_at=row[4],
+    )
+
+
+def conversation_row(row: Any) -> ConversationRow:
+    return ConversationRow(
+        channel=row[0],
+        thread=row[1],
+        contact_address=row[2],
+        unblu_conversation_id=row[3],
+        state=row[4],
+        created_at=row[5],
+        ended_at=row[6],
+    )
+
+
+def message_row(row: Any) -> MessageRow:
+    return MessageRow(
+        id=row[0],
+        channel=row[1],
+        direction=row[2],
+        thread=row[3],
+        provider_message_id=row[4],
+        unblu_message_id=row[5],
+        conversation_id=row[6],
+        state=MessageState(row[7]),
+        error=row[8],
+        created_at=row[9],
+        updated_at=row[10],
+    )
+
+
+def job_row(row: Any) -> Job:
+    return Job(
+        id=row[0],
+        kind=row[1],
+        lane=row[2],
+        payload=bytes(row[3]),
+        state=row[4],
+        attempts=row[5],
+        next_at=row[6],
+        message_id=row[7],
+        lease_until=row[8],
+        last_error=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+    )
+
+
+def media_row(row: Any) -> MediaRow:
+    return MediaRow(
+        id=row[0],
+        channel=row[1],
+        file_name=row[2],
+        mime_type=row[3],
+        data=bytes(row[4]),
+        expires_at=row[5],
+    )
+
+
+def message_key(provider_message_id: str | None, unblu_message_id: str | None) -> tuple[str, str]:
+    """The column and value ``find_message`` looks a message up by."""
+    if provider_message_id is not None:
+        return "provider_message_id", provider_message_id
+    if unblu_message_id is not None:
+        return "unblu_message_id", unblu_message_id
+    raise ValueError("give provider_message_id or unblu_message_id")
