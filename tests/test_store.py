@@ -396,3 +396,21 @@ async def test_thread_meta_merges_and_forgets(store: Store) -> None:
     assert await store.thread_meta("mail", "t1") == {"subject": "Opening hours", "last": "<b@x>"}
     await store.put_thread_meta("mail", "t1", {"subject": ""})
     assert await store.thread_meta("mail", "t1") == {"last": "<b@x>"}
+
+
+async def test_update_message_moves_the_state_forward_only(store: Store) -> None:
+    msg = NewMessage(id="i1", channel="sms", direction="in", thread="t", provider_message_id="p1")
+    await store.intake([Intake(message=msg)])
+    await store.update_message("i1", unblu_message_id="u1", state=MessageState.SENT)
+    row = await store.get_message("i1")
+    assert row is not None
+    assert (row.unblu_message_id, row.state) == ("u1", MessageState.SENT)
+    await store.advance_state("i1", MessageState.READ)
+    await store.update_message("i1", conversation_id="c1", state=MessageState.SENT)
+    row = await store.get_message("i1")
+    assert row is not None
+    assert (row.conversation_id, row.state) == ("c1", MessageState.READ)
+    await store.update_message("i1", conversation_id="c2")
+    row = await store.get_message("i1")
+    assert row is not None
+    assert (row.conversation_id, row.state) == ("c2", MessageState.READ)

@@ -41,9 +41,11 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
         conversation_id = await _conversation(runtime, channel, contact, ref, message)
         unblu_id = await _post(runtime, channel, conversation_id, ref, message)
     await runtime.store.update_message(
-        payload.message_id, unblu_message_id=unblu_id, conversation_id=conversation_id
+        payload.message_id,
+        unblu_message_id=unblu_id,
+        conversation_id=conversation_id,
+        state=MessageState.SENT,
     )
-    await runtime.store.advance_state(payload.message_id, MessageState.SENT)
 
 
 async def _contact_ref(runtime: Runtime, channel: Channel, contact: Contact) -> ContactRef:

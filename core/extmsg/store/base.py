@@ -227,8 +227,10 @@ class Store(abc.ABC):
         provider_message_id: str | None = None,
         unblu_message_id: str | None = None,
         conversation_id: str | None = None,
+        state: MessageState | None = None,
     ) -> None:
-        """Fill in ids learned later; ``None`` leaves a column unchanged."""
+        """Fill in ids learned later; ``None`` leaves a column unchanged. ``state`` moves the
+        state forward in the same write, by the rules of :meth:`advance_state`."""
 
     @abc.abstractmethod
     async def advance_state(

@@ -512,17 +512,22 @@ class PostgresStore(Store):
         provider_message_id: str | None = None,
         unblu_message_id: str | None = None,
         conversation_id: str | None = None,
+        state: MessageState | None = None,
     ) -> None:
         await self._execute(
             "UPDATE messages SET"
             " provider_message_id = COALESCE($1, provider_message_id),"
             " unblu_message_id = COALESCE($2, unblu_message_id),"
-            " conversation_id = COALESCE($3, conversation_id), updated_at = $4 WHERE id = $5",
+            " conversation_id = COALESCE($3, conversation_id),"
+            " state = CASE WHEN $6::int > state AND state != $7 THEN $6::int ELSE state END,"
+            " updated_at = $4 WHERE id = $5",
             provider_message_id,
             unblu_message_id,
             conversation_id,
             time.time(),
             message_id,
+            None if state is None else int(state),
+            int(MessageState.FAILED),
         )
 
     async def advance_state(

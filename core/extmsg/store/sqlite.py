@@ -437,13 +437,26 @@ class SqliteStore(Store):
         provider_message_id: str | None = None,
         unblu_message_id: str | None = None,
         conversation_id: str | None = None,
+        state: MessageState | None = None,
     ) -> None:
+        target = None if state is None else int(state)
         await self._write(
             "UPDATE messages SET"
             " provider_message_id = COALESCE(?, provider_message_id),"
             " unblu_message_id = COALESCE(?, unblu_message_id),"
-            " conversation_id = COALESCE(?, conversation_id), updated_at = ? WHERE id = ?",
-            (provider_message_id, unblu_message_id, conversation_id, time.time(), message_id),
+            " conversation_id = COALESCE(?, conversation_id),"
+            " state = CASE WHEN ? > state AND state != ? THEN ? ELSE state END,"
+            " updated_at = ? WHERE id = ?",
+            (
+                provider_message_id,
+                unblu_message_id,
+                conversation_id,
+                target,
+                int(MessageState.FAILED),
+                target,
+                time.time(),
+                message_id,
+            ),
         )
 
     async def advance_state(
