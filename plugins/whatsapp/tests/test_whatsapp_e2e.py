@@ -1,0 +1,308 @@
+"""End to end in one process: the Graph API fake ⇄ extmsg (the core's app with this plugin) ⇄
+the Unblu sandbox, for both Unblu API generations, with two WhatsApp numbers of one Meta app
+sharing the messenger-scoped webhook route. What contacts write shows up in Unblu on the right
+channel; what agents write reaches the fake from the right number, and its statuses come back
+as message states; the 24-hour window and read receipts work across the whole chain."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from whatsapp_testkit import (
+    ACCESS_TOKEN,
+    APP_SECRET,
+    MAIN_NUMBER_ID,
+    SUPPORT_NUMBER_ID,
+    WEBHOOK_PATH,
+)
+
+from extmsg.app import create_app
+from extmsg.config import parse_config
+from extmsg.plugins import build_hooks
+from extmsg_whatsapp import fake as wa
+from extmsg_whatsapp import outbound, plugin
+from extmsg_whatsapp.fake import FAKE, GraphFake, create_graph_fake
+
+T = TypeVar("T")
+ALICE = "41791234567"  # writes to number A (wa-main, has a template)
+BOB = "41797654321"  # writes to number B (wa-support, no template)
+TEMPLATE = "support_followup"
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class World:
+    base: str
+    fake_url: str
+    fake: GraphFake
+    sandbox: Any
+    session: aiohttp.ClientSession
+    channel_ids: dict[str, str]  # phone_number_id → Unblu channel id
+
+    @property
+    def webhook_url(self) -> str:
+        return self.base + WEBHOOK_PATH
+
+    async def webhook(self, payload: dict[str, Any]) -> int:
+        return await wa.send_webhook(self.webhook_url, APP_SECRET, payload, session=self.session)
+
+    async def contact_writes(self, number_id: str, sender: str, text: str) -> dict[str, Any]:
+        """A contact's text to one business number; the webhook payload posted (signed)."""
+        message = wa.text_message(sender, text)
+        payload = wa.webhook_payload(
+            wa.entry(
+                wa.value(number_id, contacts=[wa.contact(sender, "Contact")], messages=[message])
+            )
+        )
+        assert await self.webhook(payload) == 200
+        return message
+
+    async def agent(self, path: str, method: str = "GET", **body: Any) -> Any:
+        url = f"{self.sandbox.url}/sandbox/api/{path}"
+        async with self.session.request(method, url, json=body or None) as resp:
+            assert resp.status < 300, await resp.text()
+            return await resp.json()
+
+    async def conversations(self, number_id: str) -> list[dict[str, Any]]:
+        data = await self.agent(f"conversations?channelId={self.channel_ids[number_id]}")
+        return list(data["conversations"] if isinstance(data, dict) else data)
+
+    async def conversation(self, number_id: str) -> dict[str, Any]:
+        async def one() -> dict[str, Any] | None:
+            convs = await self.conversations(number_id)
+            return convs[0] if convs else None
+
+        return await eventually(one)
+
+    async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
+        data = await self.agent(f"conversations/{conversation_id}/messages")
+        return list(data["messages"] if isinstance(data, dict) else data)
+
+    async def message_in(self, conversation_id: str, text: str, state: str) -> dict[str, Any]:
+        async def find() -> dict[str, Any] | None:
+            for m in await self.messages(conversation_id):
+                if m.get("text") == text and m["state"] == state:
+                    return m
+            return None
+
+        return await eventually(find)
+
+    async def reply(self, conversation_id: str, text: str) -> None:
+        await self.agent(
+            f"conversations/{conversation_id}/messages", "POST", text=text, senderName="Anna"
+        )
+
+    async def fake_calls(self) -> list[dict[str, Any]]:
+        async with self.session.get(f"{self.fake_url}/fake/messages") as resp:
+            assert resp.status == 200
+            calls: list[dict[str, Any]] = (await resp.json())["messages"]
+            return calls
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _channel(name: str, number_id: str, fake_url: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "messenger": "whatsapp",
+        "webhook_secret": f"whsec-{name}",
+        "settings": {
+            "phone_number_id": number_id,
+            "access_token": ACCESS_TOKEN,
+            "app_secret": APP_SECRET,
+            "verify_token": "main-verify-token",
+            "api_base_url": fake_url,
+            **extra,
+        },
+    }
+
+
+@pytest.fixture(params=["v4", "v3"])
+async def world(
+    request: pytest.FixtureRequest, tmp_path: Path, unblu_sandbox: Any
+) -> AsyncIterator[World]:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    fake_app = create_graph_fake(
+        access_token=ACCESS_TOKEN,
+        app_secret=APP_SECRET,
+        webhook_url=base + WEBHOOK_PATH,
+        auto_statuses=("sent", "delivered", "read"),
+    )
+    fake_server = TestServer(fake_app)
+    await fake_server.start_server()
+    fake_url = str(fake_server.make_url("")).rstrip("/")
+    hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
+    raw = {
+        "server": {"port": port, "public_url": base},
+        "store": {"path": str(tmp_path / "store.sqlite3")},
+        "unblu": {
+            "base_url": unblu_sandbox.base_url,
+            "api_version": request.param,
+            "username": "admin",
+            "password": "admin",
+        },
+        "engine": {"backoff_initial": 0.05, "backoff_max": 0.5},
+        "channels": [
+            _channel("wa-main", MAIN_NUMBER_ID, fake_url, template_name=TEMPLATE),
+            _channel("wa-support", SUPPORT_NUMBER_ID, fake_url),
+        ],
+    }
+    config = parse_config(raw, hooks.messenger_types())
+    runner = web.AppRunner(create_app(config, hooks))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def provisioned() -> dict[str, str] | None:
+                async with session.get(f"{base}/readyz") as resp:
+                    body = await resp.json()
+                ids = {
+                    MAIN_NUMBER_ID: body["channels"]["wa-main"]["unblu_channel_id"],
+                    SUPPORT_NUMBER_ID: body["channels"]["wa-support"]["unblu_channel_id"],
+                }
+                return ids if all(ids.values()) else None
+
+            channel_ids = await eventually(provisioned)
+            assert channel_ids[MAIN_NUMBER_ID] != channel_ids[SUPPORT_NUMBER_ID]
+            yield World(base, fake_url, fake_app[FAKE], unblu_sandbox, session, channel_ids)
+    finally:
+        await runner.cleanup()
+        await fake_server.close()
+
+
+async def _two_contacts(world: World) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Alice writes to number A, Bob to number B; their queued conversations."""
+    await world.contact_writes(MAIN_NUMBER_ID, ALICE, "Hi A, where is my parcel?")
+    await world.contact_writes(SUPPORT_NUMBER_ID, BOB, "Hi B, my invoice is wrong")
+    return await world.conversation(MAIN_NUMBER_ID), await world.conversation(SUPPORT_NUMBER_ID)
+
+
+async def test_two_numbers_land_on_their_channels(world: World) -> None:
+    alice_msg = wa.text_message(ALICE, "Hi A, where is my parcel?")
+    bob_msg = wa.text_message(BOB, "Hi B, my invoice is wrong")
+    payload = wa.webhook_payload(
+        wa.entry(
+            wa.value(MAIN_NUMBER_ID, contacts=[wa.contact(ALICE, "Alice")], messages=[alice_msg])
+        ),
+        wa.entry(
+            wa.value(SUPPORT_NUMBER_ID, contacts=[wa.contact(BOB, "Bob")], messages=[bob_msg])
+        ),
+    )
+    assert await world.webhook(payload) == 200
+
+    conv_a = await world.conversation(MAIN_NUMBER_ID)
+    conv_b = await world.conversation(SUPPORT_NUMBER_ID)
+    assert conv_a["id"] != conv_b["id"]
+    for conv, number_id, sender, message in (
+        (conv_a, MAIN_NUMBER_ID, ALICE, alice_msg),
+        (conv_b, SUPPORT_NUMBER_ID, BOB, bob_msg),
+    ):
+        assert conv["channelId"] == world.channel_ids[number_id]
+        assert conv["sourceId"] == sender
+        assert conv["state"] == "QUEUED"
+        [shown] = await world.messages(conv["id"])
+        assert shown["text"] == message["text"]["body"]
+        assert shown["sourceId"] == message["id"]
+
+    # Meta redelivers the same payload: nothing new
+    assert await world.webhook(payload) == 200
+    await world.agent("drain", "POST", timeout=5)
+    await asyncio.sleep(0.3)
+    for number_id in (MAIN_NUMBER_ID, SUPPORT_NUMBER_ID):
+        [conv] = await world.conversations(number_id)
+        assert len(await world.messages(conv["id"])) == 1
+
+
+async def test_agent_reply_is_sent_and_read(world: World) -> None:
+    conv_a, conv_b = await _two_contacts(world)
+    await world.reply(conv_b["id"], "Let me check that invoice")
+    read = await world.message_in(conv_b["id"], "Let me check that invoice", "READ")
+    states = [h["state"] for h in read["history"]]
+    assert states[-3:] == ["SENT", "DELIVERED", "READ"]  # the fake's status webhooks, in order
+
+    sends = [c for c in await world.fake_calls() if c["kind"] == "message"]
+    assert len(sends) == 1
+    [send] = sends
+    assert send["phone_number_id"] == SUPPORT_NUMBER_ID
+    assert send["status"] == 200
+    body = send["request"]
+    assert body["to"] == BOB
+    assert body["type"] == "text"
+    assert body["text"]["body"] == "Anna: Let me check that invoice"
+    assert not any(m["sender"]["personType"] == "AGENT" for m in await world.messages(conv_a["id"]))
+
+
+async def test_closed_window_uses_the_template(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conv_a, _ = await _two_contacts(world)
+    monkeypatch.setattr(outbound, "clock", lambda: time.time() + 25 * 3600)
+    await world.reply(conv_a["id"], "Your parcel has arrived")
+    await world.message_in(conv_a["id"], "Your parcel has arrived", "READ")
+
+    [send] = [c for c in await world.fake_calls() if c["kind"] == "message"]
+    assert send["phone_number_id"] == MAIN_NUMBER_ID
+    body = send["request"]
+    assert body["to"] == ALICE
+    assert body["type"] == "template"
+    assert body["template"]["name"] == TEMPLATE
+    [component] = body["template"]["components"]
+    assert component["parameters"] == [{"type": "text", "text": "Anna: Your parcel has arrived"}]
+
+
+async def test_closed_window_without_template_fails(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, conv_b = await _two_contacts(world)
+    monkeypatch.setattr(outbound, "clock", lambda: time.time() + 25 * 3600)
+    await world.reply(conv_b["id"], "Your invoice is fixed")
+    failed = await world.message_in(conv_b["id"], "Your invoice is fixed", "FAILED")
+    assert "24 hours" in failed["failureText"]
+    assert "no template" in failed["failureText"]
+    assert [c for c in await world.fake_calls() if c["kind"] == "message"] == []
+
+
+async def test_agent_reading_sends_a_read_receipt(world: World) -> None:
+    _, conv_b = await _two_contacts(world)
+    [contact_msg] = await world.messages(conv_b["id"])
+    await world.agent(
+        f"conversations/{conv_b['id']}/messages/{contact_msg['id']}/read", "POST", state="READ"
+    )
+
+    async def read_calls() -> list[dict[str, Any]] | None:
+        calls = [c for c in await world.fake_calls() if c["kind"] == "read"]
+        return calls or None
+
+    [call] = await eventually(read_calls)
+    assert call["phone_number_id"] == SUPPORT_NUMBER_ID
+    assert call["request"]["message_id"] == contact_msg["sourceId"]
+    assert call["request"]["status"] == "read"
+    assert call["status"] == 200
+    assert world.fake.reads == [contact_msg["sourceId"]]
