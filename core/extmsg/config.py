@@ -82,7 +82,7 @@ class UnbluConfig(_Section, frozen=True):
 
 class EngineConfig(_Section, frozen=True):
     #: Jobs running at once (each mostly waits on a remote API), at most one per lane.
-    workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 64
+    workers: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     max_attempts: Annotated[int, msgspec.Meta(ge=1)] = 10
     backoff_initial: Positive = 1.0
     backoff_max: Positive = 300.0

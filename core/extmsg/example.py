@@ -35,7 +35,9 @@ timeout = 10.0
 provision = true
 
 [engine]
-workers = 64
+# Jobs in flight at once (at most one per conversation). They mostly wait on Unblu and the
+# providers: raise it when those answer slowly, keep it low to favour quick acknowledgements.
+workers = 16
 # Finished jobs stay visible in `extmsg outbox list --state done` this long; dead letters stay.
 keep_done_hours = 24
 max_attempts = 10
