@@ -141,6 +141,9 @@ class _WriterGate:
                 self._open.set()
 
 
+_LOCKED_RETRIES = 250  # about five seconds, like the busy timeout
+
+
 class SqliteStore(Store):
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
@@ -162,23 +165,41 @@ class SqliteStore(Store):
         self._intake_db = await self._in_intake_thread(self._connect_plain)
 
     def _pragmas(self) -> list[str]:
+        # The busy timeout first: switching a new file to WAL takes a lock another opener
+        # may hold for a moment.
         return [
+            "PRAGMA busy_timeout=5000",
             "PRAGMA journal_mode=WAL",
             f"PRAGMA synchronous={self._synchronous}",
             "PRAGMA foreign_keys=ON",
-            "PRAGMA busy_timeout=5000",
         ]
 
     async def _connect(self) -> aiosqlite.Connection:
         db = await aiosqlite.connect(self.path, isolation_level=None)
         for pragma in self._pragmas():
-            await db.execute(pragma)
+            for attempt in range(_LOCKED_RETRIES):
+                try:
+                    await db.execute(pragma)
+                    break
+                except sqlite3.OperationalError as exc:
+                    # A new file's switch to WAL is refused, not waited for, while another
+                    # connection opens it at the same moment.
+                    if "locked" not in str(exc) or attempt == _LOCKED_RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.02)
         return db
 
     def _connect_plain(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         for pragma in self._pragmas():
-            db.execute(pragma)
+            for attempt in range(_LOCKED_RETRIES):
+                try:
+                    db.execute(pragma)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == _LOCKED_RETRIES - 1:
+                        raise
+                    time.sleep(0.02)
         return db
 
     async def _in_intake_thread(self, fn: Callable[[], T]) -> T:
