@@ -25,14 +25,8 @@ import pytest
 from email_testkit import IMAP_PASSWORD, IMAP_USER, Dovecot, FakeRuntime, SmtpSink
 
 from extmsg.plugins import Hooks, build_hooks
+from extmsg.testing.helpers import free_port
 from extmsg_email_smtp import plugin
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 10) -> None:

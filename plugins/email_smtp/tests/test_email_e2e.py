@@ -4,10 +4,7 @@ recording SMTP server. Threading survives the round trip; auto-replies stay out.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from email import policy
 from email.headerregistry import Address
@@ -15,7 +12,7 @@ from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import aiosmtplib
@@ -26,9 +23,9 @@ from email_testkit import ADDRESS, SmtpSink
 from extmsg.app import create_app
 from extmsg.config import parse_config
 from extmsg.plugins import build_hooks
+from extmsg.testing.helpers import eventually, free_port
 from extmsg_email_smtp import plugin
 
-T = TypeVar("T")
 CUSTOMER = "jane.doe@example.org"
 SUBJECT = "Opening hours"
 FIRST_TEXT = "Hello, when are you open on Saturdays?"
@@ -36,17 +33,6 @@ AGENT_TEXT = "We are open from 9 to 13 on Saturdays."
 REPLY_TEXT = "Thanks, and on Sundays?"
 SENT_OR_LATER = {"SENT", "DELIVERED", "READ"}
 _PARSER = BytesParser(policy=policy.default)
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 def customer_mail(text: str, subject: str = SUBJECT, **headers: str) -> EmailMessage:
@@ -60,13 +46,6 @@ def customer_mail(text: str, subject: str = SUBJECT, **headers: str) -> EmailMes
         mail[name.replace("_", "-")] = value
     mail.set_content(text)
     return mail
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -16,6 +16,7 @@ from email_testkit import SECRET, FakeRuntime, channel, load_case
 from extmsg.models import Channel, Contact, OutboundMessage
 from extmsg.plugins import Hooks
 from extmsg.runtime import RUNTIME
+from extmsg.testing.helpers import free_port
 from extmsg_email_smtp import plugin
 from extmsg_email_smtp.settings import EmailSettings
 
@@ -97,7 +98,7 @@ async def test_mark_read_and_other_messengers(hooks: Hooks) -> None:
 
 
 async def test_startup_listens_and_shutdown_stops(hooks: Hooks) -> None:
-    ch = channel("support", listen_port=_free_port())
+    ch = channel("support", listen_port=free_port())
     runtime = _Runtime([ch, Channel(name="o", messenger="x", settings=None, public_url="",
                                     webhook_secret="")])  # fmt: skip
     app = _app(runtime)
@@ -127,15 +128,6 @@ async def test_startup_fails_when_the_port_is_taken(hooks: Hooks) -> None:
         with pytest.raises(OSError, match="address already in use"):
             await hooks.startup(_app(_Runtime([ch])), None)  # type: ignore[arg-type]
     assert plugin.state.listeners == []
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def test_sandbox_fake_round_trip(hooks: Hooks) -> None:
@@ -193,7 +185,7 @@ async def test_no_addresses_in_info_logs(hooks: Hooks, caplog: pytest.LogCapture
     """aiosmtpd's own INFO lines carry full addresses; ours mask them and never log bodies."""
     caplog.set_level(logging.INFO)
     logging.getLogger("mail.log").setLevel(logging.NOTSET)
-    ch = channel("support", listen_port=_free_port())
+    ch = channel("support", listen_port=free_port())
     runtime = _Runtime([ch])
     app = _app(runtime)
     await hooks.startup(app, None)  # type: ignore[arg-type]

@@ -4,14 +4,11 @@ and its delivery reports (or Twilio's refusals) come back as message states."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import socket
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +19,7 @@ from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 from extmsg.app import create_app
 from extmsg.config import parse_config
 from extmsg.plugins import build_hooks
+from extmsg.testing.helpers import eventually, free_port
 from extmsg_sms_twilio import plugin
 from extmsg_sms_twilio.fake import (
     TWILIO_FAKE,
@@ -31,19 +29,7 @@ from extmsg_sms_twilio.fake import (
     inbound_params,
 )
 
-T = TypeVar("T")
 CUSTOMER = "+41791234567"
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -88,13 +74,6 @@ class World:
         return await eventually(find)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(params=["v4", "v3"])
 async def world(
     request: pytest.FixtureRequest, tmp_path: Path, unblu_sandbox: Any
@@ -105,7 +84,7 @@ async def world(
     fake_server = TestServer(fake_app)
     await fake_server.start_server()
     fake_url = str(fake_server.make_url("")).rstrip("/")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
     raw = {

@@ -7,12 +7,11 @@ as message states; the 24-hour window and read receipts work across the whole ch
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,25 +28,14 @@ from whatsapp_testkit import (
 from extmsg.app import create_app
 from extmsg.config import parse_config
 from extmsg.plugins import build_hooks
+from extmsg.testing.helpers import eventually, free_port
 from extmsg_whatsapp import fake as wa
 from extmsg_whatsapp import outbound, plugin
 from extmsg_whatsapp.fake import FAKE, GraphFake, create_graph_fake
 
-T = TypeVar("T")
 ALICE = "41791234567"  # writes to number A (wa-main, has a template)
 BOB = "41797654321"  # writes to number B (wa-support, no template)
 TEMPLATE = "support_followup"
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
 
 
 @dataclass
@@ -119,13 +107,6 @@ class World:
             return calls
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _channel(name: str, number_id: str, fake_url: str, **extra: Any) -> dict[str, Any]:
     return {
         "name": name,
@@ -146,7 +127,7 @@ def _channel(name: str, number_id: str, fake_url: str, **extra: Any) -> dict[str
 async def world(
     request: pytest.FixtureRequest, tmp_path: Path, unblu_sandbox: Any
 ) -> AsyncIterator[World]:
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     fake_app = create_graph_fake(
         access_token=ACCESS_TOKEN,
