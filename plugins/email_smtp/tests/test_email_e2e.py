@@ -80,7 +80,8 @@ class World:
     async def conversation(self) -> dict[str, Any]:
         async def one() -> dict[str, Any] | None:
             convs = await self.conversations()
-            return convs[0] if convs else None
+            # Opened and holding its first message (created, then posted to: two steps).
+            return convs[0] if convs and convs[0]["messageCount"] >= 1 else None
 
         return await eventually(one)
 

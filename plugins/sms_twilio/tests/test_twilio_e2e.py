@@ -56,7 +56,8 @@ class World:
         async def one() -> dict[str, Any] | None:
             data = await self.agent(f"conversations?channelId={self.channel_id}")
             convs = data["conversations"] if isinstance(data, dict) else data
-            return convs[0] if convs else None
+            # Opened and holding its first message (created, then posted to: two steps).
+            return convs[0] if convs and convs[0]["messageCount"] >= 1 else None
 
         return await eventually(one)
 

@@ -78,7 +78,8 @@ class World:
     async def conversation(self, number_id: str) -> dict[str, Any]:
         async def one() -> dict[str, Any] | None:
             convs = await self.conversations(number_id)
-            return convs[0] if convs else None
+            # Opened and holding its first message (created, then posted to: two steps).
+            return convs[0] if convs and convs[0]["messageCount"] >= 1 else None
 
         return await eventually(one)
 
