@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
-__all__ = ["eventually", "free_port"]
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from ..app import create_app
+from ..config import parse_config
+from ..plugins import Hooks
+
+__all__ = ["RunningExtmsg", "eventually", "free_port", "running_extmsg"]
 
 T = TypeVar("T")
 
@@ -31,3 +40,40 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class RunningExtmsg(msgspec.Struct, frozen=True, kw_only=True):
+    """The core's application serving on ``base``, every channel provisioned in Unblu."""
+
+    base: str
+    channel_ids: dict[str, str]
+    session: aiohttp.ClientSession
+
+
+@contextlib.asynccontextmanager
+async def running_extmsg(
+    raw: dict[str, Any], hooks: Hooks, *, port: int | None = None
+) -> AsyncIterator[RunningExtmsg]:
+    """Serve extmsg for the config ``raw`` (a TOML-shaped dict) on ``127.0.0.1:port`` (a free
+    port by default; ``server.public_url`` defaults to it) until every channel has its Unblu id.
+    """
+    port = port or free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = {"public_url": base, **raw.get("server", {}), "port": port}
+    config = parse_config({**raw, "server": server}, hooks.messenger_types())
+    runner = web.AppRunner(create_app(config, hooks))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        async with aiohttp.ClientSession() as session:
+
+            async def provisioned() -> dict[str, str] | None:
+                async with session.get(f"{base}/readyz") as resp:
+                    body = await resp.json()
+                ids = {name: ch["unblu_channel_id"] for name, ch in body["channels"].items()}
+                return ids if resp.status == 200 and all(ids.values()) else None
+
+            ids = await eventually(provisioned)
+            yield RunningExtmsg(base=base, channel_ids=ids, session=session)
+    finally:
+        await runner.cleanup()

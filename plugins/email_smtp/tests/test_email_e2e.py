@@ -17,13 +17,10 @@ from typing import Any
 import aiohttp
 import aiosmtplib
 import pytest
-from aiohttp import web
 from email_testkit import ADDRESS, SmtpSink
 
-from extmsg.app import create_app
-from extmsg.config import parse_config
 from extmsg.plugins import build_hooks
-from extmsg.testing.helpers import eventually, free_port
+from extmsg.testing.helpers import eventually, free_port, running_extmsg
 from extmsg_email_smtp import plugin
 
 CUSTOMER = "jane.doe@example.org"
@@ -150,23 +147,9 @@ async def world(
             }
         ],
     }
-    config = parse_config(raw, hooks.messenger_types())
-    runner = web.AppRunner(create_app(config, hooks))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-
-            async def provisioned() -> str | None:
-                async with session.get(f"{base}/readyz") as resp:
-                    body = await resp.json()
-                channel_id: str | None = body["channels"]["email"]["unblu_channel_id"]
-                return channel_id
-
-            channel_id = await eventually(provisioned)
-            yield World(unblu_sandbox, session, channel_id, listen_port, smtp_sink)
-    finally:
-        await runner.cleanup()
+    async with running_extmsg(raw, hooks, port=port) as extmsg:
+        channel_id = extmsg.channel_ids["email"]
+        yield World(unblu_sandbox, extmsg.session, channel_id, listen_port, smtp_sink)
 
 
 @pytest.mark.parametrize("new_mail_rule", ["same", "new"])

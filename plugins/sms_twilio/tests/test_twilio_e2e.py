@@ -12,14 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 
-from extmsg.app import create_app
-from extmsg.config import parse_config
 from extmsg.plugins import build_hooks
-from extmsg.testing.helpers import eventually, free_port
+from extmsg.testing.helpers import eventually, free_port, running_extmsg
 from extmsg_sms_twilio import plugin
 from extmsg_sms_twilio.fake import (
     TWILIO_FAKE,
@@ -112,23 +109,13 @@ async def world(
             }
         ],
     }
-    config = parse_config(raw, hooks.messenger_types())
-    runner = web.AppRunner(create_app(config, hooks))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        async with aiohttp.ClientSession() as session:
-
-            async def provisioned() -> str | None:
-                async with session.get(f"{base}/readyz") as resp:
-                    body = await resp.json()
-                channel_id: str | None = body["channels"]["sms"]["unblu_channel_id"]
-                return channel_id
-
-            channel_id = await eventually(provisioned)
-            yield World(base, fake_url, fake_app[TWILIO_FAKE], unblu_sandbox, session, channel_id)
+        async with running_extmsg(raw, hooks, port=port) as extmsg:
+            channel_id = extmsg.channel_ids["sms"]
+            yield World(
+                base, fake_url, fake_app[TWILIO_FAKE], unblu_sandbox, extmsg.session, channel_id
+            )
     finally:
-        await runner.cleanup()
         await fake_server.close()
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from whatsapp_testkit import (
     ACCESS_TOKEN,
@@ -25,10 +24,8 @@ from whatsapp_testkit import (
     WEBHOOK_PATH,
 )
 
-from extmsg.app import create_app
-from extmsg.config import parse_config
 from extmsg.plugins import build_hooks
-from extmsg.testing.helpers import eventually, free_port
+from extmsg.testing.helpers import eventually, free_port, running_extmsg
 from extmsg_whatsapp import fake as wa
 from extmsg_whatsapp import outbound, plugin
 from extmsg_whatsapp.fake import FAKE, GraphFake, create_graph_fake
@@ -155,27 +152,15 @@ async def world(
             _channel("wa-support", SUPPORT_NUMBER_ID, fake_url),
         ],
     }
-    config = parse_config(raw, hooks.messenger_types())
-    runner = web.AppRunner(create_app(config, hooks))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        async with aiohttp.ClientSession() as session:
-
-            async def provisioned() -> dict[str, str] | None:
-                async with session.get(f"{base}/readyz") as resp:
-                    body = await resp.json()
-                ids = {
-                    MAIN_NUMBER_ID: body["channels"]["wa-main"]["unblu_channel_id"],
-                    SUPPORT_NUMBER_ID: body["channels"]["wa-support"]["unblu_channel_id"],
-                }
-                return ids if all(ids.values()) else None
-
-            channel_ids = await eventually(provisioned)
+        async with running_extmsg(raw, hooks, port=port) as extmsg:
+            channel_ids = {
+                MAIN_NUMBER_ID: extmsg.channel_ids["wa-main"],
+                SUPPORT_NUMBER_ID: extmsg.channel_ids["wa-support"],
+            }
             assert channel_ids[MAIN_NUMBER_ID] != channel_ids[SUPPORT_NUMBER_ID]
-            yield World(base, fake_url, fake_app[FAKE], unblu_sandbox, session, channel_ids)
+            yield World(base, fake_url, fake_app[FAKE], unblu_sandbox, extmsg.session, channel_ids)
     finally:
-        await runner.cleanup()
         await fake_server.close()
 
 
