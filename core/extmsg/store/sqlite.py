@@ -1,23 +1,24 @@
-"""The embedded store: SQLite in WAL mode through aiosqlite.
+"""The embedded store: SQLite in WAL mode.
 
-One writer connection (writes are serialized by a lock and grouped into short transactions)
-and one reader connection; WAL lets the reader run while the writer commits. ``synchronous =
-NORMAL`` keeps every commit across a crash of the process (kill -9); only a power loss can
-drop the last commits, which ``durability = "full"`` would prevent at a cost in throughput.
+* **Writes** go to one connection in a thread of its own that commits whatever is queued as
+  one transaction (:mod:`.sqlite_writer`): webhook intake, job claims and completions from
+  every worker share commits instead of queueing for the file's one write lock.
+* **Point reads** (a row or a few by key, through an index) run on the event loop's thread in
+  a read-only connection. They take some ten microseconds; a trip to a thread and back costs
+  ten times that in event-loop time. WAL keeps them from waiting for the writer.
+* **Reads that may scan** (listings, counts, media blobs) run in the thread of a read-only
+  aiosqlite connection, so they never hold up the event loop.
 
-Intake, which acknowledgements wait for, writes under the same lock through a third
-connection in a thread of its own, so its whole transaction is one trip to that thread
-rather than one per statement (each trip waits for a turn of a busy event loop).
+``synchronous = NORMAL`` keeps every commit across a crash of the process (kill -9); only a
+power loss can drop the last commits, which ``durability = "full"`` would prevent at a cost
+in throughput.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,6 +50,7 @@ from .rows import (
     message_key,
     message_row,
 )
+from .sqlite_writer import BatchWriter
 
 __all__ = ["SqliteStore"]
 
@@ -100,201 +102,116 @@ _CLAIM_OLDEST = _CLAIM.format(heads=_OLDEST_HEADS)
 _CLAIM_ANY = _CLAIM.format(heads=_LANE_HEADS)
 
 
-class _WriterGate:
-    """Who may use the writer connection: statements side by side, transactions alone.
-
-    A single statement is a transaction of its own (autocommit), so any number of them may
-    be queued on the connection at once; they run one after another in its thread without
-    waiting for each other's answers. A multi-statement transaction waits until the
-    statements in flight are done and holds new ones back until it has committed.
-    """
-
-    def __init__(self) -> None:
-        self.exclusive = asyncio.Lock()
-        self._open = asyncio.Event()
-        self._open.set()
-        self._statements = 0
-        self._drained = asyncio.Event()
-        self._drained.set()
-
-    @contextlib.asynccontextmanager
-    async def statement(self) -> AsyncIterator[None]:
-        while self.exclusive.locked():
-            await self._open.wait()
-        self._statements += 1
-        self._drained.clear()
-        try:
-            yield
-        finally:
-            self._statements -= 1
-            if not self._statements:
-                self._drained.set()
-
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        async with self.exclusive:
-            self._open.clear()
-            try:
-                await self._drained.wait()
-                yield
-            finally:
-                self._open.set()
-
-
 _LOCKED_RETRIES = 250  # about five seconds, like the busy timeout
+# A point read waits at most this long for a lock (WAL readers meet one only while another
+# connection recovers the log); it runs on the event loop, so it must not wait for long.
+_POINT_BUSY_MS = 200
 
 
 class SqliteStore(Store):
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         self._synchronous = synchronous
-        self._db: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._intake_db: sqlite3.Connection | None = None
-        self._intake_thread: ThreadPoolExecutor | None = None
-        self._gate = _WriterGate()
+        self._writer: BatchWriter | None = None
+        self._point: sqlite3.Connection | None = None
+        self._scan: aiosqlite.Connection | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await self._connect()
-        await self._migrate(self._db)
-        self._reader = await self._connect()
-        self._intake_thread = ThreadPoolExecutor(1, thread_name_prefix="extmsg-sqlite-intake")
-        self._intake_db = await self._in_intake_thread(self._connect_plain)
+        writer = BatchWriter(self._connect_plain)
+        await writer.start()
+        try:
+            await writer.run_alone(_migrate)
+            self._scan = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._scan.execute("PRAGMA busy_timeout=5000")
+            await self._scan.execute("PRAGMA query_only=ON")
+        except BaseException:
+            await writer.stop()
+            raise
+        self._writer = writer
+        self._point = self._connect_plain(busy_timeout_ms=_POINT_BUSY_MS)
+        self._point.execute("PRAGMA query_only=ON")
 
-    def _pragmas(self) -> list[str]:
+    def _pragmas(self, busy_timeout_ms: int) -> list[str]:
         # The busy timeout first: switching a new file to WAL takes a lock another opener
         # may hold for a moment.
         return [
-            "PRAGMA busy_timeout=5000",
+            f"PRAGMA busy_timeout={busy_timeout_ms}",
             "PRAGMA journal_mode=WAL",
             f"PRAGMA synchronous={self._synchronous}",
             "PRAGMA foreign_keys=ON",
         ]
 
-    async def _connect(self) -> aiosqlite.Connection:
-        db = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in self._pragmas():
+    def _connect_plain(self, busy_timeout_ms: int = 5000) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in self._pragmas(busy_timeout_ms):
             for attempt in range(_LOCKED_RETRIES):
                 try:
-                    await db.execute(pragma)
+                    db.execute(pragma)
                     break
                 except sqlite3.OperationalError as exc:
                     # A new file's switch to WAL is refused, not waited for, while another
                     # connection opens it at the same moment.
                     if "locked" not in str(exc) or attempt == _LOCKED_RETRIES - 1:
                         raise
-                    await asyncio.sleep(0.02)
-        return db
-
-    def _connect_plain(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in self._pragmas():
-            for attempt in range(_LOCKED_RETRIES):
-                try:
-                    db.execute(pragma)
-                    break
-                except sqlite3.OperationalError as exc:
-                    if "locked" not in str(exc) or attempt == _LOCKED_RETRIES - 1:
-                        raise
                     time.sleep(0.02)
         return db
 
-    async def _in_intake_thread(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._intake_thread, fn)
-
     async def close(self) -> None:
-        async with self._gate.transaction():
-            for conn in (self._reader, self._db):
-                if conn is not None:
-                    await conn.close()
-            self._db = self._reader = None
-            intake_db, self._intake_db = self._intake_db, None
-            if intake_db is not None:
-                await self._in_intake_thread(intake_db.close)
-            if self._intake_thread is not None:
-                self._intake_thread.shutdown()
-                self._intake_thread = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.stop()
+        scan, self._scan = self._scan, None
+        if scan is not None:
+            await scan.close()
+        point, self._point = self._point, None
+        if point is not None:
+            point.close()
 
     @property
     def is_open(self) -> bool:
-        return self._db is not None
-
-    async def _migrate(self, db: aiosqlite.Connection) -> None:
-        """Apply pending migrations, each in one transaction with its version row.
-
-        The current version is read inside each migration's ``BEGIN IMMEDIATE`` so two
-        processes opening one file at once cannot both apply the same migration.
-        """
-        await db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version ("
-            " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
-        )
-        for migration in MIGRATIONS:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                async with db.execute(
-                    "SELECT COALESCE(MAX(version), 0) FROM schema_version"
-                ) as cur:
-                    row = await cur.fetchone()
-                if (int(row[0]) if row else 0) >= migration.version:
-                    await db.execute("ROLLBACK")
-                    continue
-                for statement in _statements(migration.sql):
-                    await db.execute(statement)
-                await db.execute(
-                    "INSERT INTO schema_version (version, description, applied_at)"
-                    " VALUES (?, ?, ?)",
-                    (migration.version, migration.description, time.time()),
-                )
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+        return self._writer is not None
 
     async def schema_version(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
         return int(row[0]) if row else 0
 
+    @property
+    def transactions(self) -> int:
+        """Write transactions committed since the store was opened."""
+        return self._writer.transactions if self._writer is not None else 0
+
     # -- plumbing ------------------------------------------------------------------------------
-    @property
-    def _w(self) -> aiosqlite.Connection:
-        if self._db is None:
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Apply a write in the writer's next transaction (see :mod:`.sqlite_writer`)."""
+        if self._writer is None:
             raise RuntimeError("the store is not open")
-        return self._db
-
-    @property
-    def _r(self) -> aiosqlite.Connection:
-        if self._reader is None:
-            raise RuntimeError("the store is not open")
-        return self._reader
-
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._gate.transaction():
-            db = self._w
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
+        return await self._writer.run(fn)
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """One statement, its own transaction (autocommit): one trip to the database thread."""
-        async with self._gate.statement():
-            cur = await self._w.execute(sql, params)
-            return cur.rowcount
+        """One statement in the writer's next transaction; answer the rows it changed."""
+        return await self._run(lambda db: db.execute(sql, params).rowcount)
+
+    def _p(self) -> sqlite3.Connection:
+        if self._point is None:
+            raise RuntimeError("the store is not open")
+        return self._point
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        rows = await self._r.execute_fetchall(sql, params)
-        return next(iter(rows), None)
+        """A point read by key, on the event loop's own thread (see the module's notes)."""
+        return self._p().execute(sql, params).fetchone()
+
+    async def _few(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """The few rows under one key, read like :meth:`_one`."""
+        return self._p().execute(sql, params).fetchall()
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        return list(await self._r.execute_fetchall(sql, params))
+        """A read that may scan: in the reader connection's thread."""
+        if self._scan is None:
+            raise RuntimeError("the store is not open")
+        return list(await self._scan.execute_fetchall(sql, params))
 
     # -- directory -----------------------------------------------------------------------------
     async def upsert_channel(self, row: ChannelRow) -> None:
@@ -392,13 +309,14 @@ class SqliteStore(Store):
 
     async def add_conversation(self, row: ConversationRow) -> None:
         now = time.time()
-        async with self._tx() as db:
-            await db.execute(
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
                 "UPDATE conversations SET state = 'ended', ended_at = ?"
                 " WHERE channel = ? AND thread = ? AND state = 'active'",
                 (now, row.channel, row.thread),
             )
-            await db.execute(
+            db.execute(
                 "INSERT INTO conversations (unblu_conversation_id, channel, thread,"
                 " contact_address, state, created_at) VALUES (?, ?, ?, ?, 'active', ?)"
                 " ON CONFLICT (unblu_conversation_id) DO UPDATE SET state = 'active',"
@@ -412,6 +330,8 @@ class SqliteStore(Store):
                 ),
             )
 
+        await self._run(write)
+
     async def end_conversation(self, unblu_conversation_id: str) -> None:
         await self._write(
             "UPDATE conversations SET state = 'ended', ended_at = ?"
@@ -423,10 +343,8 @@ class SqliteStore(Store):
     async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
         if not items:
             return []
-        db = self._intake_db
-        if db is None:
-            raise RuntimeError("the store is not open")
-        return await self._in_intake_thread(lambda: _intake_tx(db, items, time.time()))
+        now = time.time()
+        return await self._run(lambda db: _intake(db, items, now))
 
     async def get_message(self, message_id: str) -> MessageRow | None:
         row = await self._one(
@@ -497,26 +415,25 @@ class SqliteStore(Store):
             return []
         now = time.time()
         lease = now + lease_seconds
-        # Each statement is a transaction of its own, and claims only jobs that are the heads
-        # of their lanes when it runs.
-        async with self._gate.statement():
-            db = self._w
+
+        def claim(db: sqlite3.Connection) -> list[Any]:
             # A lease ran out: the worker holding it stopped without finishing (killed, or
             # stalled for longer than the lease). The job is runnable again, and the lost
             # attempt counts, so a job that kills its worker every time still ends.
-            await db.execute(
+            db.execute(
                 "UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1,"
                 " last_error = 'the worker running it stopped before it finished (lease"
                 " expired)', updated_at = ? WHERE state = 'running' AND lease_until < ?",
                 (now, now),
             )
-            rows = list(
-                await db.execute_fetchall(_CLAIM_OLDEST, (lease, now, now, 4 * limit + 32, limit))
-            )
+            rows = db.execute(_CLAIM_OLDEST, (lease, now, now, 4 * limit + 32, limit)).fetchall()
             if len(rows) < limit:
                 # Heads beyond the scanned ones come later in claim order than all of those,
                 # and the lanes just claimed are running now: the walk finds the rest.
-                rows += await db.execute_fetchall(_CLAIM_ANY, (lease, now, now, limit - len(rows)))
+                rows += db.execute(_CLAIM_ANY, (lease, now, now, limit - len(rows))).fetchall()
+            return rows
+
+        rows = await self._run(claim)
         rows.sort(key=lambda r: (r[6], r[0]))  # next_at, id: RETURNING has no order
         return [job_row(r) for r in rows]
 
@@ -524,17 +441,20 @@ class SqliteStore(Store):
         if not job_ids:
             return []
         now = time.time()
-        renewed: list[int] = []
-        async with self._tx() as db:
+
+        def renew(db: sqlite3.Connection) -> list[int]:
+            renewed: list[int] = []
             for chunk in _chunks(list(job_ids), 500):
                 marks = ",".join("?" * len(chunk))
-                rows = await db.execute_fetchall(
+                rows = db.execute(
                     "UPDATE jobs SET lease_until = ?, updated_at = ?"  # noqa: S608
                     f" WHERE state = 'running' AND id IN ({marks}) RETURNING id",
                     (now + lease_seconds, now, *chunk),
-                )
+                ).fetchall()
                 renewed.extend(int(r[0]) for r in rows)
-        return renewed
+            return renewed
+
+        return await self._run(renew)
 
     async def complete_job(self, job_id: int) -> None:
         await self._write(
@@ -561,12 +481,13 @@ class SqliteStore(Store):
         if not job_ids:
             return
         now = time.time()
-        async with self._tx() as db:
-            await db.executemany(
+        await self._run(
+            lambda db: db.executemany(
                 "UPDATE jobs SET state = 'ready', lease_until = NULL, updated_at = ?"
                 " WHERE id = ? AND state = 'running'",
                 [(now, i) for i in job_ids],
             )
+        )
 
     async def list_jobs(
         self, states: Sequence[JobState] = ("ready", "running", "dead"), limit: int = 100
@@ -588,21 +509,26 @@ class SqliteStore(Store):
 
     async def retry_job(self, job_id: int) -> bool:
         now = time.time()
-        async with self._tx() as db:
-            async with db.execute(
-                "UPDATE jobs SET state = 'ready', next_at = ?, attempts = 0, updated_at = ?"
-                " WHERE id = ? AND state = 'dead'",
-                (now, now, job_id),
-            ) as cur:
-                changed = cur.rowcount == 1
+
+        def retry(db: sqlite3.Connection) -> bool:
+            changed = (
+                db.execute(
+                    "UPDATE jobs SET state = 'ready', next_at = ?, attempts = 0, updated_at = ?"
+                    " WHERE id = ? AND state = 'dead'",
+                    (now, now, job_id),
+                ).rowcount
+                == 1
+            )
             if changed:
                 # A hand retry re-opens the message's failed state.
-                await db.execute(
+                db.execute(
                     "UPDATE messages SET state = ?, error = NULL, updated_at = ?"
                     " WHERE id = (SELECT message_id FROM jobs WHERE id = ?) AND state = ?",
                     (int(MessageState.PENDING), now, job_id, int(MessageState.FAILED)),
                 )
-        return changed
+            return changed
+
+        return await self._run(retry)
 
     async def purge_jobs(self, states: Sequence[JobState], older_than: float | None = None) -> int:
         unfinished = set(states) - {"done", "dead"}
@@ -621,20 +547,23 @@ class SqliteStore(Store):
         self, message_id: str, channel: str, part: int, provider_message_id: str
     ) -> None:
         now = time.time()
-        async with self._tx() as db:
-            await db.execute(
+
+        def record(db: sqlite3.Connection) -> None:
+            db.execute(
                 "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
                 " created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (message_id, part, channel, provider_message_id, now),
             )
             if part == 0:
-                await db.execute(
+                db.execute(
                     "UPDATE messages SET provider_message_id = ?, updated_at = ? WHERE id = ?",
                     (provider_message_id, now, message_id),
                 )
 
+        await self._run(record)
+
     async def sent_parts(self, message_id: str) -> dict[int, str]:
-        rows = await self._all(
+        rows = await self._few(
             "SELECT part, provider_message_id FROM message_parts WHERE message_id = ?",
             (message_id,),
         )
@@ -652,7 +581,7 @@ class SqliteStore(Store):
         return message_row(row) if row else None
 
     async def thread_meta(self, channel: str, thread: str) -> dict[str, str]:
-        rows = await self._all(
+        rows = await self._few(
             "SELECT key, value FROM thread_meta WHERE channel = ? AND thread = ?",
             (channel, thread),
         )
@@ -660,20 +589,23 @@ class SqliteStore(Store):
 
     async def put_thread_meta(self, channel: str, thread: str, meta: dict[str, str]) -> None:
         now = time.time()
-        async with self._tx() as db:
+
+        def put(db: sqlite3.Connection) -> None:
             for key, value in meta.items():
                 if value:
-                    await db.execute(
+                    db.execute(
                         "INSERT INTO thread_meta (channel, thread, key, value, updated_at)"
                         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel, thread, key)"
                         " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                         (channel, thread, key, value, now),
                     )
                 else:
-                    await db.execute(
+                    db.execute(
                         "DELETE FROM thread_meta WHERE channel = ? AND thread = ? AND key = ?",
                         (channel, thread, key),
                     )
+
+        await self._run(put)
 
     async def put_media(self, row: MediaRow) -> None:
         await self._write(
@@ -683,11 +615,12 @@ class SqliteStore(Store):
         )
 
     async def get_media(self, media_id: str) -> MediaRow | None:
-        row = await self._one(
+        rows = await self._all(  # a blob: read in the reader's thread
             "SELECT id, channel, file_name, mime_type, data, expires_at FROM media"
             " WHERE id = ? AND expires_at > ?",
             (media_id, time.time()),
         )
+        row = rows[0] if rows else None
         return media_row(row) if row is not None else None
 
     async def purge_media(self, now: float) -> int:
@@ -706,18 +639,6 @@ class SqliteStore(Store):
         counts = {"ready": 0, "running": 0, "done": 0, "dead": 0}
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts
-
-
-def _intake_tx(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list[IntakeResult]:
-    """:func:`_intake` in a transaction of its own (in the intake connection's thread)."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        results = _intake(db, items, now)
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-    return results
 
 
 def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list[IntakeResult]:
@@ -806,6 +727,35 @@ T = TypeVar("T")
 
 def _chunks(values: Sequence[T], size: int) -> list[Sequence[T]]:
     return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Apply pending migrations, each in one transaction with its version row.
+
+    The current version is read inside each migration's ``BEGIN IMMEDIATE`` so two
+    processes opening one file at once cannot both apply the same migration.
+    """
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    for migration in MIGRATIONS:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+            if (int(row[0]) if row else 0) >= migration.version:
+                db.execute("ROLLBACK")
+                continue
+            for statement in _statements(migration.sql):
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.description, time.time()),
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 def _statements(sql: str) -> list[str]:
