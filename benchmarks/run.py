@@ -239,7 +239,7 @@ def profiled(run: Run, proc: Proc, name: str) -> Iterator[None]:
             "--pid",
             str(proc.pid),
             "--rate",
-            "250",
+            os.environ.get("EXTMSG_BENCH_SPY_RATE", "250"),
             "--format",
             "raw",
             "--nonblocking",

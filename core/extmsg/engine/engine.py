@@ -339,7 +339,13 @@ class Engine:
             else:
                 error = run.handler.exception()
             if error is None:
-                await self.store.complete_job(job.id)
+                # The job's work is done: its slot is free now, so that the dispatcher's next
+                # claim can share the completion's commit (writes apply in order: that claim
+                # already sees this job done and may take the next one of its lane).
+                completing = asyncio.ensure_future(self.store.complete_job(job.id))
+                self._runs.pop(job.id, None)
+                self.wake()
+                await completing
                 self._count(job, "done")
             else:
                 await self._failed(job, error)

@@ -1,21 +1,27 @@
 """The embedded store: SQLite in WAL mode.
 
-* **Writes** go to one connection in a thread of its own that commits whatever is queued as
-  one transaction (:mod:`.sqlite_writer`): webhook intake, job claims and completions from
-  every worker share commits instead of queueing for the file's one write lock.
-* **Point reads** (a row or a few by key, through an index) run on the event loop's thread in
-  a read-only connection. They take some ten microseconds; a trip to a thread and back costs
-  ten times that in event-loop time. WAL keeps them from waiting for the writer.
-* **Reads that may scan** (listings, counts, media blobs) run in the thread of a read-only
-  aiosqlite connection, so they never hold up the event loop.
+* **Writes** are queued for :mod:`.sqlite_writer`, which commits whatever one turn of the event
+  loop queued as one transaction: webhook intake, job claims and completions from every worker
+  share commits.
+* **Point reads** (a row or a few by key, through an index) run on the event loop's thread, on
+  the writer's connection between its commits (a commit never spans an ``await``, so they see
+  exactly what is committed). They take some ten microseconds where a trip to a thread and
+  back costs ten times that in event-loop time, and the connection's page cache stays warm
+  across its own commits, which a second connection would have to re-read after each one.
+* **Slow work** — reads that may scan (listings, counts, media blobs), purges, checkpoints of
+  the log — runs in the thread of an aiosqlite connection, so it never holds up the loop.
 
 ``synchronous = NORMAL`` keeps every commit across a crash of the process (kill -9); only a
-power loss can drop the last commits, which ``durability = "full"`` would prevent at a cost
-in throughput.
+power loss can drop the last commits, which ``synchronous="FULL"`` prevents at a cost in
+throughput.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +59,8 @@ from .rows import (
 from .sqlite_writer import BatchWriter
 
 __all__ = ["SqliteStore"]
+
+log = logging.getLogger("extmsg.store")
 
 
 # The head of every lane (its oldest unfinished job), found by skipping from lane to lane
@@ -99,40 +107,66 @@ _CLAIM = (
     f" WHERE id IN ({{heads}}) RETURNING {JOB_COLUMNS}"
 )
 _CLAIM_OLDEST = _CLAIM.format(heads=_OLDEST_HEADS)
+# Whether more ready jobs are due than the oldest-heads claim looked at (OFFSET: how many of
+# those it left ready).
+_READY_BEYOND = (
+    "SELECT 1 FROM jobs INDEXED BY jobs_runnable WHERE state = 'ready' AND next_at <= ?"
+    " ORDER BY next_at, id LIMIT 1 OFFSET ?"
+)
 _CLAIM_ANY = _CLAIM.format(heads=_LANE_HEADS)
 
 
 _LOCKED_RETRIES = 250  # about five seconds, like the busy timeout
-# A point read waits at most this long for a lock (WAL readers meet one only while another
-# connection recovers the log); it runs on the event loop, so it must not wait for long.
-_POINT_BUSY_MS = 200
+# A point read finds the file locked only while another connection recovers the log; it
+# runs on the event loop, so it tries again after a pause rather than block.
+_READ_RETRIES = 50
+_CHECKPOINT_BYTES = 4 << 20  # the log's size that starts a checkpoint (SQLite's default)
+_DELETE_CHUNK = 2000
 
 
 class SqliteStore(Store):
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
+    """The SQLite store.
+
+    :param synchronous: SQLite's ``synchronous`` setting for the file.
+    :param commit_interval: seconds between commits while writes keep coming (see
+        :class:`.BatchWriter`); a write to an idle store commits at once.
+    """
+
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "NORMAL", commit_interval: float = 0.002
+    ) -> None:
         self.path = Path(path)
         self._synchronous = synchronous
+        self._commit_interval = commit_interval
         self._writer: BatchWriter | None = None
-        self._point: sqlite3.Connection | None = None
         self._scan: aiosqlite.Connection | None = None
+        self._checkpointing: asyncio.Task[None] | None = None
+        self._wal = f"{self.path}-wal"
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        writer = BatchWriter(self._connect_plain)
-        await writer.start()
+        await asyncio.to_thread(self._migrate_file)
+        scan = await aiosqlite.connect(self.path, isolation_level=None)
         try:
-            await writer.run_alone(_migrate)
-            self._scan = await aiosqlite.connect(self.path, isolation_level=None)
-            await self._scan.execute("PRAGMA busy_timeout=5000")
-            await self._scan.execute("PRAGMA query_only=ON")
+            for pragma in self._pragmas(5000):
+                await scan.execute(pragma)
+            # Checkpoints run here, in this connection's thread, not at the writer's commits.
+            db = self._connect_plain(busy_timeout_ms=0)
+            db.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException:
-            await writer.stop()
+            await scan.close()
             raise
-        self._writer = writer
-        self._point = self._connect_plain(busy_timeout_ms=_POINT_BUSY_MS)
-        self._point.execute("PRAGMA query_only=ON")
+        self._scan = scan
+        self._writer = BatchWriter(db, interval=self._commit_interval, on_commit=self._committed)
+
+    def _migrate_file(self) -> None:
+        db = self._connect_plain()
+        try:
+            _migrate(db)
+        finally:
+            db.close()
 
     def _pragmas(self, busy_timeout_ms: int) -> list[str]:
         # The busy timeout first: switching a new file to WAL takes a lock another opener
@@ -162,13 +196,14 @@ class SqliteStore(Store):
     async def close(self) -> None:
         writer, self._writer = self._writer, None
         if writer is not None:
-            await writer.stop()
+            await writer.close()
+        if self._checkpointing is not None:
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
         scan, self._scan = self._scan, None
         if scan is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await scan.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             await scan.close()
-        point, self._point = self._point, None
-        if point is not None:
-            point.close()
 
     @property
     def is_open(self) -> bool:
@@ -183,35 +218,83 @@ class SqliteStore(Store):
         """Write transactions committed since the store was opened."""
         return self._writer.transactions if self._writer is not None else 0
 
+    def _committed(self, writes: int) -> None:
+        """After each commit: once the log has grown, copy it into the file in a thread."""
+        if self._checkpointing is not None:
+            return
+        try:
+            size = os.stat(self._wal).st_size
+        except OSError:
+            return
+        if size < _CHECKPOINT_BYTES:
+            return
+        self._checkpointing = asyncio.get_running_loop().create_task(
+            self._checkpoint(), name="extmsg-sqlite-checkpoint"
+        )
+
+    async def _checkpoint(self) -> None:
+        try:
+            if self._scan is not None:
+                # TRUNCATE waits for the writer's current batch and holds the next one back
+                # while it copies the log into the file (the writer waits without blocking
+                # the loop), so that the log starts over instead of growing while writes go
+                # on; a PASSIVE one would rarely catch up with a busy writer.
+                await self._scan.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            log.warning("checkpointing the SQLite log failed; trying again later", exc_info=True)
+        finally:
+            self._checkpointing = None
+
     # -- plumbing ------------------------------------------------------------------------------
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Apply a write in the writer's next transaction (see :mod:`.sqlite_writer`)."""
+        """Apply a write in this turn's transaction (see :mod:`.sqlite_writer`)."""
         if self._writer is None:
             raise RuntimeError("the store is not open")
         return await self._writer.run(fn)
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """One statement in the writer's next transaction; answer the rows it changed."""
+        """One statement in this turn's transaction; answer the rows it changed."""
         return await self._run(lambda db: db.execute(sql, params).rowcount)
-
-    def _p(self) -> sqlite3.Connection:
-        if self._point is None:
-            raise RuntimeError("the store is not open")
-        return self._point
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """A point read by key, on the event loop's own thread (see the module's notes)."""
-        return self._p().execute(sql, params).fetchone()
+        return next(iter(await self._few(sql, params)), None)
 
     async def _few(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The few rows under one key, read like :meth:`_one`."""
-        return self._p().execute(sql, params).fetchall()
+        if self._writer is None:
+            raise RuntimeError("the store is not open")
+        for attempt in range(_READ_RETRIES):
+            try:
+                # fetchall: a statement left unfinished would hold its read snapshot open
+                return self._writer.connection.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt == _READ_RETRIES - 1:
+                    raise
+            await asyncio.sleep(0.01)
+        raise AssertionError("unreachable")
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        """A read that may scan: in the reader connection's thread."""
+        """A read that may scan: in the background connection's thread."""
         if self._scan is None:
             raise RuntimeError("the store is not open")
         return list(await self._scan.execute_fetchall(sql, params))
+
+    async def _bulk_delete(self, table: str, where: str, params: Sequence[Any]) -> int:
+        """Delete many rows in the background connection's thread, a chunk per transaction,
+        so the writer never waits long for the file's lock."""
+        if self._scan is None:
+            raise RuntimeError("the store is not open")
+        sql = (
+            f"DELETE FROM {table} WHERE rowid IN"  # noqa: S608
+            f" (SELECT rowid FROM {table} WHERE {where} LIMIT {_DELETE_CHUNK})"
+        )
+        deleted = 0
+        while True:
+            cursor = await self._scan.execute(sql, params)
+            deleted += cursor.rowcount
+            if cursor.rowcount < _DELETE_CHUNK:
+                return deleted
 
     # -- directory -----------------------------------------------------------------------------
     async def upsert_channel(self, row: ChannelRow) -> None:
@@ -426,10 +509,12 @@ class SqliteStore(Store):
                 " expired)', updated_at = ? WHERE state = 'running' AND lease_until < ?",
                 (now, now),
             )
-            rows = db.execute(_CLAIM_OLDEST, (lease, now, now, 4 * limit + 32, limit)).fetchall()
-            if len(rows) < limit:
+            scan = 4 * limit + 32
+            rows = db.execute(_CLAIM_OLDEST, (lease, now, now, scan, limit)).fetchall()
+            if len(rows) < limit and db.execute(_READY_BEYOND, (now, scan - len(rows))).fetchone():
                 # Heads beyond the scanned ones come later in claim order than all of those,
-                # and the lanes just claimed are running now: the walk finds the rest.
+                # and the lanes just claimed are running now: the walk finds the rest. When
+                # the scan saw every ready job, there is no rest.
                 rows += db.execute(_CLAIM_ANY, (lease, now, now, limit - len(rows))).fetchall()
             return rows
 
@@ -538,9 +623,8 @@ class SqliteStore(Store):
             return 0
         marks = ",".join("?" * len(states))
         cutoff = time.time() - older_than if older_than is not None else time.time() + 1
-        return await self._write(
-            f"DELETE FROM jobs WHERE state IN ({marks}) AND updated_at < ?",  # noqa: S608
-            (*states, cutoff),
+        return await self._bulk_delete(
+            "jobs", f"state IN ({marks}) AND updated_at < ?", (*states, cutoff)
         )
 
     async def record_part(
@@ -624,7 +708,7 @@ class SqliteStore(Store):
         return media_row(row) if row is not None else None
 
     async def purge_media(self, now: float) -> int:
-        return await self._write("DELETE FROM media WHERE expires_at <= ?", (now,))
+        return await self._bulk_delete("media", "expires_at <= ?", (now,))
 
     async def last_inbound_at(self, channel: str, thread: str) -> float | None:
         row = await self._one(

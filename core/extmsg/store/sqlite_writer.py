@@ -1,23 +1,32 @@
-"""The SQLite store's one writing connection: a thread that commits writes in batches.
+"""The SQLite store's writing connection: queued writes commit together, on the loop's thread.
 
-A write is a function of the connection. Whatever is queued while a transaction runs goes
-into the next one together: one ``BEGIN IMMEDIATE … COMMIT`` and one wake-up of the event loop
-for the whole batch, instead of a commit and a thread round trip per statement. Under load
-that is what lets sixteen workers and the webhook intake share one SQLite file.
+A write is a function of the connection. A write that finds the writer idle is committed at
+the end of the event loop's current turn, together with whatever else that turn queued. While
+writes keep coming, commits are spaced ``interval`` apart and each takes everything queued
+since the last: the webhook intake, the workers' completions and the dispatcher's claims share
+one ``BEGIN IMMEDIATE … COMMIT``. A commit writes the log whatever it holds, so fewer, larger
+commits are what lets the store keep up with a busy server.
+
+Why on the loop's thread: SQLite's own work for such a batch is some tens of microseconds
+plus the commit's write to the log. A thread would run it in parallel only in theory — every
+statement hands the GIL back and forth with a busy event loop, and each hand-over can wait for
+the interpreter's switch interval — so the same batch took milliseconds there. Writes that may
+run long (purges) do not come here, and the log is checkpointed in a thread
+(``wal_autocheckpoint`` is off on this connection).
 
 Each write runs inside a savepoint, so a write that raises is undone alone and its caller gets
-the exception while the rest of its batch commits. When the transaction as a whole fails
-(disk full, I/O error), every write of the batch gets that error and none of them is kept.
-Writes are applied in the order they were queued.
+the exception while the rest of its batch commits. When the transaction as a whole fails (disk
+full, I/O error), every write of the batch gets that error and none of them is kept. Writes
+are applied in the order they were queued. While another process holds the file's write lock
+the batch waits for it without blocking the loop, up to ``lock_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import sqlite3
-import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -30,175 +39,172 @@ T = TypeVar("T")
 Write = Callable[[sqlite3.Connection], Any]
 
 
-class _Item:
-    __slots__ = ("alone", "fn", "future")
-
-    def __init__(self, fn: Write, future: asyncio.Future[Any], alone: bool) -> None:
-        self.fn = fn
-        self.future = future
-        self.alone = alone
-
-
-_STOP = object()
-
-# Outcomes of one batch, settled on the event loop in one call.
-_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
-
-
 class BatchWriter:
-    """Run write functions on one connection in a thread of its own, batched into transactions.
+    """Apply write functions on ``db`` in batches, one transaction per turn of the event loop.
 
-    :param connect: opens the connection (called in the writer's thread).
-    :param max_batch: writes after which a transaction is committed even if more are queued.
+    :param db: the connection; it must not autocheckpoint and its busy timeout must be short
+        (the batch retries a busy lock itself, asynchronously).
+    :param interval: the least time between two commits while writes keep coming.
+    :param lock_timeout: how long a batch waits for another process's write lock in all.
+    :param on_commit: called after each commit with the number of writes it held.
     """
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection], *, max_batch: int = 512) -> None:
-        self._connect = connect
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        *,
+        interval: float = 0.0,
+        lock_timeout: float = 5.0,
+        max_batch: int = 1024,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        self._db: sqlite3.Connection | None = db
+        self._interval = max(interval, 0.0)
+        self._last_commit = float("-inf")
+        self._lock_timeout = lock_timeout
         self._max_batch = max_batch
-        self._queue: queue.SimpleQueue[_Item | object] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped: asyncio.Future[None] | None = None
-        self._stopping = False
+        self._on_commit = on_commit
+        self._queue: list[tuple[Write, asyncio.Future[Any]]] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._scheduled = False
         self.transactions = 0
 
-    async def start(self) -> None:
-        """Open the connection in the writer's thread; raises what opening it raised."""
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        opened: asyncio.Future[None] = loop.create_future()
-        self._stopped = loop.create_future()
-        self._thread = threading.Thread(
-            target=self._main, args=(opened,), name="extmsg-sqlite-writer", daemon=True
-        )
-        self._thread.start()
-        await opened
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The connection, for reads on the loop's thread: between two commits no transaction
+        is open on it, so they see what is committed and nothing else."""
+        if self._db is None:
+            raise RuntimeError("the store is not open")
+        return self._db
 
     def run(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Queue ``fn`` for the next transaction; the future answers its result once that has
-        committed. Queued at the call, so writes apply in the order of the calls."""
-        return self._submit(fn, alone=False)
-
-    def run_alone(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Queue ``fn`` to run outside any batch: it manages its own transactions (migrations)."""
-        return self._submit(fn, alone=True)
-
-    def _submit(self, fn: Callable[[sqlite3.Connection], T], *, alone: bool) -> asyncio.Future[T]:
-        if self._loop is None or self._stopped is None or self._stopped.done() or self._stopping:
+        """Queue ``fn`` for this turn's transaction; the future answers its result once that
+        has committed. Queued at the call, so writes apply in the order of the calls."""
+        if self._db is None:
             raise RuntimeError("the store is not open")
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put(_Item(fn, future, alone))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append((fn, future))
+        self._schedule(loop)
         return future
 
-    async def stop(self) -> None:
-        """Apply what is queued, then close the connection and end the thread."""
-        if self._stopped is None or self._thread is None:
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._scheduled or self._flushing is not None or not self._queue:
             return
-        if not self._stopped.done():
-            if not self._stopping:
-                self._stopping = True
-                self._queue.put(_STOP)
-            await asyncio.shield(self._stopped)
-        self._thread = None
+        self._scheduled = True
+        wait = self._last_commit + self._interval - loop.time()
+        if wait > 0:
+            loop.call_later(wait, self._flush_soon)
+        else:
+            loop.call_soon(self._flush_soon)
 
-    # -- the writer's thread --------------------------------------------------------------------
-    def _main(self, opened: asyncio.Future[None]) -> None:
-        try:
-            db = self._connect()
-        except BaseException as exc:
-            self._call(_settle, [(opened, None, exc)])
-            self._call(_settle, [(self._stopped, None, None)])
-            return
-        self._call(_settle, [(opened, None, None)])
-        carry: _Item | None = None
-        try:
-            while True:
-                first = carry if carry is not None else self._queue.get()
-                carry = None
-                if first is _STOP:
-                    break
-                assert isinstance(first, _Item)
-                if first.alone:
-                    self._call(_settle, [_apply(db, first)])
-                    continue
-                batch = [first]
-                stop = False
-                while len(batch) < self._max_batch:
-                    try:
-                        item = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _STOP:
-                        stop = True
-                        break
-                    assert isinstance(item, _Item)
-                    if item.alone:
-                        carry = item
-                        break
-                    batch.append(item)
-                try:
-                    outcomes = self._commit(db, batch)
-                except Exception as exc:  # the connection itself failed (SAVEPOINT refused)
-                    _abandon(db)
-                    outcomes = [(item.future, None, exc) for item in batch]
-                self._call(_settle, outcomes)
-                if stop:
-                    break
-        finally:
+    async def close(self) -> None:
+        """Commit what is queued, then close the connection."""
+        while self._flushing is not None or self._queue:
+            if self._flushing is None:
+                self._start_flush()
+            if self._flushing is not None:
+                await asyncio.shield(self._flushing)
+        db, self._db = self._db, None
+        if db is not None:
             db.close()
-            self._call(_settle, [(self._stopped, None, None)])
 
-    def _commit(self, db: sqlite3.Connection, batch: list[_Item]) -> list[_Outcome]:
+    # -- committing -----------------------------------------------------------------------------
+    def _flush_soon(self) -> None:
+        self._scheduled = False
+        if self._flushing is None and self._queue and not self._try_flush():
+            self._start_flush()
+
+    def _start_flush(self) -> None:
+        """Flush in a task: the write lock is taken (another process holds it)."""
+        self._flushing = asyncio.get_running_loop().create_task(
+            self._flush_when_free(), name="extmsg-sqlite-flush"
+        )
+
+    def _try_flush(self) -> bool:
+        """Commit the queue now; answer False, leaving the queue as it was, if the file's write
+        lock is held by another connection."""
+        db = self._db
+        if db is None:
+            return True
+        batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
         try:
             db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _busy(exc):
+                self._queue[:0] = batch
+                return False
+            _settle([(f, None, exc) for _, f in batch])
+            self._more()
+            return True
         except sqlite3.Error as exc:
-            return [(item.future, None, exc) for item in batch]
-        outcomes: list[_Outcome] = []
-        for item in batch:
-            db.execute("SAVEPOINT write")
-            try:
-                result = item.fn(db)
-            except Exception as exc:
-                if not _undo_savepoint(db):
-                    # The error ended the whole transaction: nothing of the batch is kept.
-                    return [(i.future, None, exc) for i in batch]
-                outcomes.append((item.future, None, exc))
-                continue
-            db.execute("RELEASE write")
-            outcomes.append((item.future, result, None))
+            _settle([(f, None, exc) for _, f in batch])
+            self._more()
+            return True
+        _settle(self._commit(db, batch))
+        self._more()
+        return True
+
+    def _more(self) -> None:
+        """Writes beyond the batch size, or queued meanwhile, go in the next commit."""
+        loop = asyncio.get_running_loop()
+        self._last_commit = loop.time()
+        self._schedule(loop)
+
+    async def _flush_when_free(self) -> None:
+        deadline = time.monotonic() + self._lock_timeout
+        delay = 0.001
         try:
+            while self._queue:
+                if self._try_flush():
+                    continue
+                if time.monotonic() >= deadline:
+                    batch, self._queue = self._queue, []
+                    error = sqlite3.OperationalError(
+                        f"database is locked: another process held the write lock for over"
+                        f" {self._lock_timeout:g}s"
+                    )
+                    _settle([(f, None, error) for _, f in batch])
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        finally:
+            self._flushing = None
+            self._more()
+
+    def _commit(
+        self, db: sqlite3.Connection, batch: list[tuple[Write, asyncio.Future[Any]]]
+    ) -> list[_Outcome]:
+        """Apply ``batch`` in the transaction just begun, then commit it."""
+        outcomes: list[_Outcome] = []
+        try:
+            for fn, future in batch:
+                db.execute("SAVEPOINT write")
+                try:
+                    result = fn(db)
+                except Exception as exc:
+                    if not _undo_savepoint(db):
+                        # The error ended the whole transaction: nothing of the batch is kept.
+                        return [(f, None, exc) for _, f in batch]
+                    outcomes.append((future, None, exc))
+                    continue
+                db.execute("RELEASE write")
+                outcomes.append((future, result, None))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             _abandon(db)
-            return [(item.future, None, exc) for item in batch]
+            return [(f, None, exc) for _, f in batch]
         self.transactions += 1
+        if self._on_commit is not None:
+            self._on_commit(len(batch))
         return outcomes
 
-    def _call(self, fn: Callable[[list[_Outcome]], None], outcomes: list[Any]) -> None:
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(fn, outcomes)
-        except RuntimeError:
-            log.warning(
-                "the event loop closed before %d store write(s) were answered", len(outcomes)
-            )
+
+_Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
 
 
-def _apply(db: sqlite3.Connection, item: _Item) -> _Outcome:
-    try:
-        return (item.future, item.fn(db), None)
-    except Exception as exc:
-        _abandon(db)
-        return (item.future, None, exc)
-
-
-def _abandon(db: sqlite3.Connection) -> None:
-    """Roll back whatever transaction is open, as far as the connection still can."""
-    if db.in_transaction:
-        try:
-            db.execute("ROLLBACK")
-        except sqlite3.Error:
-            log.warning("rolling back a failed store transaction failed", exc_info=True)
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
 
 
 def _undo_savepoint(db: sqlite3.Connection) -> bool:
@@ -212,6 +218,15 @@ def _undo_savepoint(db: sqlite3.Connection) -> bool:
         _abandon(db)
         return False
     return True
+
+
+def _abandon(db: sqlite3.Connection) -> None:
+    """Roll back whatever transaction is open, as far as the connection still can."""
+    if db.in_transaction:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.warning("rolling back a failed store transaction failed", exc_info=True)
 
 
 def _settle(outcomes: list[_Outcome]) -> None:
