@@ -113,9 +113,7 @@ class Sizes:
 
 
 FULL = Sizes(floor_count=100_000, count=30_000, rate_seconds=10.0, stream_count=200_000)
-QUICK = Sizes(
-    floor_count=15_000, count=2_500, rate_seconds=1.5, stream_count=4_000, warmup=1000
-)
+QUICK = Sizes(floor_count=15_000, count=2_500, rate_seconds=1.5, stream_count=4_000, warmup=1000)
 
 
 # -- processes --------------------------------------------------------------------------------
@@ -148,6 +146,7 @@ class Run:
     quick: bool
     status_callbacks: bool
     profile: Path | None = None
+    profile_rate: int = 250
     procs: list[Proc] = field(default_factory=list)
     phase_no: int = 0
 
@@ -239,7 +238,7 @@ def profiled(run: Run, proc: Proc, name: str) -> Iterator[None]:
             "--pid",
             str(proc.pid),
             "--rate",
-            os.environ.get("EXTMSG_BENCH_SPY_RATE", "250"),
+            str(run.profile_rate),
             "--format",
             "raw",
             "--nonblocking",
@@ -736,13 +735,22 @@ def main(argv: list[str]) -> int:
         help="sample extmsg serve with py-spy during the maximum-rate phases"
         " and write the stacks (collapsed) to DIR",
     )
+    parser.add_argument(
+        "--profile-rate",
+        type=int,
+        default=250,
+        metavar="HZ",
+        help="py-spy samples per second (--profile; default 250)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()
     data: dict[str, Any] = {"environment": environment(args.quick, args.status_callbacks)}
     with workspace(args.keep) as workdir:
-        run = Run(workdir, sizes, args.quick, args.status_callbacks, args.profile)
+        run = Run(
+            workdir, sizes, args.quick, args.status_callbacks, args.profile, args.profile_rate
+        )
         try:
             say("floors")
             data["floor_bare"] = floor_phase(run, "bare")

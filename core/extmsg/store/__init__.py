@@ -31,4 +31,4 @@ def open_store(config: Config) -> Store:
         return PostgresStore(config.store.dsn)
     from .sqlite import SqliteStore
 
-    return SqliteStore(config.store_path(), commit_interval=config.engine.group_commit_ms / 1000.0)
+    return SqliteStore(config.store_path())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -122,26 +123,27 @@ _LOCKED_RETRIES = 250  # about five seconds, like the busy timeout
 _READ_RETRIES = 50
 _CHECKPOINT_BYTES = 4 << 20  # the log's size that starts a checkpoint (SQLite's default)
 _DELETE_CHUNK = 2000
+# Claims look for expired leases when one this store handed out may have run out, and at
+# least this often for the rest (another process's): the sweep would otherwise be a statement
+# in every claim.
+_LEASE_SWEEP_INTERVAL = 1.0
 
 
 class SqliteStore(Store):
     """The SQLite store.
 
     :param synchronous: SQLite's ``synchronous`` setting for the file.
-    :param commit_interval: seconds between commits while writes keep coming (see
-        :class:`.BatchWriter`); a write to an idle store commits at once.
     """
 
-    def __init__(
-        self, path: str | Path, *, synchronous: str = "NORMAL", commit_interval: float = 0.002
-    ) -> None:
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         self._synchronous = synchronous
-        self._commit_interval = commit_interval
         self._writer: BatchWriter | None = None
         self._scan: aiosqlite.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
         self._wal = f"{self.path}-wal"
+        self._next_lease_sweep = 0.0
+        self._earliest_lease = math.inf  # of the leases this store handed out since its sweep
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -159,7 +161,7 @@ class SqliteStore(Store):
             await scan.close()
             raise
         self._scan = scan
-        self._writer = BatchWriter(db, interval=self._commit_interval, on_commit=self._committed)
+        self._writer = BatchWriter(db, on_commit=self._committed)
 
     def _migrate_file(self) -> None:
         db = self._connect_plain()
@@ -499,16 +501,24 @@ class SqliteStore(Store):
         now = time.time()
         lease = now + lease_seconds
 
+        sweep = now >= min(self._next_lease_sweep, self._earliest_lease)
+        if sweep:
+            self._next_lease_sweep = now + _LEASE_SWEEP_INTERVAL
+            self._earliest_lease = math.inf
+        self._earliest_lease = min(self._earliest_lease, lease)
+
         def claim(db: sqlite3.Connection) -> list[Any]:
-            # A lease ran out: the worker holding it stopped without finishing (killed, or
-            # stalled for longer than the lease). The job is runnable again, and the lost
-            # attempt counts, so a job that kills its worker every time still ends.
-            db.execute(
-                "UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1,"
-                " last_error = 'the worker running it stopped before it finished (lease"
-                " expired)', updated_at = ? WHERE state = 'running' AND lease_until < ?",
-                (now, now),
-            )
+            if sweep:
+                # A lease ran out: the worker holding it stopped without finishing (killed,
+                # or stalled for longer than the lease). The job is runnable again, and the
+                # lost attempt counts, so a job that kills its worker every time still ends.
+                db.execute(
+                    "UPDATE jobs SET state = 'ready', lease_until = NULL,"
+                    " attempts = attempts + 1, last_error = 'the worker running it stopped"
+                    " before it finished (lease expired)', updated_at = ?"
+                    " WHERE state = 'running' AND lease_until < ?",
+                    (now, now),
+                )
             scan = 4 * limit + 32
             rows = db.execute(_CLAIM_OLDEST, (lease, now, now, scan, limit)).fetchall()
             if len(rows) < limit and db.execute(_READY_BEYOND, (now, scan - len(rows))).fetchone():

@@ -1,11 +1,11 @@
-"""The SQLite store's writing connection: queued writes commit together, on the loop's thread.
+"""The SQLite store's writing connection: writes queued in one turn of the event loop commit
+together, on the loop's own thread.
 
-A write is a function of the connection. A write that finds the writer idle is committed at
-the end of the event loop's current turn, together with whatever else that turn queued. While
-writes keep coming, commits are spaced ``interval`` apart and each takes everything queued
-since the last: the webhook intake, the workers' completions and the dispatcher's claims share
-one ``BEGIN IMMEDIATE … COMMIT``. A commit writes the log whatever it holds, so fewer, larger
-commits are what lets the store keep up with a busy server.
+A write is a function of the connection. Whatever is queued while the event loop runs its
+current callbacks goes into one ``BEGIN IMMEDIATE … COMMIT`` at the end of that turn: the
+webhook intake, the workers' completions and the dispatcher's claims share a commit. The
+busier the server, the longer its turns and the larger the batches; an idle one commits a
+lone write at once.
 
 Why on the loop's thread: SQLite's own work for such a batch is some tens of microseconds
 plus the commit's write to the log. A thread would run it in parallel only in theory — every
@@ -44,7 +44,6 @@ class BatchWriter:
 
     :param db: the connection; it must not autocheckpoint and its busy timeout must be short
         (the batch retries a busy lock itself, asynchronously).
-    :param interval: the least time between two commits while writes keep coming.
     :param lock_timeout: how long a batch waits for another process's write lock in all.
     :param on_commit: called after each commit with the number of writes it held.
     """
@@ -53,14 +52,11 @@ class BatchWriter:
         self,
         db: sqlite3.Connection,
         *,
-        interval: float = 0.0,
         lock_timeout: float = 5.0,
         max_batch: int = 1024,
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self._db: sqlite3.Connection | None = db
-        self._interval = max(interval, 0.0)
-        self._last_commit = float("-inf")
         self._lock_timeout = lock_timeout
         self._max_batch = max_batch
         self._on_commit = on_commit
@@ -92,11 +88,7 @@ class BatchWriter:
         if self._scheduled or self._flushing is not None or not self._queue:
             return
         self._scheduled = True
-        wait = self._last_commit + self._interval - loop.time()
-        if wait > 0:
-            loop.call_later(wait, self._flush_soon)
-        else:
-            loop.call_soon(self._flush_soon)
+        loop.call_soon(self._flush_soon)
 
     async def close(self) -> None:
         """Commit what is queued, then close the connection."""
@@ -146,10 +138,8 @@ class BatchWriter:
         return True
 
     def _more(self) -> None:
-        """Writes beyond the batch size, or queued meanwhile, go in the next commit."""
-        loop = asyncio.get_running_loop()
-        self._last_commit = loop.time()
-        self._schedule(loop)
+        """Writes beyond the batch size, or queued meanwhile, go in the next turn."""
+        self._schedule(asyncio.get_running_loop())
 
     async def _flush_when_free(self) -> None:
         deadline = time.monotonic() + self._lock_timeout
