@@ -220,6 +220,23 @@ async def test_claims_follow_lane_order(store: Store) -> None:
     assert [j.id for j in await store.claim_jobs(10, 30)] == [a3]
 
 
+async def test_work_queued_behind_a_running_head_waits_for_it(store: Store) -> None:
+    [a1] = await enqueue(store, "a")
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a1]
+    a2, b1 = await enqueue(store, "a", "b")  # arrives while a1 runs
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [b1]
+    await store.complete_job(a1)
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a2]
+
+
+async def test_a_backlog_behind_running_heads_hides_no_other_lane(store: Store) -> None:
+    busy = await enqueue(store, *[f"busy{i % 4}" for i in range(200)])
+    assert len(await store.claim_jobs(4, 30)) == 4  # the four busy lanes' heads run
+    [late] = await enqueue(store, "late")  # the oldest ready jobs are all behind those four
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [late]
+    assert late > max(busy)
+
+
 async def test_claim_limit(store: Store) -> None:
     ids = await enqueue(store, *[f"lane{i}" for i in range(6)])
     assert [j.id for j in await store.claim_jobs(4, 30)] == ids[:4]
@@ -341,14 +358,26 @@ async def test_an_older_schema_is_upgraded_in_place(
     old = SqliteStore(path)
     await old.open()
     assert await old.schema_version() == 2
-    await old.intake([Intake(message=message(1), job=job("a")), Intake(job=job("a"))])
     await old.close()
+    # jobs as version 2 wrote them: lane a's first is done, two wait behind it; b has one
+    db = sqlite3.connect(path, isolation_level=None)
+    for lane, state in (("a", "done"), ("a", "ready"), ("a", "ready"), ("b", "ready")):
+        db.execute(
+            "INSERT INTO jobs (kind, lane, payload, state, attempts, next_at, created_at,"
+            " updated_at) VALUES ('k', ?, x'', ?, 0, 0, 0, 0)",
+            (lane, state),
+        )
+    db.close()
 
     monkeypatch.setattr(sqlite_module, "MIGRATIONS", MIGRATIONS)
     new = SqliteStore(path)
     await new.open()
     assert await new.schema_version() == MIGRATIONS[-1].version
-    assert [j.lane for j in await new.claim_jobs(5, 30)] == ["a"]
+    # the upgrade found each lane's head: one job per lane, lane a's oldest unfinished
+    claimed = await new.claim_jobs(5, 30)
+    assert [(j.id, j.lane) for j in claimed] == [(2, "a"), (4, "b")]
+    await new.complete_job(2)
+    assert [j.id for j in await new.claim_jobs(5, 30)] == [3]
     await new.close()
 
 

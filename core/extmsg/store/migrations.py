@@ -149,6 +149,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        7,
+        "mark each lane's head job, so a claim reads the ready heads in order instead of walking"
+        " every lane",
+        """
+        ALTER TABLE jobs ADD COLUMN head INTEGER NOT NULL DEFAULT 0;
+        UPDATE jobs SET head = 1 WHERE state IN ('ready', 'running') AND id = (
+            SELECT MIN(id) FROM jobs AS l INDEXED BY jobs_unfinished
+            WHERE l.state IN ('ready', 'running') AND l.lane = jobs.lane);
+        CREATE INDEX jobs_ready_heads ON jobs (next_at, id) WHERE head = 1 AND state = 'ready';
+        """,
+    ),
 )
 
 # Times are epoch seconds (DOUBLE PRECISION) as in SQLite, so both stores hand out the same rows

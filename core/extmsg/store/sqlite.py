@@ -64,57 +64,24 @@ __all__ = ["SqliteStore"]
 log = logging.getLogger("extmsg.store")
 
 
-# The head of every lane (its oldest unfinished job), found by skipping from lane to lane
-# through the partial index of unfinished jobs: a few index seeks per lane however long the
-# lanes are. Heads that are ready and due are runnable; a running or backing-off head holds
-# its lane.
-_LANE_HEADS = """
-WITH RECURSIVE lanes(lane) AS (
-    SELECT MIN(lane) FROM jobs INDEXED BY jobs_unfinished WHERE state IN ('ready', 'running')
-    UNION ALL
-    SELECT (SELECT MIN(lane) FROM jobs INDEXED BY jobs_unfinished
-            WHERE state IN ('ready', 'running') AND lane > lanes.lane)
-    FROM lanes WHERE lanes.lane IS NOT NULL
-)
-SELECT j.id
-FROM lanes CROSS JOIN jobs AS j ON j.id = (
-    SELECT MIN(id) FROM jobs INDEXED BY jobs_unfinished
-    WHERE state IN ('ready', 'running') AND lane = lanes.lane)
-WHERE j.state = 'ready' AND j.next_at <= ?
-ORDER BY j.next_at, j.id
-LIMIT ?
-"""
+# Every lane's head (its oldest unfinished job) carries ``head = 1``: intake marks a job that
+# opens its lane, finishing a job passes the mark to the next one of its lane. A claim then
+# reads the ready, due heads in claim order from their own index, however many lanes and jobs
+# wait behind running heads.
+_CLAIM = f"""
+UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ?
+WHERE id IN (
+    SELECT id FROM jobs INDEXED BY jobs_ready_heads
+    WHERE head = 1 AND state = 'ready' AND next_at <= ? ORDER BY next_at, id LIMIT ?)
+RETURNING {JOB_COLUMNS}
+"""  # noqa: S608
 
-# The same answer found from the other side, for a backlog: the oldest ready and due jobs, in
-# claim order, that are the heads of their lanes. Only the first ``?`` of them are looked at,
-# one index seek each, so its cost does not grow with the number of lanes; when they hold
-# fewer heads than wanted (jobs queued behind running heads), the lane walk above decides.
-_OLDEST_HEADS = """
-SELECT j.id
-FROM (
-    SELECT id, lane FROM jobs INDEXED BY jobs_runnable
-    WHERE state = 'ready' AND next_at <= ? ORDER BY next_at, id LIMIT ?
-) AS c CROSS JOIN jobs AS j ON j.id = c.id
-WHERE c.id = (
+# After a job of the lane of job ``?`` finished: its oldest unfinished job is the head.
+_NEXT_HEAD = """
+UPDATE jobs SET head = 1 WHERE id = (
     SELECT MIN(id) FROM jobs INDEXED BY jobs_unfinished
-    WHERE state IN ('ready', 'running') AND lane = c.lane)
-ORDER BY j.next_at, j.id
-LIMIT ?
+    WHERE state IN ('ready', 'running') AND lane = (SELECT lane FROM jobs WHERE id = ?))
 """
-
-# A claim is one statement (its own transaction): lease the heads one of the queries finds.
-_CLAIM = (
-    "UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ?"  # noqa: S608
-    f" WHERE id IN ({{heads}}) RETURNING {JOB_COLUMNS}"
-)
-_CLAIM_OLDEST = _CLAIM.format(heads=_OLDEST_HEADS)
-# Whether more ready jobs are due than the oldest-heads claim looked at (OFFSET: how many of
-# those it left ready).
-_READY_BEYOND = (
-    "SELECT 1 FROM jobs INDEXED BY jobs_runnable WHERE state = 'ready' AND next_at <= ?"
-    " ORDER BY next_at, id LIMIT 1 OFFSET ?"
-)
-_CLAIM_ANY = _CLAIM.format(heads=_LANE_HEADS)
 
 
 _LOCKED_RETRIES = 250  # about five seconds, like the busy timeout
@@ -235,13 +202,20 @@ class SqliteStore(Store):
         )
 
     async def _checkpoint(self) -> None:
+        """Copy the log into the file and start it over, holding commits back meanwhile (as
+        SQLite's own checkpoint at a commit would), in the background connection's thread."""
         try:
-            if self._scan is not None:
-                # TRUNCATE waits for the writer's current batch and holds the next one back
-                # while it copies the log into the file (the writer waits without blocking
-                # the loop), so that the log starts over instead of growing while writes go
-                # on; a PASSIVE one would rarely catch up with a busy writer.
-                await self._scan.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if self._scan is not None and self._writer is not None:
+                started = time.monotonic()
+                async with self._writer.hold():
+                    rows = await self._scan.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy, pages, _ = next(iter(rows), (0, 0, 0))
+                log.debug(
+                    "checkpointed %d page(s) of the log in %.1f ms%s",
+                    pages,
+                    (time.monotonic() - started) * 1000,
+                    " (busy: another connection held it back)" if busy else "",
+                )
         except sqlite3.Error:
             log.warning("checkpointing the SQLite log failed; trying again later", exc_info=True)
         finally:
@@ -519,14 +493,7 @@ class SqliteStore(Store):
                     " WHERE state = 'running' AND lease_until < ?",
                     (now, now),
                 )
-            scan = 4 * limit + 32
-            rows = db.execute(_CLAIM_OLDEST, (lease, now, now, scan, limit)).fetchall()
-            if len(rows) < limit and db.execute(_READY_BEYOND, (now, scan - len(rows))).fetchone():
-                # Heads beyond the scanned ones come later in claim order than all of those,
-                # and the lanes just claimed are running now: the walk finds the rest. When
-                # the scan saw every ready job, there is no rest.
-                rows += db.execute(_CLAIM_ANY, (lease, now, now, limit - len(rows))).fetchall()
-            return rows
+            return db.execute(_CLAIM, (lease, now, now, limit)).fetchall()
 
         rows = await self._run(claim)
         rows.sort(key=lambda r: (r[6], r[0]))  # next_at, id: RETURNING has no order
@@ -552,11 +519,21 @@ class SqliteStore(Store):
         return await self._run(renew)
 
     async def complete_job(self, job_id: int) -> None:
-        await self._write(
-            "UPDATE jobs SET state = 'done', lease_until = NULL, attempts = attempts + 1,"
-            " updated_at = ? WHERE id = ? AND state = 'running'",
+        await self._finish(
+            "UPDATE jobs SET state = 'done', head = 0, lease_until = NULL,"
+            " attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'running'",
             (time.time(), job_id),
+            job_id,
         )
+
+    async def _finish(self, sql: str, params: Sequence[Any], job_id: int) -> None:
+        """A job leaves its lane's unfinished ones: the next of its lane becomes the head."""
+
+        def finish(db: sqlite3.Connection) -> None:
+            if db.execute(sql, params).rowcount:
+                db.execute(_NEXT_HEAD, (job_id,))
+
+        await self._run(finish)
 
     async def reschedule_job(self, job_id: int, next_at: float, error: str) -> None:
         await self._write(
@@ -566,10 +543,12 @@ class SqliteStore(Store):
         )
 
     async def bury_job(self, job_id: int, error: str) -> None:
-        await self._write(
-            "UPDATE jobs SET state = 'dead', lease_until = NULL, attempts = attempts + 1,"
-            " last_error = ?, updated_at = ? WHERE id = ? AND state IN ('ready', 'running')",
+        await self._finish(
+            "UPDATE jobs SET state = 'dead', head = 0, lease_until = NULL,"
+            " attempts = attempts + 1, last_error = ?, updated_at = ?"
+            " WHERE id = ? AND state IN ('ready', 'running')",
             (error, time.time(), job_id),
+            job_id,
         )
 
     async def release_jobs(self, job_ids: Sequence[int]) -> None:
@@ -615,6 +594,14 @@ class SqliteStore(Store):
                 == 1
             )
             if changed:
+                # The job is unfinished again, and older than the rest of its lane.
+                db.execute(
+                    "UPDATE jobs SET head = (id = (SELECT MIN(id) FROM jobs AS l"
+                    " INDEXED BY jobs_unfinished WHERE l.state IN ('ready', 'running')"
+                    " AND l.lane = jobs.lane)) WHERE lane = (SELECT lane FROM jobs WHERE id = ?)"
+                    " AND state IN ('ready', 'running')",
+                    (job_id,),
+                )
                 # A hand retry re-opens the message's failed state.
                 db.execute(
                     "UPDATE messages SET state = ?, error = NULL, updated_at = ?"
@@ -795,12 +782,28 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
             )
         results.append(IntakeResult(accepted=True, message_id=message_id))
 
-    for rows in _chunks(jobs, 500):
-        values = ",".join(["(?, ?, ?, ?, 'ready', 0, ?, ?, ?)"] * len(rows))
+    # A job that finds its lane empty is its head.
+    taken: set[str] = set()
+    for lanes in _chunks(sorted({row[1] for row in jobs}), 500):
+        marks = ",".join("?" * len(lanes))
+        taken.update(
+            r[0]
+            for r in db.execute(
+                "SELECT DISTINCT lane FROM jobs INDEXED BY jobs_unfinished"  # noqa: S608
+                f" WHERE lane IN ({marks}) AND state IN ('ready', 'running')",
+                lanes,
+            )
+        )
+    heads: list[int] = []
+    for row in jobs:
+        heads.append(int(row[1] not in taken))
+        taken.add(row[1])
+    for rows in _chunks(list(zip(jobs, heads, strict=True)), 500):
+        values = ",".join(["(?, ?, ?, ?, 'ready', 0, ?, ?, ?, ?)"] * len(rows))
         db.execute(
             "INSERT INTO jobs (kind, lane, payload, message_id, state, attempts,"  # noqa: S608
-            f" next_at, created_at, updated_at) VALUES {values}",
-            [v for row in rows for v in row],
+            f" next_at, created_at, updated_at, head) VALUES {values}",
+            [v for row, head in rows for v in (*row, head)],
         )
     return results
 

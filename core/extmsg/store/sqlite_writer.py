@@ -24,10 +24,11 @@ the batch waits for it without blocking the loop, up to ``lock_timeout``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 __all__ = ["BatchWriter"]
@@ -63,6 +64,7 @@ class BatchWriter:
         self._queue: list[tuple[Write, asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._scheduled = False
+        self._held = 0
         self.transactions = 0
 
     @property
@@ -85,10 +87,27 @@ class BatchWriter:
         return future
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._scheduled or self._flushing is not None or not self._queue:
+        if self._scheduled or self._flushing is not None or self._held or not self._queue:
             return
         self._scheduled = True
         loop.call_soon(self._flush_soon)
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        """Commit nothing while the block runs; writes queue up meanwhile and commit after it.
+
+        For work that needs the file's write lock for a while (a checkpoint of the log): it
+        gets the lock at once instead of competing with a commit in every turn of the loop.
+        """
+        if self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        self._held += 1
+        try:
+            yield
+        finally:
+            self._held -= 1
+            if self._db is not None:
+                self._schedule(asyncio.get_running_loop())
 
     async def close(self) -> None:
         """Commit what is queued, then close the connection."""
@@ -104,6 +123,8 @@ class BatchWriter:
     # -- committing -----------------------------------------------------------------------------
     def _flush_soon(self) -> None:
         self._scheduled = False
+        if self._held:
+            return  # hold() schedules the flush when it ends
         if self._flushing is None and self._queue and not self._try_flush():
             self._start_flush()
 
