@@ -182,8 +182,8 @@ async def test_acknowledgements_share_commits_with_job_completions(tmp_path: Pat
 
 
 async def test_the_log_is_checkpointed_while_writes_go_on(tmp_path: Path) -> None:
-    """The writer does not checkpoint at its commits; the store does it in a thread, often
-    enough that the log stays near SQLite's usual 4 MiB instead of growing with every write."""
+    """The writer does not checkpoint at its commits; the store does it in a thread, and the
+    log stays bounded (16 MiB and what comes in meanwhile) instead of growing with every write."""
     path = tmp_path / "s.sqlite3"
     store = SqliteStore(path)
     await store.open()
@@ -203,7 +203,7 @@ async def test_the_log_is_checkpointed_while_writes_go_on(tmp_path: Path) -> Non
                     )
                 ]
             )
-        assert await asyncio.to_thread(os.path.getsize, f"{path}-wal") < 8 << 20
+        assert await asyncio.to_thread(os.path.getsize, f"{path}-wal") < 24 << 20
         assert (await store.job_counts())["ready"] == 1500
     finally:
         await store.close()

@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -88,7 +87,8 @@ _LOCKED_RETRIES = 250  # about five seconds, like the busy timeout
 # A point read finds the file locked only while another connection recovers the log; it
 # runs on the event loop, so it tries again after a pause rather than block.
 _READ_RETRIES = 50
-_CHECKPOINT_BYTES = 4 << 20  # the log's size that starts a checkpoint (SQLite's default)
+_CHECKPOINT_EVERY = 100  # commits (ten pages or so each) between checkpoints of the log
+_LOG_LIMIT = 4096  # pages (16 MiB) past which the log is emptied with writes held back
 _DELETE_CHUNK = 2000
 # Claims look for expired leases when one this store handed out may have run out, and at
 # least this often for the rest (another process's): the sweep would otherwise be a statement
@@ -108,7 +108,7 @@ class SqliteStore(Store):
         self._writer: BatchWriter | None = None
         self._scan: aiosqlite.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
-        self._wal = f"{self.path}-wal"
+        self._commits = 0
         self._next_lease_sweep = 0.0
         self._earliest_lease = math.inf  # of the leases this store handed out since its sweep
 
@@ -188,34 +188,34 @@ class SqliteStore(Store):
         return self._writer.transactions if self._writer is not None else 0
 
     def _committed(self, writes: int) -> None:
-        """After each commit: once the log has grown, copy it into the file in a thread."""
-        if self._checkpointing is not None:
-            return
-        try:
-            size = os.stat(self._wal).st_size
-        except OSError:
-            return
-        if size < _CHECKPOINT_BYTES:
+        """After every so many commits, copy the log into the file in a thread."""
+        self._commits += 1
+        if self._commits % _CHECKPOINT_EVERY or self._checkpointing is not None:
             return
         self._checkpointing = asyncio.get_running_loop().create_task(
             self._checkpoint(), name="extmsg-sqlite-checkpoint"
         )
 
     async def _checkpoint(self) -> None:
-        """Copy the log into the file and start it over, holding commits back meanwhile (as
-        SQLite's own checkpoint at a commit would), in the background connection's thread."""
+        """A passive checkpoint, beside the writer; the log starts over once one has caught up
+        with it. Should the writes outpace them and the log pass ``_LOG_LIMIT`` pages, commits
+        are held back for one that copies everything and empties the log (what SQLite's own
+        checkpoint at a commit would cost every time)."""
         try:
-            if self._scan is not None and self._writer is not None:
-                started = time.monotonic()
-                async with self._writer.hold():
-                    rows = await self._scan.execute_fetchall("PRAGMA wal_checkpoint(TRUNCATE)")
-                busy, pages, _ = next(iter(rows), (0, 0, 0))
-                log.debug(
-                    "checkpointed %d page(s) of the log in %.1f ms%s",
-                    pages,
-                    (time.monotonic() - started) * 1000,
-                    " (busy: another connection held it back)" if busy else "",
-                )
+            if self._scan is None or self._writer is None:
+                return
+            rows = await self._scan.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+            _, pages, _ = next(iter(rows), (0, 0, 0))
+            if pages <= _LOG_LIMIT:
+                return
+            started = time.monotonic()
+            async with self._writer.hold():
+                await self._scan.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.info(
+                "the SQLite log had grown to %d pages; emptying it held writes for %.0f ms",
+                pages,
+                (time.monotonic() - started) * 1000,
+            )
         except sqlite3.Error:
             log.warning("checkpointing the SQLite log failed; trying again later", exc_info=True)
         finally:
