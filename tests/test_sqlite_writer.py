@@ -33,6 +33,16 @@ def _insert(k: int, v: str | None = "x") -> Callable[[sqlite3.Connection], int]:
     return lambda db: db.execute("INSERT INTO t (k, v) VALUES (?, ?)", (k, v)).rowcount
 
 
+def _webhook(key: str, lane: str, payload: bytes = b"") -> Intake:
+    """What one inbound webhook writes: its message and its job."""
+    return Intake(
+        message=NewMessage(
+            id=f"m-{key}", channel="c", direction="in", thread="t", provider_message_id=f"p-{key}"
+        ),
+        job=NewJob(kind="k", lane=lane, payload=payload),
+    )
+
+
 async def _rows(w: BatchWriter) -> list[tuple[int, str]]:
     return await w.run(lambda db: db.execute("SELECT k, v FROM t ORDER BY k").fetchall())
 
@@ -136,42 +146,12 @@ async def test_acknowledgements_share_commits_with_job_completions(tmp_path: Pat
     store = SqliteStore(tmp_path / "s.sqlite3")
     await store.open()
     try:
-        await store.intake(
-            [
-                Intake(
-                    message=NewMessage(
-                        id=f"m{i}",
-                        channel="c",
-                        direction="in",
-                        thread="t",
-                        provider_message_id=f"p{i}",
-                    ),
-                    job=NewJob(kind="k", lane=f"lane{i}", payload=b""),
-                )
-                for i in range(40)
-            ]
-        )
+        await store.intake([_webhook(f"a{i}", f"lane{i}") for i in range(40)])
         jobs = await store.claim_jobs(40, 30.0)
         before = store.transactions
         await asyncio.gather(
             *(store.complete_job(job.id) for job in jobs),
-            *(
-                store.intake(
-                    [
-                        Intake(
-                            message=NewMessage(
-                                id=f"n{i}",
-                                channel="c",
-                                direction="in",
-                                thread="t",
-                                provider_message_id=f"q{i}",
-                            ),
-                            job=NewJob(kind="k", lane=f"lane{i}", payload=b""),
-                        )
-                    ]
-                )
-                for i in range(40)
-            ),
+            *(store.intake([_webhook(f"b{i}", f"lane{i}")]) for i in range(40)),
         )
         assert store.transactions - before == 1
         counts = await store.job_counts()
@@ -189,20 +169,7 @@ async def test_the_log_is_checkpointed_while_writes_go_on(tmp_path: Path) -> Non
     await store.open()
     try:
         for i in range(1500):  # one commit each: some 60 MB of log if never checkpointed
-            await store.intake(
-                [
-                    Intake(
-                        message=NewMessage(
-                            id=f"m{i}",
-                            channel="c",
-                            direction="in",
-                            thread="t",
-                            provider_message_id=f"p{i}",
-                        ),
-                        job=NewJob(kind="k", lane="l", payload=b"x" * 200),
-                    )
-                ]
-            )
+            await store.intake([_webhook(str(i), "l", b"x" * 200)])
         assert await asyncio.to_thread(os.path.getsize, f"{path}-wal") < 24 << 20
         assert (await store.job_counts())["ready"] == 1500
     finally:

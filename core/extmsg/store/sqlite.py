@@ -106,7 +106,7 @@ class SqliteStore(Store):
         self.path = Path(path)
         self._synchronous = synchronous
         self._writer: BatchWriter | None = None
-        self._scan: aiosqlite.Connection | None = None
+        self._background: aiosqlite.Connection | None = None
         self._checkpointing: asyncio.Task[None] | None = None
         self._commits = 0
         self._next_lease_sweep = 0.0
@@ -117,17 +117,17 @@ class SqliteStore(Store):
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._migrate_file)
-        scan = await aiosqlite.connect(self.path, isolation_level=None)
+        background = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             for pragma in self._pragmas(5000):
-                await scan.execute(pragma)
+                await background.execute(pragma)
             # Checkpoints run here, in this connection's thread, not at the writer's commits.
             db = self._connect_plain(busy_timeout_ms=0)
             db.execute("PRAGMA wal_autocheckpoint=0")
         except BaseException:
-            await scan.close()
+            await background.close()
             raise
-        self._scan = scan
+        self._background = background
         self._writer = BatchWriter(db, on_commit=self._committed)
 
     def _migrate_file(self) -> None:
@@ -168,11 +168,11 @@ class SqliteStore(Store):
             await writer.close()
         if self._checkpointing is not None:
             await asyncio.gather(self._checkpointing, return_exceptions=True)
-        scan, self._scan = self._scan, None
-        if scan is not None:
+        background, self._background = self._background, None
+        if background is not None:
             with contextlib.suppress(sqlite3.Error):
-                await scan.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await scan.close()
+                await background.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await background.close()
 
     @property
     def is_open(self) -> bool:
@@ -202,15 +202,15 @@ class SqliteStore(Store):
         are held back for one that copies everything and empties the log (what SQLite's own
         checkpoint at a commit would cost every time)."""
         try:
-            if self._scan is None or self._writer is None:
+            if self._background is None or self._writer is None:
                 return
-            rows = await self._scan.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
+            rows = await self._background.execute_fetchall("PRAGMA wal_checkpoint(PASSIVE)")
             _, pages, _ = next(iter(rows), (0, 0, 0))
             if pages <= _LOG_LIMIT:
                 return
             started = time.monotonic()
             async with self._writer.hold():
-                await self._scan.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                await self._background.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             log.info(
                 "the SQLite log had grown to %d pages; emptying it held writes for %.0f ms",
                 pages,
@@ -252,14 +252,14 @@ class SqliteStore(Store):
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """A read that may scan: in the background connection's thread."""
-        if self._scan is None:
+        if self._background is None:
             raise RuntimeError("the store is not open")
-        return list(await self._scan.execute_fetchall(sql, params))
+        return list(await self._background.execute_fetchall(sql, params))
 
     async def _bulk_delete(self, table: str, where: str, params: Sequence[Any]) -> int:
         """Delete many rows in the background connection's thread, a chunk per transaction,
         so the writer never waits long for the file's lock."""
-        if self._scan is None:
+        if self._background is None:
             raise RuntimeError("the store is not open")
         sql = (
             f"DELETE FROM {table} WHERE rowid IN"  # noqa: S608
@@ -267,7 +267,7 @@ class SqliteStore(Store):
         )
         deleted = 0
         while True:
-            cursor = await self._scan.execute(sql, params)
+            cursor = await self._background.execute(sql, params)
             deleted += cursor.rowcount
             if cursor.rowcount < _DELETE_CHUNK:
                 return deleted
