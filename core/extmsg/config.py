@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from .errors import ConfigError
+from .fetch import parse_networks
 from .models import Channel, MessengerType, Recipient, Secret
 
 __all__ = [
@@ -50,6 +51,15 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * 1024 * 1024
     shutdown_timeout: Positive = 20.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: Networks files named by providers may be fetched from although they are not public
+    #: (e.g. ``["10.20.0.0/16"]``); see :mod:`extmsg.fetch`. The sandbox allows loopback.
+    fetch_allowed_networks: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        try:
+            parse_networks(tuple(self.fetch_allowed_networks))
+        except ValueError as exc:
+            raise ValueError(f"fetch_allowed_networks: {exc}") from None
 
     @property
     def base_url(self) -> str:
@@ -132,6 +142,7 @@ class Config(_Section, frozen=True):
                 sender_fallback=ch.sender_fallback,
                 topic=ch.topic,
                 verify_signatures=ch.verify_signatures,
+                fetch_allowed_networks=tuple(self.server.fetch_allowed_networks),
             )
             for ch in self.channels
         ]

@@ -15,6 +15,8 @@ __all__ = [
     "ConfigError",
     "DeliveryError",
     "ExtmsgError",
+    "FetchRefused",
+    "FetchTooLarge",
     "HandledError",
     "PermanentError",
     "PluginError",
@@ -101,3 +103,21 @@ class PermanentError(DeliveryError):
     """Trying again cannot succeed (invalid recipient, opted out, window closed)."""
 
     retryable = False
+
+
+class FetchRefused(PermanentError):
+    """A URL from outside was not fetched: its scheme, address or redirects break the rules of
+    :mod:`extmsg.fetch`. The message names the reason and the URL without its query."""
+
+
+class FetchTooLarge(PermanentError):
+    """A fetched body outgrew its limit; the download was stopped there.
+
+    :ivar limit: the limit in bytes.
+    :ivar size: the announced size (``Content-Length``) or the bytes read when it stopped.
+    """
+
+    def __init__(self, message: str, *, limit: int, size: int, status: int | None = None) -> None:
+        super().__init__(message, status=status)
+        self.limit = limit
+        self.size = size

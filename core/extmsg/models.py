@@ -174,6 +174,8 @@ class Channel(Struct, frozen=True):
 
     :ivar settings: the validated instance of the messenger's settings Struct.
     :ivar public_url: the URL under which this channel's routes are reachable from outside.
+    :ivar fetch_allowed_networks: non-public networks a provider's file URL may point into
+        (``[server] fetch_allowed_networks``); pass it to :func:`extmsg.fetch.fetch`.
     """
 
     name: str
@@ -187,6 +189,7 @@ class Channel(Struct, frozen=True):
     sender_fallback: str = "Agent"
     topic: str | None = None
     verify_signatures: bool = True
+    fetch_allowed_networks: tuple[str, ...] = ()
 
     def route_url(self, path: str) -> str:
         return f"{self.public_url.rstrip('/')}/channels/{self.name}/{path.lstrip('/')}"

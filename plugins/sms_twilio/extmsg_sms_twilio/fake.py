@@ -10,7 +10,11 @@ Endpoints:
 - ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json``: create (Basic auth)
 - ``GET  /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json``: fetch (Basic auth)
 - ``GET  /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}/Media/{MediaSid}``: media (Basic auth,
-  302 to the content)
+  302 to the content on another origin, as Twilio redirects to pre-signed storage: from
+  ``127.0.0.1`` to ``localhost`` on the same port and the other way round)
+- ``GET  /fake/media/{MediaSid}?X-Amz-Signature=…``: the "storage" answer. Like pre-signed
+  storage it refuses a request that also carries an ``Authorization`` header (400), so a client
+  that forwards Twilio credentials across the redirect fails here
 - ``GET  /fake/messages``: every send, newest last, with its callbacks' outcome
 - ``POST /fake/failures`` ``{"to": "+1…", "scenario": "opted_out", "times": 1}``: script a failure
   for one destination (``times`` omitted: until cleared); ``DELETE /fake/failures`` clears them
@@ -238,6 +242,7 @@ class FakeTwilio:
         self.messages: list[dict[str, Any]] = []
         self.callbacks: list[dict[str, Any]] = []
         self.media: dict[str, tuple[bytes, str]] = {}
+        self.storage_signatures: dict[str, str] = {}
         self._failures: dict[str, _Scripted] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -419,12 +424,26 @@ class FakeTwilio:
         media_sid = request.match_info["media"]
         if media_sid not in self.media:
             return _error(404, 20404, f"The requested resource {request.path} was not found")
-        raise web.HTTPFound(f"/fake/media/{media_sid}")
+        host = request.url.host or ""
+        storage = request.url.with_host(_OTHER_LOOPBACK_NAME.get(host, host))
+        signature = uuid.uuid4().hex
+        self.storage_signatures[media_sid] = signature
+        target = storage.with_path(f"/fake/media/{media_sid}").with_query(
+            {"X-Amz-Signature": signature}
+        )
+        raise web.HTTPFound(str(target))
 
     async def media_content(self, request: web.Request) -> web.Response:
         media_sid = request.match_info["media"]
         if media_sid not in self.media:
             raise web.HTTPNotFound
+        if request.query.get("X-Amz-Signature") != self.storage_signatures.get(media_sid):
+            return web.Response(status=403, text="SignatureDoesNotMatch")
+        if "Authorization" in request.headers:
+            # what pre-signed storage answers when a client forwards its own credentials too
+            return web.Response(
+                status=400, text="Only one auth mechanism allowed; Authorization header given"
+            )
         content, content_type = self.media[media_sid]
         return web.Response(body=content, content_type=content_type)
 
@@ -531,6 +550,9 @@ class FakeTwilio:
         message["callbacks"].append(outcome)
         self.callbacks.append(outcome)
 
+
+#: Where the media redirect points: the same server under another name (another origin).
+_OTHER_LOOPBACK_NAME = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}
 
 _PRIVATE = frozenset({"media_urls", "status_callback", "callbacks"})
 

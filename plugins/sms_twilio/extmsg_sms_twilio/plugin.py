@@ -119,7 +119,7 @@ def extmsg_fetch_attachment(
 ) -> Awaitable[Attachment] | None:
     if not _ours(channel) or attachment.data is not None or not attachment.url:
         return None
-    return media.fetch_media(sessions.get(), channel, attachment)
+    return media.fetch_media(channel, attachment)
 
 
 @hookimpl

@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 
+from extmsg.fetch import LOOPBACK
 from extmsg.plugins import build_hooks
 from extmsg.testing.helpers import eventually, free_port, running_extmsg
 from extmsg_sms_twilio import plugin
@@ -86,7 +87,7 @@ async def world(
     base = f"http://127.0.0.1:{port}"
     hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
     raw = {
-        "server": {"port": port, "public_url": base},
+        "server": {"port": port, "public_url": base, "fetch_allowed_networks": list(LOOPBACK)},
         "store": {"path": str(tmp_path / "store.sqlite3")},
         "unblu": {
             "base_url": unblu_sandbox.base_url,

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, case_params, make_channel, text_of
 
+from extmsg import errors
 from extmsg.errors import DeliveryError
 from extmsg.models import Attachment, Contact, OutboundMessage
 from extmsg.plugins import Hooks
@@ -193,7 +194,7 @@ async def test_fetch_attachment(
     if "error" in expect:
         with pytest.raises(DeliveryError) as info:
             await hooks.fetch_attachment(channel, attachment)
-        assert type(info.value).__name__ == expect["error"]
+        assert isinstance(info.value, getattr(errors, expect["error"]))
         assert expect.get("contains", "") in info.value.message
         return
     fetched = await hooks.fetch_attachment(channel, attachment)

@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 from extmsg.errors import BadInbound, SignatureError
+from extmsg.fetch import LOOPBACK
 from extmsg.models import Channel, InboundRequest
 from extmsg.plugins import Hooks
 from extmsg_sms_twilio import plugin
@@ -72,7 +73,7 @@ def make_channel(
         settings=msgspec.convert(values, TwilioSettings),
         public_url=public_url,
         webhook_secret="unblu-secret",
-        **channel,
+        **{"fetch_allowed_networks": LOOPBACK, **channel},
     )
 
 

@@ -10,7 +10,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from extmsg.errors import PermanentError, RetryableError
+from extmsg.errors import FetchRefused, PermanentError, RetryableError
+from extmsg.fetch import mask_url
 from extmsg.logsafe import mask_address as mask
 from extmsg.models import Attachment, OutboundMessage, SendResult
 
@@ -82,7 +83,10 @@ async def mark_read(graph: Graph, settings: WhatsAppSettings, wamid: str) -> boo
 
 
 async def fetch_media(
-    graph: Graph, settings: WhatsAppSettings, attachment: Attachment
+    graph: Graph,
+    settings: WhatsAppSettings,
+    attachment: Attachment,
+    allowed_networks: tuple[str, ...] = (),
 ) -> Attachment:
     """The two-step download: the media's short-lived URL, then its bytes (both with the token)."""
     assert attachment.url is not None
@@ -109,9 +113,12 @@ async def fetch_media(
     url = info.get("url")
     if not isinstance(url, str) or not url:
         raise RetryableError("WhatsApp returned no download link for the file; will retry.")
-    if not media.may_carry_token(url, settings.api_base_url):
-        raise PermanentError("WhatsApp pointed to a file on an unexpected host; not fetched.")
-    data = await graph.download(settings, url, limit)
+    if not media.may_carry_token(url, settings):
+        raise FetchRefused(
+            f"WhatsApp pointed to the file at {mask_url(url)}, which is not one of the channel's "
+            "media_base_urls; not fetched (the access token would have to go there)."
+        )
+    data = await graph.download(settings, url, limit, allowed_networks)
     if isinstance(size, int) and len(data) < size:
         raise RetryableError("The file arrived incomplete from WhatsApp; will retry.")
     _check_digest(info.get("sha256"), data)

@@ -15,7 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from extmsg.errors import DeliveryError, PermanentError, RetryableError
+from extmsg.errors import DeliveryError, FetchTooLarge, PermanentError, RetryableError
+from extmsg.fetch import fetch
 
 from . import errors
 from .media import too_large_inbound
@@ -25,7 +26,7 @@ __all__ = ["Graph"]
 
 log = logging.getLogger("extmsg.whatsapp")
 
-_CHUNK = 64 * 1024
+USER_AGENT = "extmsg-whatsapp"
 
 
 def _auth(settings: WhatsAppSettings) -> dict[str, str]:
@@ -67,7 +68,7 @@ class Graph:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             self._session = aiohttp.ClientSession(
-                headers={"User-Agent": "extmsg-whatsapp"}, raise_for_status=False
+                headers={"User-Agent": USER_AGENT}, raise_for_status=False
             )
             self._loop = loop
         return self._session
@@ -120,36 +121,40 @@ class Graph:
             )
         return payload
 
-    async def download(self, settings: WhatsAppSettings, url: str, limit: int) -> bytes:
-        """GET a media URL with the bearer token, refusing more than ``limit`` bytes."""
-        timeout = aiohttp.ClientTimeout(total=max(settings.timeout, 120.0))
+    async def download(
+        self, settings: WhatsAppSettings, url: str, limit: int, allowed_networks: tuple[str, ...]
+    ) -> bytes:
+        """GET a media URL Graph handed out, refusing more than ``limit`` bytes.
+
+        Through :func:`extmsg.fetch.fetch`: the bearer token goes only to the exact origins of
+        ``api_base_url`` and ``media_base_urls``, and is dropped on a redirect elsewhere.
+        """
         try:
-            async with self.session().get(url, headers=_auth(settings), timeout=timeout) as resp:
-                if resp.status in (401, 403, 404, 410):
-                    # the download link lives five minutes: ask for a new one on the next try
-                    raise RetryableError(
-                        "WhatsApp's download link for the file expired; it will be fetched again.",
-                        status=resp.status,
-                    )
-                if not 200 <= resp.status < 300:
-                    raise errors.from_response(
-                        resp.status,
-                        _json(await resp.read()),
-                        retry_after=_retry_after(resp.headers),
-                    )
-                if resp.content_length is not None and resp.content_length > limit:
-                    raise too_large_inbound(resp.content_length, limit)
-                data = bytearray()
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    data += chunk
-                    if len(data) > limit:
-                        raise too_large_inbound(len(data), limit)
-                return bytes(data)
-        except DeliveryError:
+            fetched = await fetch(
+                url,
+                max_bytes=limit,
+                time_limit=max(settings.timeout, 120.0),
+                credentials=_auth(settings),
+                credential_origins=[settings.api_base_url, *settings.media_base_urls],
+                allowed_networks=allowed_networks,
+                headers={"User-Agent": USER_AGENT},
+            )
+        except FetchTooLarge as exc:
+            raise too_large_inbound(exc.size, limit) from None
+        except RetryableError as exc:
+            log.warning("whatsapp: media download failed: %s", exc)
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("whatsapp: media download failed: %s", type(exc).__name__)
-            raise errors.network_error(exc) from exc
+        if fetched.status in (401, 403, 404, 410):
+            # the download link lives five minutes: ask for a new one on the next try
+            raise RetryableError(
+                "WhatsApp's download link for the file expired; it will be fetched again.",
+                status=fetched.status,
+            )
+        if not fetched.ok:
+            raise errors.from_response(
+                fetched.status, _json(fetched.data), retry_after=_retry_after(fetched.headers)
+            )
+        return fetched.data
 
 
 def _path(url: str) -> str:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Literal
-from urllib.parse import urlsplit
 
 from extmsg.errors import PermanentError
+from extmsg.fetch import origin_of
 
 from .content import base_mime
+from .settings import WhatsAppSettings
 
 __all__ = [
     "CAPTION_TYPES",
@@ -40,9 +41,6 @@ MAX_BYTES: Mapping[str, int] = {
 }
 #: Media types that carry a caption (audio and stickers do not).
 CAPTION_TYPES = frozenset({"image", "video", "document"})
-
-#: Hosts Meta serves media from; the access token is only ever sent to these and the API host.
-_MEDIA_HOST_SUFFIXES = (".fbsbx.com", ".facebook.com", ".fbcdn.net", ".whatsapp.net")
 
 
 def outbound_kind(mime_type: str | None) -> MediaKind:
@@ -76,11 +74,10 @@ def too_large_inbound(size: int, limit: int) -> PermanentError:
     )
 
 
-def may_carry_token(url: str, api_base_url: str) -> bool:
-    """Whether a media URL is on a host that may receive the channel's access token."""
-    target = urlsplit(url)
-    host = (target.hostname or "").lower()
-    api = urlsplit(api_base_url)
-    if host and host == (api.hostname or "").lower() and target.port == api.port:
-        return True
-    return target.scheme == "https" and host.endswith(_MEDIA_HOST_SUFFIXES)
+def may_carry_token(url: str, settings: WhatsAppSettings) -> bool:
+    """Whether a media URL's origin (scheme, host and port, exactly) may receive the channel's
+    access token: the API's or one of ``media_base_urls``."""
+    target = origin_of(url)
+    return any(
+        target == origin_of(base) for base in (settings.api_base_url, *settings.media_base_urls)
+    )

@@ -140,7 +140,7 @@ def extmsg_fetch_attachment(
     settings = _settings(channel)
     if settings is None or not (attachment.url or "").startswith(MEDIA_SCHEME):
         return None
-    return api.fetch_media(graph, settings, attachment)
+    return api.fetch_media(graph, settings, attachment, channel.fetch_allowed_networks)
 
 
 @hookimpl

@@ -36,12 +36,22 @@ class WhatsAppSettings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown
     template_language: str = "en"
     #: Whether the template's body has one text parameter (``{{1}}``) for the agent's text.
     template_text_parameter: bool = True
+    #: Where Graph's media download links may point. The access token goes with a download only
+    #: to these exact origins (scheme, host, port) and the API's; a link elsewhere is refused.
+    media_base_urls: list[str] = msgspec.field(
+        default_factory=lambda: ["https://lookaside.fbsbx.com"]
+    )
     #: Largest inbound file fetched from WhatsApp; bigger ones fail with a readable reason.
     media_max_bytes: Annotated[int, msgspec.Meta(gt=0)] = 25 * 1024 * 1024
     #: Turn agents' reading into blue ticks for the contact.
     send_read_receipts: bool = True
     #: Seconds one Graph API call may take.
     timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+    def __post_init__(self) -> None:
+        for url in (self.api_base_url, *self.media_base_urls):
+            if not url.startswith(("https://", "http://")):
+                raise ValueError(f"{url!r} is not an http(s) URL")
 
     @property
     def graph_url(self) -> str:

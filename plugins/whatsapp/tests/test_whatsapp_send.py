@@ -15,6 +15,7 @@ from extmsg.models import Attachment, Channel, OutboundMessage
 from extmsg.plugins import Hooks
 from extmsg_whatsapp import media, outbound
 from extmsg_whatsapp.fake import GraphFake, create_graph_fake
+from extmsg_whatsapp.settings import WhatsAppSettings
 
 CASES = load_cases("send.json")
 MakeChannel = Callable[..., Channel]
@@ -172,15 +173,28 @@ async def test_attachments_that_are_not_whatsapp_media_are_left_alone(
     ("url", "allowed"),
     [
         ("https://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1", True),
-        ("https://scontent.whatsapp.net/v/t62/abc", True),
-        ("http://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1", False),
-        ("https://fbsbx.com.evil.example/steal", False),
+        ("https://LOOKASIDE.fbsbx.com:443/whatsapp_business/attachments/?mid=1", True),
         ("https://graph.facebook.com/v25.0/123", True),
+        # the same host over another scheme or port, or a sibling host, gets no token
+        ("http://lookaside.fbsbx.com/whatsapp_business/attachments/?mid=1", False),
+        ("https://lookaside.fbsbx.com:8443/whatsapp_business/attachments/?mid=1", False),
+        ("https://scontent.whatsapp.net/v/t62/abc", False),
+        ("https://evil.fbsbx.com/steal", False),
+        ("https://fbsbx.com.evil.example/steal", False),
         ("http://127.0.0.1:9999/fake/download/1", False),
     ],
 )
-def test_token_only_goes_to_meta_hosts(url: str, allowed: bool) -> None:
-    assert media.may_carry_token(url, "https://graph.facebook.com") is allowed
+def test_token_only_goes_to_configured_origins(url: str, allowed: bool) -> None:
+    settings = msgspec.convert(
+        {
+            "phone_number_id": "10654035224",
+            "access_token": "t",
+            "app_secret": "s",
+            "verify_token": "v",
+        },
+        WhatsAppSettings,
+    )
+    assert media.may_carry_token(url, settings) is allowed
 
 
 async def test_unreachable_api_is_retryable(started: Hooks, graph_channel: MakeChannel) -> None:
