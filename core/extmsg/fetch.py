@@ -259,6 +259,11 @@ async def fetch(
         current = yarl.URL(url)
     except (ValueError, TypeError):
         raise FetchRefused(f"Refused to fetch {shown}: not a valid URL.") from None
+    if current.scheme not in ("http", "https"):
+        raise FetchRefused(
+            f"Refused to fetch a {current.scheme or 'relative'}: URL: only http and https URLs "
+            "are fetched."
+        )
     if not current.absolute:
         raise FetchRefused(f"Refused to fetch {shown}: not an absolute URL.")
     connector = aiohttp.TCPConnector(

@@ -2,7 +2,8 @@
 
 The config's ``[unblu]`` section is pointed at the sandbox. Without channels in the config,
 one channel per messenger that ships a provider fake is added, talking to that fake, so a fresh
-clone has a complete system to play with and no account anywhere.
+clone has a complete system to play with and no account anywhere. The fakes listen on loopback
+and hand out file URLs there, so loopback is added to ``[server] fetch_allowed_networks``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .fetch import LOOPBACK
 from .plugins import Hooks
 
 __all__ = ["start_sandbox"]
@@ -31,9 +33,12 @@ async def start_sandbox(
     stack.push_async_callback(server.close)
     unblu = dict(raw.get("unblu") or {})
     unblu.update(base_url=server.base_url, username="admin", password="admin")  # noqa: S106
-    raw = {**raw, "unblu": unblu}
+    server_raw = dict(raw.get("server") or {})
+    allowed = server_raw.get("fetch_allowed_networks") or []
+    if isinstance(allowed, list):  # anything else is left for the config check to report
+        server_raw["fetch_allowed_networks"] = allowed + [n for n in LOOPBACK if n not in allowed]
+    raw = {**raw, "unblu": unblu, "server": server_raw}
     lines = [f"Unblu sandbox: console {server.url}/sandbox/  web API {server.base_url}"]
-    server_raw = raw.get("server") or {}
     extmsg_url = server_raw.get("public_url") or (
         f"http://127.0.0.1:{server_raw.get('port', 8080)}"
     )
