@@ -81,9 +81,11 @@ class Fetched:
     :ivar status: its HTTP status; a non-2xx answer is returned too, with at most 64 KiB of body.
     :ivar url: where it came from, after redirects.
     :ivar content_type: the ``Content-Type`` without parameters, ``""`` when absent.
+    :ivar reason: the status line's reason phrase.
     """
 
     status: int
+    reason: str
     data: bytes
     url: yarl.URL
     content_type: str
@@ -338,4 +340,4 @@ async def _read(resp: aiohttp.ClientResponse, url: yarl.URL, shown: str, max_byt
                 status=resp.status,
             )
     content_type = resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    return Fetched(resp.status, bytes(data), url, content_type, resp.headers)
+    return Fetched(resp.status, resp.reason or "", bytes(data), url, content_type, resp.headers)

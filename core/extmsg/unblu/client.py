@@ -25,6 +25,8 @@ import aiohttp
 import msgspec
 import yarl
 
+from extmsg.errors import FetchRefused, FetchTooLarge, RetryableError
+from extmsg.fetch import fetch
 from extmsg.unblu import wire
 from extmsg.unblu.errors import UnbluError, UnbluNotFound, parse_retry_after
 from extmsg.unblu.wire import Channel, ContactIdentifierFieldType, Conversation, RecipientType
@@ -920,7 +922,9 @@ class UnbluClient:
         path lies under the web API prefix (Unblu building links from its public URL behind a
         proxy) is fetched from ``base_url``'s origin instead; any other link is refused.
         While file interceptors review an upload Unblu answers 403, reported as retryable.
-        ``time_limit`` defaults to the client timeout, but at least 60 s.
+        ``time_limit`` defaults to the client timeout, but at least 60 s. The request goes
+        through :func:`extmsg.fetch.fetch` (the configured origin is exempt from its address
+        check: Unblu is often on the internal network); redirects are not followed.
         """
         operation = "GET <file download link>"
         base = yarl.URL(self._root)
@@ -937,56 +941,45 @@ class UnbluClient:
                     retryable=False,
                 )
             target = base.origin().join(yarl.URL(target.raw_path_qs, encoded=True))
-        limit = aiohttp.ClientTimeout(total=time_limit or max(self._timeout, 60.0))
         try:
-            async with self._http().get(
-                target,
-                headers={"Authorization": self.__authorization, "User-Agent": _USER_AGENT},
-                timeout=limit,
-                allow_redirects=False,
-            ) as resp:
-                if resp.status != 200:
-                    raw = await resp.read()
-                    try:
-                        data: Any = msgspec.json.decode(raw) if raw.strip() else None
-                    except msgspec.DecodeError:
-                        data = None
-                    message = self._error_message(data) or resp.reason
-                    if resp.status == 403:
-                        message = f"file not available (yet): {message or 'forbidden'}"
-                    cls = UnbluNotFound if resp.status == 404 else UnbluError
-                    raise cls(
-                        operation,
-                        status=resp.status,
-                        error_message=message,
-                        retry_after=parse_retry_after(resp.headers.get("Retry-After")),
-                        retryable=True if resp.status == 403 else None,
-                    )
-                if resp.content_length is not None and resp.content_length > max_bytes:
-                    raise UnbluError(
-                        operation,
-                        status=resp.status,
-                        error_message=f"file is larger than {max_bytes} bytes",
-                        retryable=False,
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.content.iter_chunked(64 * 1024):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise UnbluError(
-                            operation,
-                            status=resp.status,
-                            error_message=f"file is larger than {max_bytes} bytes",
-                            retryable=False,
-                        )
-                    chunks.append(chunk)
-                mime = resp.content_type if resp.headers.get("Content-Type") else None
-                return b"".join(chunks), mime
-        except TimeoutError as exc:
-            raise UnbluError(operation, error_message="download timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UnbluError(operation, error_message=_describe_network_error(exc)) from exc
+            fetched = await fetch(
+                str(target),
+                max_bytes=max_bytes,
+                time_limit=time_limit or max(self._timeout, 60.0),
+                credentials={"Authorization": self.__authorization},
+                credential_origins=[str(base.origin())],
+                headers={"User-Agent": _USER_AGENT},
+                max_redirects=0,  # a link is answered by Unblu itself, never elsewhere
+            )
+        except FetchTooLarge as exc:
+            raise UnbluError(
+                operation,
+                status=exc.status,
+                error_message=f"file is larger than {max_bytes} bytes",
+                retryable=False,
+            ) from None
+        except FetchRefused as exc:
+            raise UnbluError(operation, error_message=exc.message, retryable=False) from None
+        except RetryableError as exc:
+            raise UnbluError(operation, error_message=exc.message) from exc
+        if fetched.status != 200:
+            raw = fetched.data
+            try:
+                data: Any = msgspec.json.decode(raw) if raw.strip() else None
+            except msgspec.DecodeError:
+                data = None
+            message = self._error_message(data) or fetched.reason or None
+            if fetched.status == 403:
+                message = f"file not available (yet): {message or 'forbidden'}"
+            cls = UnbluNotFound if fetched.status == 404 else UnbluError
+            raise cls(
+                operation,
+                status=fetched.status,
+                error_message=message,
+                retry_after=parse_retry_after(fetched.headers.get("Retry-After")),
+                retryable=True if fetched.status == 403 else None,
+            )
+        return fetched.data, fetched.content_type or None
 
 
 def _fill_path(template: str, params: Mapping[str, str]) -> str:
