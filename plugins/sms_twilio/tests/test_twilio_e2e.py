@@ -5,6 +5,7 @@ and its delivery reports (or Twilio's refusals) come back as message states."""
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 
 from extmsg.fetch import LOOPBACK
 from extmsg.plugins import build_hooks
+from extmsg.sandbox_mode import start_sandbox
 from extmsg.testing.helpers import eventually, free_port, running_extmsg
 from extmsg_sms_twilio import plugin
 from extmsg_sms_twilio.fake import (
@@ -148,6 +151,8 @@ async def test_conversation_round_trip(world: World) -> None:
 
 
 async def test_mms_arrives_as_file(world: World) -> None:
+    """Basic auth on the fake's API host, then its redirect to "storage" on another origin,
+    which answers 400 if the credentials came along (as pre-signed storage does)."""
     url = world.fake_url + world.fake.add_media(b"\x89PNG-picture", "image/png")
     result = await world.text("", NumMedia="1", MediaUrl0=url, MediaContentType0="image/png")
     assert result.status == 200
@@ -249,3 +254,88 @@ async def test_long_agent_message_is_split(world: World) -> None:
     assert " ".join(bodies).split() == ("Anna: " + text).split()
     refs = {m["status_callback"] for m in world.fake.messages}
     assert len(refs) == 1  # both parts report on the one agent message
+
+
+@pytest.fixture
+async def file_host() -> AsyncIterator[tuple[str, list[str | None]]]:
+    """A file server on another port of this machine, recording each Authorization header."""
+    seen: list[str | None] = []
+
+    async def picture(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=b"\x89PNG-elsewhere", content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/picture.png", picture)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("/picture.png")), seen
+    finally:
+        await server.close()
+
+
+async def _file_of(world: World, conv_id: str) -> bytes:
+    async def file_message() -> dict[str, Any] | None:
+        found = [m for m in await world.messages(conv_id) if m["type"] == "FILE"]
+        return found[0] if found else None
+
+    message = await eventually(file_message)
+    async with world.session.get(f"{world.sandbox.url}/sandbox/api/files/{message['id']}") as r:
+        return await r.read()
+
+
+async def test_mms_media_elsewhere_gets_no_credentials(
+    world: World, file_host: tuple[str, list[str | None]]
+) -> None:
+    """A signed MMS whose MediaUrl is not Twilio's API: fetched (loopback is allowed here)
+    without the account's credentials."""
+    url, seen = file_host
+    await world.text("", NumMedia="1", MediaUrl0=url, MediaContentType0="image/png")
+    conv = await world.conversation()
+    assert await _file_of(world, conv["id"]) == b"\x89PNG-elsewhere"
+    assert seen == [None]
+
+
+async def test_sandbox_mode_fetches_files_from_loopback(
+    tmp_path: Path, file_host: tuple[str, list[str | None]]
+) -> None:
+    """``extmsg serve --sandbox``: its fakes and their files live on 127.0.0.1, which the
+    sandbox allows; the MMS's file arrives in the Unblu sandbox."""
+    url, seen = file_host
+    hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
+    port = free_port()
+    async with contextlib.AsyncExitStack() as stack:
+        raw = await start_sandbox(
+            stack,
+            {"server": {"port": port}, "store": {"path": str(tmp_path / "s.sqlite3")}},
+            hooks,
+            free_port(),
+        )
+        assert "127.0.0.0/8" in raw["server"]["fetch_allowed_networks"]
+        [channel] = raw["channels"]
+        fake_url = channel["settings"]["api_base_url"]
+        sandbox_url = raw["unblu"]["base_url"].split("/app/", 1)[0]
+        async with running_extmsg(raw, hooks, port=port) as extmsg:
+            params = {"NumMedia": "1", "MediaUrl0": url, "MediaContentType0": "image/png"}
+            async with extmsg.session.post(
+                f"{fake_url}/fake/inbound", json={"params": params}
+            ) as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def file_message() -> dict[str, Any] | None:
+                async with extmsg.session.get(f"{sandbox_url}/sandbox/api/conversations") as r:
+                    data = await r.json()
+                for conv in data["conversations"] if isinstance(data, dict) else data:
+                    path = f"{sandbox_url}/sandbox/api/conversations/{conv['id']}/messages"
+                    async with extmsg.session.get(path) as r:
+                        body = await r.json()
+                    messages = body["messages"] if isinstance(body, dict) else body
+                    for m in messages:
+                        if m["type"] == "FILE":
+                            return dict(m)
+                return None
+
+            message = await eventually(file_message)
+            assert message["mimeType"] == "image/png"
+    assert seen == [None]

@@ -19,6 +19,7 @@ from extmsg.errors import DeliveryError
 from extmsg.models import Attachment, Contact, OutboundMessage
 from extmsg.plugins import Hooks
 from extmsg_sms_twilio.fake import FakeTwilio
+from extmsg_sms_twilio.media import sends_credentials
 
 FakeServer = tuple[TestServer, FakeTwilio]
 
@@ -203,6 +204,52 @@ async def test_fetch_attachment(
     assert fetched.mime_type == expect["mime_type"]
     if "auth" in expect:
         assert (state["auth"][-1] is not None) is expect["auth"]
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("https://api.twilio.com/2010-04-01/Accounts/AC1/Messages/MM1/Media/ME1", True),
+        ("https://API.twilio.com:443/2010-04-01/Accounts/AC1/Media/ME1", True),
+        # the same host over http or on another port, or another Twilio host, gets nothing
+        ("http://api.twilio.com/2010-04-01/Accounts/AC1/Media/ME1", False),
+        ("https://api.twilio.com:8443/2010-04-01/Accounts/AC1/Media/ME1", False),
+        ("https://media.twiliocdn.com/AC1/abc?Signature=x", False),
+        ("https://evil.twilio.com/collect", False),
+        ("https://api.twilio.com.evil.example/collect", False),
+    ],
+)
+def test_credentials_only_for_the_api_origin(url: str, sent: bool) -> None:
+    assert sends_credentials(url, make_channel().settings) is sent
+
+
+async def test_credentials_not_sent_to_another_port_or_scheme(
+    hooks: Hooks, media_server: tuple[TestServer, dict[str, Any]], twilio_fake: FakeServer
+) -> None:
+    """A MediaUrl on another port of the API's host, or on the API's port over the other
+    scheme, is fetched without the account's credentials."""
+    server, state = media_server
+    state["serve"] = {"content_type": "image/png", "size": 3}
+    api, _ = twilio_fake
+    elsewhere = Attachment(file_name="a.png", url=str(server.make_url("/media")))
+    await hooks.fetch_attachment(make_channel({"api_base_url": str(api.make_url(""))}), elsewhere)
+    https_api = str(server.make_url("")).replace("http://", "https://")
+    await hooks.fetch_attachment(make_channel({"api_base_url": https_api}), elsewhere)
+    assert state["auth"] == [None, None]
+
+
+async def test_media_on_a_private_address_is_refused_unless_allowed(
+    hooks: Hooks, media_server: tuple[TestServer, dict[str, Any]]
+) -> None:
+    server, state = media_server
+    state["serve"] = {"content_type": "image/png", "size": 3}
+    attachment = Attachment(file_name="a.png", url=str(server.make_url("/media")))
+    with pytest.raises(errors.FetchRefused, match="loopback address") as info:
+        await hooks.fetch_attachment(make_channel(fetch_allowed_networks=()), attachment)
+    assert not info.value.retryable
+    assert state["auth"] == []
+    fetched = await hooks.fetch_attachment(make_channel(), attachment)  # tests allow loopback
+    assert fetched.data == b"\x89" * 3
 
 
 async def test_fetch_media_from_fake_with_redirect(hooks: Hooks, twilio_fake: FakeServer) -> None:
