@@ -41,6 +41,7 @@ def make_channel(
     api_base_url: str = "https://graph.facebook.com",
     verify_signatures: bool = True,
     sender_prefix: str = "{sender}: ",
+    fetch_allowed_networks: tuple[str, ...] = (),
     **settings: Any,
 ) -> Channel:
     return Channel(
@@ -57,6 +58,7 @@ def make_channel(
         public_url=PUBLIC_URL,
         webhook_secret="unblu-webhook-secret",
         sender_prefix=sender_prefix,
+        fetch_allowed_networks=fetch_allowed_networks,
         verify_signatures=verify_signatures,
     )
 
