@@ -13,6 +13,9 @@ port = 8080
 # Signatures are checked against this URL.
 public_url = "https://connector.example.com"
 log_level = "INFO"
+# Files a provider names by URL (MMS media, ...) are only fetched from public addresses.
+# Networks listed here are allowed too, e.g. a media proxy inside your network:
+# fetch_allowed_networks = ["10.20.0.0/16"]
 
 [store]
 # Embedded SQLite (WAL); a relative path is relative to this file.
