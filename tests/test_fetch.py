@@ -300,6 +300,11 @@ async def test_only_http_and_https(api: Host) -> None:
             await _get(url, api)
 
 
+async def test_a_redirect_to_another_scheme_is_refused(api: Host) -> None:
+    with pytest.raises(FetchRefused, match="only http and https"):
+        await _get(api.url("/redirect?to=file:///etc/passwd"), api)
+
+
 # --- limits ---------------------------------------------------------------------------------------
 async def test_an_endless_body_stops_at_the_limit(api: Host) -> None:
     started = time.monotonic()

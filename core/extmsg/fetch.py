@@ -106,7 +106,7 @@ def mask_url(url: str | yarl.URL) -> str:
     try:
         u = url if isinstance(url, yarl.URL) else yarl.URL(url)
         if not u.absolute:
-            return "<relative URL>"
+            return f"a {u.scheme}: URL" if u.scheme else "a relative URL"
         shown = u.with_user(None).with_query(None).with_fragment(None)
     except (ValueError, TypeError):
         return "<unparsable URL>"
@@ -262,10 +262,7 @@ async def fetch(
     except (ValueError, TypeError):
         raise FetchRefused(f"Refused to fetch {shown}: not a valid URL.") from None
     if current.scheme not in ("http", "https"):
-        raise FetchRefused(
-            f"Refused to fetch a {current.scheme or 'relative'}: URL: only http and https URLs "
-            "are fetched."
-        )
+        raise FetchRefused(f"Refused to fetch {shown}: only http and https URLs are fetched.")
     if not current.absolute:
         raise FetchRefused(f"Refused to fetch {shown}: not an absolute URL.")
     connector = aiohttp.TCPConnector(
@@ -288,19 +285,20 @@ async def fetch(
                 ) as resp:
                     location = resp.headers.get("Location")
                     if resp.status in _REDIRECTS and location:
-                        if hop == max_redirects:
-                            raise FetchRefused(
-                                f"Refused to follow more than {max_redirects} redirect(s) "
-                                f"fetching {mask_url(url)}; the last one led to "
-                                f"{mask_url(current.join(yarl.URL(location)))}."
-                            )
                         try:
-                            current = current.join(yarl.URL(location))
+                            target = current.join(yarl.URL(location))
                         except (ValueError, TypeError):
                             raise FetchRefused(
                                 f"Refused to follow a redirect from {shown}: its Location is "
                                 "not a valid URL."
                             ) from None
+                        if hop == max_redirects:
+                            raise FetchRefused(
+                                f"Refused to follow more than {max_redirects} redirect(s) "
+                                f"fetching {mask_url(url)}; the last one led to "
+                                f"{mask_url(target)}."
+                            )
+                        current = target
                         continue
                     return await _read(resp, current, shown, max_bytes)
             raise AssertionError("unreachable")  # pragma: no cover
@@ -310,10 +308,17 @@ async def fetch(
         raise RetryableError(
             f"Fetching {shown} took longer than {time_limit:g} s; it will be retried."
         ) from None
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, OSError) as exc:
+        # Not chained: some aiohttp errors quote the whole URL, query (a signature) included.
         raise RetryableError(
-            f"Could not fetch {shown} ({type(exc).__name__}); it will be retried."
-        ) from exc
+            f"Could not fetch {shown} ({_describe(exc)}); it will be retried."
+        ) from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError) and exc.os_error.strerror:
+        return f"{type(exc).__name__}: {exc.os_error.strerror}"
+    return type(exc).__name__
 
 
 async def _read(resp: aiohttp.ClientResponse, url: yarl.URL, shown: str, max_bytes: int) -> Fetched:
