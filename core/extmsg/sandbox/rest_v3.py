@@ -26,6 +26,7 @@ from .rest_common import (
     base_url,
     conversation_filter,
     expand_of,
+    message_log,
     order_conversations,
     page,
     parse_channel_fields,
@@ -296,6 +297,25 @@ async def search_conversations(request: web.Request) -> web.Response:
     expand = expand_of(request)
     rendered = [render.conversation(sandbox.state, c, "v3", expand) for c in items]
     return web.json_response(result("ConversationResult", rendered, more, next_offset))
+
+
+# -- conversation history -----------------------------------------------------------------
+@routes.post("/conversationhistory/{conversationId}/searchMessages")
+async def search_messages(request: web.Request) -> web.Response:
+    """The conversation's messages as ``ConversationHistoryMessageData``, which in v3 name
+    neither a ``sourceId`` nor an ``externalMessageId``."""
+    sandbox = sandbox_of(request)
+    conv = sandbox.conversation(request.match_info["conversationId"], field_name="conversationId")
+    body = await read_body(request)
+    body.type_tag("MessageQuery")
+    items, more, next_offset = message_log(
+        body,
+        sandbox.messages_of(conv),
+        filter_type="SendTimestampMessageSearchFilter",
+        order_type="MessageOrderBy",
+    )
+    rendered = [render.history_message(m, "v3") for m in items]
+    return web.json_response(result("MessageResult", rendered, more, next_offset))
 
 
 def create_v3_app() -> web.Application:
