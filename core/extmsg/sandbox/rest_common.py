@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import logging
 import re
@@ -332,11 +333,10 @@ def message_log(
         if name != "SEND_TIMESTAMP":
             raise ApiError.bad_request(f"{f.where('field')}: must be SEND_TIMESTAMP, not {name!r}")
         checks.append(f.req_obj("operator"))
-    out = sorted(
-        (m for m in messages if all(_timestamp_matches(op, m.server_timestamp) for op in checks)),
-        key=lambda m: m.server_timestamp,
-    )
-    for order in reversed(body.obj_list("orderBy")):
+    kept = [m for m in messages if all(_timestamp_matches(op, m.server_timestamp) for op in checks)]
+    position = {m.id: n for n, m in enumerate(kept)}  # the order they were posted in
+    keys: list[tuple[Callable[[Message], Any], int]] = []
+    for order in body.obj_list("orderBy"):
         order.type_tag(order_type)
         name = order.req_str("field")
         key = _TIMESTAMP_ORDER.get(name)
@@ -345,8 +345,18 @@ def message_log(
                 f"{order.where('field')}: must be one of {', '.join(sorted(_TIMESTAMP_ORDER))}"
             )
         descending = order.opt_enum("order", ("ASCENDING", "DESCENDING")) == "DESCENDING"
-        out.sort(key=key, reverse=descending)
-    return page(body, out)
+        keys.append((key, -1 if descending else 1))
+    # Messages posted within one millisecond stay in posting order, reversed with the first key
+    keys.append((lambda m: position[m.id], keys[0][1] if keys else 1))
+
+    def compare(a: Message, b: Message) -> int:
+        for key, sign in keys:
+            x, y = key(a), key(b)
+            if x != y:
+                return sign if x > y else -sign
+        return 0
+
+    return page(body, sorted(kept, key=functools.cmp_to_key(compare)))
 
 
 def page(body: Body, items: Iterable[T]) -> tuple[list[T], bool, int]:
