@@ -141,9 +141,9 @@ async def _post(
     channel_id = runtime.unblu_channel_id(channel.name)
     ids: list[str] = []
     if message.text or not message.attachments:
-        ids.append(
-            posted.get(external_id(message_id, 0))
-            or await client.send_text(
+        known = posted.get(external_id(message_id, 0))
+        if known is None:
+            known = await client.send_text(
                 channel_id,
                 conversation_id,
                 ref,
@@ -151,7 +151,7 @@ async def _post(
                 message.text or "",
                 external_message_id=external_id(message_id, 0),
             )
-        )
+        ids.append(known)
     for attachment in message.attachments:
         if (known := posted.get(external_id(message_id, len(ids)))) is not None:
             ids.append(known)

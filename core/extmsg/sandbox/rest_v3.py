@@ -8,7 +8,8 @@ contacts, so the messenger user is a person participating with
 which the spec calls the message's *action id* ("This is not the messageId"); the ping is
 ``pingCustomChannel`` (204, emits a ``WebhookPingEvent``); conversations are created from a
 ``ConversationData`` and read with ``/conversations/read?id=``. ``getByName`` and
-``getBySourceIdAndChannelId`` exist in v3 too.
+``getBySourceIdAndChannelId`` exist in v3 too. The message log (``searchMessages``) names
+neither a message's ``sourceId`` nor an ``externalMessageId`` (v3 has no such field).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Channel-scoped operations take the channel id in the path; contacts
 (``ExternalMessengerContact``) link messenger users to persons; conversation participants
-behind the channel are ``externalParticipants``.
+behind the channel are ``externalParticipants``. A conversation's message log
+(``exportMessageLog``) names each message's ``externalMessageId``.
 """
 
 from __future__ import annotations

@@ -861,6 +861,8 @@ class UnbluClient:
             if since is not None and since > 0
             else None
         )
+        # Newest first: a message posted while we page pushes the rest down, so a page may
+        # repeat an entry but never skips one.
         offset = 0
         operation = f"POST {_MESSAGE_LOG}"
         for _ in range(max_pages):
@@ -907,10 +909,11 @@ class UnbluClient:
             )
         except UnbluError as exc:
             if exc.status == 403:
+                said = f": {exc.error_message}" if exc.error_message else ""
                 return LookupAccess(
                     False,
                     f"the Unblu API user lacks the role {MESSAGE_LOG_ROLE} that "
-                    f"{_MESSAGE_LOG} needs ({exc})",
+                    f"{_MESSAGE_LOG} needs (HTTP 403{said})",
                 )
             if exc.status is None or exc.status == 401 or exc.retryable:
                 return LookupAccess(None, f"cannot tell now: {exc}")
