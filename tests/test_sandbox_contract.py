@@ -264,6 +264,7 @@ async def test_v4_operations_match_the_spec(
             "conversationId": conv_id,
             "senderExternalMessengerContactId": contact["id"],
             "sourceId": "SM123",
+            "externalMessageId": "our-1",
             "messageData": {"$_type": "TextPostMessageData", "type": "TEXT", "text": "Hello"},
         },
     )
@@ -321,6 +322,46 @@ async def test_v4_operations_match_the_spec(
             {"conversationId": conv_id, "messageId": agent_msg["id"], **body},
             status=204,
         )
+
+    log_path = f"/conversationhistory/{conv_id}/exportMessageLog"
+    log = await api("POST", log_path, {"$_type": "MessageExportQuery"})
+    assert [m["id"] for m in log["items"]] == [m["id"] for m in messages]
+    assert log["items"][0]["externalMessageId"] == "our-1"
+    assert log["items"][0]["senderPersonId"] == person["id"]
+    assert log["items"][0]["text"] == "Hello"
+    assert log["hasMoreItems"] is False
+    newest = await api(
+        "POST",
+        log_path,
+        {
+            "$_type": "MessageExportQuery",
+            "searchFilters": [
+                {
+                    "$_type": "SendTimestampMessageExportFilter",
+                    "field": "SEND_TIMESTAMP",
+                    "operator": {
+                        "$_type": "GreaterThanTimestampOperator",
+                        "type": "GREATER_THAN",
+                        "value": log["items"][0]["sendTimestamp"] - 1,
+                    },
+                }
+            ],
+            "orderBy": [
+                {"$_type": "MessageExportOrderBy", "field": "SEND_TIMESTAMP", "order": "DESCENDING"}
+            ],
+            "limit": 1,
+        },
+    )
+    assert [m["id"] for m in newest["items"]] == [messages[-1]["id"]]
+    assert newest["hasMoreItems"] is True
+    assert newest["nextOffset"] == 1
+    await api("POST", "/conversationhistory/nope/exportMessageLog", {}, status=404)
+    operation = "POST /conversationhistory/{conversationId}/exportMessageLog"
+    await agent(client, "POST", "/forbidden", {"operations": [operation]})
+    refused = await api("POST", log_path, {}, status=403)
+    assert "lacks the role" in refused["errorMessage"]
+    assert (await agent(client, "DELETE", "/forbidden")) == {"operations": []}
+    await api("POST", log_path, {})
 
     missing = await api("GET", "/externalmessengers/getByName", params={"name": "nope"}, status=404)
     assert missing["$_type"] == "Error"
@@ -476,6 +517,19 @@ async def test_v3_operations_match_the_spec(
     (state_call,) = recorder.named("external_messenger.message_state")
     spec.validate_callback_request("external_messenger.message_state", state_call.body)
     assert state_call.body["sourceId"] == "<msg-1@example.org>"
+
+    log = await api(
+        "POST",
+        f"/conversationhistory/{conv_id}/searchMessages",
+        {
+            "$_type": "MessageQuery",
+            "orderBy": [
+                {"$_type": "MessageOrderBy", "field": "SEND_TIMESTAMP", "order": "ASCENDING"}
+            ],
+        },
+    )
+    assert [m["id"] for m in log["items"]] == [m["id"] for m in messages]
+    assert not any("externalMessageId" in m or "sourceId" in m for m in log["items"])
 
     agent_msg = messages[1]
     for op, body in (

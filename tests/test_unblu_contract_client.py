@@ -20,7 +20,15 @@ import pytest
 from aiohttp import web
 
 from extmsg.testing.openapi import SpecUnavailable, UnbluSpec, load_spec
-from extmsg.unblu import ApiVersion, ChannelSpec, Recipient, RecordedCall, UnbluClient, wire
+from extmsg.unblu import (
+    ApiVersion,
+    ChannelSpec,
+    Recipient,
+    RecordedCall,
+    UnbluClient,
+    UnbluError,
+    wire,
+)
 from extmsg.unblu.wire import RecipientType
 
 ACCOUNT = "acc-1"
@@ -145,7 +153,9 @@ class FakeUnblu:
         self.persons: dict[str, dict[str, Any]] = {}
         self.contacts: dict[str, dict[str, Any]] = {}
         self.conversations: dict[str, dict[str, Any]] = {}
+        self.messages: dict[str, list[dict[str, Any]]] = {}
         self.writes: list[str] = []
+        self.log_forbidden = False
         v4 = version == "v4"
         ch = "/externalmessengers/{channelId}" if v4 else "/externalmessengers"
         self.routes: list[tuple[str, str, Callable[..., Any]]] = [
@@ -172,6 +182,11 @@ class FakeUnblu:
             ("POST", f"{ch}/messageSendFailed", self.no_content),
             ("POST", "/externalmessengers/{channelId}/sendPing", self.send_ping),
             ("POST", "/externalmessengers/pingCustomChannel", self.no_content),
+            (
+                "POST",
+                "/conversationhistory/{conversationId}/exportMessageLog",
+                self.export_message_log,
+            ),
         ]
 
     def new_id(self, prefix: str) -> str:
@@ -331,9 +346,39 @@ class FakeUnblu:
     def send_message(
         self, body: Any, query: dict[str, str], channelId: str = ""
     ) -> tuple[int, Any]:
+        message_id = self.new_id("m")
+        entry = {
+            "$_type": "ConversationHistoryMessageData",
+            "id": message_id,
+            "conversationId": body["conversationId"],
+            "sendTimestamp": 1700000000000 + next(self.ids),
+            "type": body["messageData"]["type"],
+        }
+        if "externalMessageId" in body:
+            entry["externalMessageId"] = body["externalMessageId"]
+        self.messages.setdefault(body["conversationId"], []).append(entry)
         if self.version == "v4":
-            return 200, {"$_type": "SendMessageResult", "messageId": self.new_id("m")}
+            return 200, {"$_type": "SendMessageResult", "messageId": message_id}
         return 200, self.new_id("action")
+
+    def export_message_log(
+        self, body: Any, query: dict[str, str], conversationId: str
+    ) -> tuple[int, Any]:
+        if self.log_forbidden:
+            return 403, {**error_body(403, "Forbidden"), "statusDescription": "Forbidden"}
+        if conversationId not in self.conversations:
+            return 404, error_body(404, "Conversation not found")
+        items = sorted(
+            self.messages.get(conversationId, []), key=lambda m: -int(m["sendTimestamp"])
+        )
+        offset, limit = body.get("offset", 0), body.get("limit", 100)
+        chunk = items[offset : offset + limit]
+        return 200, {
+            "$_type": "MessageExportResult",
+            "hasMoreItems": offset + len(chunk) < len(items),
+            "nextOffset": offset + len(chunk),
+            "items": chunk,
+        }
 
     def send_ping(self, body: Any, query: dict[str, str], channelId: str) -> tuple[int, Any]:
         return 200, {"$_type": "PingResponse", "pingId": "ping-1"}
@@ -486,6 +531,13 @@ async def test_every_client_call_matches_the_spec(
     await client.message_send_failed(
         channel.id, conv.id, "m-9", terminal=False, failure_text="Provider busy"
     )
+    if version == "v4":
+        assert client.can_find_posted
+        found = await client.find_posted(conv.id, ["SM123", "never-sent"], since=1699999999.0)
+        assert found == {"SM123": msg_id}
+        assert (await client.check_message_lookup()).available is True
+    else:
+        assert not client.can_find_posted
     ping_id = await client.ping(channel.id)
     assert ping_id == ("ping-1" if version == "v4" else None)
     ended = await client.end_conversation(conv.id)
@@ -506,6 +558,7 @@ async def test_every_client_call_matches_the_spec(
             "/externalmessengers/{channelId}/sendMessage",
             "/externalmessengers/{channelId}/sendPing",
             "/conversations/{conversationId}/read",
+            "/conversationhistory/{conversationId}/exportMessageLog",
         },
         "v3": {
             "/externalmessengers/sendMessage",
@@ -561,6 +614,81 @@ async def test_version_specific_fields(
         assert create["contextPersonId"] == contact.person_id
         assert create["participants"][0]["connectedViaExternalMessenger"] is True
     for call in client.recorder or []:
+        check_call(spec, call)
+
+
+async def test_a_posted_message_is_found_by_its_external_id_page_by_page(
+    unblu: tuple[FakeUnblu, UnbluClient], spec: UnbluSpec, version: ApiVersion
+) -> None:
+    fake, client = unblu
+    channel = await client.provision_channel(CHANNEL)
+    contact = await client.ensure_contact(channel.id, "u1", name="U")
+    conv = await client.create_conversation(channel.id, "t1", contact)
+    if version == "v3":
+        access = await client.check_message_lookup()
+        assert access.available is False
+        assert "v3" in access.detail
+        with pytest.raises(ValueError, match="v4"):
+            await client.find_posted(conv.id, ["m1"])
+        return
+    text_id = await client.send_text(
+        channel.id, conv.id, contact, "s1", "hi", external_message_id="m1"
+    )
+    file_id = await client.send_file(
+        channel.id,
+        conv.id,
+        contact,
+        "s1#1",
+        file_name="a.txt",
+        mime_type="text/plain",
+        data=b"a",
+        external_message_id="m1#1",
+    )
+    for n in range(3):
+        await client.send_text(channel.id, conv.id, contact, f"later-{n}", "x")
+    assert client.recorder is not None
+    client.recorder.clear()
+
+    found = await client.find_posted(
+        conv.id, ["m1", "m1#1", "m1#2"], since=1700000000.5, page_size=2
+    )
+    assert found == {"m1": text_id, "m1#1": file_id}
+    queries = [c.request for c in client.recorder]
+    assert queries[0] == {
+        "$_type": "MessageExportQuery",
+        "searchFilters": [
+            {
+                "$_type": "SendTimestampMessageExportFilter",
+                "field": "SEND_TIMESTAMP",
+                "operator": {
+                    "$_type": "GreaterThanTimestampOperator",
+                    "type": "GREATER_THAN",
+                    "value": 1700000000500,
+                },
+            }
+        ],
+        "orderBy": [
+            {"$_type": "MessageExportOrderBy", "field": "SEND_TIMESTAMP", "order": "DESCENDING"}
+        ],
+        "limit": 2,
+    }
+    assert [q.get("offset") for q in queries] == [None, 2, 4]  # newest first, to the log's end
+    for call in client.recorder:
+        check_call(spec, call)
+
+    client.recorder.clear()
+    assert await client.find_posted(conv.id, ["m1"], page_size=1, max_pages=10) == {"m1": text_id}
+    with pytest.raises(UnbluError, match="gave up"):
+        await client.find_posted(conv.id, ["m1"], page_size=1, max_pages=2)
+
+    fake.log_forbidden = True
+    access = await client.check_message_lookup()
+    assert access.available is False
+    assert "ADMIN" in access.detail
+    with pytest.raises(UnbluError) as refused:
+        await client.find_posted(conv.id, ["m1"])
+    assert refused.value.status == 403
+    for call in client.recorder:
         check_call(spec, call)
 
 

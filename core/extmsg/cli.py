@@ -88,12 +88,52 @@ def plugins(as_json: bool) -> None:
 
 @main.command()
 @_config_option
-def check(config_path: Path) -> None:
+@click.option(
+    "--unblu",
+    "online",
+    is_flag=True,
+    help="Also connect to Unblu and check what the API user may do.",
+)
+def check(config_path: Path, online: bool) -> None:
     """Validate the configuration and every channel's settings."""
     config, _ = _load(config_path)
     click.echo(
         f"{config_path}: ok ({len(config.channels)} channel(s): "
         f"{', '.join(f'{c.name} ({c.messenger})' for c in config.channels) or 'none'})"
+    )
+    if online:
+        _check_unblu(config)
+
+
+def _check_unblu(config: Config) -> None:
+    """Whether the API user can look a posted message up (what keeps a crash from doubling a
+    contact's message in Unblu)."""
+    from .unblu.client import LookupAccess, UnbluClient
+
+    u = config.unblu
+    base_url = u.base_url
+    if not base_url:
+        raise HandledError("unblu.base_url: required to check Unblu")
+
+    async def run() -> LookupAccess:
+        async with UnbluClient(
+            base_url, u.username, u.password, u.api_version, timeout=u.timeout
+        ) as client:
+            return await client.check_message_lookup()
+
+    access = asyncio.run(run())
+    if access.available is None:
+        raise HandledError(f"unblu: {access.detail}")
+    if access.available:
+        click.echo(
+            f"unblu {u.api_version}: ok; a message cut off by a crash is looked up before "
+            "it is posted again"
+        )
+        return
+    click.echo(
+        f"warning: unblu {u.api_version}: {access.detail}; a contact's message whose post was "
+        "cut off by a crash is posted again and may show twice",
+        err=True,
     )
 
 

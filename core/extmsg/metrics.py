@@ -61,6 +61,14 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
+        self.in_doubt = Counter(
+            "extmsg_in_doubt_total",
+            "Attempts that looked before sending again because an earlier one may have reached "
+            "the remote, by channel, direction and outcome (found, not_found, unknown, "
+            "lookup_failed).",
+            ["channel", "direction", "outcome"],
+            registry=r,
+        )
         self.segments = Counter(
             "extmsg_sms_segments_total",
             "SMS segments sent, by channel and encoding (GSM-7, UCS-2).",

@@ -1,7 +1,8 @@
 """The running server's parts and their order of start and stop.
 
 Start: store (migrations) → Unblu client → delivery engine → plugins' ``extmsg_startup`` →
-channel provisioning in Unblu (retried in the background until it succeeds) → ready.
+channel provisioning in Unblu (retried in the background until it succeeds) and a check that
+Unblu lets us look messages up (a warning when it does not) → ready.
 Stop, in reverse: not ready → engine finishes or releases in-flight jobs → plugins'
 ``extmsg_shutdown`` → Unblu client → store.
 """
@@ -52,6 +53,8 @@ class Runtime:
         self.ready = False
         self.plugins_started = False
         self._provisioned = asyncio.Event()
+        self.unblu_lookup_warned = False
+        """Whether the warning that Unblu refuses the message log was logged (once a process)."""
 
     # -- look-ups used by the flows -----------------------------------------------------------
     def channel(self, name: str) -> Channel:
@@ -113,6 +116,10 @@ class Runtime:
         await self.engine.start()
         if self.unblu is not None and u.provision and self.channels:
             self.tasks.create(self._provision_until_done(), name="provision-channels")
+        if self.unblu is not None:
+            from .flows.posted import check_lookup
+
+            self.tasks.create(check_lookup(self), name="check-unblu-lookup")
         self.tasks.create(self._housekeeping(), name="housekeeping")
         self.ready = True
         log.info(

@@ -1,7 +1,8 @@
 """The message flows between messengers and Unblu, each step a durable job.
 
 * :mod:`.accept` — a provider's request becomes stored events and jobs (then the ack);
-* :mod:`.to_unblu` — a contact's message is posted into its Unblu conversation;
+* :mod:`.to_unblu` — a contact's message is posted into its Unblu conversation
+  (:mod:`.posted`: after a crash, only the parts Unblu does not have yet);
 * :mod:`.to_messenger` — an agent's message is rendered and sent to the contact;
 * :mod:`.states` — delivery states in both directions, forward only.
 

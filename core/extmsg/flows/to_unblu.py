@@ -8,6 +8,7 @@ Unblu says the conversation is over, the message opens a new one.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from ..errors import PermanentError
 from ..models import Channel, Contact, InboundMessage, MessageState
@@ -16,6 +17,7 @@ from ..store.base import ContactRow, ConversationRow, Job
 from ..unblu.client import ContactRef, Recipient
 from ..unblu.errors import UnbluError
 from . import payloads as p
+from .posted import already_posted, external_id
 
 __all__ = ["deliver_to_unblu"]
 
@@ -31,15 +33,22 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
     contact = await runtime.hooks.map_contact(channel, message.contact)
     ref = await _contact_ref(runtime, channel, contact)
     conversation_id = await _conversation(runtime, channel, contact, ref, message)
+    posted = await already_posted(
+        runtime, job, channel.name, conversation_id, payload.message_id, message
+    )
     try:
-        unblu_id = await _post(runtime, channel, conversation_id, ref, message)
+        unblu_id = await _post(
+            runtime, channel, conversation_id, ref, payload.message_id, message, posted
+        )
     except UnbluError as exc:
         if exc.retryable or not await _has_ended(runtime, conversation_id):
             raise
         log.info("conversation %s ended in Unblu; opening a new one", conversation_id)
         await runtime.store.end_conversation(conversation_id)
         conversation_id = await _conversation(runtime, channel, contact, ref, message)
-        unblu_id = await _post(runtime, channel, conversation_id, ref, message)
+        unblu_id = await _post(
+            runtime, channel, conversation_id, ref, payload.message_id, message, {}
+        )
     await runtime.store.update_message(
         payload.message_id,
         unblu_message_id=unblu_id,
@@ -118,19 +127,35 @@ async def _post(
     channel: Channel,
     conversation_id: str,
     ref: ContactRef,
+    message_id: str,
     message: InboundMessage,
+    posted: Mapping[str, str],
 ) -> str:
-    """Post the text (sourceId = the provider's id), then each attachment as a FILE message."""
+    """Post the text (sourceId = the provider's id), then each attachment as a FILE message.
+
+    Each part carries our stable id as ``externalMessageId`` (v4 ``ExternalMessengerPostMessage``;
+    v3's has no such field and goes without). Parts in ``posted`` (our id → Unblu's) are there
+    already and are not posted again.
+    """
     client = runtime.unblu_client()
     channel_id = runtime.unblu_channel_id(channel.name)
     ids: list[str] = []
     if message.text or not message.attachments:
-        ids.append(
-            await client.send_text(
-                channel_id, conversation_id, ref, message.provider_message_id, message.text or ""
+        known = posted.get(external_id(message_id, 0))
+        if known is None:
+            known = await client.send_text(
+                channel_id,
+                conversation_id,
+                ref,
+                message.provider_message_id,
+                message.text or "",
+                external_message_id=external_id(message_id, 0),
             )
-        )
+        ids.append(known)
     for attachment in message.attachments:
+        if (known := posted.get(external_id(message_id, len(ids)))) is not None:
+            ids.append(known)
+            continue
         if attachment.data is None:
             attachment = await runtime.hooks.fetch_attachment(channel, attachment)
         if attachment.data is None:
@@ -145,6 +170,7 @@ async def _post(
                 mime_type=attachment.mime_type,
                 data=attachment.data,
                 caption=attachment.caption,
+                external_message_id=external_id(message_id, len(ids)),
             )
         )
     return ids[0]

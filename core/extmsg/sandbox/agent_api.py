@@ -42,6 +42,11 @@ Routes:
 ``GET | POST | DELETE /sandbox/api/outage``
     ``POST {"seconds"?: number}`` makes the REST API answer 503 for that long (no
     ``seconds``: until ``DELETE``). Answers ``{"active", "remainingSeconds"}``.
+``GET | POST | DELETE /sandbox/api/forbidden``
+    ``POST {"operations": ["POST /conversationhistory/{conversationId}/exportMessageLog"]}``
+    makes those web API operations (method and the spec's path template) answer 403, as for
+    an API user without the role they need; ``DELETE`` (optionally with ``operations``) allows
+    them again. Answers ``{"operations": [...]}`` (the forbidden ones).
 ``POST /sandbox/api/reset``
     Forget every channel, person, contact, conversation, message and delivery.
 ``GET  /sandbox/api/files/{messageId}``
@@ -383,6 +388,30 @@ async def stop_outage(request: web.Request) -> web.Response:
     sandbox = sandbox_of(request)
     sandbox.clear_outage()
     return web.json_response(_outage_view(sandbox))
+
+
+@routes.get("/forbidden")
+async def get_forbidden(request: web.Request) -> web.Response:
+    return web.json_response({"operations": sorted(sandbox_of(request).forbidden)})
+
+
+@routes.post("/forbidden")
+async def forbid(request: web.Request) -> web.Response:
+    sandbox = sandbox_of(request)
+    body = await _optional_body(request)
+    operations = body.opt_str_list("operations")
+    if not operations:
+        raise ApiError.bad_request("operations: a non-empty list of 'METHOD /path' is required")
+    sandbox.forbid(operations)
+    return web.json_response({"operations": sorted(sandbox.forbidden)})
+
+
+@routes.delete("/forbidden")
+async def permit(request: web.Request) -> web.Response:
+    sandbox = sandbox_of(request)
+    body = await _optional_body(request)
+    sandbox.permit(body.opt_str_list("operations"))
+    return web.json_response({"operations": sorted(sandbox.forbidden)})
 
 
 @routes.post("/reset")

@@ -9,7 +9,7 @@ client's base URL is ``http://host:port/app/rest``), ``/app/rest/sandbox/files/{
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -37,6 +37,7 @@ def create_sandbox_app(
     retry_backoff_max: float = 60.0,
     agent_token: str | None = None,
     public_url: str | None = None,
+    forbidden: Iterable[str] = (),
 ) -> web.Application:
     """An aiohttp application emulating Unblu; its :class:`Sandbox` is ``app[SANDBOX_KEY]``.
 
@@ -44,6 +45,8 @@ def create_sandbox_app(
     attempt, waiting ``retry_backoff`` seconds doubled per retry (at most ``retry_backoff_max``).
     ``agent_token`` protects the agent API; ``public_url`` is the externally visible base URL
     used in file download links (default: the URL of the request that created the message).
+    ``forbidden`` lists web API operations (``"POST /conversationhistory/{conversationId}/…"``)
+    answered with 403, as for an API user without the role they need.
     """
     sandbox = Sandbox(
         username=username,
@@ -55,6 +58,7 @@ def create_sandbox_app(
         agent_token=agent_token,
         public_url=public_url,
     )
+    sandbox.forbid(forbidden)
     app = web.Application()
     app[SANDBOX_KEY] = sandbox
     app.add_subapp("/app/rest/v4", create_v4_app())

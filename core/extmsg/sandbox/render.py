@@ -26,6 +26,7 @@ __all__ = [
     "channel",
     "contact",
     "conversation",
+    "history_message",
     "message",
     "person",
     "recipient",
@@ -246,4 +247,25 @@ def message(state: SandboxState, m: Message, api: ApiVersion) -> dict[str, Any]:
                 ]
             else:
                 body["downloadLink"] = m.download_url
+    return _clean(body)
+
+
+def history_message(m: Message, api: ApiVersion) -> dict[str, Any]:
+    """A ``ConversationHistoryMessageData``: one entry of a conversation's message log. Only
+    v4's carries the ``externalMessageId``; neither names the ``sourceId``."""
+    body: dict[str, Any] = {
+        "$_type": "ConversationHistoryMessageData",
+        "id": m.id,
+        "conversationId": m.conversation_id,
+        "sendTimestamp": m.server_timestamp,
+        "serverTimestamp": m.server_timestamp,
+        "senderPersonId": m.sender_person_id,
+        "type": m.type,
+        "internal": m.internal,
+        "replyToMessageId": m.reply_to_message_id,
+        "recipientPersonIds": m.recipient_person_ids,
+        "text": m.fallback_text if m.type != "TEXT" else (m.text or ""),
+    }
+    if api == "v4":
+        body["externalMessageId"] = m.external_message_id
     return _clean(body)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -20,7 +22,7 @@ from .bodies import Body
 from .errors import ApiError, error_response
 from .inputs import ChannelFields, MessageContent, PersonFields
 from .service import SANDBOX_KEY, Sandbox
-from .state import Conversation, FileContent
+from .state import Conversation, FileContent, Message
 
 __all__ = [
     "api_middleware",
@@ -28,6 +30,7 @@ __all__ = [
     "contact_filter",
     "conversation_filter",
     "expand_of",
+    "message_log",
     "page",
     "parse_channel_fields",
     "parse_person_fields",
@@ -41,6 +44,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = TypeVar("T")
 
 _BASIC_REALM = {"WWW-Authenticate": 'Basic realm="Unblu sandbox"'}
+_VERSION_PREFIX = re.compile(r"^/app/rest/v\d+")
 
 
 def sandbox_of(request: web.Request) -> Sandbox:
@@ -75,6 +79,11 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return error_response(503, "the sandbox simulates an outage", headers)
     if not _authorized(sandbox, request.headers.get("Authorization")):
         return error_response(401, "valid basic-auth credentials are required", _BASIC_REALM)
+    template = _operation_path(request)
+    if template is not None and sandbox.is_forbidden(request.method, template):
+        return error_response(
+            403, f"the API user lacks the role that {request.method} {template} requires"
+        )
     try:
         return await handler(request)
     except ApiError as exc:
@@ -92,6 +101,14 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception:
         log.exception("sandbox: %s %s failed", request.method, request.path)
         return error_response(500, "internal error in the Unblu sandbox")
+
+
+def _operation_path(request: web.Request) -> str | None:
+    """The matched route as the spec writes it (``/conversations/{conversationId}/read``)."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    return _VERSION_PREFIX.sub("", resource.canonical) or None
 
 
 def expand_of(request: web.Request) -> set[str]:
@@ -259,6 +276,87 @@ def order_conversations(body: Body, items: list[Conversation]) -> list[Conversat
         descending = order.opt_enum("order", ("ASCENDING", "DESCENDING")) == "DESCENDING"
         out.sort(key=key, reverse=descending)
     return out
+
+
+_TIMESTAMP_ORDER: dict[str, Callable[[Message], Any]] = {
+    "ID": lambda m: m.id,
+    "CONVERSATION_ID": lambda m: m.conversation_id,
+    "SEND_TIMESTAMP": lambda m: m.server_timestamp,
+    "SERVER_TIMESTAMP": lambda m: m.server_timestamp,
+    "SENDER_PERSON_ID": lambda m: m.sender_person_id,
+    "TYPE": lambda m: m.type,
+    "TEXT": lambda m: m.fallback_text or m.text or "",
+}
+
+
+def _timestamp_matches(op: Body, value: int) -> bool:
+    """A ``TimestampOperator`` on a message's send timestamp (never null in the sandbox)."""
+    kind = op.req_str("type")
+    if kind in ("IS_NULL", "IS_NOT_NULL"):
+        return kind == "IS_NOT_NULL"
+    if kind in ("IN", "NOT_IN"):
+        values = op.data.get("values")
+        if not isinstance(values, list) or not all(isinstance(v, int) for v in values):
+            raise ApiError.bad_request(f"{op.where('values')}: must be a list of integers")
+        return (value in values) == (kind == "IN")
+    if kind in ("IN_RANGE", "NOT_IN_RANGE"):
+        low = op.opt_int("minimum")
+        high = op.opt_int("maximum")
+        inside = (low is None or value >= low) and (high is None or value <= high)
+        return inside == (kind == "IN_RANGE")
+    limit = op.opt_int("value")
+    if limit is None:
+        raise ApiError.bad_request(f"{op.where('value')}: is required")
+    checks: dict[str, Callable[[], bool]] = {
+        "EQUALS": lambda: value == limit,
+        "NOT_EQUALS": lambda: value != limit,
+        "GREATER_THAN": lambda: value > limit,
+        "GREATER_THAN_OR_NULL": lambda: value > limit,
+        "LOWER_THAN": lambda: value < limit,
+        "LOWER_THAN_OR_NULL": lambda: value < limit,
+    }
+    check = checks.get(kind)
+    if check is None:
+        raise ApiError.bad_request(f"{op.where('type')}: operator {kind!r} is not supported")
+    return check()
+
+
+def message_log(
+    body: Body, messages: Iterable[Message], *, filter_type: str, order_type: str
+) -> tuple[list[Message], bool, int]:
+    """A ``MessageExportQuery`` (v4) or ``MessageQuery`` (v3) over a conversation's messages:
+    ``SEND_TIMESTAMP`` filters, ``orderBy``, paging. Oldest first unless ordered otherwise."""
+    checks: list[Body] = []
+    for f in body.obj_list("searchFilters"):
+        f.type_tag(filter_type)
+        name = f.req_str("field")
+        if name != "SEND_TIMESTAMP":
+            raise ApiError.bad_request(f"{f.where('field')}: must be SEND_TIMESTAMP, not {name!r}")
+        checks.append(f.req_obj("operator"))
+    kept = [m for m in messages if all(_timestamp_matches(op, m.server_timestamp) for op in checks)]
+    position = {m.id: n for n, m in enumerate(kept)}  # the order they were posted in
+    keys: list[tuple[Callable[[Message], Any], int]] = []
+    for order in body.obj_list("orderBy"):
+        order.type_tag(order_type)
+        name = order.req_str("field")
+        key = _TIMESTAMP_ORDER.get(name)
+        if key is None:
+            raise ApiError.bad_request(
+                f"{order.where('field')}: must be one of {', '.join(sorted(_TIMESTAMP_ORDER))}"
+            )
+        descending = order.opt_enum("order", ("ASCENDING", "DESCENDING")) == "DESCENDING"
+        keys.append((key, -1 if descending else 1))
+    # Messages posted within one millisecond stay in posting order, reversed with the first key
+    keys.append((lambda m: position[m.id], keys[0][1] if keys else 1))
+
+    def compare(a: Message, b: Message) -> int:
+        for key, sign in keys:
+            x, y = key(a), key(b)
+            if x != y:
+                return sign if x > y else -sign
+        return 0
+
+    return page(body, sorted(kept, key=functools.cmp_to_key(compare)))
 
 
 def page(body: Body, items: Iterable[T]) -> tuple[list[T], bool, int]:

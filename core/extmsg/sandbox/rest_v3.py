@@ -8,7 +8,8 @@ contacts, so the messenger user is a person participating with
 which the spec calls the message's *action id* ("This is not the messageId"); the ping is
 ``pingCustomChannel`` (204, emits a ``WebhookPingEvent``); conversations are created from a
 ``ConversationData`` and read with ``/conversations/read?id=``. ``getByName`` and
-``getBySourceIdAndChannelId`` exist in v3 too.
+``getBySourceIdAndChannelId`` exist in v3 too. The message log (``searchMessages``) names
+neither a message's ``sourceId`` nor an ``externalMessageId`` (v3 has no such field).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .rest_common import (
     base_url,
     conversation_filter,
     expand_of,
+    message_log,
     order_conversations,
     page,
     parse_channel_fields,
@@ -296,6 +298,25 @@ async def search_conversations(request: web.Request) -> web.Response:
     expand = expand_of(request)
     rendered = [render.conversation(sandbox.state, c, "v3", expand) for c in items]
     return web.json_response(result("ConversationResult", rendered, more, next_offset))
+
+
+# -- conversation history -----------------------------------------------------------------
+@routes.post("/conversationhistory/{conversationId}/searchMessages")
+async def search_messages(request: web.Request) -> web.Response:
+    """The conversation's messages as ``ConversationHistoryMessageData``, which in v3 name
+    neither a ``sourceId`` nor an ``externalMessageId``."""
+    sandbox = sandbox_of(request)
+    conv = sandbox.conversation(request.match_info["conversationId"], field_name="conversationId")
+    body = await read_body(request)
+    body.type_tag("MessageQuery")
+    items, more, next_offset = message_log(
+        body,
+        sandbox.messages_of(conv),
+        filter_type="SendTimestampMessageSearchFilter",
+        order_type="MessageOrderBy",
+    )
+    rendered = [render.history_message(m, "v3") for m in items]
+    return web.json_response(result("MessageResult", rendered, more, next_offset))
 
 
 def create_v3_app() -> web.Application:

@@ -2,7 +2,8 @@
 
 Channel-scoped operations take the channel id in the path; contacts
 (``ExternalMessengerContact``) link messenger users to persons; conversation participants
-behind the channel are ``externalParticipants``.
+behind the channel are ``externalParticipants``. A conversation's message log
+(``exportMessageLog``) names each message's ``externalMessageId``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .rest_common import (
     conversation_filter,
     equals_filter,
     expand_of,
+    message_log,
     order_conversations,
     page,
     parse_channel_fields,
@@ -360,6 +362,24 @@ async def search_conversations(request: web.Request) -> web.Response:
     expand = expand_of(request)
     rendered = [render.conversation(sandbox.state, c, "v4", expand) for c in items]
     return web.json_response(result("ConversationResult", rendered, more, next_offset))
+
+
+# -- conversation history -----------------------------------------------------------------
+@routes.post("/conversationhistory/{conversationId}/exportMessageLog")
+async def export_message_log(request: web.Request) -> web.Response:
+    """The conversation's messages as ``ConversationHistoryMessageData`` (spec role: ADMIN)."""
+    sandbox = sandbox_of(request)
+    conv = sandbox.conversation(request.match_info["conversationId"], field_name="conversationId")
+    body = await read_body(request)
+    body.type_tag("MessageExportQuery")
+    items, more, next_offset = message_log(
+        body,
+        sandbox.messages_of(conv),
+        filter_type="SendTimestampMessageExportFilter",
+        order_type="MessageExportOrderBy",
+    )
+    rendered = [render.history_message(m, "v4") for m in items]
+    return web.json_response(result("MessageExportResult", rendered, more, next_offset))
 
 
 def create_v4_app() -> web.Application:

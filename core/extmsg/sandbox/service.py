@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
@@ -75,6 +76,9 @@ class Sandbox:
         )
         self._outage_until: float | None = None
         self._outage_forever = False
+        self.forbidden: set[str] = set()
+        """Web API operations answered with 403, as ``"POST /conversationhistory/..."`` (the
+        method and the spec's path template): an API user without the role they need."""
         self._add_default_agent()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -117,6 +121,30 @@ class Sandbox:
             self._outage_until = None
             return None
         return left
+
+    # -- access ----------------------------------------------------------------------------
+    def forbid(self, operations: Iterable[str]) -> None:
+        """Answer 403 to these operations (``"METHOD /path/{template}"``) until permitted."""
+        for op in operations:
+            method, sep, path = op.strip().partition(" ")
+            if not sep or not path.startswith("/"):
+                raise ApiError.bad_request(
+                    f"operations: {op!r} is not 'METHOD /path' (e.g. "
+                    "'POST /conversationhistory/{conversationId}/exportMessageLog')"
+                )
+            self.forbidden.add(f"{method.upper()} {path.strip()}")
+
+    def permit(self, operations: Iterable[str] | None = None) -> None:
+        """Allow these operations again (``None``: all)."""
+        if operations is None:
+            self.forbidden.clear()
+        else:
+            for op in operations:
+                method, _, path = op.strip().partition(" ")
+                self.forbidden.discard(f"{method.upper()} {path.strip()}")
+
+    def is_forbidden(self, method: str, path_template: str) -> bool:
+        return f"{method.upper()} {path_template}" in self.forbidden
 
     # -- look-ups --------------------------------------------------------------------------
     def channel(self, channel_id: str) -> Channel:

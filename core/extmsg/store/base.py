@@ -116,6 +116,12 @@ class Job(_Row, frozen=True):
     last_error: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    fence: int = 0
+    """The claim's generation: raised by every claim, so a holder whose lease was taken over
+    can be told apart from the new one."""
+    in_doubt: bool = False
+    """An earlier attempt may have reached the remote (its lease ran out while it ran, or it
+    was cut off mid-call): look before sending again."""
 
 
 class Intake(_Row, frozen=True):

@@ -16,6 +16,7 @@ from aiohttp import web
 from ..app import create_app
 from ..config import parse_config
 from ..plugins import Hooks
+from ..runtime import RUNTIME, Runtime
 
 __all__ = ["RunningExtmsg", "eventually", "free_port", "running_extmsg"]
 
@@ -48,6 +49,9 @@ class RunningExtmsg(msgspec.Struct, frozen=True, kw_only=True):
     base: str
     channel_ids: dict[str, str]
     session: aiohttp.ClientSession
+    runtime: Runtime
+    """The server's parts (store, Unblu client, engine, metrics), for tests that drive a flow
+    directly or look inside."""
 
 
 @contextlib.asynccontextmanager
@@ -61,7 +65,8 @@ async def running_extmsg(
     base = f"http://127.0.0.1:{port}"
     server = {"public_url": base, **raw.get("server", {}), "port": port}
     config = parse_config({**raw, "server": server}, hooks.messenger_types())
-    runner = web.AppRunner(create_app(config, hooks))
+    app = create_app(config, hooks)
+    runner = web.AppRunner(app)
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -74,6 +79,6 @@ async def running_extmsg(
                 return ids if resp.status == 200 and all(ids.values()) else None
 
             ids = await eventually(provisioned)
-            yield RunningExtmsg(base=base, channel_ids=ids, session=session)
+            yield RunningExtmsg(base=base, channel_ids=ids, session=session, runtime=app[RUNTIME])
     finally:
         await runner.cleanup()

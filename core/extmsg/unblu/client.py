@@ -16,7 +16,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -32,9 +32,11 @@ from extmsg.unblu.errors import UnbluError, UnbluNotFound, parse_retry_after
 from extmsg.unblu.wire import Channel, ContactIdentifierFieldType, Conversation, RecipientType
 
 __all__ = [
+    "MESSAGE_LOG_ROLE",
     "ApiVersion",
     "ChannelSpec",
     "ContactRef",
+    "LookupAccess",
     "Recipient",
     "RecordedCall",
     "UnbluClient",
@@ -59,6 +61,14 @@ _V3_RECIPIENT_TYPES: dict[
     "ACCOUNT": "AccountData",
 }
 _NOT_FOUND_HINTS = ("not found", "no active", "does not exist", "doesn't exist", "not exist")
+
+#: The role the v4 spec requires for ``conversationHistoryExportMessageLog``
+#: (``x-required-role: ADMIN``), the call that finds a message by its ``externalMessageId``.
+MESSAGE_LOG_ROLE = "ADMIN"
+_MESSAGE_LOG = "/conversationhistory/{conversationId}/exportMessageLog"
+#: A conversation id that does not exist: the access probe only learns whether the role check
+#: lets the call through (404 behind it) or not (403).
+_PROBE_CONVERSATION = "extmsg-access-probe"
 
 
 class ChannelSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +112,17 @@ class Recipient(msgspec.Struct, frozen=True):
 
     type: RecipientType
     id: str
+
+
+class LookupAccess(msgspec.Struct, frozen=True):
+    """Whether the client can find a posted message by its ``externalMessageId``.
+
+    ``available`` is None when that cannot be told now (Unblu unreachable, credentials refused);
+    ``detail`` says why, in words for a log line or ``extmsg check``.
+    """
+
+    available: bool | None
+    detail: str
 
 
 class RecordedCall(msgspec.Struct, frozen=True, kw_only=True):
@@ -801,6 +822,104 @@ class UnbluClient:
         )
         result = await self._call("POST", path, body=body)
         return self._decode(result, str, f"POST {path}")
+
+    # -- finding posted messages ---------------------------------------------------------------
+    @property
+    def can_find_posted(self) -> bool:
+        """True for v4, whose message log carries each message's ``externalMessageId``. v3's
+        ``ConversationHistoryMessageData`` has neither that nor the ``sourceId``."""
+        return self._v4
+
+    async def find_posted(
+        self,
+        conversation_id: str,
+        external_ids: Collection[str],
+        *,
+        since: float | None = None,
+        page_size: int = 100,
+        max_pages: int = 20,
+    ) -> dict[str, str]:
+        """Which of ``external_ids`` (``externalMessageId`` values given to sendMessage) the
+        conversation holds: a dict from each one found to Unblu's message id.
+
+        v4 only (:attr:`can_find_posted`). Reads ``exportMessageLog`` newest first, from
+        ``since`` (epoch seconds) on when given, page by page until all are found or the log
+        ends. Needs role ``ADMIN`` (403 without it). Raises :class:`UnbluError` after
+        ``max_pages`` pages without an end, rather than reading on without bound.
+        """
+        if not self._v4:
+            raise ValueError("finding a message by externalMessageId needs web API v4")
+        wanted = set(external_ids)
+        found: dict[str, str] = {}
+        filters = (
+            [
+                wire.SendTimestampMessageExportFilter(
+                    field="SEND_TIMESTAMP",
+                    operator=wire.GreaterThanTimestampOperator(
+                        type="GREATER_THAN", value=int(since * 1000)
+                    ),
+                )
+            ]
+            if since is not None and since > 0
+            else None
+        )
+        # Newest first: a message posted while we page pushes the rest down, so a page may
+        # repeat an entry but never skips one.
+        offset = 0
+        operation = f"POST {_MESSAGE_LOG}"
+        for _ in range(max_pages):
+            query = wire.MessageExportQuery(
+                search_filters=filters,
+                order_by=[wire.MessageExportOrderBy(field="SEND_TIMESTAMP", order="DESCENDING")],
+                offset=offset or None,
+                limit=page_size,
+            )
+            data = await self._call(
+                "POST", _MESSAGE_LOG, {"conversationId": conversation_id}, body=query
+            )
+            page = self._decode(data, wire.MessageExportResult, operation)
+            for item in page.items:
+                if item.external_message_id in wanted:
+                    found[item.external_message_id] = item.id
+            if len(found) == len(wanted) or not page.has_more_items or not page.items:
+                return found
+            offset = page.next_offset if page.next_offset is not None else offset + len(page.items)
+        raise UnbluError(
+            operation,
+            error_message=f"more than {max_pages * page_size} messages to read; gave up",
+            retryable=False,
+        )
+
+    async def check_message_lookup(self) -> LookupAccess:
+        """Whether :meth:`find_posted` can work for this server and API user.
+
+        One ``exportMessageLog`` call for a conversation that does not exist: 403 means the
+        user lacks the role; 404 (or another answer from behind the role check) means it has it.
+        """
+        if not self._v4:
+            return LookupAccess(
+                False,
+                "web API v3 lists no message's externalMessageId or sourceId, so a message "
+                "cannot be found by our id",
+            )
+        try:
+            await self._call(
+                "POST",
+                _MESSAGE_LOG,
+                {"conversationId": _PROBE_CONVERSATION},
+                body=wire.MessageExportQuery(limit=1),
+            )
+        except UnbluError as exc:
+            if exc.status == 403:
+                said = f": {exc.error_message}" if exc.error_message else ""
+                return LookupAccess(
+                    False,
+                    f"the Unblu API user lacks the role {MESSAGE_LOG_ROLE} that "
+                    f"{_MESSAGE_LOG} needs (HTTP 403{said})",
+                )
+            if exc.status is None or exc.status == 401 or exc.retryable:
+                return LookupAccess(None, f"cannot tell now: {exc}")
+        return LookupAccess(True, f"{_MESSAGE_LOG} is allowed")
 
     # -- message states ------------------------------------------------------------------------
     async def message_sent(self, channel_id: str, conversation_id: str, message_id: str) -> None:

@@ -62,7 +62,12 @@ __all__ = [
     "ExternalMessengersPingCustomChannelBody",
     "ExternalParticipantIn",
     "FilePostMessageData",
+    "GreaterThanTimestampOperator",
+    "HistoryMessage",
     "MessageData",
+    "MessageExportOrderBy",
+    "MessageExportQuery",
+    "MessageExportResult",
     "MessageStateBody",
     "NewMessageBody",
     "OutboundPingResponse",
@@ -77,6 +82,7 @@ __all__ = [
     "RecipientType",
     "SendFailState",
     "SendMessageResult",
+    "SendTimestampMessageExportFilter",
     "SourceIdExternalMessengerContactSearchFilter",
     "TextPostMessageData",
 ]
@@ -389,6 +395,54 @@ class ExternalMessengerPostMessage(_Tagged, tag="ExternalMessengerPostMessage"):
 
 class SendMessageResult(_Received):
     message_id: str
+
+
+# ---------------------------------------------------------------------------------------------
+# A conversation's message log (v4 /conversationhistory/{conversationId}/exportMessageLog)
+# ---------------------------------------------------------------------------------------------
+
+
+class GreaterThanTimestampOperator(_Tagged, tag="GreaterThanTimestampOperator"):
+    type: Literal["GREATER_THAN"]
+    value: int
+    """UTC milliseconds."""
+
+
+class SendTimestampMessageExportFilter(_Tagged, tag="SendTimestampMessageExportFilter"):
+    field: Literal["SEND_TIMESTAMP"]
+    operator: GreaterThanTimestampOperator
+
+
+class MessageExportOrderBy(_Tagged, tag="MessageExportOrderBy"):
+    field: Literal["SEND_TIMESTAMP", "SERVER_TIMESTAMP", "ID"]
+    order: Literal["ASCENDING", "DESCENDING"]
+
+
+class MessageExportQuery(_Tagged, tag="MessageExportQuery"):
+    """Body of exportMessageLog (v4 only)."""
+
+    search_filters: list[SendTimestampMessageExportFilter] | None = None
+    order_by: list[MessageExportOrderBy] | None = None
+    offset: int | None = None
+    limit: int | None = None
+
+
+class HistoryMessage(_Received):
+    """A ``ConversationHistoryMessageData``: one entry of a conversation's message log.
+
+    v4 carries the ``externalMessageId`` given in sendMessage; v3's has neither that nor the
+    ``sourceId``, so a v3 log cannot tell which message is ours.
+    """
+
+    id: str
+    external_message_id: str | None = None
+    send_timestamp: int | None = None
+
+
+class MessageExportResult(_Received):
+    items: list[HistoryMessage] = []
+    has_more_items: bool | None = None
+    next_offset: int | None = None
 
 
 class ExternalMessengersMessageSentSuccessfullyBody(_Sent):
