@@ -18,6 +18,7 @@ __all__ = [
     "FetchRefused",
     "FetchTooLarge",
     "HandledError",
+    "LeaseLost",
     "PermanentError",
     "PluginError",
     "RetryableError",
@@ -54,6 +55,19 @@ class SignatureError(ExtmsgError):
 
 class BadInbound(ExtmsgError):
     """An inbound request is malformed (answered with 400 and this message)."""
+
+
+class LeaseLost(ExtmsgError):
+    """Another worker took the job over: its lease ran out while this one held it (the process
+    stalled, or its database connection did). The job is not this worker's any more: it must
+    not send, record or finish anything for it."""
+
+    def __init__(self, job_id: int, fence: int) -> None:
+        super().__init__(
+            f"job {job_id} was taken over by another worker (its claim {fence} is not current)"
+        )
+        self.job_id = job_id
+        self.fence = fence
 
 
 class DeliveryError(ExtmsgError):

@@ -15,7 +15,8 @@ Three groups of data:
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Collection, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -35,6 +36,7 @@ __all__ = [
     "NewJob",
     "NewMessage",
     "Store",
+    "fence_of",
 ]
 
 JobState = Literal["ready", "running", "done", "dead"]
@@ -122,6 +124,12 @@ class Job(_Row, frozen=True):
     in_doubt: bool = False
     """An earlier attempt may have reached the remote (its lease ran out while it ran, or it
     was cut off mid-call): look before sending again."""
+
+
+def fence_of(job: Job | None) -> int | None:
+    """The fence a write made for ``job`` must find, or None for no check: a job that did not
+    come from a claim (fence 0, e.g. built by hand in a test) has nothing to check."""
+    return job.fence if job is not None and job.fence > 0 else None
 
 
 class Intake(_Row, frozen=True):
@@ -234,44 +242,93 @@ class Store(abc.ABC):
         unblu_message_id: str | None = None,
         conversation_id: str | None = None,
         state: MessageState | None = None,
+        job: Job | None = None,
     ) -> None:
         """Fill in ids learned later; ``None`` leaves a column unchanged. ``state`` moves the
-        state forward in the same write, by the rules of :meth:`advance_state`."""
+        state forward in the same write, by the rules of :meth:`advance_state`.
+
+        Given the ``job`` whose work this records, the write is made only while that claim of
+        it still holds (see :meth:`hold_job`); otherwise nothing changes and
+        :class:`~extmsg.errors.LeaseLost` is raised."""
 
     @abc.abstractmethod
     async def advance_state(
-        self, message_id: str, state: MessageState, error: str | None = None
+        self,
+        message_id: str,
+        state: MessageState,
+        error: str | None = None,
+        *,
+        job: Job | None = None,
     ) -> bool:
         """Move a message's state forward; return False (and change nothing) when ``state`` is
-        not after the stored one. FAILED is final, except that :meth:`retry_job` resets it."""
+        not after the stored one. FAILED is final, except that :meth:`retry_job` resets it.
+        ``job``: as for :meth:`update_message`."""
 
     @abc.abstractmethod
     async def claim_jobs(self, limit: int, lease_seconds: float) -> list[Job]:
         """Lease up to ``limit`` runnable jobs: due, and each the oldest unfinished job of its
         lane while no other job of that lane is running. A job whose lease ran out (its worker
-        died) is runnable again, with that lost attempt counted."""
+        died or stalled) is runnable again, with that lost attempt counted, and *in doubt*.
+        Every claim raises the job's ``fence``."""
 
     @abc.abstractmethod
-    async def renew_lease(self, job_ids: Sequence[int], lease_seconds: float) -> list[int]:
+    async def renew_lease(
+        self,
+        job_ids: Sequence[int],
+        lease_seconds: float,
+        *,
+        fences: Mapping[int, int] | None = None,
+    ) -> list[int]:
         """Extend the leases of running jobs to ``lease_seconds`` from now, so a job that runs
-        long is not taken for abandoned; return the ids that were still running."""
+        long is not taken for abandoned; return the ids that were still running (under the
+        fence ``fences`` gives for them, when it gives one)."""
 
     @abc.abstractmethod
-    async def complete_job(self, job_id: int) -> None:
-        """Mark a leased job done (one more attempt counted)."""
+    async def hold_job(self, job_id: int, fence: int, lease_seconds: float) -> bool:
+        """Renew the lease of a running job claimed under ``fence`` and answer True, in one
+        write; False (nothing changed) when that claim no longer holds: its lease ran out and
+        the job was taken back or over, or it finished."""
 
     @abc.abstractmethod
-    async def reschedule_job(self, job_id: int, next_at: float, error: str) -> None:
-        """Release a leased job to run again at ``next_at`` (one more attempt counted)."""
+    async def complete_job(self, job_id: int, *, fence: int | None = None) -> bool:
+        """Mark a leased job done (one more attempt counted). With ``fence``, only the claim
+        it names may: False when another took the job over, and nothing changes."""
 
     @abc.abstractmethod
-    async def bury_job(self, job_id: int, error: str) -> None:
+    async def reschedule_job(
+        self,
+        job_id: int,
+        next_at: float,
+        error: str,
+        *,
+        fence: int | None = None,
+        in_doubt: bool = False,
+    ) -> bool:
+        """Release a leased job to run again at ``next_at`` (one more attempt counted);
+        ``in_doubt``: the failed attempt may have reached the remote. ``fence``: as for
+        :meth:`complete_job`."""
+
+    @abc.abstractmethod
+    async def bury_job(self, job_id: int, error: str, *, fence: int | None = None) -> bool:
         """Make an unfinished job a dead letter (one more attempt counted): it stays visible
-        and no longer blocks its lane."""
+        and no longer blocks its lane. ``fence``: as for :meth:`complete_job`."""
 
     @abc.abstractmethod
-    async def release_jobs(self, job_ids: Sequence[int]) -> None:
-        """Give leased jobs back without counting an attempt (graceful shutdown)."""
+    async def release_jobs(
+        self,
+        job_ids: Sequence[int],
+        *,
+        fences: Mapping[int, int] | None = None,
+        in_doubt: Collection[int] = (),
+    ) -> None:
+        """Give leased jobs back without counting an attempt (graceful shutdown); a job only
+        under the fence ``fences`` gives for it, if any. The ids in ``in_doubt`` were cut off
+        while they ran: they come back in doubt."""
+
+    @abc.abstractmethod
+    def exclusive(self, name: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """Run the block while no other holder of ``name`` runs it: across every instance
+        sharing the store where the backend can tell (PostgreSQL), else in this process."""
 
     @abc.abstractmethod
     async def list_jobs(
@@ -292,12 +349,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def record_part(
-        self, message_id: str, channel: str, part: int, provider_message_id: str
+        self,
+        message_id: str,
+        channel: str,
+        part: int,
+        provider_message_id: str,
+        *,
+        job: Job | None = None,
     ) -> None:
         """Record that part ``part`` of a message was accepted by the provider.
 
         Part 0's id also becomes the message's ``provider_message_id``. A retried job skips the
-        parts already recorded, so a split message is never sent twice in part.
+        parts already recorded, so a split message is never sent twice in part. ``job``: as for
+        :meth:`update_message`.
         """
 
     @abc.abstractmethod

@@ -161,6 +161,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX jobs_ready_heads ON jobs (next_at, id) WHERE head = 1 AND state = 'ready';
         """,
     ),
+    Migration(
+        8,
+        "fence each claim of a job, so a worker whose lease was taken over cannot finish it,"
+        " and mark jobs whose last attempt may have reached the remote as in doubt",
+        """
+        ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN in_doubt INTEGER NOT NULL DEFAULT 0;
+        """,
+    ),
 )
 
 # Times are epoch seconds (DOUBLE PRECISION) as in SQLite, so both stores hand out the same rows
@@ -284,6 +293,16 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
             updated_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (channel, thread, key)
         );
+        """,
+    ),
+    Migration(
+        5,
+        "fence each claim of a job, so a worker whose lease was taken over cannot finish it,"
+        " and mark jobs whose last attempt may have reached the remote as in doubt",
+        # A constant default: PostgreSQL 11 and later add both without rewriting the table.
+        """
+        ALTER TABLE jobs ADD COLUMN fence BIGINT NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN in_doubt BOOLEAN NOT NULL DEFAULT FALSE;
         """,
     ),
 )

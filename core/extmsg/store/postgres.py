@@ -39,12 +39,12 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
-from ..errors import HandledError
+from ..errors import HandledError, LeaseLost
 from ..models import MessageState
 from .base import (
     ChannelRow,
@@ -58,6 +58,7 @@ from .base import (
     MediaRow,
     MessageRow,
     Store,
+    fence_of,
 )
 from .migrations import POSTGRES_MIGRATIONS
 from .rows import (
@@ -80,6 +81,18 @@ log = logging.getLogger("extmsg.store")
 _MIGRATION_LOCK = 0x65786D00
 _LANE_LOCK = 0x65786D01
 _THREAD_LOCK = 0x65786D02
+_EXCLUSIVE_LOCK = 0x65786D03
+
+# How often a waiter for an exclusive section asks for its lock again.
+_EXCLUSIVE_POLL = 0.1
+
+# The stall bound (see docs/delivery.md, "A stalled instance"): a transaction of ours is idle for
+# milliseconds between its statements, so 3 s is far beyond a busy event loop's pauses, and a
+# healthy instance's intake that waits on a stopped one's rows is answered within about 3 s:
+# well inside Unblu's outbound timeout (10 s by default) and Twilio's 15 s. A lock held by a
+# transaction that is not idle (a statement running long) is waited for 5 s at most.
+IDLE_TRANSACTION_TIMEOUT = 3.0
+LOCK_TIMEOUT = 5.0
 
 # At most this many lanes are locked per claim transaction: advisory locks live in the shared
 # lock table (sized by max_locks_per_transaction), so a large claim is taken in rounds.
@@ -88,7 +101,7 @@ _CLAIM_ROUND = 256
 _LEASE_EXPIRED = "the worker running it stopped before it finished (lease expired)"
 
 _RECLAIM = """
-UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1,
+UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1, in_doubt = TRUE,
     last_error = $2, updated_at = $1
 WHERE state = 'running' AND lease_until < $1 AND id IN (
     SELECT id FROM jobs WHERE state = 'running' AND lease_until < $1 FOR UPDATE SKIP LOCKED)
@@ -144,7 +157,7 @@ SELECT id, next_at FROM heads WHERE {_LOCK_LANE} LIMIT $2
 """  # noqa: S608
 
 _TAKE = f"""
-UPDATE jobs AS j SET state = 'running', lease_until = $3, updated_at = $2
+UPDATE jobs AS j SET state = 'running', lease_until = $3, updated_at = $2, fence = j.fence + 1
 WHERE j.id = ANY($1::bigint[]) AND j.state = 'ready' AND j.next_at <= $2
   AND j.id = (SELECT MIN(u.id) FROM jobs AS u
               WHERE u.lane = j.lane AND u.state IN ('ready', 'running'))
@@ -200,6 +213,14 @@ class PostgresStore(Store):
         first one.
     :param command_timeout: seconds after which a statement is given up, so a stalled network
         cannot hold a worker forever.
+    :param idle_transaction_timeout: seconds after which the server aborts a transaction of
+        ours whose client went quiet (``idle_in_transaction_session_timeout``): an instance
+        stopped (SIGSTOP, a frozen VM) in the middle of a transaction then holds its row locks
+        that long at most. Ours are idle for milliseconds between statements.
+    :param lock_timeout: seconds a statement waits for a row lock before it fails
+        (``lock_timeout``): the bound for a lock held by a transaction that is not idle.
+    :param exclusive_wait: seconds :meth:`exclusive` waits for another instance's section
+        before it goes ahead without it (that instance may be stopped while holding it).
     """
 
     def __init__(
@@ -210,12 +231,18 @@ class PostgresStore(Store):
         min_size: int = 1,
         max_size: int = 10,
         command_timeout: float | None = 60.0,
+        idle_transaction_timeout: float | None = IDLE_TRANSACTION_TIMEOUT,
+        lock_timeout: float | None = LOCK_TIMEOUT,
+        exclusive_wait: float = 60.0,
     ) -> None:
         self.dsn = dsn
         self.schema = schema
         self._min_size = min_size
         self._max_size = max_size
         self._command_timeout = command_timeout
+        self._idle_transaction_timeout = idle_transaction_timeout
+        self._lock_timeout = lock_timeout
+        self._exclusive_wait = exclusive_wait
         self._pool: asyncpg.Pool | None = None
 
     def __repr__(self) -> str:
@@ -224,6 +251,10 @@ class PostgresStore(Store):
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
         settings = {"search_path": self.schema} if self.schema else {}
+        if self._idle_transaction_timeout:
+            settings["idle_in_transaction_session_timeout"] = _ms(self._idle_transaction_timeout)
+        if self._lock_timeout:
+            settings["lock_timeout"] = _ms(self._lock_timeout)
         try:
             pool = await asyncpg.create_pool(
                 self.dsn,
@@ -272,6 +303,8 @@ class PostgresStore(Store):
         two concurrent ``CREATE TABLE IF NOT EXISTS`` can collide.
         """
         async with pool.acquire() as conn, conn.transaction():
+            # Another instance's migrations may take long (a large table): wait them out.
+            await conn.execute("SET LOCAL lock_timeout = 0")
             await conn.execute(
                 "SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))",
                 _MIGRATION_LOCK,
@@ -300,6 +333,36 @@ class PostgresStore(Store):
 
     async def schema_version(self) -> int:
         return int(await self._fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """A session advisory lock (per schema and name) held on a connection of its own for
+        the block: not a transaction, so a block that waits on the network (provisioning in
+        Unblu) is not cut off as an idle transaction. Taken by polling rather than waiting
+        in the server, so waiting is bounded by ``exclusive_wait`` and can be cancelled."""
+        key = (_EXCLUSIVE_LOCK, name)
+        lock = "SELECT {}($1, hashtext(COALESCE(current_schema(), '') || '/' || $2::text))"
+        async with self._p.acquire() as conn:
+            deadline = time.monotonic() + self._exclusive_wait
+            while not (held := await conn.fetchval(lock.format("pg_try_advisory_lock"), *key)):
+                if time.monotonic() >= deadline:
+                    log.warning(
+                        "another instance has held %r for over %.0fs (stopped?); going ahead",
+                        name,
+                        self._exclusive_wait,
+                    )
+                    break
+                await asyncio.sleep(_EXCLUSIVE_POLL)
+            try:
+                yield
+            finally:
+                if held:
+                    try:
+                        await conn.execute(lock.format("pg_advisory_unlock"), *key)
+                    except BaseException:
+                        # The lock must not go back to the pool with the connection.
+                        conn.terminate()
+                        raise
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -513,8 +576,10 @@ class PostgresStore(Store):
         unblu_message_id: str | None = None,
         conversation_id: str | None = None,
         state: MessageState | None = None,
+        job: Job | None = None,
     ) -> None:
-        await self._execute(
+        await self._update_held(
+            job,
             "UPDATE messages SET"
             " provider_message_id = COALESCE($1, provider_message_id),"
             " unblu_message_id = COALESCE($2, unblu_message_id),"
@@ -531,9 +596,15 @@ class PostgresStore(Store):
         )
 
     async def advance_state(
-        self, message_id: str, state: MessageState, error: str | None = None
+        self,
+        message_id: str,
+        state: MessageState,
+        error: str | None = None,
+        *,
+        job: Job | None = None,
     ) -> bool:
-        changed = await self._execute(
+        changed = await self._update_held(
+            job,
             "UPDATE messages SET state = $1, error = COALESCE($2, error), updated_at = $3"
             " WHERE id = $4 AND state < $1 AND state <> $5",
             int(state),
@@ -543,6 +614,28 @@ class PostgresStore(Store):
             int(MessageState.FAILED),
         )
         return changed == 1
+
+    async def _update_held(self, job: Job | None, update: str, *args: Any) -> int:
+        """Run ``update`` (an UPDATE ending in its WHERE clause); with ``job``, only while
+        that claim of it holds, else :class:`LeaseLost`. The job's row is locked
+        ``FOR SHARE`` in the same statement: a claimer taking the job back skips it until
+        the write has committed, so the next holder sees what this one recorded."""
+        fence = fence_of(job)
+        if job is None or fence is None:
+            return await self._execute(update, *args)
+        n = len(args)
+        row = await self._fetchrow(
+            f"WITH held AS MATERIALIZED (SELECT 1 FROM jobs WHERE id = ${n + 1}"  # noqa: S608
+            f" AND fence = ${n + 2} AND state = 'running' FOR SHARE),"
+            f" changed AS ({update} AND EXISTS (SELECT 1 FROM held) RETURNING 1)"
+            " SELECT (SELECT count(*) FROM held), (SELECT count(*) FROM changed)",
+            *args,
+            job.id,
+            fence,
+        )
+        if not row[0]:
+            raise LeaseLost(job.id, fence)
+        return int(row[1])
 
     # -- jobs ----------------------------------------------------------------------------------
     async def claim_jobs(self, limit: int, lease_seconds: float) -> list[Job]:
@@ -560,7 +653,8 @@ class PostgresStore(Store):
         async with self._tx() as conn:
             # A lease ran out: the worker holding it stopped without finishing (killed, or
             # stalled for longer than the lease). The job is runnable again, and the lost
-            # attempt counts, so a job that kills its worker every time still ends.
+            # attempt counts, so a job that kills its worker every time still ends; it may
+            # have reached the remote before it stopped, so it is in doubt.
             await conn.execute(_RECLAIM, now, _LEASE_EXPIRED)
             # Heads locked lane by lane, from the oldest ready jobs; the lane walk only when
             # those hold too few (most wait behind running heads, or other claimers hold them).
@@ -577,54 +671,109 @@ class PostgresStore(Store):
         jobs.sort(key=lambda j: (j.next_at, j.id))
         return jobs
 
-    async def renew_lease(self, job_ids: Sequence[int], lease_seconds: float) -> list[int]:
+    async def renew_lease(
+        self,
+        job_ids: Sequence[int],
+        lease_seconds: float,
+        *,
+        fences: Mapping[int, int] | None = None,
+    ) -> list[int]:
         if not job_ids:
             return []
         now = time.time()
+        fenced = fences or {}
         rows = await self._fetch(
             "UPDATE jobs SET lease_until = $1, updated_at = $2"
-            " WHERE state = 'running' AND id = ANY($3::bigint[]) RETURNING id",
+            " FROM unnest($3::bigint[], $4::bigint[]) AS h(id, fence)"
+            " WHERE jobs.id = h.id AND jobs.state = 'running'"
+            " AND jobs.fence = COALESCE(h.fence, jobs.fence) RETURNING jobs.id",
             now + lease_seconds,
             now,
             list(job_ids),
+            [fenced.get(i) for i in job_ids],
         )
         return sorted(int(r[0]) for r in rows)
 
-    async def complete_job(self, job_id: int) -> None:
-        await self._execute(
+    async def hold_job(self, job_id: int, fence: int, lease_seconds: float) -> bool:
+        now = time.time()
+        changed = await self._execute(
+            "UPDATE jobs SET lease_until = $1, updated_at = $2"
+            " WHERE id = $3 AND fence = $4 AND state = 'running'",
+            now + lease_seconds,
+            now,
+            job_id,
+            fence,
+        )
+        return changed == 1
+
+    async def complete_job(self, job_id: int, *, fence: int | None = None) -> bool:
+        changed = await self._execute(
             "UPDATE jobs SET state = 'done', lease_until = NULL, attempts = attempts + 1,"
-            " updated_at = $1 WHERE id = $2 AND state = 'running'",
+            " in_doubt = FALSE, updated_at = $1 WHERE id = $2 AND state = 'running'"
+            " AND fence = COALESCE($3, fence)",
             time.time(),
             job_id,
+            fence,
         )
+        return changed == 1
 
-    async def reschedule_job(self, job_id: int, next_at: float, error: str) -> None:
-        await self._execute(
+    async def reschedule_job(
+        self,
+        job_id: int,
+        next_at: float,
+        error: str,
+        *,
+        fence: int | None = None,
+        in_doubt: bool = False,
+    ) -> bool:
+        changed = await self._execute(
             "UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1,"
-            " next_at = $1, last_error = $2, updated_at = $3 WHERE id = $4 AND state = 'running'",
+            " next_at = $1, last_error = $2, in_doubt = $5, updated_at = $3"
+            " WHERE id = $4 AND state = 'running' AND fence = COALESCE($6, fence)",
             next_at,
             error,
             time.time(),
             job_id,
+            in_doubt,
+            fence,
         )
+        return changed == 1
 
-    async def bury_job(self, job_id: int, error: str) -> None:
-        await self._execute(
+    async def bury_job(self, job_id: int, error: str, *, fence: int | None = None) -> bool:
+        # in_doubt stays: a dead letter retried by hand still looks before sending.
+        changed = await self._execute(
             "UPDATE jobs SET state = 'dead', lease_until = NULL, attempts = attempts + 1,"
-            " last_error = $1, updated_at = $2 WHERE id = $3 AND state IN ('ready', 'running')",
+            " last_error = $1, updated_at = $2 WHERE id = $3"
+            " AND (state = 'running' OR state = 'ready' AND $4::bigint IS NULL)"
+            " AND fence = COALESCE($4, fence)",
             error,
             time.time(),
             job_id,
+            fence,
         )
+        return changed == 1
 
-    async def release_jobs(self, job_ids: Sequence[int]) -> None:
+    async def release_jobs(
+        self,
+        job_ids: Sequence[int],
+        *,
+        fences: Mapping[int, int] | None = None,
+        in_doubt: Collection[int] = (),
+    ) -> None:
         if not job_ids:
             return
+        fenced = fences or {}
+        doubt = set(in_doubt)
         await self._execute(
-            "UPDATE jobs SET state = 'ready', lease_until = NULL, updated_at = $1"
-            " WHERE id = ANY($2::bigint[]) AND state = 'running'",
+            "UPDATE jobs SET state = 'ready', lease_until = NULL, updated_at = $1,"
+            " in_doubt = jobs.in_doubt OR h.doubt"
+            " FROM unnest($2::bigint[], $3::bigint[], $4::bool[]) AS h(id, fence, doubt)"
+            " WHERE jobs.id = h.id AND jobs.state = 'running'"
+            " AND jobs.fence = COALESCE(h.fence, jobs.fence)",
             time.time(),
             list(job_ids),
+            [fenced.get(i) for i in job_ids],
+            [i in doubt for i in job_ids],
         )
 
     async def list_jobs(
@@ -682,10 +831,27 @@ class PostgresStore(Store):
         )
 
     async def record_part(
-        self, message_id: str, channel: str, part: int, provider_message_id: str
+        self,
+        message_id: str,
+        channel: str,
+        part: int,
+        provider_message_id: str,
+        *,
+        job: Job | None = None,
     ) -> None:
         now = time.time()
+        fence = fence_of(job)
         async with self._tx() as conn:
+            if job is not None and fence is not None:
+                # Locked as in _update_held, for the same reason.
+                held = await conn.fetchval(
+                    "SELECT 1 FROM jobs WHERE id = $1 AND fence = $2 AND state = 'running'"
+                    " FOR SHARE",
+                    job.id,
+                    fence,
+                )
+                if held is None:
+                    raise LeaseLost(job.id, fence)
             await conn.execute(
                 "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
                 " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -858,6 +1024,10 @@ async def _intake(
             now,
         )
     return [r if r is not None else IntakeResult(accepted=False) for r in results]
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(int(seconds * 1000), 1)}ms"
 
 
 def describe_dsn(dsn: str) -> str:

@@ -35,7 +35,7 @@ MESSAGE_COLUMNS = (
 )
 JOB_COLUMNS = (
     "id, kind, lane, payload, state, attempts, next_at, message_id, lease_until, last_error, "
-    "created_at, updated_at"
+    "created_at, updated_at, fence, in_doubt"
 )
 MEDIA_COLUMNS = "id, channel, file_name, mime_type, data, expires_at"
 
@@ -92,6 +92,8 @@ def job_row(row: Any) -> Job:
         last_error=row[9],
         created_at=row[10],
         updated_at=row[11],
+        fence=row[12],
+        in_doubt=bool(row[13]),
     )
 
 

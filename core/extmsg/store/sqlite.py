@@ -24,12 +24,13 @@ import logging
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 
+from ..errors import LeaseLost
 from ..models import MessageState
 from .base import (
     ChannelRow,
@@ -44,6 +45,7 @@ from .base import (
     MessageRow,
     NewMessage,
     Store,
+    fence_of,
 )
 from .migrations import MIGRATIONS
 from .rows import (
@@ -68,7 +70,7 @@ log = logging.getLogger("extmsg.store")
 # reads the ready, due heads in claim order from their own index, however many lanes and jobs
 # wait behind running heads.
 _CLAIM = f"""
-UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ?
+UPDATE jobs SET state = 'running', lease_until = ?, updated_at = ?, fence = fence + 1
 WHERE id IN (
     SELECT id FROM jobs INDEXED BY jobs_ready_heads
     WHERE head = 1 AND state = 'ready' AND next_at <= ? ORDER BY next_at, id LIMIT ?)
@@ -111,6 +113,7 @@ class SqliteStore(Store):
         self._commits = 0
         self._next_lease_sweep = 0.0
         self._earliest_lease = math.inf  # of the leases this store handed out since its sweep
+        self._exclusive: dict[str, asyncio.Lock] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self) -> None:
@@ -177,6 +180,12 @@ class SqliteStore(Store):
     @property
     def is_open(self) -> bool:
         return self._writer is not None
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        # One process writes the file (the server); a lock of this process is enough.
+        async with self._exclusive.setdefault(name, asyncio.Lock()):
+            yield
 
     async def schema_version(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(version), 0) FROM schema_version")
@@ -436,37 +445,57 @@ class SqliteStore(Store):
         unblu_message_id: str | None = None,
         conversation_id: str | None = None,
         state: MessageState | None = None,
+        job: Job | None = None,
     ) -> None:
         target = None if state is None else int(state)
-        await self._write(
-            "UPDATE messages SET"
-            " provider_message_id = COALESCE(?, provider_message_id),"
-            " unblu_message_id = COALESCE(?, unblu_message_id),"
-            " conversation_id = COALESCE(?, conversation_id),"
-            " state = CASE WHEN ? > state AND state != ? THEN ? ELSE state END,"
-            " updated_at = ? WHERE id = ?",
-            (
-                provider_message_id,
-                unblu_message_id,
-                conversation_id,
-                target,
-                int(MessageState.FAILED),
-                target,
-                time.time(),
-                message_id,
-            ),
-        )
+        fence = fence_of(job)
+
+        def update(db: sqlite3.Connection) -> None:
+            _held(db, job, fence)
+            db.execute(
+                "UPDATE messages SET"
+                " provider_message_id = COALESCE(?, provider_message_id),"
+                " unblu_message_id = COALESCE(?, unblu_message_id),"
+                " conversation_id = COALESCE(?, conversation_id),"
+                " state = CASE WHEN ? > state AND state != ? THEN ? ELSE state END,"
+                " updated_at = ? WHERE id = ?",
+                (
+                    provider_message_id,
+                    unblu_message_id,
+                    conversation_id,
+                    target,
+                    int(MessageState.FAILED),
+                    target,
+                    time.time(),
+                    message_id,
+                ),
+            )
+
+        await self._run(update)
 
     async def advance_state(
-        self, message_id: str, state: MessageState, error: str | None = None
+        self,
+        message_id: str,
+        state: MessageState,
+        error: str | None = None,
+        *,
+        job: Job | None = None,
     ) -> bool:
         failed = int(MessageState.FAILED)
-        changed = await self._write(
-            "UPDATE messages SET state = ?, error = COALESCE(?, error), updated_at = ?"
-            " WHERE id = ? AND state < ? AND state != ?",
-            (int(state), error, time.time(), message_id, int(state), failed),
-        )
-        return changed == 1
+        fence = fence_of(job)
+
+        def advance(db: sqlite3.Connection) -> bool:
+            _held(db, job, fence)
+            return (
+                db.execute(
+                    "UPDATE messages SET state = ?, error = COALESCE(?, error), updated_at = ?"
+                    " WHERE id = ? AND state < ? AND state != ?",
+                    (int(state), error, time.time(), message_id, int(state), failed),
+                ).rowcount
+                == 1
+            )
+
+        return await self._run(advance)
 
     # -- jobs ----------------------------------------------------------------------------------
     async def claim_jobs(self, limit: int, lease_seconds: float) -> list[Job]:
@@ -486,8 +515,9 @@ class SqliteStore(Store):
                 # A lease ran out: the worker holding it stopped without finishing (killed,
                 # or stalled for longer than the lease). The job is runnable again, and the
                 # lost attempt counts, so a job that kills its worker every time still ends.
+                # It may have reached the remote before it stopped: it is in doubt.
                 db.execute(
-                    "UPDATE jobs SET state = 'ready', lease_until = NULL,"
+                    "UPDATE jobs SET state = 'ready', lease_until = NULL, in_doubt = 1,"
                     " attempts = attempts + 1, last_error = 'the worker running it stopped"
                     " before it finished (lease expired)', updated_at = ?"
                     " WHERE state = 'running' AND lease_until < ?",
@@ -499,67 +529,107 @@ class SqliteStore(Store):
         rows.sort(key=lambda r: (r[6], r[0]))  # next_at, id: RETURNING has no order
         return [job_row(r) for r in rows]
 
-    async def renew_lease(self, job_ids: Sequence[int], lease_seconds: float) -> list[int]:
+    async def renew_lease(
+        self,
+        job_ids: Sequence[int],
+        lease_seconds: float,
+        *,
+        fences: Mapping[int, int] | None = None,
+    ) -> list[int]:
         if not job_ids:
             return []
         now = time.time()
+        fenced = fences or {}
 
         def renew(db: sqlite3.Connection) -> list[int]:
-            renewed: list[int] = []
-            for chunk in _chunks(list(job_ids), 500):
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    "UPDATE jobs SET lease_until = ?, updated_at = ?"  # noqa: S608
-                    f" WHERE state = 'running' AND id IN ({marks}) RETURNING id",
-                    (now + lease_seconds, now, *chunk),
-                ).fetchall()
-                renewed.extend(int(r[0]) for r in rows)
-            return renewed
+            # A statement per job: a primary-key update costs microseconds here.
+            return [
+                i
+                for i in job_ids
+                if db.execute(
+                    "UPDATE jobs SET lease_until = ?, updated_at = ?"
+                    " WHERE id = ? AND state = 'running' AND fence = COALESCE(?, fence)",
+                    (now + lease_seconds, now, i, fenced.get(i)),
+                ).rowcount
+            ]
 
         return await self._run(renew)
 
-    async def complete_job(self, job_id: int) -> None:
-        await self._finish(
-            "UPDATE jobs SET state = 'done', head = 0, lease_until = NULL,"
-            " attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'running'",
-            (time.time(), job_id),
+    async def hold_job(self, job_id: int, fence: int, lease_seconds: float) -> bool:
+        now = time.time()
+        changed = await self._write(
+            "UPDATE jobs SET lease_until = ?, updated_at = ?"
+            " WHERE id = ? AND fence = ? AND state = 'running'",
+            (now + lease_seconds, now, job_id, fence),
+        )
+        return changed == 1
+
+    async def complete_job(self, job_id: int, *, fence: int | None = None) -> bool:
+        return await self._finish(
+            "UPDATE jobs SET state = 'done', head = 0, lease_until = NULL, in_doubt = 0,"
+            " attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'running'"
+            " AND fence = COALESCE(?, fence)",
+            (time.time(), job_id, fence),
             job_id,
         )
 
-    async def _finish(self, sql: str, params: Sequence[Any], job_id: int) -> None:
+    async def _finish(self, sql: str, params: Sequence[Any], job_id: int) -> bool:
         """A job leaves its lane's unfinished ones: the next of its lane becomes the head."""
 
-        def finish(db: sqlite3.Connection) -> None:
-            if db.execute(sql, params).rowcount:
-                db.execute(_NEXT_HEAD, (job_id,))
+        def finish(db: sqlite3.Connection) -> bool:
+            if not db.execute(sql, params).rowcount:
+                return False
+            db.execute(_NEXT_HEAD, (job_id,))
+            return True
 
-        await self._run(finish)
+        return await self._run(finish)
 
-    async def reschedule_job(self, job_id: int, next_at: float, error: str) -> None:
-        await self._write(
+    async def reschedule_job(
+        self,
+        job_id: int,
+        next_at: float,
+        error: str,
+        *,
+        fence: int | None = None,
+        in_doubt: bool = False,
+    ) -> bool:
+        changed = await self._write(
             "UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1,"
-            " next_at = ?, last_error = ?, updated_at = ? WHERE id = ? AND state = 'running'",
-            (next_at, error, time.time(), job_id),
+            " next_at = ?, last_error = ?, in_doubt = ?, updated_at = ?"
+            " WHERE id = ? AND state = 'running' AND fence = COALESCE(?, fence)",
+            (next_at, error, int(in_doubt), time.time(), job_id, fence),
         )
+        return changed == 1
 
-    async def bury_job(self, job_id: int, error: str) -> None:
-        await self._finish(
+    async def bury_job(self, job_id: int, error: str, *, fence: int | None = None) -> bool:
+        # in_doubt stays: a dead letter retried by hand still looks before sending.
+        return await self._finish(
             "UPDATE jobs SET state = 'dead', head = 0, lease_until = NULL,"
             " attempts = attempts + 1, last_error = ?, updated_at = ?"
-            " WHERE id = ? AND state IN ('ready', 'running')",
-            (error, time.time(), job_id),
+            " WHERE id = ? AND (state = 'running' OR state = 'ready' AND ? IS NULL)"
+            " AND fence = COALESCE(?, fence)",
+            (error, time.time(), job_id, fence, fence),
             job_id,
         )
 
-    async def release_jobs(self, job_ids: Sequence[int]) -> None:
+    async def release_jobs(
+        self,
+        job_ids: Sequence[int],
+        *,
+        fences: Mapping[int, int] | None = None,
+        in_doubt: Collection[int] = (),
+    ) -> None:
         if not job_ids:
             return
         now = time.time()
+        fenced = fences or {}
+        doubt = set(in_doubt)
         await self._run(
             lambda db: db.executemany(
-                "UPDATE jobs SET state = 'ready', lease_until = NULL, updated_at = ?"
-                " WHERE id = ? AND state = 'running'",
-                [(now, i) for i in job_ids],
+                "UPDATE jobs SET state = 'ready', lease_until = NULL, updated_at = ?,"
+                " in_doubt = in_doubt OR ? WHERE id = ? AND state = 'running'"
+                " AND fence = COALESCE(?, fence)",
+                [(now, int(i in doubt), i, fenced.get(i)) for i in job_ids],
             )
         )
 
@@ -625,11 +695,19 @@ class SqliteStore(Store):
         )
 
     async def record_part(
-        self, message_id: str, channel: str, part: int, provider_message_id: str
+        self,
+        message_id: str,
+        channel: str,
+        part: int,
+        provider_message_id: str,
+        *,
+        job: Job | None = None,
     ) -> None:
         now = time.time()
+        fence = fence_of(job)
 
         def record(db: sqlite3.Connection) -> None:
+            _held(db, job, fence)
             db.execute(
                 "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
                 " created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -806,6 +884,17 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
             [v for row, head in rows for v in (*row, head)],
         )
     return results
+
+
+def _held(db: sqlite3.Connection, job: Job | None, fence: int | None) -> None:
+    """Raise :class:`LeaseLost` unless ``job`` still runs under the claim ``fence`` (None:
+    nothing to check); raised inside a write, it undoes that write (see :mod:`.sqlite_writer`)."""
+    if job is None or fence is None:
+        return
+    if not db.execute(
+        "SELECT 1 FROM jobs WHERE id = ? AND fence = ? AND state = 'running'", (job.id, fence)
+    ).fetchone():
+        raise LeaseLost(job.id, fence)
 
 
 def _existing(db: sqlite3.Connection, m: NewMessage) -> str | None:
