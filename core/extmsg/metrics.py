@@ -40,6 +40,13 @@ class Metrics:
             ["kind", "outcome"],
             registry=r,
         )
+        self.fenced = Counter(
+            "extmsg_fenced_total",
+            "Job outcomes not written because another worker had taken the job over (this"
+            " one's lease ran out while it ran), by job kind.",
+            ["kind"],
+            registry=r,
+        )
         self.job_seconds = Histogram(
             "extmsg_job_seconds",
             "Time one job attempt took, by kind.",

@@ -5,7 +5,13 @@
   side on up to ``workers`` slots.
 * **Leases.** A claimed job is leased; the engine renews the leases of the jobs it runs, so a
   job that runs long is never taken for abandoned. A killed process renews nothing: its jobs
-  are claimed again once their leases run out.
+  are claimed again once their leases run out, *in doubt* (they may have reached the remote).
+* **Fences.** Every claim raises the job's fence, and every write the engine makes for a job
+  names the fence it claimed it under: a worker that stalled past its lease (SIGSTOP, a frozen
+  VM) and wakes up after another took the job over finds its renewal, its completion, its
+  reschedule and its dead letter refused (counted in ``extmsg_fenced_total``). Handlers call
+  :meth:`Engine.hold` right before each remote call that sends, which renews the lease under
+  the fence or raises :class:`~extmsg.errors.LeaseLost`.
 * **Failures** are classified by the caller's ``classify``; retryable ones come back after a
   backoff (:mod:`.retry`), the rest become dead letters and are reported through ``on_dead``.
 * **Intake** goes through :class:`.GroupCommit`, so concurrent webhook writes share a
@@ -24,9 +30,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+import aiohttp
 import msgspec
 
 from ..config import EngineConfig
+from ..errors import LeaseLost
 from ..logsafe import mask
 from ..metrics import Metrics
 from ..models import ErrorVerdict
@@ -48,13 +56,15 @@ _MAX_ERROR_TEXT = 2000
 class _Run:
     """A job this engine holds a lease on."""
 
-    __slots__ = ("handler", "job", "released", "worker")
+    __slots__ = ("handler", "job", "lost", "released", "sending", "worker")
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.worker: asyncio.Task[None] | None = None
         self.handler: asyncio.Task[None] | None = None
         self.released = False
+        self.lost = False  # another worker took the job over
+        self.sending = False  # the handler held the job to send: a call may have gone out
 
     @property
     def in_handler(self) -> bool:
@@ -138,6 +148,26 @@ class Engine:
         """Transactions the group commit has written."""
         return self._intake.transactions
 
+    async def hold(self, job: Job) -> None:
+        """Call right before a remote call that sends: renews the job's lease and checks, in
+        one store write, that this claim of it still holds; raises
+        :class:`~extmsg.errors.LeaseLost` when another worker took it over (the handler then
+        ends without sending, and the engine writes nothing for it). A job that did not come
+        from a claim (fence 0, built by hand in a test) has nothing to check."""
+        run = self._runs.get(job.id)
+        if run is not None and run.job.fence != job.fence:
+            run = None  # this engine claimed it again since (its lease ran out while it ran)
+        if run is not None:
+            run.sending = True
+        if job.fence <= 0:
+            return
+        if run is not None and run.lost:
+            raise LeaseLost(job.id, job.fence)
+        if not await self.store.hold_job(job.id, job.fence, self.config.lease_seconds):
+            if run is not None:
+                run.lost = True
+            raise LeaseLost(job.id, job.fence)
+
     # -- intake ---------------------------------------------------------------------------------
     async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
         """Store messages and jobs durably (shared transaction); return this call's results.
@@ -218,10 +248,17 @@ class Engine:
         for task in stuck:
             task.cancel()
         await asyncio.gather(*stuck, return_exceptions=True)
-        ids = [run.job.id for run in held if run.released or run.worker in stuck]
+        back = [run for run in held if (run.released or run.worker in stuck) and not run.lost]
+        ids = [run.job.id for run in back]
         self._runs.clear()
         try:
-            await self.store.release_jobs(ids)
+            # A job whose handler had started may have reached the remote before it was cut
+            # off (or finished without its outcome being written): it comes back in doubt.
+            await self.store.release_jobs(
+                ids,
+                fences={run.job.id: run.job.fence for run in back},
+                in_doubt=[run.job.id for run in back if run.handler is not None],
+            )
         except Exception:
             log.exception(
                 "giving back %d unfinished job(s) failed; they run again once their leases expire",
@@ -283,11 +320,20 @@ class Engine:
         if not jobs:
             return
         try:
-            await self.store.release_jobs([job.id for job in jobs])
+            await self.store.release_jobs(
+                [job.id for job in jobs], fences={job.id: job.fence for job in jobs}
+            )
         except Exception:
             log.exception("giving back %d claimed job(s) failed", len(jobs))
 
     def _launch(self, job: Job) -> None:
+        earlier = self._runs.get(job.id)
+        if earlier is not None:
+            # Claimed again while an earlier claim of it still runs here: that one's lease ran
+            # out (the process stalled); it stops and writes nothing.
+            earlier.lost = True
+            if earlier.handler is not None:
+                earlier.handler.cancel()
         run = _Run(job)
         self._runs[job.id] = run
         task = asyncio.get_running_loop().create_task(self._work(run), name=f"extmsg-job-{job.id}")
@@ -307,7 +353,7 @@ class Engine:
                     code="lease-expired",
                 )
                 await self._give_up(
-                    job, verdict, f"gave up after {job.attempts} attempts", job.attempts
+                    run, verdict, f"gave up after {job.attempts} attempts", job.attempts
                 )
                 return
             handler = self._handlers.get(job.kind)
@@ -317,7 +363,7 @@ class Engine:
                     reason=f"no handler is registered for job kind {job.kind!r}",
                     code="unknown-kind",
                 )
-                await self._give_up(job, verdict, "unknown job kind", job.attempts + 1)
+                await self._give_up(run, verdict, "unknown job kind", job.attempts + 1)
                 return
             started = time.perf_counter()
             run.handler = asyncio.get_running_loop().create_task(
@@ -338,17 +384,21 @@ class Engine:
                 )
             else:
                 error = run.handler.exception()
-            if error is None:
+            if run.lost or isinstance(error, LeaseLost):
+                self._fenced(job, "its handler's outcome")
+            elif error is None:
                 # The job's work is done: its slot is free now, so that the dispatcher's next
                 # claim can share the completion's commit (writes apply in order: that claim
                 # already sees this job done and may take the next one of its lane).
-                completing = asyncio.ensure_future(self.store.complete_job(job.id))
-                self._runs.pop(job.id, None)
+                completing = asyncio.ensure_future(self.store.complete_job(job.id, fence=job.fence))
+                self._forget(run)
                 self.wake()
-                await completing
-                self._count(job, "done")
+                if await completing:
+                    self._count(job, "done")
+                else:
+                    self._fenced(job, "its completion")
             else:
-                await self._failed(job, error)
+                await self._failed(run, error)
         except Exception:
             log.exception(
                 "recording the outcome of job %d (%s) failed; it runs again once its lease expires",
@@ -357,18 +407,29 @@ class Engine:
             )
         finally:
             if not run.released:
-                self._runs.pop(job.id, None)
+                self._forget(run)
             self.wake()
 
-    async def _failed(self, job: Job, error: BaseException) -> None:
+    def _forget(self, run: _Run) -> None:
+        if self._runs.get(run.job.id) is run:
+            del self._runs[run.job.id]
+
+    async def _failed(self, run: _Run, error: BaseException) -> None:
+        job = run.job
         attempt = job.attempts + 1
         verdict = await self._verdict(job, error)
         decision = self.policy.decide(attempt, verdict)
         if not decision.retry:
-            await self._give_up(job, verdict, decision.why, attempt)
+            await self._give_up(run, verdict, decision.why, attempt)
             return
         next_at = self._clock() + decision.delay
-        await self.store.reschedule_job(job.id, next_at, _error_text(verdict))
+        # A send that timed out or lost its connection may have got through.
+        in_doubt = run.sending and _may_have_reached(error)
+        if not await self.store.reschedule_job(
+            job.id, next_at, _error_text(verdict), fence=job.fence, in_doubt=in_doubt
+        ):
+            self._fenced(job, "its reschedule")
+            return
         heapq.heappush(self._due, next_at)
         self._count(job, "retry")
         log.warning(
@@ -393,12 +454,19 @@ class Engine:
             )
             return ErrorVerdict(retryable=True, reason=f"{type(error).__name__}: {error}")
 
-    async def _give_up(self, job: Job, verdict: ErrorVerdict, why: str, attempts: int) -> None:
+    async def _give_up(self, run: _Run, verdict: ErrorVerdict, why: str, attempts: int) -> None:
         """Report the job as failed, then make it a dead letter.
 
         Reporting comes first: if the process dies in between, the job runs (and fails, and
-        is reported) again, rather than staying buried without anyone being told.
+        is reported) again, rather than staying buried without anyone being told. Neither
+        happens when another worker took the job over meanwhile: it may yet succeed there.
         """
+        job = run.job
+        if job.fence > 0 and not await self.store.hold_job(
+            job.id, job.fence, self.config.lease_seconds
+        ):
+            self._fenced(job, "its failure report")
+            return
         final = msgspec.structs.replace(verdict, reason=f"{verdict.reason} ({why})")
         error = _error_text(final)
         if self._on_dead is not None:
@@ -413,7 +481,9 @@ class Engine:
                     exc_info=exc,
                 )
                 error = _truncate(f"{error}; reporting the failure raised {type(exc).__name__}")
-        await self.store.bury_job(job.id, error)
+        if not await self.store.bury_job(job.id, error, fence=job.fence):
+            self._fenced(job, "its dead letter")
+            return
         self._count(job, "dead")
         log.error(
             "job %d (%s, lane %s) is a dead letter after %d attempt(s): %s",
@@ -428,26 +498,47 @@ class Engine:
         if self._metrics is not None:
             self._metrics.jobs_finished.labels(job.kind, outcome).inc()
 
+    def _fenced(self, job: Job, what: str) -> None:
+        """This worker's claim of ``job`` was taken over: ``what`` was not written."""
+        if self._metrics is not None:
+            self._metrics.fenced.labels(job.kind).inc()
+        log.warning(
+            "job %d (%s, lane %s): another worker took it over after this one's lease ran out;"
+            " %s was not written (claim %d)",
+            job.id,
+            job.kind,
+            mask(job.lane),
+            what,
+            job.fence,
+        )
+
     # -- housekeeping ---------------------------------------------------------------------------
     async def _renew_leases(self) -> None:
         lease = self.config.lease_seconds
         while True:
             await asyncio.sleep(max(lease / 3.0, 0.01))
-            ids = list(self._runs)
-            if not ids:
+            runs = dict(self._runs)
+            if not runs:
                 continue
             try:
-                renewed = set(await self.store.renew_lease(ids, lease))
+                renewed = set(
+                    await self.store.renew_lease(
+                        list(runs), lease, fences={i: run.job.fence for i, run in runs.items()}
+                    )
+                )
             except Exception:
-                log.exception("renewing the leases of %d running job(s) failed", len(ids))
+                log.exception("renewing the leases of %d running job(s) failed", len(runs))
                 continue
-            lost = [
-                i for i in ids if i not in renewed and (run := self._runs.get(i)) and run.in_handler
-            ]
+            lost = [run for i, run in runs.items() if i not in renewed and run.in_handler]
+            for run in lost:
+                # Another worker holds it now: this handler stops before it sends again.
+                run.lost = True
+                if run.handler is not None:
+                    run.handler.cancel()
             if lost:
                 log.warning(
-                    "lost the lease of running job(s) %s; another worker may run them as well",
-                    ", ".join(map(str, lost)),
+                    "lost the lease of running job(s) %s to another worker; stopped them here",
+                    ", ".join(str(run.job.id) for run in lost),
                 )
 
     async def _refresh_counts(self) -> None:
@@ -467,6 +558,29 @@ class Engine:
 
 async def _call(handler: JobHandler, job: Job) -> None:
     await handler(job)
+
+
+def _may_have_reached(error: BaseException) -> bool:
+    """Whether a failed call may have got through to the remote: it timed out or its
+    connection dropped once it was under way, as opposed to an answer (the remote said no) or
+    no connection at all. Looks through the causes (a client wraps what it caught)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, aiohttp.ClientConnectorError | ConnectionRefusedError):
+            return False  # never connected
+        if isinstance(
+            cause,
+            TimeoutError
+            | aiohttp.ServerDisconnectedError
+            | aiohttp.ClientPayloadError
+            | aiohttp.ClientOSError
+            | ConnectionError,
+        ):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _error_text(verdict: ErrorVerdict) -> str:
