@@ -65,11 +65,13 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
         if by_url and attachment is not None and attachment.data is not None and not attachment.url:
             attachment = await media.publish(runtime, channel, attachment)
             part = msgspec.structs.replace(part, attachment=attachment)
+        assert runtime.engine is not None
+        await runtime.engine.hold(job)
         result = await runtime.hooks.send(channel, part)
         await runtime.store.record_part(
-            payload.message_id, channel.name, index, result.provider_message_id
+            payload.message_id, channel.name, index, result.provider_message_id, job=job
         )
-    await runtime.store.advance_state(payload.message_id, MessageState.SENT)
+    await runtime.store.advance_state(payload.message_id, MessageState.SENT, job=job)
     await _enqueue_report(runtime, payload)
 
 

@@ -36,7 +36,9 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
     posted = await already_posted(
         runtime, job, channel.name, conversation_id, payload.message_id, message
     )
+    assert runtime.engine is not None
     try:
+        await runtime.engine.hold(job)
         unblu_id = await _post(
             runtime, channel, conversation_id, ref, payload.message_id, message, posted
         )
@@ -46,6 +48,7 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
         log.info("conversation %s ended in Unblu; opening a new one", conversation_id)
         await runtime.store.end_conversation(conversation_id)
         conversation_id = await _conversation(runtime, channel, contact, ref, message)
+        await runtime.engine.hold(job)
         unblu_id = await _post(
             runtime, channel, conversation_id, ref, payload.message_id, message, {}
         )
@@ -54,6 +57,7 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
         unblu_message_id=unblu_id,
         conversation_id=conversation_id,
         state=MessageState.SENT,
+        job=job,
     )
 
 
