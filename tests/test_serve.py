@@ -48,7 +48,12 @@ async def test_serve_answers_health_ready_metrics_and_plugins(serve) -> None:  #
         async with session.get(f"{base}/readyz") as resp:
             body = await resp.json()
             assert body["status"] == "ready"
-            assert body["checks"] == {"store": True, "plugins": True, "engine": True}
+            assert body["checks"] == {
+                "store": True,
+                "plugins": True,
+                "channels": True,
+                "engine": True,
+            }
         async with session.get(f"{base}/metrics") as resp:
             assert resp.headers["Content-Type"].startswith("text/plain")
             text = await resp.text()

@@ -74,11 +74,13 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to take traffic: store open, plugins started, engine running."""
+    """Ready to take traffic: store open, plugins started, every channel known in Unblu (the
+    engine takes no jobs before), engine running."""
     runtime = request.app[RUNTIME]
     checks = {
         "store": runtime.store.is_open,
         "plugins": runtime.plugins_started,
+        "channels": runtime.channels_known,
         "engine": runtime.engine is not None and runtime.engine.running,
     }
     ok = runtime.ready and all(checks.values())

@@ -1,8 +1,11 @@
 """The running server's parts and their order of start and stop.
 
-Start: store (migrations) → Unblu client → delivery engine → plugins' ``extmsg_startup`` →
+Start: store (migrations) → Unblu client → plugins' ``extmsg_startup`` → delivery engine →
 channel provisioning in Unblu (retried in the background until it succeeds) and a check that
-Unblu lets us look messages up (a warning when it does not) → ready.
+Unblu lets us look messages up (a warning when it does not) → ready. Until every channel has
+its Unblu id (from the store, or provisioned by this instance or another), the engine takes no
+jobs: they wait, instead of failing on "not provisioned yet" and using up their attempts;
+intake goes on meanwhile.
 Stop, in reverse: not ready → engine finishes or releases in-flight jobs → plugins'
 ``extmsg_shutdown`` → Unblu client → store.
 """
@@ -55,6 +58,7 @@ class Runtime:
         self._provisioned = asyncio.Event()
         self.unblu_lookup_warned = False
         """Whether the warning that Unblu refuses the message log was logged (once a process)."""
+        self._provisioning = False  # channels are provisioned in Unblu at start
 
     # -- look-ups used by the flows -----------------------------------------------------------
     def channel(self, name: str) -> Channel:
@@ -91,11 +95,10 @@ class Runtime:
     async def start(self, app: web.Application) -> None:
         from .engine import Engine
         from .flows import register_jobs
+        from .unblu.provisioning import load_channel_ids
 
         await self.store.open()
-        for row in await self.store.list_channels():
-            if row.unblu_channel_id and row.name in self.channels:
-                self.unblu_channel_ids[row.name] = row.unblu_channel_id
+        await load_channel_ids(self)
         u = self.config.unblu
         if u.base_url:
             from .unblu.client import UnbluClient
@@ -113,8 +116,9 @@ class Runtime:
         register_jobs(self)
         await self.hooks.startup(app, self.config)
         self.plugins_started = True
-        await self.engine.start()
-        if self.unblu is not None and u.provision and self.channels:
+        self._provisioning = self.unblu is not None and u.provision and bool(self.channels)
+        await self._start_engine_when_known()
+        if self._provisioning:
             self.tasks.create(self._provision_until_done(), name="provision-channels")
         if self.unblu is not None:
             from .flows.posted import check_lookup
@@ -142,8 +146,22 @@ class Runtime:
             await self.store.close()
         log.info("extmsg stopped")
 
+    @property
+    def channels_known(self) -> bool:
+        """Every channel has its Unblu id, or none is provisioned here: jobs can run."""
+        return not self._provisioning or all(n in self.unblu_channel_ids for n in self.channels)
+
+    async def _start_engine_when_known(self) -> None:
+        if self.engine is None or self.engine.running:
+            return
+        if self.channels_known:
+            await self.engine.start()
+        else:
+            missing = sorted(set(self.channels) - set(self.unblu_channel_ids))
+            log.info("jobs wait until channel(s) %s are provisioned in Unblu", ", ".join(missing))
+
     async def _provision_until_done(self) -> None:
-        from .unblu.provisioning import provision_channels
+        from .unblu.provisioning import load_channel_ids, provision_channels
 
         delay = 1.0
         while True:
@@ -153,10 +171,17 @@ class Runtime:
                 log.warning(
                     "provisioning channels in Unblu failed, retrying in %.0fs: %s", delay, exc
                 )
+                # Another instance may have provisioned them meanwhile.
+                try:
+                    await load_channel_ids(self)
+                except Exception:
+                    log.warning("reading the channels' Unblu ids failed", exc_info=True)
+                await self._start_engine_when_known()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
                 continue
             self._provisioned.set()
+            await self._start_engine_when_known()
             if self.engine is not None:
                 self.engine.wake()
             return

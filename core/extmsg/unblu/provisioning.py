@@ -2,6 +2,10 @@
 
 Idempotent by name, so ``serve`` can run it at every start and ``extmsg channels sync`` by
 hand. The Unblu channel id is kept in the store.
+
+Once per cluster: instances sharing a store provision in turn (:meth:`Store.exclusive`), so
+two started together never both create a channel (Unblu refuses the second: "name not
+unique"); the later one finds the channel by name, unchanged, and takes its id.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from .client import ChannelSpec
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["channel_spec", "endpoint_url", "provision_channels"]
+__all__ = ["channel_spec", "endpoint_url", "load_channel_ids", "provision_channels"]
 
 log = logging.getLogger("extmsg.unblu")
 
@@ -43,22 +47,37 @@ def channel_spec(runtime: Runtime, channel: Channel) -> ChannelSpec:
     )
 
 
+async def load_channel_ids(runtime: Runtime) -> None:
+    """Take the Unblu ids the store holds for the configured channels (provisioned earlier,
+    or by another instance)."""
+    for row in await runtime.store.list_channels():
+        if row.unblu_channel_id and row.name in runtime.channels:
+            runtime.unblu_channel_ids[row.name] = row.unblu_channel_id
+
+
 async def provision_channels(runtime: Runtime) -> dict[str, str]:
     """Create or update every configured channel in Unblu; return name → Unblu id."""
-    client = runtime.unblu_client()
+    runtime.unblu_client()  # no Unblu server configured: say so before waiting for the turn
     done: dict[str, str] = {}
-    for channel in runtime.channels.values():
-        remote = await client.provision_channel(channel_spec(runtime, channel))
-        await runtime.store.upsert_channel(
-            ChannelRow(
-                name=channel.name,
-                messenger=channel.messenger,
-                unblu_channel_id=remote.id,
-                webhook_status=remote.webhook_status,
-                provisioned_at=time.time(),
-            )
-        )
-        runtime.unblu_channel_ids[channel.name] = remote.id
-        done[channel.name] = remote.id
-        log.info("channel %s is Unblu channel %s", channel.name, remote.id)
+    async with runtime.store.exclusive("provision"):
+        # What an instance that held the section before us stored is usable right away.
+        await load_channel_ids(runtime)
+        for channel in runtime.channels.values():
+            done[channel.name] = await _provision(runtime, channel)
     return done
+
+
+async def _provision(runtime: Runtime, channel: Channel) -> str:
+    remote = await runtime.unblu_client().provision_channel(channel_spec(runtime, channel))
+    await runtime.store.upsert_channel(
+        ChannelRow(
+            name=channel.name,
+            messenger=channel.messenger,
+            unblu_channel_id=remote.id,
+            webhook_status=remote.webhook_status,
+            provisioned_at=time.time(),
+        )
+    )
+    runtime.unblu_channel_ids[channel.name] = remote.id
+    log.info("channel %s is Unblu channel %s", channel.name, remote.id)
+    return remote.id
