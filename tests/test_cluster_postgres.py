@@ -78,6 +78,11 @@ async def settled(store: Store, n: int) -> dict[str, int] | None:
     return counts if counts["dead"] or counts["done"] == n else None
 
 
+async def ready(session: aiohttp.ClientSession, base: str) -> bool:
+    async with session.get(f"{base}/readyz") as resp:
+        return resp.status == 200
+
+
 async def test_instances_started_together_provision_once_and_lose_no_job(
     unblu_sandbox: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -117,15 +122,14 @@ async def test_instances_started_together_provision_once_and_lose_no_job(
             store = runners[0].app[RUNTIME].store
             counts = await eventually(functools.partial(settled, store, 10), timeout=20)
             assert counts["dead"] == 0, await store.list_jobs(("dead",))
+            for r in runners:
+                await eventually(functools.partial(ready, session, url_of(r)))
             named = [
                 ch for ch in unblu_sandbox.sandbox.state.channels.values() if ch.name == channel
             ]
             assert len(named) == 1
             ids = {r.app[RUNTIME].unblu_channel_ids[channel] for r in runners}
             assert ids == {named[0].id}
-            for r in runners:
-                async with session.get(f"{url_of(r)}/readyz") as resp:
-                    assert resp.status == 200
     # Neither ran into the other creating the channel ("name not unique").
     assert "provisioning channels in Unblu failed" not in caplog.text
 

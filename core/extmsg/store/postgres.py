@@ -337,14 +337,21 @@ class PostgresStore(Store):
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[None]:
         """A session advisory lock (per schema and name) held on a connection of its own for
-        the block: not a transaction, so a block that waits on the network (provisioning in
-        Unblu) is not cut off as an idle transaction. Taken by polling rather than waiting
-        in the server, so waiting is bounded by ``exclusive_wait`` and can be cancelled."""
-        key = (_EXCLUSIVE_LOCK, name)
-        lock = "SELECT {}($1, hashtext(COALESCE(current_schema(), '') || '/' || $2::text))"
-        async with self._p.acquire() as conn:
+        the block, outside the pool (the block uses the pool) and outside a transaction, so a
+        block that waits on the network (provisioning in Unblu) is not cut off as an idle
+        transaction. Taken by polling rather than waiting in the server, so waiting is bounded
+        by ``exclusive_wait`` and can be cancelled; closing the connection releases it."""
+        conn = await asyncpg.connect(
+            self.dsn, server_settings={"search_path": self.schema} if self.schema else None
+        )
+        try:
             deadline = time.monotonic() + self._exclusive_wait
-            while not (held := await conn.fetchval(lock.format("pg_try_advisory_lock"), *key)):
+            while not await conn.fetchval(
+                "SELECT pg_try_advisory_lock("
+                " $1, hashtext(COALESCE(current_schema(), '') || '/' || $2::text))",
+                _EXCLUSIVE_LOCK,
+                name,
+            ):
                 if time.monotonic() >= deadline:
                     log.warning(
                         "another instance has held %r for over %.0fs (stopped?); going ahead",
@@ -353,16 +360,13 @@ class PostgresStore(Store):
                     )
                     break
                 await asyncio.sleep(_EXCLUSIVE_POLL)
+            yield
+        finally:
             try:
-                yield
-            finally:
-                if held:
-                    try:
-                        await conn.execute(lock.format("pg_advisory_unlock"), *key)
-                    except BaseException:
-                        # The lock must not go back to the pool with the connection.
-                        conn.terminate()
-                        raise
+                await asyncio.wait_for(conn.close(), timeout=5.0)
+            except BaseException:
+                conn.terminate()
+                raise
 
     # -- plumbing ------------------------------------------------------------------------------
     @property
@@ -696,15 +700,22 @@ class PostgresStore(Store):
 
     async def hold_job(self, job_id: int, fence: int, lease_seconds: float) -> bool:
         now = time.time()
-        changed = await self._execute(
-            "UPDATE jobs SET lease_until = $1, updated_at = $2"
-            " WHERE id = $3 AND fence = $4 AND state = 'running'",
+        # One statement, committed without waiting for the log to reach the disk
+        # (synchronous_commit off for this statement's own transaction only): a renewal lost
+        # to a crash of the database changes nothing, since every lease is judged again after
+        # it, while the flush would cost every send milliseconds (measured on a busy 2-core
+        # box: 3-6 ms with it, under 1 ms without, against 0.4 ms for a bare read). The fence
+        # check reads committed rows either way.
+        held = await self._fetchval(
+            "WITH quick AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))"
+            " UPDATE jobs SET lease_until = $1, updated_at = $2 FROM quick"
+            " WHERE id = $3 AND fence = $4 AND state = 'running' RETURNING 1",
             now + lease_seconds,
             now,
             job_id,
             fence,
         )
-        return changed == 1
+        return held is not None
 
     async def complete_job(self, job_id: int, *, fence: int | None = None) -> bool:
         changed = await self._execute(
