@@ -253,12 +253,13 @@ def extmsg_find_sent(
 
     Called by the delivery engine only for a job *in doubt* (an earlier attempt may have
     reached the provider: its worker died or lost its lease between the send and extmsg
-    recording it), once per such job, for the first part of the message not yet recorded as
+    recording it), once per attempt, for the first part of the message not yet recorded as
     sent, right before :func:`extmsg_send` would send it. Jobs not in doubt never call it.
 
     :param channel: the channel the message goes through.
-    :param message: the rendered part, exactly as :func:`extmsg_send` would get it:
-        ``message.id`` is our stable id, ``message.part`` the part's index and
+    :param message: the rendered part, as :func:`extmsg_render_outbound` made it (a file
+        for a messenger that sends files by URL is not published yet): ``message.id`` is our
+        stable id, ``message.part`` the part's index and
         ``message.accepted_at`` when extmsg accepted the agent's message (no attempt is older;
         search no further back, and answer ``None`` when it is missing).
     :return: a :class:`~extmsg.models.SendResult` with the provider's id when the provider has
