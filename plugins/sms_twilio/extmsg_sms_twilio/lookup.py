@@ -170,6 +170,8 @@ async def find_sent(
         if complete or not page.next_page_uri:
             complete = True
             break
+        if not page.next_page_uri.startswith("/"):
+            break  # a path on the API is all we follow: the credentials go nowhere else
         url = settings.api_root + page.next_page_uri
     log.info(
         "twilio lookup of %s part %d to %s: %d match(es) in %d page(s)%s",

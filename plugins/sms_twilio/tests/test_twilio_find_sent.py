@@ -122,6 +122,32 @@ async def test_find_sent_cannot_tell_when_the_pages_run_out(
     assert await hooks.find_sent(make_channel({"api_base_url": api}), message) is None
 
 
+async def test_find_sent_follows_only_paths_on_the_api(
+    hooks: Hooks, twilio_fake: FakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A next page elsewhere is not followed (the credentials stay with Twilio's API)."""
+    monkeypatch.setattr(lookup, "PAGE_SIZE", 1)
+    server, fake = twilio_fake
+    fake.callbacks_enabled = False
+    api = str(server.make_url("")).rstrip("/")
+    to = "+14155550123"
+    await _seed(api, fake, {"to": to, "body": "Ours", "age": -1, "sent": True})
+    await _seed(api, fake, {"to": to, "body": "later", "age": -2, "sent": True})
+    real_page = lookup._page
+    asked: list[str] = []
+
+    async def elsewhere(session: Any, settings: Any, url: str) -> Any:
+        asked.append(url)
+        page = await real_page(session, settings, url)
+        page.next_page_uri = "https://elsewhere.example" + (page.next_page_uri or "")
+        return page
+
+    monkeypatch.setattr(lookup, "_page", elsewhere)
+    channel = make_channel({"api_base_url": api})
+    assert await hooks.find_sent(channel, _message({"to": to, "text": "Ours"})) is None
+    assert len(asked) == 1
+
+
 async def test_find_sent_when_twilio_is_unreachable_retries_the_job(
     hooks: Hooks, closed_port_url: str
 ) -> None:
