@@ -18,9 +18,14 @@ class LoopbackProvider:
         self.fail: dict[str, int] = {}
         #: text → how many more times to answer 503 for it
         self.fail_text: dict[str, int] = {}
+        #: how ``/find`` answers: "answer" (what it has), "unknown" (cannot tell),
+        #: or an HTTP status to fail with
+        self.lookup: str | int = "answer"
+        self.finds: list[dict[str, Any]] = []
         self.app = web.Application()
         self.app.router.add_post("/send", self._send)
         self.app.router.add_post("/read", self._read)
+        self.app.router.add_post("/find", self._find)
 
     async def _send(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -32,6 +37,19 @@ class LoopbackProvider:
             return web.json_response({"error": f"recipient refused ({status})"}, status=status)
         self.sends.append(body)
         return web.json_response({"id": f"lp-{len(self.sends)}"})
+
+    async def _find(self, request: web.Request) -> web.Response:
+        """A send with this ``ref`` and ``text``: ``{"id": …}``, 404 when there is none."""
+        body = await request.json()
+        self.finds.append(body)
+        if isinstance(self.lookup, int):
+            return web.json_response({"error": "lookup refused"}, status=self.lookup)
+        if self.lookup == "unknown":
+            return web.json_response({"id": None})
+        for index, sent in enumerate(self.sends, 1):
+            if sent["ref"] == body["ref"] and sent["text"] == body["text"]:
+                return web.json_response({"id": f"lp-{index}"})
+        return web.json_response({"error": "no such message"}, status=404)
 
     async def _read(self, request: web.Request) -> web.Response:
         self.reads.append((await request.json())["id"])

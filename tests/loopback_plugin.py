@@ -149,6 +149,33 @@ async def _send(channel: Channel, message: OutboundMessage) -> SendResult:
 
 
 @hookimpl
+def extmsg_find_sent(channel: Channel, message: OutboundMessage) -> Any:
+    if channel.messenger != NAME:
+        return None
+    return _find_sent(channel, message)
+
+
+async def _find_sent(channel: Channel, message: OutboundMessage) -> SendResult | bool | None:
+    """The provider looks sends up by our ref and the text: found, not found, or cannot tell."""
+    body = {"ref": message.id, "text": message.text, "to": message.contact.address}
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{channel.settings.api_url}/find", json=body) as resp,
+        ):
+            data = await resp.json(content_type=None)
+    except aiohttp.ClientError as exc:
+        raise RetryableError(f"loopback API unreachable: {exc}") from exc
+    if resp.status == 404:
+        return False
+    if resp.status >= 500:
+        raise RetryableError("loopback lookup failed", status=resp.status)
+    if resp.status >= 400:
+        raise PermanentError(data.get("error", "lookup refused"), status=resp.status)
+    return None if data["id"] is None else SendResult(provider_message_id=data["id"])
+
+
+@hookimpl
 def extmsg_mark_read(channel: Channel, provider_message_id: str) -> Any:
     if channel.messenger != NAME:
         return None

@@ -284,6 +284,49 @@ async def test_hook_extmsg_send(aiohttp_server: Any) -> None:
         await hooks.send(make_channel("x", "nobody"), outbound())
 
 
+async def test_hook_extmsg_find_sent(aiohttp_server: Any) -> None:
+    from .loopback_fake import LoopbackProvider
+
+    provider = LoopbackProvider()
+    server = await aiohttp_server(provider.app)
+    channel = loop_channel(settings={"api_url": str(server.make_url("")).rstrip("/")})
+    hooks = hooks_with()
+    assert await hooks.find_sent(channel, outbound()) is False  # the provider never got it
+    await hooks.send(channel, outbound())
+    found = await hooks.find_sent(channel, outbound())
+    assert found is not None
+    assert not isinstance(found, bool)
+    assert found.provider_message_id == "lp-1"
+    assert provider.finds[-1] == {"ref": "m1", "text": "Hello", "to": "+41790000000"}
+    provider.lookup = "unknown"
+    assert await hooks.find_sent(channel, outbound()) is None
+    provider.lookup = 503
+    with pytest.raises(RetryableError):
+        await hooks.find_sent(channel, outbound())
+    # Nobody answers for a messenger without a lookup: the core counts a possible double.
+    assert await hooks.find_sent(make_channel("x", "nobody"), outbound()) is None
+
+
+async def test_find_sent_answers_of_the_wrong_type_are_refused() -> None:
+    class Odd:
+        @hookimpl
+        def extmsg_find_sent(self, channel: Any, message: OutboundMessage) -> Any:
+            return "yes"
+
+    with pytest.raises(PluginError, match="extmsg_find_sent returned str"):
+        await hooks_with(Odd()).find_sent(make_channel("x", "nobody"), outbound())
+
+
+def test_find_sent_async_def_is_refused_at_load() -> None:
+    class Eager:
+        @hookimpl
+        async def extmsg_find_sent(self, channel: Any, message: OutboundMessage) -> Any:
+            return None
+
+    with pytest.raises(PluginError, match="extmsg_find_sent is a first-result hook"):
+        hooks_with(Eager())
+
+
 async def test_hook_extmsg_mark_read(aiohttp_server: Any) -> None:
     reads: list[str] = []
 

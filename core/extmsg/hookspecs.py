@@ -246,6 +246,35 @@ def extmsg_send(
 
 
 @hookspec(firstresult=True)
+def extmsg_find_sent(
+    channel: Channel, message: OutboundMessage
+) -> SendResult | bool | Awaitable[SendResult | bool] | None:
+    """Ask the provider whether it already has a message, before it is sent again.
+
+    Called by the delivery engine only for a job *in doubt* (an earlier attempt may have
+    reached the provider: its worker died or lost its lease between the send and extmsg
+    recording it), once per attempt, for the first part of the message not yet recorded as
+    sent, right before :func:`extmsg_send` would send it. Jobs not in doubt never call it.
+
+    :param channel: the channel the message goes through.
+    :param message: the rendered part, as :func:`extmsg_render_outbound` made it (a file
+        for a messenger that sends files by URL is not published yet): ``message.id`` is our
+        stable id, ``message.part`` the part's index and
+        ``message.accepted_at`` when extmsg accepted the agent's message (no attempt is older;
+        search no further back, and answer ``None`` when it is missing).
+    :return: a :class:`~extmsg.models.SendResult` with the provider's id when the provider has
+        this part: it is recorded as sent and not sent again. ``False`` when the provider shows
+        that it never got it: it is sent. ``None`` when the provider cannot tell (no lookup,
+        or an ambiguous one) or the channel is not the plugin's: it is sent and counted as a
+        possible double. A lookup that raises is classified like a send
+        (:func:`extmsg_classify_error`): a retryable error retries the job later, still in
+        doubt, without sending; a permanent one sends and counts the possible double. First
+        result: pluggy stops at the first implementation that answers something other than
+        ``None``, so decline with a synchronous ``None``.
+    """
+
+
+@hookspec(firstresult=True)
 def extmsg_mark_read(channel: Channel, provider_message_id: str) -> bool | Awaitable[bool] | None:
     """Tell the provider that an agent read a contact's message (blue ticks).
 

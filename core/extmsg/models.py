@@ -289,6 +289,9 @@ class OutboundMessage(Struct, frozen=True):
     :ivar part: index when rendering split one agent message into several sends.
     :ivar last_inbound_at: when the contact last wrote on this thread (epoch seconds), for
         messengers with a reply window.
+    :ivar accepted_at: when extmsg accepted the agent's message (epoch seconds): no attempt to
+        send it is older, so a provider lookup (:func:`~extmsg.hookspecs.extmsg_find_sent`)
+        need not search before it. None when the caller does not know.
     """
 
     id: str
@@ -304,6 +307,7 @@ class OutboundMessage(Struct, frozen=True):
     template_params: tuple[str, ...] = ()
     part: int = 0
     last_inbound_at: float | None = None
+    accepted_at: float | None = None
 
 
 class SendResult(Struct, frozen=True):

@@ -322,6 +322,18 @@ class Hooks:
             raise PluginError(f"no plugin sends messages for messenger {channel.messenger!r}")
         return result
 
+    async def find_sent(
+        self, channel: Channel, message: OutboundMessage
+    ) -> SendResult | bool | None:
+        """The provider's record of ``message``: a SendResult (it has it), False (it has not),
+        None (nobody can tell)."""
+        result = await await_me_maybe(self._h.extmsg_find_sent(channel=channel, message=message))
+        if result is None or isinstance(result, SendResult | bool):
+            return result
+        raise PluginError(
+            f"extmsg_find_sent returned {type(result).__name__}, expected SendResult, bool or None"
+        )
+
     async def mark_read(self, channel: Channel, provider_message_id: str) -> bool:
         result = await await_me_maybe(
             self._h.extmsg_mark_read(channel=channel, provider_message_id=provider_message_id)

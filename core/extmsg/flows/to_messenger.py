@@ -3,7 +3,11 @@
 Runs as the ``to_messenger.message`` job, in order per conversation. The provider's id is
 stored as soon as the provider accepted the message, and the state report to Unblu is a job of
 its own, so a failing Unblu call never causes a second send. What remains is the window between
-the provider accepting and our commit (a crash there sends once more on restart).
+the provider accepting and our commit. A job that may have been caught there is *in doubt*
+(``job.in_doubt``): before its first unrecorded part goes out again, the provider is asked
+whether it already has it (``extmsg_find_sent``), and every such attempt is counted in
+``extmsg_in_doubt_total``. Where the provider can tell, nothing is sent twice; elsewhere the
+possible double is counted and logged.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import msgspec
 
 from .. import media
 from ..errors import PermanentError
-from ..models import Attachment, Contact, MessageState, OutboundMessage
+from ..logsafe import mask_address
+from ..models import Attachment, Channel, Contact, MessageState, OutboundMessage, SendResult
 from ..runtime import Runtime
 from ..store.base import Intake, Job, NewJob
 from ..unblu.calls import AgentMessage
@@ -52,15 +57,27 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
         thread=thread,
         reply_to=await _reply_to(runtime, channel.name, agent),
         last_inbound_at=await runtime.store.last_inbound_at(channel.name, thread),
+        accepted_at=job.created_at or None,
     )
     parts = await runtime.hooks.render_outbound(channel, message)
     if not parts:
         raise PermanentError("the message has nothing this channel can send")
     done = await runtime.store.sent_parts(payload.message_id)
     by_url = runtime.messengers[channel.messenger].media_by_url
+    in_doubt = job.in_doubt
     for index, part in enumerate(parts):
         if index in done:
             continue  # sent before a retry or a crash
+        if in_doubt:
+            # Parts go out one by one, each recorded before the next: only the first part
+            # not recorded can have reached the provider unrecorded.
+            in_doubt = False
+            found = await _look_before_sending(runtime, channel, part, index)
+            if found is not None:
+                await runtime.store.record_part(
+                    payload.message_id, channel.name, index, found.provider_message_id
+                )
+                continue
         attachment = part.attachment
         if by_url and attachment is not None and attachment.data is not None and not attachment.url:
             attachment = await media.publish(runtime, channel, attachment)
@@ -73,6 +90,81 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
         )
     await runtime.store.advance_state(payload.message_id, MessageState.SENT, job=job)
     await _enqueue_report(runtime, payload)
+
+
+async def _look_before_sending(
+    runtime: Runtime, channel: Channel, part: OutboundMessage, index: int
+) -> SendResult | None:
+    """The provider's record of ``part`` when it has it (do not send); None: send it.
+
+    A lookup that fails with a retryable error (the provider is unreachable, throttles)
+    raises: the job runs again later, still in doubt, rather than risk a double while the
+    provider cannot answer (its send would most likely fail the same way). A permanent lookup
+    error (e.g. credentials that may send but not read) sends: the message matters more than
+    the possible double, which is counted.
+    """
+    where = (channel.name, part.id, index, mask_address(part.contact.address))
+    try:
+        found = await runtime.hooks.find_sent(channel, part)
+    except Exception as exc:
+        verdict = await runtime.hooks.classify_error(channel, exc)
+        _count_doubt(runtime, channel, "lookup_failed")
+        if verdict.retryable:
+            log.warning(
+                "in doubt on %s: message %s part %d to %s; the provider could not be asked "
+                "(%s), so it is not sent now and the job tries again later",
+                *where,
+                verdict.reason,
+            )
+            raise
+        log.warning(
+            "in doubt on %s: message %s part %d to %s; the provider could not be asked (%s), "
+            "so it is sent again and may arrive twice",
+            *where,
+            verdict.reason,
+        )
+        return None
+    if isinstance(found, SendResult):
+        owner = await runtime.store.find_message_by_part(channel.name, found.provider_message_id)
+        if owner is not None:
+            # The provider matched a message we already recorded (the same text sent twice):
+            # it is not evidence that this one arrived.
+            _count_doubt(runtime, channel, "unknown")
+            log.warning(
+                "in doubt on %s: message %s part %d to %s; the provider's match %s belongs to "
+                "message %s, so this one is sent again and may arrive twice",
+                *where,
+                found.provider_message_id,
+                owner.id,
+            )
+            return None
+        _count_doubt(runtime, channel, "found")
+        log.info(
+            "in doubt on %s: message %s part %d to %s was already at the provider as %s; "
+            "not sent again",
+            *where,
+            found.provider_message_id,
+        )
+        return found
+    if found is False:
+        _count_doubt(runtime, channel, "not_found")
+        log.info(
+            "in doubt on %s: message %s part %d to %s never reached the provider; sending it",
+            *where,
+        )
+        return None
+    _count_doubt(runtime, channel, "unknown")
+    log.warning(
+        "in doubt on %s: message %s part %d to %s; %s cannot tell whether it has it, so it is "
+        "sent again and may arrive twice",
+        *where,
+        channel.messenger,
+    )
+    return None
+
+
+def _count_doubt(runtime: Runtime, channel: Channel, outcome: str) -> None:
+    runtime.metrics.in_doubt.labels(channel.name, "to_messenger", outcome).inc()
 
 
 async def _recipient(runtime: Runtime, payload: p.OutboundMessageJob) -> tuple[str, str]:

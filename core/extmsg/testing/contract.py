@@ -87,6 +87,7 @@ class MessengerContract:
         inbound = InboundRequest(method="POST", url="http://x/", path="/", route="inbound")
         for name, kwargs in (
             ("extmsg_send", {"channel": other_channel, "message": message}),
+            ("extmsg_find_sent", {"channel": other_channel, "message": message}),
             ("extmsg_render_outbound", {"channel": other_channel, "message": message}),
             ("extmsg_mark_read", {"channel": other_channel, "provider_message_id": "p"}),
             ("extmsg_fetch_attachment", {"channel": other_channel, "attachment": attachment}),

@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import aiohttp
 import msgspec
@@ -18,7 +18,17 @@ from ..config import parse_config
 from ..plugins import Hooks
 from ..runtime import RUNTIME, Runtime
 
-__all__ = ["RunningExtmsg", "eventually", "free_port", "running_extmsg"]
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+__all__ = [
+    "CutOffSends",
+    "RunningExtmsg",
+    "eventually",
+    "free_port",
+    "in_doubt_after_send",
+    "running_extmsg",
+]
 
 T = TypeVar("T")
 
@@ -82,3 +92,71 @@ async def running_extmsg(
             yield RunningExtmsg(base=base, channel_ids=ids, session=session, runtime=app[RUNTIME])
     finally:
         await runner.cleanup()
+
+
+class CutOffSends:
+    """What :func:`in_doubt_after_send` did: the messages it cut off, and the runtime (its
+    ``metrics`` hold ``extmsg_in_doubt_total``)."""
+
+    def __init__(self) -> None:
+        self.cut_off: list[str] = []
+        self.runtime: Any = None
+
+    def in_doubt(self, outcome: str, channel: str) -> float:
+        """How many in-doubt attempts on ``channel`` ended with ``outcome``."""
+        if self.runtime is None:
+            return 0.0
+        value = self.runtime.metrics.registry.get_sample_value(
+            "extmsg_in_doubt_total",
+            {"channel": channel, "direction": "to_messenger", "outcome": outcome},
+        )
+        return float(value or 0.0)
+
+
+@contextlib.contextmanager
+def in_doubt_after_send() -> Iterator[CutOffSends]:
+    """Servers started inside this block lose every agent message's first attempt right after
+    the provider accepted its first part and before extmsg recorded it, as a crash would; the
+    attempt after it runs in doubt (``job.in_doubt``), as after a restart. Use it to check a
+    plugin's ``extmsg_find_sent`` end to end: the provider's fake must end up with one message
+    where the plugin can tell, and two (counted) where it cannot.
+    """
+    from ..errors import RetryableError
+    from ..flows import _HANDLERS
+    from ..flows import payloads as p
+
+    real = _HANDLERS[p.OutboundMessageJob]
+    record = CutOffSends()
+
+    async def handler(runtime: Any, job: Any, payload: Any) -> None:
+        record.runtime = runtime
+        if payload.message_id in record.cut_off:
+            await real(runtime, msgspec.structs.replace(job, in_doubt=True), payload)
+            return
+        record.cut_off.append(payload.message_id)
+        await real(cast("Runtime", _CutOff(runtime)), job, payload)
+
+    class _Hooks:
+        def __init__(self, hooks: Any) -> None:
+            self._hooks = hooks
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._hooks, name)
+
+        async def send(self, channel: Any, message: Any) -> Any:
+            await self._hooks.send(channel, message)
+            raise RetryableError("cut off after the provider accepted the message (test)")
+
+    class _CutOff:
+        def __init__(self, runtime: Any) -> None:
+            self._runtime = runtime
+            self.hooks = _Hooks(runtime.hooks)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._runtime, name)
+
+    _HANDLERS[p.OutboundMessageJob] = handler
+    try:
+        yield record
+    finally:
+        _HANDLERS[p.OutboundMessageJob] = real

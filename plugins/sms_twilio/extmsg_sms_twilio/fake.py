@@ -8,6 +8,10 @@ Twilio's redirect, and signs inbound webhooks it is asked to deliver.
 Endpoints:
 
 - ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json``: create (Basic auth)
+- ``GET  /2010-04-01/Accounts/{AccountSid}/Messages.json``: list (Basic auth), newest first,
+  filtered by ``To``, ``From`` and ``DateSent`` / ``DateSent<`` / ``DateSent>`` (on, on or
+  before, on or after a UTC day; messages not sent yet have no ``date_sent`` and never match a
+  date filter), paged by ``PageSize`` (default 50, at most 1000) with ``next_page_uri``
 - ``GET  /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json``: fetch (Basic auth)
 - ``GET  /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}/Media/{MediaSid}``: media (Basic auth,
   302 to the content on another origin, as Twilio redirects to pre-signed storage: from
@@ -26,12 +30,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import logging
 import re
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import msgspec
@@ -364,7 +370,8 @@ class FakeTwilio:
                 failure.status, failure.code, failure.message.format(to=to), headers=headers
             )
         sid = new_sid("MM" if media else "SM")
-        now = _rfc2822()
+        created = time.time()
+        now = _rfc2822(created)
         record: dict[str, Any] = {
             "account_sid": self.account_sid,
             "api_version": API_VERSION,
@@ -396,6 +403,8 @@ class FakeTwilio:
                 "media_urls": media,
                 "status_callback": callback or None,
                 "callbacks": [],
+                "created_at": created,
+                "sent_at": None,
             }
         )
         if callback and self.callbacks_enabled:
@@ -413,9 +422,77 @@ class FakeTwilio:
         sid = request.match_info["sid"]
         for message in self.messages:
             if message["sid"] == sid:
-                public = {k: v for k, v in message.items() if k not in _PRIVATE}
-                return web.json_response(public)
+                return web.json_response(_public(message))
         return _error(404, 20404, f"The requested resource {request.path} was not found")
+
+    async def list_resource(self, request: web.Request) -> web.Response:
+        """Twilio's Messages list: filters, newest first, pages linked by ``next_page_uri``."""
+        refused = self._check(request)
+        if refused is not None:
+            return refused
+        query = request.query
+        filters: list[tuple[str, str]] = [
+            (key, query[key])
+            for key in ("To", "From", "DateSent", "DateSent<", "DateSent>")
+            if key in query
+        ]
+        days: dict[str, dt.date] = {}
+        for key, value in filters:
+            if key.startswith("DateSent"):
+                day = _day(value)
+                if day is None:
+                    return _error(400, 20001, f"Invalid value for {key}: {value}")
+                days[key] = day
+        try:
+            size = int(query.get("PageSize", "50"))
+            page = int(query.get("Page", "0"))
+        except ValueError:
+            return _error(400, 20001, "Invalid PageSize or Page")
+        if not 1 <= size <= 1000 or page < 0:
+            return _error(400, 20001, "PageSize must be between 1 and 1000")
+        to, sender = query.get("To"), query.get("From")
+        found = [
+            m
+            for m in self.messages
+            if (to is None or m["to"] == to)
+            and (sender is None or m["from"] == sender)
+            and _sent_on(m, days)
+        ]
+        # Newest first by date_sent; messages still queued (no date_sent) come first.
+        order = {id(m): n for n, m in enumerate(self.messages)}
+        found.sort(
+            key=lambda m: (m["sent_at"] is None, m["sent_at"] or 0.0, order[id(m)]), reverse=True
+        )
+        start = page * size
+        token = query.get("PageToken")
+        if token:
+            after = [n for n, m in enumerate(found) if "PA" + m["sid"] == token]
+            if not after:
+                return _error(400, 20001, f"Invalid PageToken {token}")
+            start = after[0] + 1
+        chunk = found[start : start + size]
+        path = f"/{API_VERSION}/Accounts/{self.account_sid}/Messages.json"
+
+        def uri(page_number: int, *extra: tuple[str, str]) -> str:
+            pairs = [*filters, ("PageSize", str(size)), ("Page", str(page_number)), *extra]
+            return f"{path}?{urlencode(pairs)}"
+
+        more = start + size < len(found)
+        return web.json_response(
+            {
+                "end": start + len(chunk) - 1 if chunk else start,
+                "first_page_uri": uri(0),
+                "messages": [_public(m) for m in chunk],
+                "next_page_uri": uri(page + 1, ("PageToken", "PA" + chunk[-1]["sid"]))
+                if more and chunk
+                else None,
+                "page": page,
+                "page_size": size,
+                "previous_page_uri": uri(page - 1) if page > 0 else None,
+                "start": start,
+                "uri": uri(page, *([("PageToken", token)] if token else [])),
+            }
+        )
 
     async def media_redirect(self, request: web.Request) -> web.Response:
         refused = self._check(request)
@@ -503,9 +580,11 @@ class FakeTwilio:
         for status in steps:
             await asyncio.sleep(self.callback_delay)
             message["status"] = status
-            message["date_updated"] = _rfc2822()
+            updated = time.time()
+            message["date_updated"] = _rfc2822(updated)
             if status == "sent":
                 message["date_sent"] = message["date_updated"]
+                message["sent_at"] = updated
             params = {
                 "AccountSid": self.account_sid,
                 "ApiVersion": API_VERSION,
@@ -554,7 +633,41 @@ class FakeTwilio:
 #: Where the media redirect points: the same server under another name (another origin).
 _OTHER_LOOPBACK_NAME = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}
 
-_PRIVATE = frozenset({"media_urls", "status_callback", "callbacks"})
+#: What the fake keeps beside Twilio's resource (not in its answers: Twilio does not return a
+#: message's StatusCallback, so our id in its query cannot be read back).
+_PRIVATE = frozenset({"media_urls", "status_callback", "callbacks", "created_at", "sent_at"})
+
+
+def _public(message: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in message.items() if k not in _PRIVATE}
+
+
+def _day(value: str) -> dt.date | None:
+    """A ``DateSent`` filter's UTC day: ``YYYY-MM-DD``, or an ISO 8601 time (as twilio-python
+    sends it), whose UTC day counts."""
+    try:
+        if len(value) == 10:
+            return dt.date.fromisoformat(value)
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return moment.date()
+
+
+def _sent_on(message: dict[str, Any], days: Mapping[str, dt.date]) -> bool:
+    if not days:
+        return True
+    if message["sent_at"] is None:
+        return False
+    day = dt.datetime.fromtimestamp(message["sent_at"], dt.UTC).date()
+    return (
+        ("DateSent" not in days or day == days["DateSent"])
+        and ("DateSent<" not in days or day <= days["DateSent<"])
+        and ("DateSent>" not in days or day >= days["DateSent>"])
+    )
+
 
 _CONSOLE = """<!doctype html>
 <html lang="en"><meta charset="utf-8"><title>Twilio fake</title>
@@ -642,6 +755,7 @@ def create_twilio_fake(
     app.cleanup_ctx.append(lifecycle)
     base = f"/{API_VERSION}/Accounts/{{account}}/Messages"
     app.router.add_post(f"{base}.json", fake.create_message)
+    app.router.add_get(f"{base}.json", fake.list_resource)
     app.router.add_get(f"{base}/{{sid}}.json", fake.fetch_message)
     app.router.add_get(f"{base}/{{sid}}/Media/{{media}}", fake.media_redirect)
     app.router.add_get("/fake/media/{media}", fake.media_content)

@@ -24,7 +24,7 @@ from extmsg.models import (
     SendResult,
 )
 
-from . import inbound, media, outbound, phone, signature
+from . import inbound, lookup, media, outbound, phone, signature
 from .fake import create_twilio_fake, fake_channel_settings
 from .session import SessionHolder
 from .settings import TWILIO_MAX_BODY, TwilioSettings
@@ -145,6 +145,15 @@ def extmsg_send(channel: Channel, message: OutboundMessage) -> Awaitable[SendRes
     if not _ours(channel):
         return None
     return outbound.send(sessions.get(), channel, message)
+
+
+@hookimpl
+def extmsg_find_sent(
+    channel: Channel, message: OutboundMessage
+) -> Awaitable[SendResult | bool | None] | None:
+    if not _ours(channel):
+        return None
+    return lookup.find_sent(sessions.get(), channel, message)
 
 
 @hookimpl

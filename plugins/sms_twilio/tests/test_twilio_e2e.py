@@ -20,7 +20,7 @@ from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 from extmsg.fetch import LOOPBACK
 from extmsg.plugins import build_hooks
 from extmsg.sandbox_mode import start_sandbox
-from extmsg.testing.helpers import eventually, free_port, running_extmsg
+from extmsg.testing.helpers import eventually, free_port, in_doubt_after_send, running_extmsg
 from extmsg_sms_twilio import plugin
 from extmsg_sms_twilio.fake import (
     TWILIO_FAKE,
@@ -80,8 +80,16 @@ class World:
 async def world(
     request: pytest.FixtureRequest, tmp_path: Path, unblu_sandbox: Any
 ) -> AsyncIterator[World]:
+    async with _world(request.param, tmp_path, unblu_sandbox) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _world(
+    version: str, tmp_path: Path, unblu_sandbox: Any, *, callbacks: bool = True
+) -> AsyncIterator[World]:
     fake_app = create_twilio_fake(
-        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, callback_delay=0.02
+        account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, callback_delay=0.02, callbacks=callbacks
     )
     fake_server = TestServer(fake_app)
     await fake_server.start_server()
@@ -94,7 +102,7 @@ async def world(
         "store": {"path": str(tmp_path / "store.sqlite3")},
         "unblu": {
             "base_url": unblu_sandbox.base_url,
-            "api_version": request.param,
+            "api_version": version,
             "username": "admin",
             "password": "admin",
         },
@@ -339,3 +347,27 @@ async def test_sandbox_mode_fetches_files_from_loopback(
             message = await eventually(file_message)
             assert message["mimeType"] == "image/png"
     assert seen == [None]
+
+
+async def test_in_doubt_message_twilio_already_has_is_not_sent_again(
+    tmp_path: Path, unblu_sandbox: Any
+) -> None:
+    """The first attempt dies after Twilio accepted the message; the next one, in doubt, finds
+    it in Twilio's Messages list and records it instead of sending a second SMS. (Status
+    callbacks are off: one carrying our id would settle the doubt on its own.)"""
+    with in_doubt_after_send() as doubt:
+        async with _world("v4", tmp_path, unblu_sandbox, callbacks=False) as world:
+            await world.text("Where is my parcel?")
+            conv = await world.conversation()
+            await world.agent(
+                f"conversations/{conv['id']}/messages",
+                "POST",
+                text="It ships today",
+                senderName="Anna",
+            )
+            await world.message_in(conv["id"], "It ships today", "SENT")
+            async with world.session.get(f"{world.fake_url}/fake/messages") as resp:
+                sent = (await resp.json())["messages"]
+            assert [m["body"] for m in sent] == ["Anna: It ships today"]
+            assert len(doubt.cut_off) == 1
+            assert doubt.in_doubt("found", "sms") == 1

@@ -7,6 +7,7 @@ as message states; the 24-hour window and read receipts work across the whole ch
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from whatsapp_testkit import (
 )
 
 from extmsg.plugins import build_hooks
-from extmsg.testing.helpers import eventually, free_port, running_extmsg
+from extmsg.testing.helpers import eventually, free_port, in_doubt_after_send, running_extmsg
 from extmsg_whatsapp import fake as wa
 from extmsg_whatsapp import outbound, plugin
 from extmsg_whatsapp.fake import FAKE, GraphFake, create_graph_fake
@@ -125,13 +126,25 @@ def _channel(name: str, number_id: str, fake_url: str, **extra: Any) -> dict[str
 async def world(
     request: pytest.FixtureRequest, tmp_path: Path, unblu_sandbox: Any
 ) -> AsyncIterator[World]:
+    async with _world(request.param, tmp_path, unblu_sandbox) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def _world(
+    version: str,
+    tmp_path: Path,
+    unblu_sandbox: Any,
+    *,
+    auto_statuses: tuple[str, ...] = ("sent", "delivered", "read"),
+) -> AsyncIterator[World]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     fake_app = create_graph_fake(
         access_token=ACCESS_TOKEN,
         app_secret=APP_SECRET,
         webhook_url=base + WEBHOOK_PATH,
-        auto_statuses=("sent", "delivered", "read"),
+        auto_statuses=auto_statuses,
     )
     fake_server = TestServer(fake_app)
     await fake_server.start_server()
@@ -142,7 +155,7 @@ async def world(
         "store": {"path": str(tmp_path / "store.sqlite3")},
         "unblu": {
             "base_url": unblu_sandbox.base_url,
-            "api_version": request.param,
+            "api_version": version,
             "username": "admin",
             "password": "admin",
         },
@@ -273,3 +286,26 @@ async def test_agent_reading_sends_a_read_receipt(world: World) -> None:
     assert call["request"]["status"] == "read"
     assert call["status"] == 200
     assert world.fake.reads == [contact_msg["sourceId"]]
+
+
+async def test_in_doubt_message_is_sent_again_and_counted(
+    tmp_path: Path, unblu_sandbox: Any
+) -> None:
+    """The Cloud API has no idempotency key and no list of sent messages: after an attempt
+    that died once Meta had accepted the message, the next one (in doubt) cannot ask, so the
+    contact gets it twice, and extmsg counts that possible double. (Statuses are off: one
+    carrying our id in ``biz_opaque_callback_data`` would settle the doubt on its own.)"""
+    with in_doubt_after_send() as doubt:
+        async with _world("v4", tmp_path, unblu_sandbox, auto_statuses=()) as world:
+            await world.contact_writes(MAIN_NUMBER_ID, ALICE, "Hi, where is my parcel?")
+            conv = await world.conversation(MAIN_NUMBER_ID)
+            await world.reply(conv["id"], "It ships today")
+            await world.message_in(conv["id"], "It ships today", "SENT")
+            texts = [
+                c["request"]["text"]["body"]
+                for c in await world.fake_calls()
+                if c["kind"] == "message"
+            ]
+            assert texts == ["Anna: It ships today"] * 2
+            assert len(doubt.cut_off) == 1
+            assert doubt.in_doubt("unknown", "wa-main") == 1
