@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 from .models import Channel, OutboundMessage
 
-__all__ = ["prefix_text", "sender_prefix", "split_text"]
+__all__ = ["next_chunk", "prefix_text", "sender_prefix", "split_text"]
 
 
 def sender_prefix(channel: Channel, sender_name: str | None) -> str:
@@ -36,20 +38,32 @@ def prefix_text(channel: Channel, message: OutboundMessage) -> OutboundMessage:
 def split_text(text: str, limit: int) -> list[str]:
     """Split ``text`` into chunks of at most ``limit`` characters, on word boundaries.
 
-    A single word longer than ``limit`` is cut hard; whitespace at a cut is dropped.
+    A single word longer than ``limit`` is cut hard; whitespace at a cut is dropped. Linear in
+    the length of ``text``: each chunk looks at no more than ``limit + 1`` characters of it.
     """
     if limit <= 0:
         raise ValueError("limit must be positive")
     chunks: list[str] = []
-    rest = text
-    while len(rest) > limit:
-        cut = rest.rfind(" ", 0, limit + 1)
-        newline = rest.rfind("\n", 0, limit + 1)
-        cut = max(cut, newline)
-        if cut <= 0:
-            cut = limit
-        chunks.append(rest[:cut].rstrip())
-        rest = rest[cut:].lstrip()
+    start, end = 0, len(text)
+    while end - start > limit:
+        chunk, start = next_chunk(text, start, limit)
+        chunks.append(chunk)
+    rest = text[start:]
     if rest or not chunks:
         chunks.append(rest)
     return chunks
+
+
+_NOT_SPACE = re.compile(r"\S")
+
+
+def next_chunk(text: str, start: int, limit: int) -> tuple[str, int]:
+    """The chunk of ``text`` that :func:`split_text` cuts at ``start`` when more than
+    ``limit`` characters are left, and where the chunk after it starts."""
+    stop = start + limit + 1
+    cut = max(text.rfind(" ", start, stop), text.rfind("\n", start, stop)) - start
+    if cut <= 0:
+        cut = limit
+    chunk = text[start : start + cut].rstrip()
+    rest = _NOT_SPACE.search(text, start + cut)
+    return chunk, len(text) if rest is None else rest.start()

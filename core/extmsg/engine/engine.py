@@ -51,6 +51,7 @@ Classifier = Callable[[Job, BaseException], Awaitable[ErrorVerdict]]
 DeadLetterHandler = Callable[[Job, ErrorVerdict], Awaitable[None]]
 
 _MAX_ERROR_TEXT = 2000
+_MAX_CODE = 64
 
 
 class _Run:
@@ -444,15 +445,23 @@ class Engine:
         )
 
     async def _verdict(self, job: Job, error: BaseException) -> ErrorVerdict:
+        """The classifier's verdict, its texts capped: a reason is stored, logged and reported
+        to Unblu, so one that quotes a huge input must not carry all of it along."""
         try:
-            return await self._classify(job, error)
+            verdict = await self._classify(job, error)
         except Exception:
             log.exception(
                 "classifying the error of job %d (%s) failed; treating it as retryable",
                 job.id,
                 job.kind,
             )
-            return ErrorVerdict(retryable=True, reason=f"{type(error).__name__}: {error}")
+            verdict = ErrorVerdict(retryable=True, reason=f"{type(error).__name__}: {_str(error)}")
+        reason, code = _truncate(verdict.reason), verdict.code
+        if code is not None and len(code) > _MAX_CODE:
+            code = code[: _MAX_CODE - 1] + "…"
+        if reason is verdict.reason and code is verdict.code:
+            return verdict
+        return msgspec.structs.replace(verdict, reason=reason, code=code)
 
     async def _give_up(self, run: _Run, verdict: ErrorVerdict, why: str, attempts: int) -> None:
         """Report the job as failed, then make it a dead letter.
@@ -590,3 +599,11 @@ def _error_text(verdict: ErrorVerdict) -> str:
 
 def _truncate(text: str) -> str:
     return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 1] + "…"
+
+
+def _str(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when the error cannot even say what it is."""
+    try:
+        return str(error)
+    except Exception:
+        return "(an error that cannot be shown)"

@@ -82,12 +82,17 @@ def recipient_matches(recipient: str, address: str, allowed: Iterable[str]) -> b
 
 
 def mask(address: str | None) -> str:
-    """``"j…e@example.com"``: enough to tell contacts apart in a log, not to read the mailbox."""
+    """``"j…e@example.com"``: enough to tell contacts apart in a log, not to read the mailbox.
+
+    A domain longer than a real one (253 characters) shows its last 64.
+    """
     if not address:
         return "-"
     local, at, domain = address.rpartition("@")
     if not at:
         return "…" + address[-4:] if len(address) > 6 else "…"
+    if len(domain) > 253:
+        domain = "…" + domain[-64:]
     if len(local) <= 2:
         return f"…@{domain}"
     return f"{local[0]}…{local[-1]}@{domain}"

@@ -105,7 +105,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-_NUMBER = re.compile(r"\+?\d[\d ]{5,}\d")
+# A number standing on its own (an id with digits in it stays readable); the lookbehind keeps
+# the scan linear: a run of digits is tried from its start only.
+_NUMBER = re.compile(r"(?<![A-Za-z0-9])\+?\d[\d ]{5,}\d(?![A-Za-z0-9])")
 
 
 def _mask_numbers(text: str) -> str:

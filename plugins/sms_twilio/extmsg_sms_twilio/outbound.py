@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import quote
 
 import aiohttp
@@ -11,7 +12,7 @@ import msgspec
 from extmsg.errors import DeliveryError, PermanentError, RetryableError
 from extmsg.logsafe import mask_address as mask
 from extmsg.models import Channel, OutboundMessage, SendResult
-from extmsg.rendering import prefix_text, split_text
+from extmsg.rendering import next_chunk, prefix_text
 
 from .errors import describe_code, error_from_response
 from .segments import count_segments
@@ -23,52 +24,58 @@ __all__ = ["messages_url", "render", "send", "send_form", "split_body", "status_
 log = logging.getLogger("extmsg.sms_twilio")
 
 
-def _fitting(text: str, units: int) -> int:
-    """How many leading characters of ``text`` fit in ``units`` UTF-16 code units."""
-    used = 0
-    for index, ch in enumerate(text):
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _fitting(text: str, start: int, units: int) -> int:
+    """How many characters of ``text`` from ``start`` fit in ``units`` UTF-16 code units."""
+    window = text[start : start + units]
+    if window.isascii():
+        return len(window)
+    if _SURROGATE.search(window) is None:
+        # In C: the window's first ``units`` code units, less half a pair cut in two.
+        encoded = window.encode("utf-16-le")[: 2 * units]
+        return len(encoded.decode("utf-16-le", errors="ignore"))
+    used = 0  # a text with lone surrogates (each one unit): count one by one
+    for index, ch in enumerate(window):
         used += 2 if ord(ch) > 0xFFFF else 1
         if used > units:
             return index
-    return len(text)
+    return len(window)
 
 
 def split_body(text: str) -> list[str]:
     """``text`` in parts Twilio accepts as one ``Body`` each, cut on word boundaries.
 
     Twilio's 1600 counts UTF-16 code units, so emoji (two units each) shorten a part.
+    Linear in the length of ``text``.
     """
     parts: list[str] = []
-    rest = text
+    start = 0
     while True:
-        limit = _fitting(rest, TWILIO_MAX_BODY)
-        if limit >= len(rest):
-            parts.append(rest)
+        limit = _fitting(text, start, TWILIO_MAX_BODY)
+        if start + limit >= len(text):
+            parts.append(text[start:])
             return parts
-        chunk = split_text(rest, limit)[0]
+        chunk, start = next_chunk(text, start, limit)
         parts.append(chunk)
-        rest = rest[len(chunk) :].lstrip()
-        if not rest:
+        if start >= len(text):
             return parts
 
 
 def render(channel: Channel, message: OutboundMessage) -> list[OutboundMessage]:
     """The sender prefix, then one message per 1600-character part.
 
-    :raises PermanentError: the parts together cost more than ``max_segments`` SMS segments.
+    :raises PermanentError: the parts sent as SMS together cost more than ``max_segments``
+        segments.
     """
     settings: TwilioSettings = channel.settings
     message = prefix_text(channel, message)
     if not message.text:
         return [message]
     parts = split_body(message.text)
-    if message.attachment is None:
-        total = sum(count_segments(part).segments for part in parts)
-        if total > settings.max_segments:
-            raise PermanentError(
-                f"This message is too long for SMS: it would be sent as {total} segments and "
-                f"this channel allows at most {settings.max_segments}. Please shorten it."
-            )
+    # With a file, the last part travels with it as MMS; the parts before it are SMS.
+    _check_segments(parts if message.attachment is None else parts[:-1], settings.max_segments)
     rendered = [
         msgspec.structs.replace(message, text=part, part=index) for index, part in enumerate(parts)
     ]
@@ -78,6 +85,23 @@ def render(channel: Channel, message: OutboundMessage) -> list[OutboundMessage]:
             rendered[-1]
         ]
     return rendered
+
+
+def _check_segments(parts: list[str], most: int) -> None:
+    """Refuse parts that cost more than ``most`` segments together.
+
+    Counting stops at the first part beyond ``most``, so a huge text costs no more to refuse
+    than ``most`` parts do.
+    """
+    total = 0
+    for counted, part in enumerate(parts, 1):
+        total += count_segments(part).segments
+        if total > most:
+            amount = f"{total}" if counted == len(parts) else f"at least {total}"
+            raise PermanentError(
+                f"This message is too long for SMS: it would be sent as {amount} segments and "
+                f"this channel allows at most {most}. Please shorten it."
+            )
 
 
 def messages_url(settings: TwilioSettings) -> str:
