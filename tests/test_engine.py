@@ -22,6 +22,7 @@ from extmsg.metrics import Metrics
 from extmsg.models import ErrorVerdict
 from extmsg.store.base import Intake, IntakeResult, Job, NewJob, NewMessage
 from extmsg.store.sqlite import SqliteStore
+from extmsg.testing.helpers import loop_stalls
 
 
 class CountingStore(SqliteStore):
@@ -622,3 +623,60 @@ async def test_queue_metrics_are_refreshed(store: CountingStore, engines: list[E
     await until(lambda: metrics.dead_letters._value.get() == 2)
     assert metrics.queue_depth.labels("ready")._value.get() == 0
     assert metrics.intake_batch._sum.get() == 2
+
+
+# -- poison jobs ------------------------------------------------------------------------------
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
+async def test_a_poison_job_ends_as_a_dead_letter_without_stalling_the_loop(
+    store: CountingStore, engines: list[Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Errors that quote a huge hostile input, or cannot be shown at all, are capped before
+    anything masks, logs, stores or reports them."""
+    huge = "SM" + "0123456789" * 100_000 + " from a" + "b" * 100_000 + "@x.com\nERROR forged"
+    dead = DeadLetters()
+
+    async def broken(job: Job, error: BaseException) -> ErrorVerdict:
+        if json.loads(job.payload)["n"] == "unclassifiable":
+            raise ValueError(huge)
+        return await classify(job, error)
+
+    engine = Engine(
+        store,
+        EngineConfig(max_attempts=3, backoff_initial=0.01, backoff_max=0.02),
+        classify=broken,
+        on_dead=dead,
+        poll_interval=0.05,
+    )
+
+    async def handler(job: Job) -> None:
+        n = json.loads(job.payload)["n"]
+        if n == "permanent":
+            raise PermanentError(huge, code="9" * 100_000)
+        if n == "unprintable":
+            raise Unprintable()
+        raise RuntimeError(huge)
+
+    engine.register("work", handler)
+    engines.append(engine)
+    kinds = ["permanent", "retried", "unclassifiable", "unprintable"]
+    with caplog.at_level(logging.INFO, logger="extmsg.engine"):
+        async with loop_stalls() as stalls:
+            await engine.start()
+            await engine.intake([work(huge + n, n=n) for n in kinds])
+            await until(lambda: finished(store, len(kinds)), within=20)
+    assert stalls.longest < 1.0
+    buried = await store.list_jobs(("dead",))
+    assert len(buried) == len(kinds)
+    for job in buried:
+        assert job.last_error is not None
+        assert len(job.last_error) <= 2000
+    assert len(dead.calls) == len(kinds)
+    for _, verdict in dead.calls:
+        assert len(verdict.reason) < 2100
+        assert verdict.code is None or len(verdict.code) <= 64
+    assert any("cannot be shown" in v.reason for _, v in dead.calls)
+    assert all(len(r.getMessage()) < 10_000 for r in caplog.records)

@@ -197,6 +197,7 @@ async def _serve(
 ) -> None:
     from .app import create_app
 
+    _setup_logging("WARNING")  # the sandbox may log before the configuration is read
     stack = contextlib.AsyncExitStack()
     async with stack:
         if sandbox:
@@ -223,11 +224,16 @@ async def _serve(
 
 
 def _setup_logging(level: str) -> None:
+    """One line per record on stderr, control characters escaped (see
+    :class:`extmsg.logsafe.EscapeControlChars`), also on handlers configured before us."""
+    from .logsafe import install_log_escaping
+
     root = logging.getLogger()
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
+    install_log_escaping()
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 

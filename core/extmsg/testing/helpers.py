@@ -23,10 +23,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CutOffSends",
+    "LoopStalls",
     "RunningExtmsg",
     "eventually",
     "free_port",
     "in_doubt_after_send",
+    "loop_stalls",
     "running_extmsg",
 ]
 
@@ -51,6 +53,37 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class LoopStalls:
+    """How long the event loop went without running a ticker that wants to run every
+    ``interval`` seconds: ``longest`` is the worst gap beyond the interval, in seconds."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.longest = 0.0
+
+    async def tick(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last - self.interval)
+            last = now
+
+
+@contextlib.asynccontextmanager
+async def loop_stalls(interval: float = 0.01) -> AsyncIterator[LoopStalls]:
+    """Measure the event loop's longest stall while the block runs (everything in-process
+    shares the loop: a request that blocks it delays the ticker by as long)."""
+    stalls = LoopStalls(interval)
+    task = asyncio.get_running_loop().create_task(stalls.tick())
+    try:
+        yield stalls
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class RunningExtmsg(msgspec.Struct, frozen=True, kw_only=True):
