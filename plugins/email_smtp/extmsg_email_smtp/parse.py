@@ -30,7 +30,9 @@ _PARSER = BytesParser(policy=policy.default)
 _SIGNATURES = {"application/pgp-signature", "application/pkcs7-signature",
                "application/x-pkcs7-signature"}  # fmt: skip
 _LATIN1 = {"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1", "iso_8859-1", "cp819"}
-_CID_PLACEHOLDER = re.compile(r"[ \t]*\[cid:[^\]\s]+\]")
+# Tried from the start of a run of blanks only, and an id stops at the next "[": linear on
+# a body of blanks or of "[cid:" repeated.
+_CID_PLACEHOLDER = re.compile(r"(?<![ \t])[ \t]*\[cid:[^\[\]\s]+\]")
 _UNLABELLED = {"", "us-ascii", "ascii", "unknown-8bit", "x-unknown", "unknown", "8bit"}
 
 

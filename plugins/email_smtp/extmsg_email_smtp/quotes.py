@@ -13,14 +13,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import chain
 
 from mailparser_reply import EmailMessage as ReplyMessage  # type: ignore[import-untyped]
 from mailparser_reply.constants import MAIL_LANGUAGES  # type: ignore[import-untyped]
 
 __all__ = ["extract_reply"]
 
-#: Longer texts skip the header search (its patterns are not linear on pathological input).
-MAX_SEARCH = 200_000
+#: Where the history header is looked for: the first ``MAX_SEARCH`` characters, each line up
+#: to ``MAX_LINE``. mail-parser-reply's patterns take time growing faster than the square of
+#: a line's length ("On On On …" over 32,000 characters: 50 s), and one search holds the
+#: interpreter all along, even in a worker thread. A real header line is much shorter, and
+#: sits near the top of a reply.
+MAX_SEARCH = 8_000
+MAX_LINE = 160
 
 _SIG_LINE = re.compile(r"^-- ?$")
 _MOBILE = re.compile(
@@ -34,15 +40,24 @@ _ATTRIBUTION_HINT = re.compile(r"(@|\d|wrote|schrieb|écrit|escribió|scritto|sc
 
 
 def _split_history(text: str, languages: Sequence[str]) -> str:
+    """What is above the first history header (mail-parser-reply's split, on its normalized
+    text), searched for within the limits above; the whole text when there is none."""
     langs = [lang for lang in languages if lang in MAIL_LANGUAGES] or ["en"]
-    parsed = ReplyMessage(text=text, languages=list(langs), keep_hyphen_lists=True).read()
-    if not parsed.replies:
-        return text
-    first = parsed.replies[0]
-    if first.headers:
-        # The mail starts with a history header: nothing new above it.
-        return ""
-    return str(first.content)
+    message = ReplyMessage(text=text, languages=list(langs), keep_hyphen_lists=True)
+    normalized: str = message.text
+    lines = normalized[:MAX_SEARCH].split("\n")
+    probe = "\n".join(line[:MAX_LINE] for line in lines)
+    # As mail-parser-reply's ``read``: the first group found, at its first occurrence.
+    found = [h for h in chain.from_iterable(message.HEADER_REGEX.findall(probe)) if h]
+    if not found:
+        return normalized.strip()
+    position = probe.find(found[0])
+    # The same place in the whole text: the probe only cut lines short.
+    line = probe.count("\n", 0, position)
+    column = position - (probe.rfind("\n", 0, position) + 1)
+    offset = sum(len(before) + 1 for before in lines[:line]) + column
+    # Nothing above the header (the mail starts with history): nothing new.
+    return normalized[:offset].strip()
 
 
 def _drop_trailing_quote(lines: list[str]) -> list[str]:
@@ -80,8 +95,7 @@ def extract_reply(text: str, languages: Sequence[str], keep_history: bool = Fals
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if keep_history:
         return _tidy(text.split("\n"))
-    if len(text) <= MAX_SEARCH:
-        text = _split_history(text, languages)
+    text = _split_history(text, languages)
     lines = _drop_trailing_quote(text.split("\n"))
     lines = _drop_signature(lines)
     return _tidy(lines)
