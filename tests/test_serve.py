@@ -8,7 +8,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from extmsg.testing.helpers import eventually
+
 from .helpers import ServeProcess, free_port
+from .loopback_fake import signed
 
 CONFIG = """
 [server]
@@ -89,3 +92,39 @@ async def test_bad_config_stops_serve_with_one_line(tmp_path: Path) -> None:
     assert proc.proc is not None
     assert proc.proc.wait(30) == 2
     assert proc.log().strip().startswith("error: channels[0].messenger: unknown messenger type")
+
+
+async def test_no_value_writes_a_log_line_of_its_own(tmp_path: Path) -> None:
+    """``extmsg serve --sandbox`` escapes control characters in everything it logs: a signed
+    status whose id carries a line break and a terminal escape stays on its log line."""
+    port = free_port()
+    config = tmp_path / "extmsg.toml"
+    config.write_text(CONFIG.format(port=port))
+    proc = ServeProcess(
+        config,
+        env={"EXTMSG_PLUGINS": "tests.loopback_plugin"},
+        args=("--sandbox", "--sandbox-port", str(free_port())),
+    )
+    proc.start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        await proc.wait_ready(base)
+        forged = "SM1\n2026-01-01 00:00:00,000 ERROR extmsg: forged\x1b[2J\u2028end"
+        body, headers = signed("tok", {"statuses": [{"id": forged, "state": "delivered"}]})
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{base}/channels/loop/inbound", data=body, headers=headers) as resp,
+        ):
+            assert resp.status == 200
+        await eventually(lambda: _logged(proc, "failed on attempt 1"))
+    finally:
+        proc.kill()
+    lines = proc.log().splitlines()
+    [line] = [line for line in lines if "failed on attempt 1" in line]
+    assert "SM1\\n" in line
+    assert "forged\\x1b[2J\\u2028end" in line
+    assert not [line for line in lines if line.startswith(("2026-01-01", "end"))]
+
+
+async def _logged(proc: ServeProcess, text: str) -> bool:
+    return text in proc.log()
