@@ -97,7 +97,7 @@ def _check_segments(parts: list[str], most: int) -> None:
     for counted, part in enumerate(parts, 1):
         total += count_segments(part).segments
         if total > most:
-            amount = f"{total}" if counted == len(parts) else f"at least {total}"
+            amount = f"{total}" if counted == len(parts) else f"more than {most}"
             raise PermanentError(
                 f"This message is too long for SMS: it would be sent as {amount} segments and "
                 f"this channel allows at most {most}. Please shorten it."

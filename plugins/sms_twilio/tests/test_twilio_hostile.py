@@ -205,7 +205,9 @@ def test_a_three_megabyte_agent_text_is_split_or_refused_at_once(shape: str) -> 
     )
     for attachment in (None, Attachment(file_name="a.png", url="https://files.example/a.png")):
         started = time.perf_counter()
-        with pytest.raises(PermanentError, match=r"too long for SMS: .* at most 20\. Please"):
+        with pytest.raises(
+            PermanentError, match=r"sent as more than 20 segments .* at most 20\. Please"
+        ):
             render(
                 make_channel(), msgspec.structs.replace(message, text=text, attachment=attachment)
             )
