@@ -247,6 +247,43 @@ async def test_a_stalled_worker_does_not_finish_or_send_a_job_taken_over(
     assert "another worker took it over" in caplog.text
 
 
+async def test_a_hold_answered_after_its_lease_sends_nothing(
+    instances: tuple[Store, Store],
+) -> None:
+    """A process frozen while its hold was on the way gets a stale "yes" when it wakes up: the
+    lease it renewed may already belong to another holder, so it must not send."""
+    store, _ = instances
+    engine = make_engine(store, workers=1, lease_seconds=0.2)
+    hold_job = store.hold_job
+
+    async def answered_late(*args: object, **kw: object) -> bool:
+        held = await hold_job(*args, **kw)  # type: ignore[arg-type]
+        await asyncio.sleep(0.15)  # SIGSTOP after the write, SIGCONT before the answer is read
+        return held
+
+    store.hold_job = answered_late  # type: ignore[method-assign]
+    sent: list[Job] = []
+    outcome: list[BaseException] = []
+
+    async def sends(job: Job) -> None:
+        try:
+            await engine.hold(job)
+        except LeaseLost as exc:
+            outcome.append(exc)
+            raise
+        sent.append(job)
+
+    engine.register("work", sends)
+    await engine.intake([work("a")])
+    await engine.start()
+    try:
+        await until(lambda: bool(outcome))
+    finally:
+        await engine.stop(1.0)
+    assert not sent
+    assert isinstance(outcome[0], LeaseLost)
+
+
 async def test_a_lost_renewal_stops_the_handler(instances: tuple[Store, Store]) -> None:
     """When the renewal finds another holder, the handler is cut off before it sends."""
     old_store, new_store = instances

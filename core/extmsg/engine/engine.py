@@ -164,7 +164,17 @@ class Engine:
             return
         if run is not None and run.lost:
             raise LeaseLost(job.id, job.fence)
-        if not await self.store.hold_job(job.id, job.fence, self.config.lease_seconds):
+        lease = self.config.lease_seconds
+        asked = time.monotonic()
+        if not await self.store.hold_job(job.id, job.fence, lease):
+            if run is not None:
+                run.lost = True
+            raise LeaseLost(job.id, job.fence)
+        if time.monotonic() - asked > lease / 2:
+            # The answer came late (the process or its connection stalled while waiting): the
+            # lease it renewed may have run out and the job been taken over meanwhile, so a
+            # send now could cross the new holder's. Leave the job to whoever holds it once
+            # this lease is over; that attempt is in doubt and looks first.
             if run is not None:
                 run.lost = True
             raise LeaseLost(job.id, job.fence)
