@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import aiohttp
 import msgspec
@@ -18,13 +23,11 @@ from ..config import parse_config
 from ..plugins import Hooks
 from ..runtime import RUNTIME, Runtime
 
-if TYPE_CHECKING:
-    from ..runtime import Runtime
-
 __all__ = [
     "CutOffSends",
     "LoopStalls",
     "RunningExtmsg",
+    "ServeProcess",
     "eventually",
     "free_port",
     "in_doubt_after_send",
@@ -193,3 +196,66 @@ def in_doubt_after_send() -> Iterator[CutOffSends]:
         yield record
     finally:
         _HANDLERS[p.OutboundMessageJob] = real
+
+
+class ServeProcess:
+    """``python -m extmsg serve`` in a process of its own, its output kept beside the config
+    (``<config>.log``): for tests that kill, freeze or restart the server."""
+
+    def __init__(
+        self,
+        config: Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.log_path = config.with_suffix(".log")
+        self.env = {**os.environ, **(env or {})}
+        self.args = args
+        self.cwd = cwd or config.parent
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "extmsg", "serve", "--config", str(self.config), *self.args],
+                cwd=self.cwd,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    async def wait_ready(self, base_url: str, limit: float = 15.0) -> float:
+        """Poll ``/readyz`` until it answers 200; return the seconds from start to ready."""
+        deadline = time.monotonic() + limit
+        async with aiohttp.ClientSession() as session:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"serve exited {self.proc.returncode}:\n{self.log()}")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(f"{base_url}/readyz") as resp:
+                        if resp.status == 200:
+                            return time.monotonic() - self.started_at
+                await asyncio.sleep(0.02)
+        raise AssertionError(f"serve not ready after {limit}s:\n{self.log()}")
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then wait for the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush (a resumed process first, so it can die)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
