@@ -293,7 +293,7 @@ class Balancer:
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout),
-            connector=aiohttp.TCPConnector(limit=0, force_close=True),
+            connector=aiohttp.TCPConnector(limit=0),
         )
 
     async def close(self) -> None:

@@ -109,6 +109,9 @@ async def test_kill_9_five_times_nothing_lost_nothing_doubled(
 
 INSTANCES = 3
 STARTS = 6
+# The sandbox delivers a channel's agent messages one at a time, as in order as Unblu: through a
+# balancer to three instances on a 2-core machine that caps how many a test can wait for.
+CLUSTER_CONTACTS = 20  # 2,000 messages each way
 
 
 async def _postgres_dsn() -> str:
@@ -258,7 +261,7 @@ async def test_three_instances_one_frozen_past_its_leases(
                 sandbox_url=sandbox.url,
                 fake=fake,
                 session=session,
-                contacts=CONTACTS,
+                contacts=CLUSTER_CONTACTS,
                 per_contact=PER_CONTACT,
             )
             await traffic.open_conversations()
@@ -276,6 +279,8 @@ async def test_three_instances_one_frozen_past_its_leases(
             await asyncio.sleep(1.0)
             async with session.get(f"{cluster.bases[0]}/metrics") as resp:
                 metrics = await resp.text()
+            if result.problems():
+                print("\n" + await _diagnose(session, sandbox.url, dsn, schema))
     finally:
         await cluster.stop()
     fenced = metric_total(metrics, "extmsg_fenced_total")
@@ -286,3 +291,25 @@ async def test_three_instances_one_frozen_past_its_leases(
     assert acks_while_frozen > 0, "acknowledgements stopped while one instance was frozen"
     assert not result.problems(), result.line()
     assert fenced > 0, "the frozen instance's late completions were not refused"
+
+
+async def _diagnose(session: aiohttp.ClientSession, sandbox_url: str, dsn: str, schema: str) -> str:
+    """Where work stopped: the jobs by kind and state, the sandbox's deliveries by state."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        jobs = await conn.fetch(
+            f"SELECT kind, state, count(*) AS n, max(attempts) AS attempts,"  # noqa: S608
+            f" min(last_error) AS error FROM {schema}.jobs GROUP BY kind, state"
+        )
+    finally:
+        await conn.close()
+    async with session.get(f"{sandbox_url}/sandbox/api/deliveries") as resp:
+        deliveries = await resp.json()
+    states: dict[str, int] = {}
+    for d in deliveries:
+        states[f"{d.get('name')}:{d.get('state')}"] = (
+            states.get(f"{d.get('name')}:{d.get('state')}", 0) + 1
+        )
+    return f"jobs: {[dict(r) for r in jobs]}\ndeliveries: {states}\nsample: {[d for d in deliveries if d.get('state') != 'delivered'][:2]}"
