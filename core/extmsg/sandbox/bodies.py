@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from ..jsonsafe import depth_problem
 from .errors import ApiError
 
 __all__ = ["Body", "read_body"]
@@ -22,6 +23,9 @@ async def read_body(request: web.Request) -> Body:
     raw = await request.read()
     if not raw.strip():
         raise ApiError.bad_request("request body is missing")
+    problem = depth_problem(raw)
+    if problem is not None:
+        raise ApiError.bad_request(f"request body is refused: {problem}")
     try:
         data = json.loads(raw)
     except ValueError as exc:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..constant_time import equal
 from .bodies import Body
 from .errors import ApiError, error_response
 from .inputs import ChannelFields, MessageContent, PersonFields
@@ -63,10 +63,7 @@ def _authorized(sandbox: Sandbox, header: str | None) -> bool:
     except (binascii.Error, UnicodeDecodeError):
         return False
     user, sep, password = decoded.partition(":")
-    return bool(sep) and (
-        hmac.compare_digest(user.encode(), sandbox.username.encode())
-        & hmac.compare_digest(password.encode(), sandbox.password.encode())
-    )
+    return bool(sep) and (equal(user, sandbox.username) & equal(password, sandbox.password))
 
 
 @web.middleware

@@ -22,6 +22,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from extmsg import jsonsafe
 from extmsg.unblu import wire
 
 __all__ = [
@@ -339,7 +340,9 @@ def _decode(body: bytes, into: type[_S], what: str) -> _S:
     if not body or not body.strip():
         raise MalformedCall(f"{what}: empty body")
     try:
-        return msgspec.json.decode(body, type=into)
+        return jsonsafe.decode(body, type=into)
+    except jsonsafe.JsonTooDeep as exc:
+        raise MalformedCall(f"{what}: body refused: {exc}") from None
     except msgspec.ValidationError as exc:
         raise MalformedCall(f"{what}: {_explain(str(exc))}") from None
     except msgspec.DecodeError as exc:

@@ -17,6 +17,7 @@ import hmac
 from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from extmsg.constant_time import equal
 from extmsg.errors import SignatureError
 from extmsg.models import Channel, InboundRequest
 
@@ -97,7 +98,7 @@ def _signed_params(request: InboundRequest) -> list[tuple[str, str]] | None:
     """The parameters the signature covers; ``None`` when a ``bodySHA256`` covers the body."""
     query = dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
     if "bodySHA256" in query:
-        if not hmac.compare_digest(body_sha256(request.body), query["bodySHA256"].lower()):
+        if not equal(body_sha256(request.body), query["bodySHA256"].lower()):
             raise SignatureError("the body does not match the bodySHA256 query parameter")
         return None
     if request.method.upper() != "POST":
@@ -125,7 +126,7 @@ def verify_request(request: InboundRequest, channels: Sequence[Channel]) -> Chan
         keyless = False
         for url in urls:
             expected = compute_signature(url, params, key, algorithm)
-            if hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8")):
+            if equal(expected, signature):
                 return channel
     if keyless and algorithm != "HMAC_SHA1":
         raise SignatureError(
