@@ -385,7 +385,10 @@ def contact_create_response(
     """create_contact: Unblu should create a contact with this messenger ``source_id``."""
     return msgspec.json.encode(
         wire.ExternalMessengerCreateContactCreateResponse(
-            type="CREATE", name=name, source_id=source_id, description=description
+            type="CREATE",
+            name=wire.fit(name, wire.MAX_CONTACT_NAME),
+            source_id=source_id,
+            description=description,
         )
     )
 
