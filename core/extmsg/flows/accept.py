@@ -84,7 +84,6 @@ async def _handle(
         return _error(400, str(exc))
     if events is None:
         return _error(500, f"no plugin parses {messenger} requests")
-    events = [scrub(event) for event in events]
     try:
         await accept_events(runtime, channels, events)
     except BadInbound as exc:
@@ -175,12 +174,16 @@ def _job(payload: p.JobPayload, lane: str) -> NewJob:
 def public_url(runtime: Runtime, request: web.Request) -> str:
     """The URL the caller used, as seen from outside (what providers sign).
 
-    ``server.public_url`` wins; without it ``X-Forwarded-Proto``/``X-Forwarded-Host`` from a
-    proxy are honoured, and the request's own URL is the last resort.
+    ``server.public_url`` wins; without it ``X-Forwarded-Proto``/``X-Forwarded-Host`` are
+    honoured when the direct peer is one of ``server.trusted_proxies`` (from anyone else they
+    would let a client choose the URL its signature is checked against), and the request's own
+    URL is the last resort.
     """
-    configured = runtime.config.server.public_url
-    if configured:
-        return configured.rstrip("/") + request.path_qs
+    server = runtime.config.server
+    if server.public_url:
+        return server.public_url.rstrip("/") + request.path_qs
+    if not server.trusts_proxy(request.remote):
+        return str(request.url)
     proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
     host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
     if proto or host:

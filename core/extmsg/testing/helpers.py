@@ -96,20 +96,24 @@ class RawResponse(msgspec.Struct, frozen=True):
 async def raw_request(
     base: str,
     method: str,
-    path: str,
+    path: str | bytes,
     headers: Sequence[tuple[str, str | bytes]] = (),
     body: bytes = b"",
 ) -> RawResponse:
     """Send one HTTP/1.1 request byte for byte over a fresh connection.
 
     HTTP clients clean up what they send (header values must be text, paths get quoted); this
-    sends header values as the raw bytes given, so tests can reach a server with what a
-    hostile client could send.
+    sends a ``bytes`` path and header values as the raw bytes given, so tests can reach a
+    server with what a hostile client could send.
     """
     host, _, port = base.removeprefix("http://").partition(":")
     reader, writer = await asyncio.open_connection(host, int(port or 80))
     try:
-        head = [f"{method} {path} HTTP/1.1".encode(), f"Host: {host}:{port}".encode()]
+        target = path if isinstance(path, bytes) else path.encode()
+        head = [
+            method.encode() + b" " + target + b" HTTP/1.1",
+            f"Host: {host}:{port}".encode(),
+        ]
         for name, value in headers:
             raw = value if isinstance(value, bytes) else value.encode("latin-1")
             head.append(name.encode("latin-1") + b": " + raw)

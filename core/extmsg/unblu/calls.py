@@ -12,7 +12,9 @@ Two families reach a channel's ``webhookEndpoint``:
 
 :func:`decode_call` is independent of the web framework; it checks no signature (see
 :mod:`extmsg.unblu.signing`) and raises :class:`MalformedCall` (answer 400) with a message that
-says what is wrong.
+says what is wrong. Bodies go through :func:`extmsg.jsonsafe.decode`: nesting deeper than
+its limit is refused, and half a UTF-16 surrogate pair (``"\\ud800"``, which Java may write)
+is read as U+FFFD rather than refusing the agent's message.
 """
 
 from __future__ import annotations

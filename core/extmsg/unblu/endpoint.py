@@ -16,7 +16,7 @@ from ..errors import BadInbound
 from ..flows import payloads as p
 from ..models import Channel, MessageState
 from ..runtime import RUNTIME, Runtime
-from ..sanitize import MAX_ADDRESS, MAX_ID, check_length, scrub
+from ..sanitize import MAX_ADDRESS, MAX_ID, check_length
 from ..store.base import Intake, NewJob, NewMessage
 from . import calls, signing
 from .errors import UnbluNotFound
@@ -46,7 +46,7 @@ async def unblu_request(request: web.Request) -> web.Response:
                 status = 403
                 return _error(403, f"signature check failed: {problem}")
         try:
-            call = scrub(calls.decode_call(request.headers, body))
+            call = calls.decode_call(request.headers, body)
             _check_lengths(call)
         except (calls.MalformedCall, BadInbound) as exc:
             status = 400
