@@ -242,3 +242,18 @@ async def test_a_malformed_media_signature_is_not_found(world: World, query: str
     # Raw non-ASCII bytes in the request line: aiohttp's parser refuses them itself.
     raw = b"/media/loop/0123456789abcdef?signature=\xff\xfe&expires=9999999999"
     assert (await raw_request(world.base, "GET", raw)).status == 400
+
+
+def test_a_huge_contact_name_is_cut_before_it_is_stored() -> None:
+    from extmsg.flows import accept
+    from extmsg.flows import payloads as p
+    from extmsg.models import Contact, InboundMessage
+
+    event = InboundMessage(
+        provider_message_id="n1", contact=Contact(address=CUSTOMER, name="N" * 100_000)
+    )
+    intake = accept._intake("loop", event)
+    assert intake.job is not None
+    job = p.decode(intake.job.payload)
+    assert isinstance(job, p.ToUnbluJob)
+    assert job.message.contact.name == "N" * (sanitize.MAX_NAME - 1) + "…"
