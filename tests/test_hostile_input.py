@@ -6,6 +6,7 @@ The messenger is the loopback test plugin; each messenger plugin tests its own r
 from __future__ import annotations
 
 import json
+import random
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -111,6 +112,43 @@ def test_depth_check_ignores_brackets_in_strings_and_stops_at_the_limit() -> Non
     assert jsonsafe.depth_problem(deep(64)) is None
     assert jsonsafe.depth_problem(deep(65)) == "JSON nested deeper than 64 levels"
     assert jsonsafe.depth_problem(b"[]" * 100_000) is None
+
+
+def _reference_depth(data: bytes) -> int:
+    """The nesting depth, counted the plain way (brackets in strings skipped)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in data.decode():
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def test_depth_check_agrees_with_plain_counting() -> None:
+    rng = random.Random(7)
+
+    def value(levels: int) -> Any:
+        if levels == 0 or rng.random() < 0.01:
+            return rng.choice(["x", 'q"[', "]]\\", 1])
+        width = 2 if rng.random() < 0.05 else 1  # mostly chains: the size stays small
+        if rng.random() < 0.5:
+            return ["[", *(value(levels - 1) for _ in range(width))]
+        return {f"k{i}]": value(levels - 1) for i in range(width)}
+
+    verdicts = []
+    for _ in range(300):
+        data = json.dumps(value(rng.randint(30, 90))).encode()
+        too_deep = jsonsafe.depth_problem(data) is not None
+        assert too_deep == (_reference_depth(data) > jsonsafe.MAX_DEPTH), data[:200]
+        verdicts.append(too_deep)
+    assert 50 < sum(verdicts) < 250  # both sides of the limit were tried
 
 
 # --- lone surrogates ---------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 Python's ``json`` and untyped ``msgspec`` decoding recurse once per nesting level, and
 ``msgspec`` also recurses while it skips unknown fields of a typed struct, so a body of a few
 thousand ``[`` ends in ``RecursionError`` (a 500) instead of a clear refusal. :func:`check_depth`
-runs before any decoder, in one linear pass over the raw bytes: strings are cut out first (a
-bracket inside a string does not nest) and only the brackets are counted.
+runs before any decoder, in time linear in the body and mostly in C: strings are cut out first
+(a bracket inside a string does not nest), then the brackets are matched against a pattern of
+bounded nesting.
 
 :func:`decode` is msgspec's decoder behind that check, which also takes lone UTF-16 surrogate
 escapes (``"\\ud800"``, which msgspec refuses) as U+FFFD instead of refusing the whole body.
@@ -15,6 +16,7 @@ it; plugin authors decoding JSON themselves should too.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, TypeVar
@@ -31,35 +33,63 @@ T = TypeVar("T")
 #: the interpreter's recursion limit (1,000 frames) is far away.
 MAX_DEPTH = 64
 
-# A JSON string, escapes included; possessive so a long string is matched without backtracking.
-_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+"', re.DOTALL)
+# A JSON string, escapes included (the unrolled form, possessive: no backtracking).
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
 _BRACKETS = b"[]{}"
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in _BRACKETS)
-_OPEN = frozenset(b"[{")
+# Arrays and objects nest alike; a mismatched pair is the decoder's to report.
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_CLOSE = ord("]")
 
 
 class JsonTooDeep(ValueError):
     """The JSON nests deeper than the limit; the message says so."""
 
 
+@functools.lru_cache(maxsize=256)
+def _nested(levels: int) -> re.Pattern[bytes]:
+    """Matches a run of balanced groups nested at most ``levels`` deep (brackets only).
+
+    Bounded nesting is a regular language, so the regex engine checks it in C, in one linear
+    pass; possessive repeats never backtrack.
+    """
+    pattern = b""
+    for _ in range(levels):
+        pattern = rb"(?:\[" + pattern + rb"\])*+"
+    return re.compile(pattern)
+
+
 def depth_problem(data: bytes | bytearray | memoryview, limit: int = MAX_DEPTH) -> str | None:
     """``None`` when ``data`` nests at most ``limit`` levels, else what is wrong.
 
-    Malformed JSON is not this function's concern (the decoder names it): an unterminated
-    string or stray bracket only makes the count approximate, never the pass slower.
+    Malformed JSON is not this function's concern (the decoder names it, and stops reading at
+    the first error): a stray or missing bracket is let through.
     """
-    brackets = _STRING.sub(b"", bytes(data)).translate(None, _NOT_BRACKETS)
+    raw = bytes(data)
+    if len(raw.translate(None, _NOT_BRACKETS)) <= limit:
+        return None  # too few brackets to nest that deep: most bodies end here
+    brackets = _STRING.sub(b"", raw).translate(_SQUARE, _NOT_BRACKETS)
     if len(brackets) <= limit:
         return None
-    depth = 0
-    for byte in brackets:
-        if byte in _OPEN:
-            depth += 1
-            if depth > limit:
-                return f"JSON nested deeper than {limit} levels"
+    # Consume balanced groups that fit the depth left; where that stops, a group either nests
+    # too deep or never closes: step into it and go on with one level less. At most ``limit``
+    # steps, each a regex match from where the previous one ended.
+    pos, level, end = 0, 0, len(brackets)
+    while True:
+        match = _nested(limit - level).match(brackets, pos)
+        assert match is not None  # the pattern matches the empty string
+        pos = match.end()
+        if pos == end:
+            return None  # all read (or a group left open: malformed)
+        if brackets[pos] == _CLOSE:
+            if level == 0:
+                return None  # a stray "]": malformed, the decoder stops there
+            level -= 1
         else:
-            depth -= 1
-    return None
+            level += 1
+            if level > limit:
+                return f"JSON nested deeper than {limit} levels"
+        pos += 1
 
 
 def check_depth(data: bytes | bytearray | memoryview, limit: int = MAX_DEPTH) -> None:
