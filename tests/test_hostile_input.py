@@ -5,6 +5,7 @@ The messenger is the loopback test plugin; each messenger plugin tests its own r
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import re
@@ -295,3 +296,16 @@ def test_a_huge_contact_name_is_cut_before_it_is_stored() -> None:
     job = p.decode(intake.job.payload)
     assert isinstance(job, p.ToUnbluJob)
     assert job.message.contact.name == "N" * (sanitize.MAX_NAME - 1) + "…"
+
+
+async def test_the_sandbox_counts_name_limits_as_unblu_does(world: World) -> None:
+    # 200 emoji are 200 characters to Python and 400 to Unblu (Java counts UTF-16 units).
+    url = f"{world.sandbox.base_url}/v4/persons/createOrUpdateVirtual"
+    auth = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
+    for field in ("nickname", "firstName", "lastName", "username"):
+        body = {"$_type": "PersonData", "personSource": "VIRTUAL", "sourceId": f"s-{field}"}
+        async with world.session.post(url, json={**body, field: "😀" * 200}, headers=auth) as resp:
+            assert resp.status == 400, field
+            assert "at most 250" in await resp.text()
+        async with world.session.post(url, json={**body, field: "😀" * 125}, headers=auth) as resp:
+            assert resp.status == 200, field

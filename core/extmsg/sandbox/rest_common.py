@@ -433,7 +433,7 @@ def parse_person_fields(body: Body) -> PersonFields:
         person_type=body.opt_enum("personType", ("AGENT", "VISITOR", "SYSTEM", "BOT")),
         first_name=body.opt_str("firstName", max_len=250),
         last_name=body.opt_str("lastName", max_len=250),
-        username=body.opt_str("username"),
+        username=body.opt_str("username", max_len=250),
         nickname=body.opt_str("nickname", max_len=250),
         email=body.opt_str("email"),
         phone=body.opt_str("phone"),
