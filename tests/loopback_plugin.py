@@ -16,6 +16,7 @@ import aiohttp
 import msgspec
 
 from extmsg import hookimpl
+from extmsg.constant_time import equal
 from extmsg.errors import BadInbound, PermanentError, RetryableError, SignatureError
 from extmsg.models import (
     Channel,
@@ -71,7 +72,7 @@ def extmsg_verify_inbound(
         return None
     given = request.header("x-loopback-signature") or ""
     for channel in channels:
-        if hmac.compare_digest(given, sign(channel.settings.token, request.body)):
+        if equal(given, sign(channel.settings.token, request.body)):
             return True
     raise SignatureError("x-loopback-signature does not match")
 

@@ -126,3 +126,24 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
         load_config(bad, MESSENGERS)
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "absent.toml", MESSENGERS)
+
+
+def test_trusted_proxies() -> None:
+    text = VALID.replace(
+        'public_url = "https://connector.example.com/"',
+        'trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "local"]',
+    )
+    [problem] = _problems(text, {"UNBLU_PASSWORD": "x", "TWILIO_TOKEN": "t"})
+    assert problem.startswith("server")
+    assert "trusted_proxies: 'local' is not an IP network" in problem
+
+    config = parse_config(
+        {"server": {"trusted_proxies": ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]}}, MESSENGERS
+    )
+    trusts = config.server.trusts_proxy
+    assert all(map(trusts, ["10.1.2.3", "192.0.2.7", "2001:db8::1"]))
+    assert trusts("::ffff:10.9.9.9")  # an IPv4 peer seen through a dual-stack socket
+    assert not any(map(trusts, ["192.0.2.8", "127.0.0.1", None]))
+    assert not parse_config({}, MESSENGERS).server.trusts_proxy("127.0.0.1")
+    anyone = parse_config({"server": {"trusted_proxies": ["*"]}}, MESSENGERS)
+    assert anyone.server.trusts_proxy("203.0.113.9")

@@ -8,6 +8,8 @@ the environment as ``${NAME}`` or ``${NAME:-default}``; secrets belong there.
 from __future__ import annotations
 
 import difflib
+import functools
+import ipaddress
 import os
 import re
 import tomllib
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from .errors import ConfigError
-from .fetch import parse_networks
+from .fetch import IPNetwork, parse_networks
 from .models import Channel, MessengerType, Recipient, Secret
 
 __all__ = [
@@ -54,12 +56,24 @@ class ServerConfig(_Section, frozen=True):
     #: Networks files named by providers may be fetched from although they are not public
     #: (e.g. ``["10.20.0.0/16"]``); see :mod:`extmsg.fetch`. The sandbox allows loopback.
     fetch_allowed_networks: list[str] = msgspec.field(default_factory=list)
+    #: Peers (IP addresses or CIDR networks) whose ``X-Forwarded-Proto``/``X-Forwarded-Host``
+    #: are believed when ``public_url`` is not set; empty trusts none. ``"*"`` trusts every
+    #: peer: only for a port that nothing but the proxy can reach.
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         try:
             parse_networks(tuple(self.fetch_allowed_networks))
         except ValueError as exc:
             raise ValueError(f"fetch_allowed_networks: {exc}") from None
+        try:
+            parse_networks(tuple(p for p in self.trusted_proxies if p != "*"))
+        except ValueError as exc:
+            raise ValueError(f'trusted_proxies: {exc}, nor "*"') from None
+
+    def trusts_proxy(self, peer: str | None) -> bool:
+        """Whether the direct peer ``peer`` (an IP address) may set ``X-Forwarded-*``."""
+        return _peer_trusted(self.trusted_proxies, peer)
 
     @property
     def base_url(self) -> str:
@@ -67,6 +81,25 @@ class ServerConfig(_Section, frozen=True):
             return self.public_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
         return f"http://{host}:{self.port}"
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return parse_networks(tuple(e for e in entries if e != "*"))
+
+
+def _peer_trusted(entries: tuple[str, ...], peer: str | None) -> bool:
+    if not entries or not peer:
+        return False
+    if "*" in entries:
+        return True
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return any(address in network for network in _networks(entries))
 
 
 class StoreConfig(_Section, frozen=True):

@@ -12,6 +12,11 @@ port = 8080
 # How Unblu and the providers reach this server (behind a proxy: the proxy's URL).
 # Signatures are checked against this URL.
 public_url = "https://connector.example.com"
+# Without public_url, the URL is rebuilt from X-Forwarded-Proto / X-Forwarded-Host, but only
+# on requests whose direct peer is listed here (IP addresses or networks; "*" trusts every
+# peer: only when nothing but the proxy can reach this port). The proxy must set both headers.
+# Empty: forwarded headers are ignored.
+trusted_proxies = []
 log_level = "INFO"
 # Files a provider names by URL (MMS media, ...) are only fetched from public addresses.
 # Networks listed here are allowed too, e.g. a media proxy inside your network:

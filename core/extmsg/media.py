@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 import msgspec
 from aiohttp import web
 
+from .constant_time import equal
 from .models import Attachment, Channel
 from .runtime import RUNTIME, Runtime
 from .store.base import MediaRow
@@ -64,7 +65,7 @@ async def serve_media(request: web.Request) -> web.Response:
     if (
         channel is None
         or expires < time.time()
-        or not hmac.compare_digest(given, _signature(channel, media_id, expires))
+        or not equal(given, _signature(channel, media_id, expires))
     ):
         raise web.HTTPNotFound(text="no such file, or the link has expired")
     row = await runtime.store.get_media(media_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import msgspec
 from aiohttp import web
 
 from ..errors import BadInbound, SignatureError
@@ -24,6 +25,7 @@ from ..models import (
     StatusUpdate,
 )
 from ..runtime import RUNTIME, Runtime
+from ..sanitize import MAX_ADDRESS, MAX_ID, MAX_NAME, check_length, scrub, truncate
 from ..store.base import Intake, IntakeResult, NewJob, NewMessage
 from . import payloads as p
 
@@ -92,10 +94,14 @@ async def _handle(
 async def accept_events(
     runtime: Runtime, channels: Sequence[Channel], events: Sequence[InboundEvent]
 ) -> list[IntakeResult]:
-    """Store ``events`` and their jobs durably; return one result per event."""
+    """Store ``events`` and their jobs durably; return one result per event.
+
+    Every string is scrubbed of lone surrogates first, and an id, address or thread longer
+    than its limit refuses the whole batch (:class:`BadInbound`) before anything is stored.
+    """
     names = {ch.name for ch in channels}
     items: list[Intake] = []
-    for event in events:
+    for event in map(scrub, events):
         channel = event.channel or (channels[0].name if len(channels) == 1 else None)
         if channel is None or channel not in names:
             raise BadInbound(f"event for unknown channel {event.channel!r}")
@@ -114,7 +120,13 @@ async def accept_events(
 
 
 def _intake(channel: str, event: InboundEvent) -> Intake:
+    _check_lengths(event)
     if isinstance(event, InboundMessage):
+        if event.contact.name is not None and len(event.contact.name) > MAX_NAME:
+            contact = msgspec.structs.replace(
+                event.contact, name=truncate(event.contact.name, MAX_NAME)
+            )
+            event = msgspec.structs.replace(event, contact=contact)
         message_id = p.new_id()
         thread = event.thread_id
         return Intake(
@@ -140,6 +152,21 @@ def _intake(channel: str, event: InboundEvent) -> Intake:
     raise BadInbound(f"unsupported event {type(event).__name__}")
 
 
+def _check_lengths(event: InboundEvent) -> None:
+    """Ids, addresses and threads become store keys and lanes: refuse absurd ones (see
+    :mod:`extmsg.sanitize` for the limits and why)."""
+    if isinstance(event, InboundMessage):
+        check_length("provider_message_id", event.provider_message_id, MAX_ID)
+        check_length("contact.address", event.contact.address, MAX_ADDRESS)
+        check_length("thread", event.thread, MAX_ID)
+        check_length("reply_to", event.reply_to, MAX_ID)
+    elif isinstance(event, StatusUpdate):
+        check_length("provider_message_id", event.provider_message_id, MAX_ID)
+        check_length("message_ref", event.message_ref, MAX_ID)
+    elif isinstance(event, ContactUpdate):
+        check_length("address", event.address, MAX_ADDRESS)
+
+
 def _job(payload: p.JobPayload, lane: str) -> NewJob:
     return NewJob(kind=p.kind(payload), lane=lane, payload=p.encode(payload))
 
@@ -147,12 +174,16 @@ def _job(payload: p.JobPayload, lane: str) -> NewJob:
 def public_url(runtime: Runtime, request: web.Request) -> str:
     """The URL the caller used, as seen from outside (what providers sign).
 
-    ``server.public_url`` wins; without it ``X-Forwarded-Proto``/``X-Forwarded-Host`` from a
-    proxy are honoured, and the request's own URL is the last resort.
+    ``server.public_url`` wins; without it ``X-Forwarded-Proto``/``X-Forwarded-Host`` are
+    honoured when the direct peer is one of ``server.trusted_proxies`` (from anyone else they
+    would let a client choose the URL its signature is checked against), and the request's own
+    URL is the last resort.
     """
-    configured = runtime.config.server.public_url
-    if configured:
-        return configured.rstrip("/") + request.path_qs
+    server = runtime.config.server
+    if server.public_url:
+        return server.public_url.rstrip("/") + request.path_qs
+    if not server.trusts_proxy(request.remote):
+        return str(request.url)
     proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip()
     host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip()
     if proto or host:

@@ -59,12 +59,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import math
 from typing import Any
 
 from aiohttp import web
 
+from ..constant_time import equal
 from .bodies import Body, read_body
 from .delivery import Delivery
 from .errors import ApiError
@@ -85,7 +85,7 @@ def _token_ok(sandbox: Sandbox, request: web.Request) -> bool:
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
         given = auth[7:].strip()
-    return hmac.compare_digest(given.encode(), sandbox.agent_token.encode())
+    return equal(given, sandbox.agent_token)
 
 
 @web.middleware

@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ..jsonsafe import depth_problem
+from ..unblu.wire import text_length
 from .errors import ApiError
 
 __all__ = ["Body", "read_body"]
@@ -22,6 +24,9 @@ async def read_body(request: web.Request) -> Body:
     raw = await request.read()
     if not raw.strip():
         raise ApiError.bad_request("request body is missing")
+    problem = depth_problem(raw)
+    if problem is not None:
+        raise ApiError.bad_request(f"request body is refused: {problem}")
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -59,7 +64,8 @@ class Body:
             return None
         if not isinstance(value, str):
             raise self._fail(name, "must be a string")
-        if max_len is not None and len(value) > max_len:
+        # Unblu (Java) counts UTF-16 code units: an emoji is two "characters".
+        if max_len is not None and text_length(value) > max_len:
             raise self._fail(name, f"must be at most {max_len} characters")
         return value
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -18,6 +17,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from ..constant_time import equal
 from .bodies import Body
 from .errors import ApiError, error_response
 from .inputs import ChannelFields, MessageContent, PersonFields
@@ -63,10 +63,7 @@ def _authorized(sandbox: Sandbox, header: str | None) -> bool:
     except (binascii.Error, UnicodeDecodeError):
         return False
     user, sep, password = decoded.partition(":")
-    return bool(sep) and (
-        hmac.compare_digest(user.encode(), sandbox.username.encode())
-        & hmac.compare_digest(password.encode(), sandbox.password.encode())
-    )
+    return bool(sep) and (equal(user, sandbox.username) & equal(password, sandbox.password))
 
 
 @web.middleware
@@ -436,7 +433,7 @@ def parse_person_fields(body: Body) -> PersonFields:
         person_type=body.opt_enum("personType", ("AGENT", "VISITOR", "SYSTEM", "BOT")),
         first_name=body.opt_str("firstName", max_len=250),
         last_name=body.opt_str("lastName", max_len=250),
-        username=body.opt_str("username"),
+        username=body.opt_str("username", max_len=250),
         nickname=body.opt_str("nickname", max_len=250),
         email=body.opt_str("email"),
         phone=body.opt_str("phone"),

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -26,12 +26,14 @@ from ..runtime import RUNTIME, Runtime
 __all__ = [
     "CutOffSends",
     "LoopStalls",
+    "RawResponse",
     "RunningExtmsg",
     "ServeProcess",
     "eventually",
     "free_port",
     "in_doubt_after_send",
     "loop_stalls",
+    "raw_request",
     "running_extmsg",
 ]
 
@@ -87,6 +89,48 @@ async def loop_stalls(interval: float = 0.01) -> AsyncIterator[LoopStalls]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class RawResponse(msgspec.Struct, frozen=True):
+    status: int
+    body: bytes
+
+
+async def raw_request(
+    base: str,
+    method: str,
+    path: str | bytes,
+    headers: Sequence[tuple[str, str | bytes]] = (),
+    body: bytes = b"",
+) -> RawResponse:
+    """Send one HTTP/1.1 request byte for byte over a fresh connection.
+
+    HTTP clients clean up what they send (header values must be text, paths get quoted); this
+    sends a ``bytes`` path and header values as the raw bytes given, so tests can reach a
+    server with what a hostile client could send.
+    """
+    host, _, port = base.removeprefix("http://").partition(":")
+    reader, writer = await asyncio.open_connection(host, int(port or 80))
+    try:
+        target = path if isinstance(path, bytes) else path.encode()
+        head = [
+            method.encode() + b" " + target + b" HTTP/1.1",
+            f"Host: {host}:{port}".encode(),
+        ]
+        for name, value in headers:
+            raw = value if isinstance(value, bytes) else value.encode("latin-1")
+            head.append(name.encode("latin-1") + b": " + raw)
+        head += [f"Content-Length: {len(body)}".encode(), b"Connection: close"]
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    status_line, _, rest = response.partition(b"\r\n")
+    _, _, content = rest.partition(b"\r\n\r\n")
+    return RawResponse(status=int(status_line.split()[1]), body=content)
 
 
 class RunningExtmsg(msgspec.Struct, frozen=True, kw_only=True):

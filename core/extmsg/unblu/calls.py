@@ -12,7 +12,9 @@ Two families reach a channel's ``webhookEndpoint``:
 
 :func:`decode_call` is independent of the web framework; it checks no signature (see
 :mod:`extmsg.unblu.signing`) and raises :class:`MalformedCall` (answer 400) with a message that
-says what is wrong.
+says what is wrong. Bodies go through :func:`extmsg.jsonsafe.decode`: nesting deeper than
+its limit is refused, and half a UTF-16 surrogate pair (``"\\ud800"``, which Java may write)
+is read as U+FFFD rather than refusing the agent's message.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Literal, TypeVar
 
 import msgspec
 
+from extmsg import jsonsafe
 from extmsg.unblu import wire
 
 __all__ = [
@@ -339,7 +342,9 @@ def _decode(body: bytes, into: type[_S], what: str) -> _S:
     if not body or not body.strip():
         raise MalformedCall(f"{what}: empty body")
     try:
-        return msgspec.json.decode(body, type=into)
+        return jsonsafe.decode(body, type=into)
+    except jsonsafe.JsonTooDeep as exc:
+        raise MalformedCall(f"{what}: body refused: {exc}") from None
     except msgspec.ValidationError as exc:
         raise MalformedCall(f"{what}: {_explain(str(exc))}") from None
     except msgspec.DecodeError as exc:
@@ -382,7 +387,10 @@ def contact_create_response(
     """create_contact: Unblu should create a contact with this messenger ``source_id``."""
     return msgspec.json.encode(
         wire.ExternalMessengerCreateContactCreateResponse(
-            type="CREATE", name=name, source_id=source_id, description=description
+            type="CREATE",
+            name=wire.fit(name, wire.MAX_CONTACT_NAME),
+            source_id=source_id,
+            description=description,
         )
     )
 

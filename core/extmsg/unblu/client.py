@@ -48,7 +48,6 @@ T = TypeVar("T")
 
 log = logging.getLogger("extmsg.unblu")
 
-_MAX_SOURCE_ID = 250
 _PATH_PARAM = re.compile(r"\{([^}]+)\}")
 _USER_AGENT = "extmsg"
 _BARE_TOKEN = re.compile(rb"[A-Za-z0-9_.:-]{1,200}")
@@ -144,7 +143,7 @@ def virtual_person_source_id(channel_id: str, source_id: str) -> str:
     it would exceed Unblu's 250-character limit.
     """
     plain = f"extmsg:{channel_id}:{source_id}"
-    if len(plain) <= _MAX_SOURCE_ID:
+    if wire.text_length(plain) <= wire.MAX_PERSON_FIELD:
         return plain
     digest = hashlib.sha256(source_id.encode()).hexdigest()
     return f"extmsg:{channel_id[:150]}:sha256:{digest}"
@@ -532,7 +531,7 @@ class UnbluClient:
             return ContactRef(existing.person_id or person_id, existing.id)
         path = "/externalmessengercontacts/create"
         body = wire.ExternalMessengerContact(
-            name=name or source_id,
+            name=wire.fit(name or source_id, wire.MAX_CONTACT_NAME),
             external_messenger_channel_id=channel_id,
             source_id=source_id,
             person_id=person_id,
@@ -594,7 +593,7 @@ class UnbluClient:
             person_source="VIRTUAL",
             person_type="VISITOR",
             source_id=virtual_person_source_id(channel_id, source_id),
-            nickname=name or None,
+            nickname=wire.fit(name, wire.MAX_PERSON_FIELD) or None,
             phone=phone,
             email=email,
         )

@@ -12,9 +12,11 @@ import logging
 
 from aiohttp import web
 
+from ..errors import BadInbound
 from ..flows import payloads as p
 from ..models import Channel, MessageState
 from ..runtime import RUNTIME, Runtime
+from ..sanitize import MAX_ADDRESS, MAX_ID, check_length
 from ..store.base import Intake, NewJob, NewMessage
 from . import calls, signing
 from .errors import UnbluNotFound
@@ -45,7 +47,8 @@ async def unblu_request(request: web.Request) -> web.Response:
                 return _error(403, f"signature check failed: {problem}")
         try:
             call = calls.decode_call(request.headers, body)
-        except calls.MalformedCall as exc:
+            _check_lengths(call)
+        except (calls.MalformedCall, BadInbound) as exc:
             status = 400
             return _error(400, str(exc))
         call_name = call.service
@@ -54,6 +57,22 @@ async def unblu_request(request: web.Request) -> web.Response:
         return response
     finally:
         runtime.metrics.unblu_calls.labels(name if channel else "?", call_name, str(status)).inc()
+
+
+def _check_lengths(call: calls.ChannelCall) -> None:
+    """Ids and addresses that become store keys and lanes: refuse absurd ones (Unblu's ids are
+    a few dozen characters; see :mod:`extmsg.sanitize` for the limits)."""
+    if isinstance(call, calls.NewMessage):
+        check_length("conversationMessage.id", call.message.id, MAX_ID)
+        check_length("conversationMessage.conversationId", call.message.conversation_id, MAX_ID)
+        for contact in call.receiving_contacts:
+            check_length("receivingContacts[].sourceId", contact.source_id, MAX_ADDRESS)
+    elif isinstance(call, calls.MessageState):
+        check_length("sourceId", call.source_id, MAX_ID)
+    elif isinstance(call, calls.CreateConversation):
+        check_length("sourceId", call.source_id, MAX_ADDRESS)
+    elif isinstance(call, calls.CreateContact):
+        check_length("contactIdentifier", call.contact_identifier, MAX_ADDRESS)
 
 
 async def _dispatch(runtime: Runtime, channel: Channel, call: calls.ChannelCall) -> web.Response:

@@ -13,6 +13,8 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
+from ..constant_time import equal
+
 __all__ = [
     "SIGNATURE_256_HEADER",
     "SIGNATURE_HEADER",
@@ -53,7 +55,7 @@ def verify(secret: str, body: bytes, headers: Mapping[str, str]) -> str | None:
         if given is None:
             continue
         present = True
-        if not hmac.compare_digest(given.strip().lower().encode(), compute(secret, body).encode()):
+        if not equal(given.strip().lower(), compute(secret, body)):
             return f"{name} does not match the body"
     if not present:
         return f"missing {SIGNATURE_HEADER} / {SIGNATURE_256_HEADER} header"

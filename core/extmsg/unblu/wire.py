@@ -177,6 +177,41 @@ class Channel(_Received):
 
 
 # ---------------------------------------------------------------------------------------------
+# Limits
+# ---------------------------------------------------------------------------------------------
+
+#: ``PersonData.firstName``/``lastName``/``username``/``nickname`` and ``sourceId``: "Maximum
+#: length of 250 characters" (both specs). Unblu refuses a longer value with 400, so what we
+#: send is fitted with :func:`fit`. ``ExternalMessengerContact.name`` has no documented limit;
+#: it is fitted to the same 250 as a precaution (it shows the same person's name).
+MAX_PERSON_FIELD = 250
+MAX_CONTACT_NAME = 250
+
+
+def text_length(text: str) -> int:
+    """The length Unblu counts: Java strings count UTF-16 code units (an emoji counts two)."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def fit(text: str | None, limit: int) -> str | None:
+    """``text`` cut to at most ``limit`` UTF-16 code units, the cut marked with ``…``; never
+    splits a surrogate pair. ``None`` and text that fits are returned unchanged."""
+    if text is None or text_length(text) <= limit:
+        return text
+    budget = limit - 1  # the ellipsis is one unit
+    out: list[str] = []
+    for char in text:
+        units = 2 if ord(char) > 0xFFFF else 1
+        if units > budget:
+            break
+        budget -= units
+        out.append(char)
+    return "".join(out) + "…"
+
+
+# ---------------------------------------------------------------------------------------------
 # Persons and contacts
 # ---------------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from extmsg.errors import BadInbound
 from extmsg.models import Channel, Contact, InboundEvent, InboundMessage, StatusUpdate
 
 from . import addresses, threads
@@ -137,7 +138,8 @@ class MailIntake:
     ) -> list[InboundEvent]:
         """Store what ``raw`` says on ``channel``; returns once it is committed.
 
-        :raises UnreadableMail: the mail cannot be parsed (reject it, don't retry).
+        :raises UnreadableMail: the mail cannot be parsed, or the intake refused what it says
+            (reject it, don't retry).
         :raises Exception: whatever the intake raised (try again later).
         """
         settings: EmailSettings = channel.settings
@@ -157,7 +159,12 @@ class MailIntake:
             f", {len(parsed.attachments)} attachment(s)" if parsed.attachments else "",
         )
         if events:
-            await self.acceptor.accept(channel.name, events)
+            try:
+                await self.acceptor.accept(channel.name, events)
+            except BadInbound as exc:
+                # Refused for good (an absurd Message-ID, say): retrying cannot help, and an
+                # IMAP folder must not stall on it.
+                raise UnreadableMail(str(exc)) from exc
         if book is not None and thread is not None:
             book.record_inbound(
                 thread,

@@ -32,6 +32,8 @@ from typing import Protocol
 
 import msgspec
 
+from extmsg.constant_time import equal
+
 from . import addresses
 
 log = logging.getLogger("extmsg.email")
@@ -92,7 +94,7 @@ def verify_token(secret: str, token: str, contact: str) -> bool:
     if not is_token(token):
         return False
     nonce, mac = token[1:11], token[11:]
-    return hmac.compare_digest(mac, _mac(secret, nonce, contact))
+    return equal(mac, _mac(secret, nonce, contact))
 
 
 def token_of_thread(thread: str | None) -> str:

@@ -263,3 +263,19 @@ async def test_auto_reply_in_a_thread_feeds_nothing(world: World) -> None:
     assert not any("back on Monday" in (t or "") for t in texts)
     assert len(await world.conversations()) == 1
     assert len(world.sink.messages()) == 1  # and no answer to the auto-reply either
+
+
+async def test_a_display_name_longer_than_unblu_takes_is_cut_not_lost(world: World) -> None:
+    # Unblu takes at most 250 characters in a person's name, counted in UTF-16 (an emoji is
+    # two); a mail from a longer name must still become a message, under the name's start.
+    name = "Jane " + "Doe 😀 " * 50  # 305 characters, 355 UTF-16 units
+    mail = customer_mail(FIRST_TEXT)
+    mail.replace_header("From", str(Address(name, addr_spec=CUSTOMER)))
+    await world.mail(mail)
+    conv = await world.conversation()
+    [message] = await world.messages(conv["id"])
+    assert message["text"].endswith(FIRST_TEXT)
+    shown = message["sender"]["displayName"]
+    assert shown.endswith("…")
+    assert name.startswith(shown[:-1])
+    assert 240 <= len(shown.encode("utf-16-le")) // 2 <= 250

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from email_testkit import IMAP_PASSWORD, IMAP_USER, Dovecot, FakeRuntime, channel, load_case
 
+from extmsg.errors import BadInbound
 from extmsg_email_smtp.imap_in import ImapPoller, encode_folder
 from extmsg_email_smtp.inbound import MailIntake
 from extmsg_email_smtp.threads import ThreadBook
@@ -97,6 +98,24 @@ async def test_failed_accept_leaves_mail_for_the_next_poll(
         assert await poller.poll_once() == 1
         assert _count(mailbox, "INBOX") == 0
         assert [m.contact.address for m in fake_runtime.messages()] == ["j.weber@example.de"]
+    finally:
+        await poller.stop()
+
+
+async def test_refused_mail_is_skipped_not_retried_forever(
+    dovecot_server: Dovecot, mailbox: imaplib.IMAP4, fake_runtime: FakeRuntime
+) -> None:
+    _append(mailbox, "thunderbird_reply_de")
+    poller = _poller(dovecot_server, fake_runtime)
+    try:
+        # The intake refuses what the mail says (an absurd id, say): no retry can help, so
+        # the poll goes on (the mail stays where it is) instead of failing on it every time.
+        fake_runtime.fail = BadInbound("provider_message_id is 5000 characters long")
+        assert await poller.poll_once() == 0
+        assert _count(mailbox, "INBOX") == 1
+        fake_runtime.fail = None
+        assert await poller.poll_once() == 0
+        assert fake_runtime.calls == 1
     finally:
         await poller.stop()
 

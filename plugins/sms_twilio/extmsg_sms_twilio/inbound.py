@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import mimetypes
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
+from extmsg import jsonsafe
 from extmsg.errors import BadInbound
 from extmsg.logsafe import mask_address as mask
 from extmsg.models import (
@@ -76,7 +77,9 @@ def request_params(request: InboundRequest) -> dict[str, str]:
     content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
     if content_type == "application/json" or request.query_value("bodySHA256") is not None:
         try:
-            data = msgspec.json.decode(request.body)
+            data: Any = jsonsafe.decode(request.body)
+        except jsonsafe.JsonTooDeep as exc:
+            raise BadInbound(f"the JSON body is refused: {exc}") from None
         except msgspec.DecodeError as exc:
             raise BadInbound(f"the JSON body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):

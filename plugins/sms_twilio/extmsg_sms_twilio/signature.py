@@ -2,11 +2,12 @@
 
 Twilio signs the full URL it requested (query included, as sent) followed, for form posts, by
 every POST parameter sorted by name, name and value concatenated without separators (several
-values of one name sorted). The key is the account's primary auth token, the MAC HMAC-SHA1
-(or HMAC-SHA256 with a Webhooks Rule's shared key), the header its base64. JSON bodies are
-covered instead by a ``bodySHA256`` query parameter (hex SHA-256 of the raw body) and the URL
-is signed alone. Twilio is inconsistent about default ports, so the URL is tried with and
-without one, as Twilio's own validator does.
+values of one name sorted, a value repeated under one name counted once: Twilio's own
+validators sign the set of a name's values). The key is the account's primary auth token, the
+MAC HMAC-SHA1 (or HMAC-SHA256 with a Webhooks Rule's shared key), the header its base64. JSON
+bodies are covered instead by a ``bodySHA256`` query parameter (hex SHA-256 of the raw body)
+and the URL is signed alone. Twilio is inconsistent about default ports, so the URL is tried
+with and without one, as Twilio's own validator does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hmac
 from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from extmsg.constant_time import equal
 from extmsg.errors import SignatureError
 from extmsg.models import Channel, InboundRequest
 
@@ -44,10 +46,11 @@ def compute_signature(
     key: str,
     algorithm: str = "HMAC_SHA1",
 ) -> str:
-    """The signature Twilio sends for ``url`` and form ``params`` (pairs; names may repeat)."""
-    grouped: dict[str, list[str]] = {}
+    """The signature Twilio sends for ``url`` and form ``params`` (pairs; names may repeat,
+    and an exact duplicate pair is signed once)."""
+    grouped: dict[str, set[str]] = {}
     for name, value in params:
-        grouped.setdefault(name, []).append(value)
+        grouped.setdefault(name, set()).add(value)
     payload = url + "".join(
         name + value for name in sorted(grouped) for value in sorted(grouped[name])
     )
@@ -97,7 +100,7 @@ def _signed_params(request: InboundRequest) -> list[tuple[str, str]] | None:
     """The parameters the signature covers; ``None`` when a ``bodySHA256`` covers the body."""
     query = dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
     if "bodySHA256" in query:
-        if not hmac.compare_digest(body_sha256(request.body), query["bodySHA256"].lower()):
+        if not equal(body_sha256(request.body), query["bodySHA256"].lower()):
             raise SignatureError("the body does not match the bodySHA256 query parameter")
         return None
     if request.method.upper() != "POST":
@@ -125,7 +128,7 @@ def verify_request(request: InboundRequest, channels: Sequence[Channel]) -> Chan
         keyless = False
         for url in urls:
             expected = compute_signature(url, params, key, algorithm)
-            if hmac.compare_digest(expected.encode("ascii"), signature.encode("utf-8")):
+            if equal(expected, signature):
                 return channel
     if keyless and algorithm != "HMAC_SHA1":
         raise SignatureError(

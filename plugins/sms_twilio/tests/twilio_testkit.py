@@ -80,7 +80,8 @@ def make_channel(
 def twilio_sign(url: str, params: Iterable[tuple[str, str]], key: str, algorithm: str) -> str:
     """Twilio's signature, written out from its documentation (independent of the plugin)."""
     data = url
-    for name, value in sorted(params):  # by name, then several values of a name by value
+    # by name, then several values of a name by value; a repeated name=value pair counts once
+    for name, value in sorted(set(params)):
         data += name + value
     digestmod = hashlib.sha1 if algorithm == "HMAC_SHA1" else hashlib.sha256
     mac = hmac.new(key.encode(), data.encode(), digestmod).digest()

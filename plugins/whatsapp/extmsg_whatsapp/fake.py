@@ -33,6 +33,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from extmsg.constant_time import equal
+
 __all__ = [
     "FAKE",
     "Failure",
@@ -423,7 +425,7 @@ def _graph_error(code: int, *, status: int = 400, details: str | None = None) ->
 def _authorized(request: web.Request) -> bool:
     fake = request.app[FAKE]
     given = request.headers.get("Authorization", "")
-    return hmac.compare_digest(given.encode(), f"Bearer {fake.access_token}".encode())
+    return equal(given, f"Bearer {fake.access_token}")
 
 
 def _unauthorized() -> web.Response:

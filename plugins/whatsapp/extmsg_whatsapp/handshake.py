@@ -6,10 +6,10 @@ challenge (200, text/plain) when the token is one of the channels' verify tokens
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Sequence
 
+from extmsg.constant_time import equal
 from extmsg.models import Channel, HttpReply, InboundRequest
 
 from .settings import WhatsAppSettings
@@ -20,13 +20,12 @@ log = logging.getLogger("extmsg.whatsapp")
 
 
 def _token_matches(token: str, channels: Sequence[Channel]) -> bool:
-    given = token.encode("utf-8")
     found = False
     for channel in channels:
         settings = channel.settings
         if isinstance(settings, WhatsAppSettings) and settings.verify_token:
             # every token is compared, so the timing does not tell which one matched
-            found |= hmac.compare_digest(settings.verify_token.encode("utf-8"), given)
+            found |= equal(token, settings.verify_token)
     return found
 
 

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from extmsg.errors import BadInbound
+from extmsg.jsonsafe import depth_problem
 from extmsg.logsafe import mask_address as mask
 from extmsg.models import (
     Channel,
@@ -92,6 +93,9 @@ class _Routing:
 
 def parse(request: InboundRequest, channels: Sequence[Channel]) -> list[InboundEvent]:
     """Every message and status of a notification, in payload order, duplicates removed."""
+    problem = depth_problem(request.body)
+    if problem is not None:
+        raise BadInbound(f"the webhook body is refused: {problem}")
     try:
         payload = json.loads(request.body)
     except ValueError as exc:

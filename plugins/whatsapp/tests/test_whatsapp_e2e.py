@@ -309,3 +309,37 @@ async def test_in_doubt_message_is_sent_again_and_counted(
             assert texts == ["Anna: It ships today"] * 2
             assert len(doubt.cut_off) == 1
             assert doubt.in_doubt("unknown", "wa-main") == 1
+
+
+async def test_a_lone_surrogate_does_not_sink_its_batch(world: World) -> None:
+    # Meta escapes non-ASCII text, so half a surrogate pair arrives as the escape "\ud800";
+    # it used to fail the whole batch on every retry, and the other messages with it.
+    texts = ["first of three", "broken \ud800 emoji", "third of three"]
+    messages = [wa.text_message(ALICE, text) for text in texts]
+    payload = wa.webhook_payload(
+        wa.entry(
+            wa.value(MAIN_NUMBER_ID, contacts=[wa.contact(ALICE, "Al\udc00ice")], messages=messages)
+        )
+    )
+    assert b"\\ud800" in wa.encode(payload)
+    assert await world.webhook(payload) == 200
+    conv = await world.conversation(MAIN_NUMBER_ID)
+
+    async def all_three() -> list[str] | None:
+        got = [m.get("text") for m in await world.messages(conv["id"])]
+        return got if len(got) >= 3 else None
+
+    assert await eventually(all_three) == [
+        "first of three",
+        "broken \ufffd emoji",
+        "third of three",
+    ]
+
+
+async def test_a_body_nested_too_deep_is_a_400(world: World) -> None:
+    body = b'{"object": "whatsapp_business_account", "entry": ' + b"[" * 50_000 + b"]" * 50_000
+    body += b"}"
+    headers = {"X-Hub-Signature-256": wa.sign(body, APP_SECRET), "Content-Type": "application/json"}
+    async with world.session.post(world.webhook_url, data=body, headers=headers) as resp:
+        assert resp.status == 400
+        assert "nested deeper than 64 levels" in await resp.text()
