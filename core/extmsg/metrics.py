@@ -76,6 +76,13 @@ class Metrics:
             ["channel", "direction", "outcome"],
             registry=r,
         )
+        self.statuses_unmatched = Counter(
+            "extmsg_statuses_unmatched_total",
+            "Provider statuses dropped because no message extmsg sent matches them (e.g. a"
+            " status of another app on the same WhatsApp business account), by channel.",
+            ["channel"],
+            registry=r,
+        )
         self.segments = Counter(
             "extmsg_sms_segments_total",
             "SMS segments sent, by channel and encoding (GSM-7, UCS-2).",

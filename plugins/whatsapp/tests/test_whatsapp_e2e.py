@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from whatsapp_testkit import (
     MAIN_NUMBER_ID,
     SUPPORT_NUMBER_ID,
     WEBHOOK_PATH,
+    load_cases,
 )
 
 from extmsg.plugins import build_hooks
@@ -309,3 +311,37 @@ async def test_in_doubt_message_is_sent_again_and_counted(
             assert texts == ["Anna: It ships today"] * 2
             assert len(doubt.cut_off) == 1
             assert doubt.in_doubt("unknown", "wa-main") == 1
+
+
+async def _metric(world: World, name: str) -> float:
+    async with world.session.get(f"{world.base}/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_a_status_for_a_message_we_never_sent_is_dropped_quietly(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Meta sends every app on the business account the statuses of every app's messages."""
+    caplog.set_level(logging.DEBUG, logger="extmsg")
+    [case] = [c for c in load_cases("inbound_statuses.json") if c["name"] == "sent"]
+    assert await world.webhook(case["request"]["body"]) == 200
+    unmatched = 'extmsg_statuses_unmatched_total{channel="wa-main"}'
+
+    async def dropped() -> float | None:
+        return await _metric(world, unmatched) or None
+
+    assert await eventually(dropped) == 1.0
+    await asyncio.sleep(0.3)
+    assert await _metric(world, "extmsg_dead_letters") == 0.0
+    assert (
+        await _metric(
+            world, 'extmsg_jobs_finished_total{kind="to_unblu.provider_status",outcome="dead"}'
+        )
+        == 0.0
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("no message extmsg sent matches it" in r.getMessage() for r in caplog.records)
