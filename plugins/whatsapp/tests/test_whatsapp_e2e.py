@@ -164,7 +164,7 @@ async def _world(
         "engine": {"backoff_initial": 0.05, "backoff_max": 0.5},
         "channels": [
             _channel("wa-main", MAIN_NUMBER_ID, fake_url, template_name=TEMPLATE),
-            _channel("wa-support", SUPPORT_NUMBER_ID, fake_url),
+            _channel("wa-support", SUPPORT_NUMBER_ID, fake_url, media_max_bytes=1024 * 1024),
         ],
     }
     try:
@@ -345,3 +345,65 @@ async def test_a_status_for_a_message_we_never_sent_is_dropped_quietly(
     )
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("no message extmsg sent matches it" in r.getMessage() for r in caplog.records)
+
+
+async def _contact_sends_media(world: World, number_id: str, *messages: dict[str, Any]) -> None:
+    payload = wa.webhook_payload(
+        wa.entry(wa.value(number_id, contacts=[wa.contact(ALICE, "Alice")], messages=[*messages]))
+    )
+    assert await world.webhook(payload) == 200
+
+
+async def test_an_expired_media_id_reaches_the_agent_as_caption_and_note(world: World) -> None:
+    """Meta keeps media for 7 days but retries a webhook for up to 7 days: the id is gone."""
+    unknown_media_id = "1480396729813452"  # never stored: Graph answers error 100
+    photo = wa.media_message(
+        ALICE,
+        "image",
+        unknown_media_id,
+        mime_type="image/jpeg",
+        caption="My damaged parcel",
+    )
+    await _contact_sends_media(world, MAIN_NUMBER_ID, photo)
+    conv = await world.conversation(MAIN_NUMBER_ID)
+    [shown] = await world.messages(conv["id"])
+    assert shown["sourceId"] == photo["id"]
+    caption, note = shown["text"].split("\n")
+    assert caption == "My damaged parcel"
+    assert note.startswith(
+        f"[Attachment image-{unknown_media_id[-8:]}.jpg could not be delivered: "
+    )
+    assert "no longer available from WhatsApp" in note
+    assert note.endswith("]")
+    assert await _metric(world, "extmsg_dead_letters") == 0.0
+
+
+async def test_an_oversized_file_reaches_the_agent_as_a_note_beside_the_files_that_fit(
+    world: World,
+) -> None:
+    big = world.fake.add_media(b"%PDF" + b"x" * 1_500_000, "application/pdf", "statement.pdf")
+    small = world.fake.add_media(b"%PDF small", "application/pdf", "form.pdf")
+    too_big = wa.media_message(
+        ALICE,
+        "document",
+        big,
+        mime_type="application/pdf",
+        filename="statement.pdf",
+        caption="Here is the statement",
+    )
+    fits = wa.media_message(
+        ALICE, "document", small, mime_type="application/pdf", filename="form.pdf"
+    )
+    await _contact_sends_media(world, SUPPORT_NUMBER_ID, too_big, fits)
+    conv = await world.conversation(SUPPORT_NUMBER_ID)
+
+    async def both() -> list[dict[str, Any]] | None:
+        shown = await world.messages(conv["id"])
+        return shown if len(shown) == 2 else None
+
+    note, file = await eventually(both)
+    assert note["text"] == (
+        "Here is the statement\n[Attachment statement.pdf could not be delivered: the contact's"
+        " file is too large to pass on (1.4 MB; this channel accepts at most 1.0 MB)]"
+    )
+    assert file["fileName"] == "form.pdf"
