@@ -272,6 +272,7 @@ async def test_a_permanent_error_makes_a_dead_letter(
     await until(lambda: finished(store, 2))
     assert ran == ["first", "second"]  # the dead job did not block its lane
     [buried] = await store.list_jobs(("dead",))
+    assert not buried.holds_lane
     assert len(dead.calls) == 1
     job_id, verdict = dead.calls[0]
     assert job_id == buried.id
@@ -299,7 +300,7 @@ async def test_max_attempts_makes_a_dead_letter(
     engine.register("work", handler)
     engines.append(engine)
     await engine.start()
-    await engine.intake([work("a")])
+    await engine.intake([work("a"), work("a", n="later")])
     await until(lambda: finished(store, 1))
     [buried] = await store.list_jobs(("dead",))
     assert calls == 3
@@ -307,6 +308,11 @@ async def test_max_attempts_makes_a_dead_letter(
     [(_, verdict)] = dead.calls
     assert verdict.retryable is True
     assert "gave up after 3 attempts" in verdict.reason
+    # Out of retries, not refused: it holds its lane, the later job waits for a person.
+    assert buried.holds_lane
+    await asyncio.sleep(0.2)
+    assert calls == 3
+    assert [j.state for j in await store.list_jobs()] == ["dead", "ready"]
 
 
 async def test_an_unknown_job_kind_is_a_dead_letter(
@@ -405,6 +411,30 @@ async def test_a_crashed_workers_job_runs_again_after_its_lease(
     again = await store.get_job(abandoned.id)
     assert again is not None
     assert (again.state, again.attempts) == ("done", 2)  # the lost attempt counts
+
+
+async def test_a_job_whose_workers_keep_dying_lets_its_lane_go_on(
+    store: CountingStore, engines: list[Engine]
+) -> None:
+    """A poison job (it kills its worker) is a dead letter that holds nothing."""
+    await store.intake([work("a", n=1), work("a", n=2)])
+    crashed = SqliteStore(store.path)
+    await crashed.open()
+    await crashed.claim_jobs(1, lease_seconds=0.05)  # and dies
+    await crashed.close()
+    await asyncio.sleep(0.1)
+    engine = make_engine(store, max_attempts=1)
+    ran: list[int] = []
+
+    async def handler(job: Job) -> None:
+        ran.append(json.loads(job.payload)["n"])
+
+    engine.register("work", handler)
+    engines.append(engine)
+    await engine.start()
+    await until(lambda: ran == [2])
+    [buried] = await store.list_jobs(("dead",))
+    assert not buried.holds_lane
 
 
 async def test_a_live_job_is_never_picked_up_twice(

@@ -219,7 +219,7 @@ async def test_lanes_stay_exclusive_while_intakes_and_hand_retries_interleave(
     assert problems == []
     assert retried, "no dead letter was retried"
     counts = await a.job_counts()
-    assert counts == {"ready": 0, "running": 0, "done": counts["done"], "dead": 0}
+    assert counts == {"ready": 0, "running": 0, "done": counts["done"], "dead": 0, "held": 0}
 
 
 async def test_an_expired_lease_is_taken_back_once_by_concurrent_claimers(
@@ -339,7 +339,7 @@ async def test_an_intake_that_deadlocked_is_written_again(
     results = await a.intake([Intake(message=message(1), job=job("a"))])
     assert calls == [1, 1]
     assert [(r.accepted, r.message_id) for r in results] == [(True, "m1")]
-    assert await a.job_counts() == {"ready": 1, "running": 0, "done": 0, "dead": 0}
+    assert await a.job_counts() == {"ready": 1, "running": 0, "done": 0, "dead": 0, "held": 0}
 
 
 # -- migrations -------------------------------------------------------------------------------

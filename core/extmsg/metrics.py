@@ -62,6 +62,12 @@ class Metrics:
         self.dead_letters = Gauge(
             "extmsg_dead_letters", "Jobs that gave up and wait for a person.", registry=r
         )
+        self.lanes_held = Gauge(
+            "extmsg_lanes_held",
+            "Lanes (conversations) whose later jobs wait behind a dead letter that ran out of"
+            " retries, until it is retried, skipped or purged.",
+            registry=r,
+        )
         self.intake_batch = Histogram(
             "extmsg_intake_batch_size",
             "Work items written per group-committed transaction.",
