@@ -710,3 +710,26 @@ async def test_a_poison_job_ends_as_a_dead_letter_without_stalling_the_loop(
         assert verdict.code is None or len(verdict.code) <= 64
     assert any("cannot be shown" in v.reason for _, v in dead.calls)
     assert all(len(r.getMessage()) < 10_000 for r in caplog.records)
+
+
+async def test_held_lanes_are_counted(store: CountingStore, engines: list[Engine]) -> None:
+    metrics = Metrics()
+
+    async def handler(job: Job) -> None:
+        raise RetryableError("Unblu answered 503")
+
+    engine = Engine(
+        store,
+        EngineConfig(max_attempts=2, backoff_initial=0.01, backoff_max=0.01),
+        classify=classify,
+        metrics=metrics,
+        poll_interval=0.05,
+        counts_interval=0.05,
+    )
+    engine.register("work", handler)
+    engines.append(engine)
+    await engine.start()
+    await engine.intake([work("a"), work("a"), work("b")])
+    await until(lambda: metrics.lanes_held._value.get() == 2)
+    assert metrics.dead_letters._value.get() == 2
+    assert metrics.queue_depth.labels("ready")._value.get() == 1  # behind a's dead letter
