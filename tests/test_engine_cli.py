@@ -226,7 +226,8 @@ def test_list_shows_a_held_lane_and_the_way_out(held: Path) -> None:
     assert "after dead 1" in lines[2]  # job 2 waits behind it
     assert "after dead" not in lines[3]
     assert lines[-1].startswith("1 lane(s) held by a dead letter that ran out of retries (1)")
-    assert "extmsg outbox retry ID" in lines[-1] and "extmsg outbox skip ID" in lines[-1]
+    assert "extmsg outbox retry ID" in lines[-1]
+    assert "extmsg outbox skip ID" in lines[-1]
     [first, *_] = json.loads(run("list", "--config", str(held), "--json").output)
     assert first["holds_lane"] is True
     assert "holds lane:" in run("show", "1", "--config", str(held)).output

@@ -305,7 +305,7 @@ async def test_skipping_a_held_lane_lets_it_go_on_and_keeps_the_dead_letter(
 
 
 async def test_purging_a_holding_dead_letter_releases_its_lane(store: Store) -> None:
-    a1, a2 = await enqueue(store, "a", "a")
+    _a1, a2 = await enqueue(store, "a", "a")
     await _hold(store)
     assert await store.purge_jobs(["dead"], older_than=3600) == 0
     assert await store.claim_jobs(10, 30) == []
