@@ -403,7 +403,7 @@ async def test_an_oversized_file_reaches_the_agent_as_a_note_beside_the_files_th
 
     note, file = await eventually(both)
     assert note["text"] == (
-        "Here is the statement\n[Attachment statement.pdf could not be delivered: the contact's"
-        " file is too large to pass on (1.4 MB; this channel accepts at most 1.0 MB)]"
+        "Here is the statement\n"
+        "[Attachment statement.pdf could not be delivered: the file is larger than 1 MB]"
     )
     assert file["fileName"] == "form.pdf"
