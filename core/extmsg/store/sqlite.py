@@ -924,18 +924,29 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
 
     # A job that finds its lane empty (nothing unfinished, no dead letter holding it) is its head.
     taken: set[str] = set()
+    # Held lanes are rare: their (tiny) index is asked only when it holds anything.
+    held = db.execute(
+        "SELECT 1 FROM jobs INDEXED BY jobs_held WHERE holds_lane = 1 LIMIT 1"
+    ).fetchone()
     for lanes in _chunks(sorted({row[1] for row in jobs}), 500):
         marks = ",".join("?" * len(lanes))
         taken.update(
             r[0]
             for r in db.execute(
                 "SELECT DISTINCT lane FROM jobs INDEXED BY jobs_unfinished"  # noqa: S608
-                f" WHERE lane IN ({marks}) AND state IN ('ready', 'running')"
-                " UNION SELECT lane FROM jobs INDEXED BY jobs_held"
-                f" WHERE lane IN ({marks}) AND holds_lane = 1",
-                [*lanes, *lanes],
+                f" WHERE lane IN ({marks}) AND state IN ('ready', 'running')",
+                lanes,
             )
         )
+        if held:
+            taken.update(
+                r[0]
+                for r in db.execute(
+                    "SELECT lane FROM jobs INDEXED BY jobs_held"  # noqa: S608
+                    f" WHERE lane IN ({marks}) AND holds_lane = 1",
+                    lanes,
+                )
+            )
     heads: list[int] = []
     for row in jobs:
         heads.append(int(row[1] not in taken))
