@@ -190,7 +190,7 @@ def extmsg_fetch_attachment(
     :return: the attachment with ``data`` filled in. Raise a
         :class:`~extmsg.errors.DeliveryError` when it cannot be fetched: a retryable one fails
         the job (it is retried); a permanent one, except ``status=401``, turns the file into a
-        note in the message's text naming the file and the error's message. First result;
+        note in its place naming the file and the error's message. First result;
         ``None`` for channels that are not the plugin's.
     """
 
