@@ -231,6 +231,10 @@ def test_list_shows_a_held_lane_and_the_way_out(held: Path) -> None:
     [first, *_] = json.loads(run("list", "--config", str(held), "--json").output)
     assert first["holds_lane"] is True
     assert "holds lane:" in run("show", "1", "--config", str(held)).output
+    # listing other jobs still tells that a lane is held
+    ready = run("list", "--config", str(held), "--state", "ready").output.splitlines()
+    assert ready[-1].startswith("1 lane(s) held by a dead letter that ran out of retries:")
+    assert ready[-1].endswith("not all are listed: see --state dead.")
 
 
 def test_skip_lets_a_held_lane_go_on(held: Path) -> None:

@@ -76,7 +76,11 @@ def outbox() -> None:
 def list_jobs(config_path: Path, state: JobState | None, limit: int, as_json: bool) -> None:
     """List jobs, oldest first."""
     states: tuple[JobState, ...] = (state,) if state else _UNFINISHED
-    jobs = _with_store(config_path, lambda store: store.list_jobs(states, limit))
+
+    async def read(store: Store) -> tuple[list[Job], int]:
+        return await store.list_jobs(states, limit), (await store.job_counts())["held"]
+
+    jobs, held = _with_store(config_path, read)
     if as_json:
         click.echo(json.dumps([_job_dict(job) for job in jobs], indent=2, ensure_ascii=False))
         return
@@ -102,12 +106,13 @@ def list_jobs(config_path: Path, state: JobState | None, limit: int, as_json: bo
     )
     more = f" (the first {limit}; see --limit)" if len(jobs) == limit else ""
     click.echo(f"{len(jobs)} job(s){more}")
-    if holders:
+    if held:
+        shown = f" ({_ids(sorted(holders.values()))})" if holders else ""
+        unlisted = "; not all are listed: see --state dead" if held > len(holders) else ""
         click.echo(
-            f"{len(holders)} lane(s) held by a dead letter that ran out of retries"
-            f" ({_ids(sorted(holders.values()))}): their later jobs wait."
-            " 'extmsg outbox retry ID' runs it again first; 'extmsg outbox skip ID' lets its"
-            " lane go on without it."
+            f"{held} lane(s) held by a dead letter that ran out of retries{shown}: their"
+            " later jobs wait. 'extmsg outbox retry ID' runs it again first; 'extmsg outbox"
+            f" skip ID' lets its lane go on without it{unlisted}."
         )
 
 
