@@ -42,6 +42,9 @@ _MOBILE = re.compile(
     re.IGNORECASE,
 )
 _ATTRIBUTION_HINT = re.compile(r"(@|\d|wrote|schrieb|écrit|escribió|scritto|schreef)", re.I)
+_ATTRIBUTION_VERB = re.compile(
+    r"(wrote|schrieb|écrit|escribió|scritto|schreef|skrev|napisał|escreveu)", re.I
+)
 # The first line of an attribution a mail client wrapped ("On Mon, 3 Jun 2024, Anna <" then
 # "anna@example.com> wrote:"), by the words attributions start with.
 _ATTRIBUTION_START = re.compile(r"^\s*(?:on|am|le|el|il|op|den|em|w dniu)\s", re.I)
@@ -50,12 +53,13 @@ _ATTRIBUTION_MAX = 300
 
 
 def _attribution(line: str) -> bool:
+    """ "On … wrote:" and its kin; not the sender's own "my answers to your 3 questions:"."""
     text = line.strip()
-    return (
-        text.endswith(":")
-        and len(text) <= _ATTRIBUTION_MAX
-        and bool(_ATTRIBUTION_HINT.search(text))
-    )
+    if not text.endswith(":") or len(text) > _ATTRIBUTION_MAX:
+        return False
+    if _ATTRIBUTION_VERB.search(text):
+        return True
+    return bool(_ATTRIBUTION_START.match(text) and _ATTRIBUTION_HINT.search(text))
 
 
 def _drop_quotes(lines: list[str]) -> list[str]:

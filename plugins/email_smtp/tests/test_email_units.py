@@ -175,6 +175,9 @@ def test_html_to_text() -> None:
         # interleaved, the attribution wrapped by the client, the quote deeper than one level
         ("On Mon, 3 Jun 2024, Anna <\nanna@acme.example> wrote:\n> A?\n>> old\nYes.\n> B?\nNo.",
          "Yes.\n\nNo."),
+        # the sender's own line ending in ":" above a quote is theirs, digits or not
+        ("My answers to your 3 questions:\n> 1. When?\nMonday.",
+         "My answers to your 3 questions:\n\nMonday."),
         # a line ending in ":" above a quote is the sender's text unless it reads like one
         ("Here is what you asked:\n> the price?\nIt is 5.", "Here is what you asked:\n\nIt is 5."),
         # a top post keeps working: the answer, the attribution and quote below
