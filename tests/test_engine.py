@@ -17,7 +17,7 @@ import pytest
 
 from extmsg.config import EngineConfig
 from extmsg.engine import Engine
-from extmsg.errors import PermanentError, RetryableError
+from extmsg.errors import NotYet, PermanentError, RetryableError
 from extmsg.metrics import Metrics
 from extmsg.models import ErrorVerdict
 from extmsg.store.base import Intake, IntakeResult, Job, NewJob, NewMessage
@@ -232,6 +232,30 @@ async def test_retry_then_success(store: CountingStore, engines: list[Engine]) -
     finished_total = metrics.jobs_finished
     assert finished_total.labels("work", "retry")._value.get() == 2
     assert finished_total.labels("work", "done")._value.get() == 1
+
+
+async def test_waiting_for_a_moment_is_no_warning(
+    store: CountingStore, engines: list[Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="extmsg.engine")
+    engine = make_engine(store)
+    calls = 0
+
+    async def handler(job: Job) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise NotYet("the status outran its send")
+        if calls == 2:
+            raise RetryableError("provider unavailable", status=503)
+
+    engine.register("work", handler)
+    engines.append(engine)
+    await engine.start()
+    await engine.intake([work("a")])
+    await until(lambda: finished(store, 1))
+    retries = [r for r in caplog.records if "next try in" in r.getMessage()]
+    assert [r.levelno for r in retries] == [logging.DEBUG, logging.WARNING]
 
 
 async def test_retry_after_is_a_floor(store: CountingStore, engines: list[Engine]) -> None:

@@ -34,7 +34,7 @@ import aiohttp
 import msgspec
 
 from ..config import EngineConfig
-from ..errors import LeaseLost
+from ..errors import LeaseLost, NotYet
 from ..logsafe import mask
 from ..metrics import Metrics
 from ..models import ErrorVerdict
@@ -443,7 +443,8 @@ class Engine:
             return
         heapq.heappush(self._due, next_at)
         self._count(job, "retry")
-        log.warning(
+        log.log(
+            logging.DEBUG if isinstance(error, NotYet) else logging.WARNING,
             "job %d (%s, lane %s) failed on attempt %d of %d, next try in %.1fs: %s",
             job.id,
             job.kind,

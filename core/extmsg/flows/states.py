@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import PermanentError, RetryableError
+from ..errors import NotYet, PermanentError
 from ..logsafe import mask
 from ..models import MessageState
 from ..runtime import Runtime
@@ -34,7 +34,7 @@ async def apply_provider_status(runtime: Runtime, job: Job, payload: p.ProviderS
         attempts = min(STATUS_MATCH_ATTEMPTS, runtime.engine.policy.max_attempts - 1)
         if job.attempts + 1 < attempts:
             # The status can outrun the commit of the provider's id after a send.
-            raise RetryableError("no sent message matches this status yet")
+            raise NotYet("no sent message matches this status yet")
         # Not ours: Meta sends every app on a business account the statuses of every app's
         # messages. Nothing to report, nothing a person could retry: counted and dropped.
         runtime.metrics.statuses_unmatched.labels(payload.channel).inc()

@@ -343,7 +343,8 @@ async def test_a_status_for_a_message_we_never_sent_is_dropped_quietly(
         )
         == 0.0
     )
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    # not a dead letter, not an error; its wait for a late match is no warning either
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("no message extmsg sent matches it" in r.getMessage() for r in caplog.records)
 
 
