@@ -225,7 +225,7 @@ def test_html_to_text_is_linear_on_hostile_markup(html: str) -> None:
     assert len(html) >= 900_000
     started = time.perf_counter()
     text = htmltext.html_to_text(html)
-    assert time.perf_counter() - started < 2.0  # ~0.5 s on a loaded 2-core box
+    assert time.perf_counter() - started < 3.0  # 0.5-0.9 s on a loaded 2-core box; was minutes
     assert len(text) < 4 * len(html)
     assert text.endswith("answer") if "answer" in html else text == ""
 
