@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -88,6 +89,20 @@ class World:
 async def world(
     request: pytest.FixtureRequest, tmp_path: Path, unblu_sandbox: Any, aiohttp_server: Any
 ) -> AsyncIterator[World]:
+    async with serving(request.param, tmp_path, unblu_sandbox, aiohttp_server) as running:
+        yield running
+
+
+@asynccontextmanager
+async def serving(
+    version: str,
+    tmp_path: Path,
+    unblu_sandbox: Any,
+    aiohttp_server: Any,
+    *,
+    max_attempts: int = 20,
+) -> AsyncIterator[World]:
+    """``extmsg serve`` (Unblu API ``version``) between the sandbox and a loopback provider."""
     provider = LoopbackProvider()
     provider_server = await aiohttp_server(provider.app)
     port = free_port()
@@ -96,9 +111,9 @@ async def world(
         CONFIG.format(
             port=port,
             unblu=unblu_sandbox.base_url,
-            version=request.param,
+            version=version,
             provider=str(provider_server.make_url("")).rstrip("/"),
-        )
+        ).replace("max_attempts = 20", f"max_attempts = {max_attempts}")
     )
     proc = ServeProcess(config, env={"EXTMSG_PLUGINS": "tests.loopback_plugin"})
     proc.start()
@@ -114,7 +129,7 @@ async def world(
                 return channel_id
 
             channel_id = await eventually(provisioned)
-            yield World(base, unblu_sandbox, provider, session, proc, channel_id, request.param)
+            yield World(base, unblu_sandbox, provider, session, proc, channel_id, version)
     finally:
         proc.kill()
 

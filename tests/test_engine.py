@@ -17,7 +17,7 @@ import pytest
 
 from extmsg.config import EngineConfig
 from extmsg.engine import Engine
-from extmsg.errors import PermanentError, RetryableError
+from extmsg.errors import NotYet, PermanentError, RetryableError
 from extmsg.metrics import Metrics
 from extmsg.models import ErrorVerdict
 from extmsg.store.base import Intake, IntakeResult, Job, NewJob, NewMessage
@@ -234,6 +234,30 @@ async def test_retry_then_success(store: CountingStore, engines: list[Engine]) -
     assert finished_total.labels("work", "done")._value.get() == 1
 
 
+async def test_waiting_for_a_moment_is_no_warning(
+    store: CountingStore, engines: list[Engine], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="extmsg.engine")
+    engine = make_engine(store)
+    calls = 0
+
+    async def handler(job: Job) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise NotYet("the status outran its send")
+        if calls == 2:
+            raise RetryableError("provider unavailable", status=503)
+
+    engine.register("work", handler)
+    engines.append(engine)
+    await engine.start()
+    await engine.intake([work("a")])
+    await until(lambda: finished(store, 1))
+    retries = [r for r in caplog.records if "next try in" in r.getMessage()]
+    assert [r.levelno for r in retries] == [logging.DEBUG, logging.WARNING]
+
+
 async def test_retry_after_is_a_floor(store: CountingStore, engines: list[Engine]) -> None:
     engine = make_engine(store, poll=30.0)  # the due time, not polling, brings it back
     attempts: list[float] = []
@@ -272,6 +296,7 @@ async def test_a_permanent_error_makes_a_dead_letter(
     await until(lambda: finished(store, 2))
     assert ran == ["first", "second"]  # the dead job did not block its lane
     [buried] = await store.list_jobs(("dead",))
+    assert not buried.holds_lane
     assert len(dead.calls) == 1
     job_id, verdict = dead.calls[0]
     assert job_id == buried.id
@@ -299,7 +324,7 @@ async def test_max_attempts_makes_a_dead_letter(
     engine.register("work", handler)
     engines.append(engine)
     await engine.start()
-    await engine.intake([work("a")])
+    await engine.intake([work("a"), work("a", n="later")])
     await until(lambda: finished(store, 1))
     [buried] = await store.list_jobs(("dead",))
     assert calls == 3
@@ -307,6 +332,11 @@ async def test_max_attempts_makes_a_dead_letter(
     [(_, verdict)] = dead.calls
     assert verdict.retryable is True
     assert "gave up after 3 attempts" in verdict.reason
+    # Out of retries, not refused: it holds its lane, the later job waits for a person.
+    assert buried.holds_lane
+    await asyncio.sleep(0.2)
+    assert calls == 3
+    assert [j.state for j in await store.list_jobs()] == ["dead", "ready"]
 
 
 async def test_an_unknown_job_kind_is_a_dead_letter(
@@ -405,6 +435,30 @@ async def test_a_crashed_workers_job_runs_again_after_its_lease(
     again = await store.get_job(abandoned.id)
     assert again is not None
     assert (again.state, again.attempts) == ("done", 2)  # the lost attempt counts
+
+
+async def test_a_job_whose_workers_keep_dying_lets_its_lane_go_on(
+    store: CountingStore, engines: list[Engine]
+) -> None:
+    """A poison job (it kills its worker) is a dead letter that holds nothing."""
+    await store.intake([work("a", n=1), work("a", n=2)])
+    crashed = SqliteStore(store.path)
+    await crashed.open()
+    await crashed.claim_jobs(1, lease_seconds=0.05)  # and dies
+    await crashed.close()
+    await asyncio.sleep(0.1)
+    engine = make_engine(store, max_attempts=1)
+    ran: list[int] = []
+
+    async def handler(job: Job) -> None:
+        ran.append(json.loads(job.payload)["n"])
+
+    engine.register("work", handler)
+    engines.append(engine)
+    await engine.start()
+    await until(lambda: ran == [2])
+    [buried] = await store.list_jobs(("dead",))
+    assert not buried.holds_lane
 
 
 async def test_a_live_job_is_never_picked_up_twice(
@@ -680,3 +734,26 @@ async def test_a_poison_job_ends_as_a_dead_letter_without_stalling_the_loop(
         assert verdict.code is None or len(verdict.code) <= 64
     assert any("cannot be shown" in v.reason for _, v in dead.calls)
     assert all(len(r.getMessage()) < 10_000 for r in caplog.records)
+
+
+async def test_held_lanes_are_counted(store: CountingStore, engines: list[Engine]) -> None:
+    metrics = Metrics()
+
+    async def handler(job: Job) -> None:
+        raise RetryableError("Unblu answered 503")
+
+    engine = Engine(
+        store,
+        EngineConfig(max_attempts=2, backoff_initial=0.01, backoff_max=0.01),
+        classify=classify,
+        metrics=metrics,
+        poll_interval=0.05,
+        counts_interval=0.05,
+    )
+    engine.register("work", handler)
+    engines.append(engine)
+    await engine.start()
+    await engine.intake([work("a"), work("a"), work("b")])
+    await until(lambda: metrics.lanes_held._value.get() == 2)
+    assert metrics.dead_letters._value.get() == 2
+    assert metrics.queue_depth.labels("ready")._value.get() == 1  # behind a's dead letter

@@ -196,3 +196,63 @@ def test_a_missing_config_or_store_is_a_handled_error(tmp_path: Path) -> None:
     assert isinstance(result.exception, HandledError)
     assert "there is no store at" in str(result.exception)
     assert not (tmp_path / "missing.sqlite3").exists()  # looking does not create one
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Path:
+    """A config whose store has lane A held by dead job 1 (out of retries), job 2 waiting
+    behind it, and job 3 ready in lane B."""
+    path = tmp_path / "extmsg.toml"
+    path.write_text('[store]\npath = "held.sqlite3"\n', encoding="utf-8")
+
+    async def fill() -> None:
+        store = SqliteStore(tmp_path / "held.sqlite3")
+        await store.open()
+        jobs = [("sms/+41790000001", b"1"), ("sms/+41790000001", b"2"), ("sms/+41790000002", b"3")]
+        await store.intake([Intake(job=NewJob(kind="k", lane=ln, payload=p)) for ln, p in jobs])
+        claimed = await store.claim_jobs(1, 60)
+        assert [j.id for j in claimed] == [1]
+        await store.bury_job(1, "Unblu answered 503 (gave up after 3 attempts)", hold=True)
+        await store.close()
+
+    asyncio.run(fill())
+    return path
+
+
+def test_list_shows_a_held_lane_and_the_way_out(held: Path) -> None:
+    result = run("list", "--config", str(held))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "after dead 1" in lines[2]  # job 2 waits behind it
+    assert "after dead" not in lines[3]
+    assert lines[-1].startswith("1 lane(s) held by a dead letter that ran out of retries (1)")
+    assert "extmsg outbox retry ID" in lines[-1]
+    assert "extmsg outbox skip ID" in lines[-1]
+    [first, *_] = json.loads(run("list", "--config", str(held), "--json").output)
+    assert first["holds_lane"] is True
+    assert "holds lane:" in run("show", "1", "--config", str(held)).output
+    # listing other jobs still tells that a lane is held
+    ready = run("list", "--config", str(held), "--state", "ready").output.splitlines()
+    assert ready[-1].startswith("1 lane(s) held by a dead letter that ran out of retries:")
+    assert ready[-1].endswith("not all are listed: see --state dead.")
+
+
+def test_skip_lets_a_held_lane_go_on(held: Path) -> None:
+    result = run("skip", "2", "--config", str(held))
+    assert isinstance(result.exception, HandledError)
+    assert "job 2 is ready, not a dead letter holding its lane" in str(result.exception)
+    result = run("skip", "--all-held", "--config", str(held))
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "1 lane(s) go on without their dead letter: 1"
+    assert run("skip", "--all-held", "--config", str(held)).output.strip() == "no lane is held"
+    assert "held" not in run("list", "--config", str(held)).output
+
+    async def claim() -> list[int]:
+        store = SqliteStore(held.parent / "held.sqlite3")
+        await store.open()
+        try:
+            return [j.id for j in await store.claim_jobs(10, 60)]
+        finally:
+            await store.close()
+
+    assert asyncio.run(claim()) == [2, 3]

@@ -253,7 +253,95 @@ async def test_dead_jobs_do_not_block_their_lane(store: Store) -> None:
     dead = await store.get_job(a1)
     assert dead is not None
     assert (dead.state, dead.last_error, dead.attempts) == ("dead", "permanent", 1)
-    assert await store.job_counts() == {"ready": 0, "running": 1, "done": 0, "dead": 1}
+    assert await store.job_counts() == {"ready": 0, "running": 1, "done": 0, "dead": 1, "held": 0}
+
+
+# -- lanes held by a dead letter --------------------------------------------------------------
+async def _hold(store: Store, lane: str = "a") -> int:
+    """The lane's head runs out of retries: a dead letter holding the lane; its id."""
+    [head] = [j for j in await store.claim_jobs(10, 30) if j.lane == lane]
+    await store.bury_job(head.id, "Unblu answered 503 (gave up after 3 attempts)", hold=True)
+    return head.id
+
+
+async def test_a_dead_letter_that_holds_its_lane_keeps_later_jobs_waiting(store: Store) -> None:
+    a1, a2, b1 = await enqueue(store, "a", "a", "b")
+    assert await _hold(store) == a1
+    await store.complete_job(b1)
+    assert await store.claim_jobs(10, 30) == []  # a2 waits behind the dead a1
+    a3, b2 = await enqueue(store, "a", "b")  # new work of a held lane waits too
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [b2]
+    dead = await store.get_job(a1)
+    assert dead is not None
+    assert (dead.state, dead.holds_lane) == ("dead", True)
+    counts = await store.job_counts()
+    assert (counts["dead"], counts["held"], counts["ready"]) == (1, 1, 2)
+
+    # retried by hand, it runs first, then the lane goes on in order
+    assert await store.retry_job(a1)
+    assert (await store.job_counts())["held"] == 0
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a1]
+    assert await store.claim_jobs(10, 30) == []
+    for done, following in ((a1, a2), (a2, a3)):
+        await store.complete_job(done)
+        assert [j.id for j in await store.claim_jobs(10, 30)] == [following]
+
+
+async def test_skipping_a_held_lane_lets_it_go_on_and_keeps_the_dead_letter(
+    store: Store,
+) -> None:
+    a1, a2 = await enqueue(store, "a", "a")
+    await _hold(store)
+    assert not await store.release_lane(a2)  # not dead
+    assert await store.release_lane(a1)
+    assert not await store.release_lane(a1)  # released already
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a2]
+    dead = await store.get_job(a1)
+    assert dead is not None
+    assert (dead.state, dead.holds_lane) == ("dead", False)
+    await store.complete_job(a2)
+    assert await store.retry_job(a1)  # still retryable: now it lands after a2
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a1]
+
+
+async def test_purging_a_holding_dead_letter_releases_its_lane(store: Store) -> None:
+    _a1, a2 = await enqueue(store, "a", "a")
+    await _hold(store)
+    assert await store.purge_jobs(["dead"], older_than=3600) == 0
+    assert await store.claim_jobs(10, 30) == []
+    assert await store.purge_jobs(["dead"]) == 1
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a2]
+    assert (await store.job_counts())["held"] == 0
+
+
+async def test_an_older_dead_letter_retried_in_a_held_lane_runs_before_the_holder(
+    store: Store,
+) -> None:
+    a1, a2, a3 = await enqueue(store, "a", "a", "a")
+    await store.claim_jobs(10, 30)
+    await store.bury_job(a1, "refused for good")  # permanent: the lane goes on
+    [second] = await store.claim_jobs(10, 30)
+    assert second.id == a2
+    await store.bury_job(a2, "gave up after 3 attempts", hold=True)
+    assert await store.retry_job(a1)
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a1]  # it came first
+    await store.complete_job(a1)
+    assert await store.claim_jobs(10, 30) == []  # a2 still holds a3
+    assert await store.retry_job(a2)
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a2]
+    await store.complete_job(a2)
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a3]
+
+
+async def test_a_retried_dead_letter_waits_for_the_job_running_in_its_lane(store: Store) -> None:
+    a1, a2 = await enqueue(store, "a", "a")
+    await store.claim_jobs(10, 30)
+    await store.bury_job(a1, "refused for good")
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a2]
+    assert await store.retry_job(a1)
+    assert await store.claim_jobs(10, 30) == []  # a2 runs: one job per lane at a time
+    await store.complete_job(a2)
+    assert [j.id for j in await store.claim_jobs(10, 30)] == [a1]
 
 
 async def test_an_expired_lease_is_claimed_again_and_counts_an_attempt(

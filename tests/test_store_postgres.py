@@ -146,7 +146,9 @@ async def test_lanes_stay_exclusive_while_intakes_and_hand_retries_interleave(
     instances: list[PostgresStore],
 ) -> None:
     """Concurrent intakes commit out of id order and a retried dead letter becomes its lane's
-    oldest job again: the head moves while claimers look, and still no lane runs two jobs."""
+    oldest job again: the head moves while claimers look, and still no lane runs two jobs.
+    Half the dead letters hold their lanes until retried: nothing newer of the lane runs
+    meanwhile."""
     a, b = instances
     async with a._p.acquire() as conn:
         await conn.execute("DROP INDEX jobs_running_lane")
@@ -157,6 +159,7 @@ async def test_lanes_stay_exclusive_while_intakes_and_hand_retries_interleave(
     buried: list[int] = []
     retried: set[int] = set()
     retrying: list[int] = []
+    holding: dict[str, int] = {}  # lane → its dead letter holding it
     problems: list[str] = []
     intakes_done = asyncio.Event()
 
@@ -174,7 +177,10 @@ async def test_lanes_stay_exclusive_while_intakes_and_hand_retries_interleave(
         held.discard(job.id)
         busy.discard(job.lane)
         if job.id not in retried and rng.random() < 0.25:
-            await store.bury_job(job.id, "dead")
+            hold = rng.random() < 0.5
+            if hold:
+                holding[job.lane] = job.id
+            await store.bury_job(job.id, "dead", hold=hold)
             buried.append(job.id)
         else:
             await store.complete_job(job.id)
@@ -192,6 +198,9 @@ async def test_lanes_stay_exclusive_while_intakes_and_hand_retries_interleave(
                     problems.append(f"job {job.id} claimed while already held")
                 if job.lane in busy:
                     problems.append(f"{job.lane}: job {job.id} claimed while another ran")
+                holder = holding.get(job.lane)
+                if holder is not None and job.id > holder:
+                    problems.append(f"{job.lane}: job {job.id} claimed while {holder} held it")
                 held.add(job.id)
                 busy.add(job.lane)
                 task = asyncio.create_task(run(store, job))
@@ -205,6 +214,9 @@ async def test_lanes_stay_exclusive_while_intakes_and_hand_retries_interleave(
                 job_id = buried.pop(0)
                 retried.add(job_id)
                 retrying.append(job_id)
+                for lane, holder in list(holding.items()):
+                    if holder == job_id:
+                        del holding[lane]
                 assert await rng.choice((a, b)).retry_job(job_id)
                 retrying.remove(job_id)
             await asyncio.sleep(0.002)
@@ -219,7 +231,7 @@ async def test_lanes_stay_exclusive_while_intakes_and_hand_retries_interleave(
     assert problems == []
     assert retried, "no dead letter was retried"
     counts = await a.job_counts()
-    assert counts == {"ready": 0, "running": 0, "done": counts["done"], "dead": 0}
+    assert counts == {"ready": 0, "running": 0, "done": counts["done"], "dead": 0, "held": 0}
 
 
 async def test_an_expired_lease_is_taken_back_once_by_concurrent_claimers(
@@ -339,7 +351,7 @@ async def test_an_intake_that_deadlocked_is_written_again(
     results = await a.intake([Intake(message=message(1), job=job("a"))])
     assert calls == [1, 1]
     assert [(r.accepted, r.message_id) for r in results] == [(True, "m1")]
-    assert await a.job_counts() == {"ready": 1, "running": 0, "done": 0, "dead": 0}
+    assert await a.job_counts() == {"ready": 1, "running": 0, "done": 0, "dead": 0, "held": 0}
 
 
 # -- migrations -------------------------------------------------------------------------------

@@ -113,6 +113,12 @@ class RetryableError(DeliveryError):
     retryable = True
 
 
+class NotYet(RetryableError):
+    """Not a failure: the job waits for something that usually arrives within moments (a
+    provider's status that outran the record of the send it reports). Retried like any
+    :class:`RetryableError`, but its retries are logged at DEBUG, not as warnings."""
+
+
 class PermanentError(DeliveryError):
     """Trying again cannot succeed (invalid recipient, opted out, window closed)."""
 

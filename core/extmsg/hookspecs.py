@@ -188,7 +188,9 @@ def extmsg_fetch_attachment(
     :param channel: the channel the message came through (credentials are in its settings).
     :param attachment: an attachment with ``url`` set and ``data`` empty.
     :return: the attachment with ``data`` filled in. Raise a
-        :class:`~extmsg.errors.DeliveryError` when it cannot be fetched. First result;
+        :class:`~extmsg.errors.DeliveryError` when it cannot be fetched: a retryable one fails
+        the job (it is retried); a permanent one, except ``status=401``, turns the file into a
+        note in its place naming the file and the error's message. First result;
         ``None`` for channels that are not the plugin's.
     """
 

@@ -62,6 +62,12 @@ class Metrics:
         self.dead_letters = Gauge(
             "extmsg_dead_letters", "Jobs that gave up and wait for a person.", registry=r
         )
+        self.lanes_held = Gauge(
+            "extmsg_lanes_held",
+            "Lanes (conversations) whose later jobs wait behind a dead letter that ran out of"
+            " retries, until it is retried, skipped or purged.",
+            registry=r,
+        )
         self.intake_batch = Histogram(
             "extmsg_intake_batch_size",
             "Work items written per group-committed transaction.",
@@ -74,6 +80,13 @@ class Metrics:
             "the remote, by channel, direction and outcome (found, not_found, unknown, "
             "lookup_failed).",
             ["channel", "direction", "outcome"],
+            registry=r,
+        )
+        self.statuses_unmatched = Counter(
+            "extmsg_statuses_unmatched_total",
+            "Provider statuses dropped because no message extmsg sent matches them (e.g. a"
+            " status of another app on the same WhatsApp business account), by channel.",
+            ["channel"],
             registry=r,
         )
         self.segments = Counter(

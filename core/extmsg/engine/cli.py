@@ -1,5 +1,9 @@
 """``extmsg outbox``: look into the delivery queue, retry dead letters, purge old jobs.
 
+A dead letter that ran out of retries holds its lane (its conversation): the lane's later jobs
+wait for it. ``list`` and ``show`` say so; ``retry`` runs it again first, ``skip`` lets the lane
+go on without it, ``purge --state dead`` deletes it and releases the lane.
+
 The commands open the store the config names directly, so they work beside a running
 ``extmsg serve`` (which picks up a retried job within its poll interval) as well as without it.
 """
@@ -72,7 +76,11 @@ def outbox() -> None:
 def list_jobs(config_path: Path, state: JobState | None, limit: int, as_json: bool) -> None:
     """List jobs, oldest first."""
     states: tuple[JobState, ...] = (state,) if state else _UNFINISHED
-    jobs = _with_store(config_path, lambda store: store.list_jobs(states, limit))
+
+    async def read(store: Store) -> tuple[list[Job], int]:
+        return await store.list_jobs(states, limit), (await store.job_counts())["held"]
+
+    jobs, held = _with_store(config_path, read)
     if as_json:
         click.echo(json.dumps([_job_dict(job) for job in jobs], indent=2, ensure_ascii=False))
         return
@@ -80,6 +88,7 @@ def list_jobs(config_path: Path, state: JobState | None, limit: int, as_json: bo
         click.echo(f"no {' or '.join(states)} jobs")
         return
     now = time.time()
+    holders = {job.lane: job.id for job in jobs if job.holds_lane}
     rows = [
         [
             str(job.id),
@@ -87,7 +96,7 @@ def list_jobs(config_path: Path, state: JobState | None, limit: int, as_json: bo
             job.kind,
             _clip(job.lane, 32),
             str(job.attempts),
-            _next_attempt(job, now),
+            _waits_for(job, holders) or _next_attempt(job, now),
             _clip(job.last_error or "", 60),
         ]
         for job in jobs
@@ -97,6 +106,14 @@ def list_jobs(config_path: Path, state: JobState | None, limit: int, as_json: bo
     )
     more = f" (the first {limit}; see --limit)" if len(jobs) == limit else ""
     click.echo(f"{len(jobs)} job(s){more}")
+    if held:
+        shown = f" ({_ids(sorted(holders.values()))})" if holders else ""
+        unlisted = "; not all are listed: see --state dead" if held > len(holders) else ""
+        click.echo(
+            f"{held} lane(s) held by a dead letter that ran out of retries{shown}: their"
+            " later jobs wait. 'extmsg outbox retry ID' runs it again first; 'extmsg outbox"
+            f" skip ID' lets its lane go on without it{unlisted}."
+        )
 
 
 @outbox.command("show")
@@ -121,6 +138,13 @@ def show_job(config_path: Path, job_id: int) -> None:
         ("updated", _timestamp(job.updated_at)),
         ("last error", job.last_error or "-"),
     ]
+    if job.holds_lane:
+        fields.append(
+            (
+                "holds lane",
+                "yes: the lane's later jobs wait until it is retried, skipped or purged",
+            )
+        )
     width = max(len(name) for name, _ in fields)
     for name, value in fields:
         click.echo(f"{name + ':':<{width + 1}} {value}")
@@ -133,7 +157,10 @@ def show_job(config_path: Path, job_id: int) -> None:
 @click.argument("job_ids", nargs=-1, type=int)
 @click.option("--all-dead", is_flag=True, help="Retry every dead job.")
 def retry_jobs(config_path: Path, job_ids: tuple[int, ...], all_dead: bool) -> None:
-    """Make dead jobs run again now (their failed messages become pending again)."""
+    """Make dead jobs run again now (their failed messages become pending again).
+
+    A retried job runs before the jobs of its lane that came after it and have not run yet.
+    """
     if not job_ids and not all_dead:
         raise HandledError("name the jobs to retry, or give --all-dead")
     if job_ids and all_dead:
@@ -167,6 +194,50 @@ def retry_jobs(config_path: Path, job_ids: tuple[int, ...], all_dead: bool) -> N
         click.echo(f"{len(done)} job(s) will run again: {_ids(done)}")
     elif all_dead:
         click.echo("there are no dead jobs")
+    if problems:
+        raise HandledError("; ".join(problems))
+
+
+@outbox.command("skip")
+@_config_option
+@click.argument("job_ids", nargs=-1, type=int)
+@click.option("--all-held", is_flag=True, help="Release every held lane.")
+def skip_jobs(config_path: Path, job_ids: tuple[int, ...], all_held: bool) -> None:
+    """Let the lanes dead letters hold go on without them.
+
+    The dead letters stay (retry or purge them later); their lanes' waiting jobs run now. A
+    dead letter retried after its lane went on arrives after the jobs that went ahead of it.
+    """
+    if not job_ids and not all_held:
+        raise HandledError("name the dead jobs whose lanes may go on, or give --all-held")
+    if job_ids and all_held:
+        raise HandledError("give job ids or --all-held, not both")
+
+    async def skip(store: Store) -> tuple[list[int], list[str]]:
+        done: list[int] = []
+        problems: list[str] = []
+        ids = list(job_ids)
+        if all_held:
+            dead = await store.list_jobs(("dead",), 10**9)
+            held = [job.id for job in dead if job.holds_lane]
+            return [job_id for job_id in held if await store.release_lane(job_id)], problems
+        for job_id in ids:
+            if await store.release_lane(job_id):
+                done.append(job_id)
+                continue
+            job = await store.get_job(job_id)
+            problems.append(
+                f"job {job_id} does not exist"
+                if job is None
+                else f"job {job_id} is {job.state}, not a dead letter holding its lane"
+            )
+        return done, problems
+
+    done, problems = _with_store(config_path, skip)
+    if done:
+        click.echo(f"{len(done)} lane(s) go on without their dead letter: {_ids(done)}")
+    elif all_held:
+        click.echo("no lane is held")
     if problems:
         raise HandledError("; ".join(problems))
 
@@ -239,6 +310,7 @@ def _job_dict(job: Job) -> dict[str, Any]:
         "last_error": job.last_error,
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
+        "holds_lane": job.holds_lane,
         "payload_bytes": len(job.payload),
     }
 
@@ -265,6 +337,14 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes | bytearray):
         return f"<{len(value)} bytes>"
     return repr(value)
+
+
+def _waits_for(job: Job, holders: dict[str, int]) -> str | None:
+    """``after dead 42`` for a ready job its lane's dead letter holds back."""
+    holder = holders.get(job.lane)
+    if job.state != "ready" or holder is None or holder > job.id:
+        return None
+    return f"after dead {holder}"
 
 
 def _next_attempt(job: Job, now: float, *, absolute: bool = False) -> str:

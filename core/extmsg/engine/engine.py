@@ -34,7 +34,7 @@ import aiohttp
 import msgspec
 
 from ..config import EngineConfig
-from ..errors import LeaseLost
+from ..errors import LeaseLost, NotYet
 from ..logsafe import mask
 from ..metrics import Metrics
 from ..models import ErrorVerdict
@@ -443,7 +443,8 @@ class Engine:
             return
         heapq.heappush(self._due, next_at)
         self._count(job, "retry")
-        log.warning(
+        log.log(
+            logging.DEBUG if isinstance(error, NotYet) else logging.WARNING,
             "job %d (%s, lane %s) failed on attempt %d of %d, next try in %.1fs: %s",
             job.id,
             job.kind,
@@ -479,6 +480,12 @@ class Engine:
         Reporting comes first: if the process dies in between, the job runs (and fails, and
         is reported) again, rather than staying buried without anyone being told. Neither
         happens when another worker took the job over meanwhile: it may yet succeed there.
+
+        A job that ran out of retries (the remote was down longer than they last) holds its
+        lane: it is the one a person retries once the remote is back, and the lane's later jobs
+        wait for it, so that order holds. A job the remote refused for good, or one whose
+        workers kept dying (a poison job), lets its lane go on: retrying it cannot be expected
+        to help, and its conversation should not stall behind it.
         """
         job = run.job
         if job.fence > 0 and not await self.store.hold_job(
@@ -486,6 +493,7 @@ class Engine:
         ):
             self._fenced(job, "its failure report")
             return
+        hold = verdict.retryable and verdict.code != "lease-expired"
         final = msgspec.structs.replace(verdict, reason=f"{verdict.reason} ({why})")
         error = _error_text(final)
         if self._on_dead is not None:
@@ -500,17 +508,21 @@ class Engine:
                     exc_info=exc,
                 )
                 error = _truncate(f"{error}; reporting the failure raised {type(exc).__name__}")
-        if not await self.store.bury_job(job.id, error, fence=job.fence):
+        if not await self.store.bury_job(job.id, error, fence=job.fence, hold=hold):
             self._fenced(job, "its dead letter")
             return
         self._count(job, "dead")
         log.error(
-            "job %d (%s, lane %s) is a dead letter after %d attempt(s): %s",
+            "job %d (%s, lane %s) is a dead letter after %d attempt(s): %s%s",
             job.id,
             job.kind,
             mask(job.lane),
             attempts,
             mask(final.reason),
+            f"; its lane waits for it: 'extmsg outbox retry {job.id}' runs it again first,"
+            f" 'extmsg outbox skip {job.id}' lets the lane go on without it"
+            if hold
+            else "",
         )
 
     def _count(self, job: Job, outcome: str) -> None:
@@ -572,6 +584,7 @@ class Engine:
                 for state in ("ready", "running", "dead"):
                     metrics.queue_depth.labels(state).set(counts.get(state, 0))
                 metrics.dead_letters.set(counts.get("dead", 0))
+                metrics.lanes_held.set(counts.get("held", 0))
             await asyncio.sleep(self._counts_interval)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import PermanentError, RetryableError
+from ..errors import NotYet, PermanentError
+from ..logsafe import mask
 from ..models import MessageState
 from ..runtime import Runtime
 from ..store.base import Intake, Job, MessageRow
@@ -19,13 +20,32 @@ __all__ = ["apply_provider_status", "mark_read", "report_state"]
 
 log = logging.getLogger("extmsg.states")
 
+#: Attempts a provider status gets to find its message (never more than the engine allows).
+#: A status can outrun the commit of the provider's id after a send, which a retry or two
+#: covers; a status still unmatched after these is for a message extmsg never sent.
+STATUS_MATCH_ATTEMPTS = 4
+
 
 async def apply_provider_status(runtime: Runtime, job: Job, payload: p.ProviderStatusJob) -> None:
     update = payload.update
     row = await _correlate(runtime, payload)
     if row is None:
-        # The status can outrun the commit of the provider's id after a send.
-        raise RetryableError("no sent message matches this status yet")
+        assert runtime.engine is not None
+        attempts = min(STATUS_MATCH_ATTEMPTS, runtime.engine.policy.max_attempts - 1)
+        if job.attempts + 1 < attempts:
+            # The status can outrun the commit of the provider's id after a send.
+            raise NotYet("no sent message matches this status yet")
+        # Not ours: Meta sends every app on a business account the statuses of every app's
+        # messages. Nothing to report, nothing a person could retry: counted and dropped.
+        runtime.metrics.statuses_unmatched.labels(payload.channel).inc()
+        log.debug(
+            "dropped a %s status for provider message %s on channel %s: no message extmsg"
+            " sent matches it",
+            update.state,
+            mask(update.provider_message_id or update.message_ref or "?"),
+            payload.channel,
+        )
+        return
     state = MessageState.parse(update.state)
     error = update.error_text or (
         f"provider error {update.error_code}" if update.error_code else None

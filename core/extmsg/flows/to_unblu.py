@@ -3,15 +3,20 @@
 Runs as the ``to_unblu.message`` job, in order per channel thread. The contact and the active
 conversation are remembered in the store, so the usual message costs one Unblu call. When
 Unblu says the conversation is over, the message opens a new one.
+
+Attachments are fetched before anything is posted. One that cannot be fetched for good (the
+provider forgot it, it is too large, the provider refuses it) does not stop the message: in
+its place the agent gets the file's caption and a note naming the file and the reason. A fetch
+that may succeed later fails the job, which retries before a conversation is opened.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-from ..errors import PermanentError
-from ..models import Channel, Contact, InboundMessage, MessageState
+from ..errors import DeliveryError, FetchTooLarge
+from ..models import Attachment, Channel, Contact, InboundMessage, MessageState
 from ..runtime import Runtime
 from ..store.base import ContactRow, ConversationRow, Job
 from ..unblu.client import ContactRef, Recipient
@@ -31,6 +36,7 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
     if stored is not None and stored.unblu_message_id:
         return  # posted before a crash; only the job's completion was lost
     contact = await runtime.hooks.map_contact(channel, message.contact)
+    files = await _fetch_files(runtime, channel, message)
     ref = await _contact_ref(runtime, channel, contact)
     conversation_id = await _conversation(runtime, channel, contact, ref, message)
     posted = await already_posted(
@@ -40,7 +46,7 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
     try:
         await runtime.engine.hold(job)
         unblu_id = await _post(
-            runtime, channel, conversation_id, ref, payload.message_id, message, posted
+            runtime, channel, conversation_id, ref, payload.message_id, message, files, posted
         )
     except UnbluError as exc:
         if exc.retryable or not await _has_ended(runtime, conversation_id):
@@ -50,7 +56,7 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
         conversation_id = await _conversation(runtime, channel, contact, ref, message)
         await runtime.engine.hold(job)
         unblu_id = await _post(
-            runtime, channel, conversation_id, ref, payload.message_id, message, {}
+            runtime, channel, conversation_id, ref, payload.message_id, message, files, {}
         )
     await runtime.store.update_message(
         payload.message_id,
@@ -126,6 +132,67 @@ async def _conversation(
     return found.id
 
 
+async def _fetch_files(
+    runtime: Runtime, channel: Channel, message: InboundMessage
+) -> list[Attachment | str]:
+    """Each attachment with its bytes, or the text that stands in for it when it is lost.
+
+    A retryable fetch error propagates (the job retries; after ``max_attempts`` it is a dead
+    letter like any other). A permanent one — gone, too large, refused — cannot improve, so the
+    agent is told in words: the file's caption (unless it is the message's text) and
+    :func:`undelivered_note`. 401 is not the file's fault but the channel's credentials: it
+    fails the job, which an operator retries once the credentials are fixed.
+    """
+    files: list[Attachment | str] = []
+    for attachment in message.attachments:
+        if attachment.data is not None:
+            files.append(attachment)
+            continue
+        reason: str | None
+        try:
+            fetched = await runtime.hooks.fetch_attachment(channel, attachment)
+        except DeliveryError as exc:
+            if exc.retryable or exc.status == 401:
+                raise
+            reason = (
+                f"the file is larger than {_size(exc.limit)}"
+                if isinstance(exc, FetchTooLarge)
+                else exc.message
+            )
+        else:
+            if fetched.data is not None:
+                files.append(fetched)
+                continue
+            reason = "it could not be fetched"
+        log.info(
+            "an attachment of message %s on channel %s is replaced by a note: %s",
+            message.provider_message_id,
+            channel.name,
+            reason,
+        )
+        note = undelivered_note(attachment.file_name, reason)
+        caption = attachment.caption if attachment.caption != message.text else None
+        files.append(f"{caption}\n{note}" if caption else note)
+    return files
+
+
+def _size(limit: int) -> str:
+    """``16 MB``, ``1.5 MB``, ``500 KB``."""
+    if limit >= 1024 * 1024:
+        return f"{limit / (1024 * 1024):.1f}".removesuffix(".0") + " MB"
+    return f"{max(limit // 1024, 1)} KB"
+
+
+def undelivered_note(file_name: str, reason: str) -> str:
+    """``[Attachment photo.jpg could not be delivered: the file is larger than 16 MB]``."""
+    reason = " ".join(reason.split()).rstrip(".") or "unknown reason"
+    first = reason.split(" ", 1)[0]
+    if first[:1].isupper() and (len(first) == 1 or first[1:].islower()):
+        reason = reason[0].lower() + reason[1:]  # "The file…", not "WhatsApp" or "HTTP"
+    name = " ".join(file_name.split()) or "without a name"
+    return f"[Attachment {name} could not be delivered: {reason}]"
+
+
 async def _post(
     runtime: Runtime,
     channel: Channel,
@@ -133,13 +200,16 @@ async def _post(
     ref: ContactRef,
     message_id: str,
     message: InboundMessage,
+    files: Sequence[Attachment | str],
     posted: Mapping[str, str],
 ) -> str:
-    """Post the text (sourceId = the provider's id), then each attachment as a FILE message.
+    """Post the text (sourceId = the provider's id), then each attachment as a FILE message,
+    or as a text message where ``files`` holds the note that stands in for it.
 
     Each part carries our stable id as ``externalMessageId`` (v4 ``ExternalMessengerPostMessage``;
     v3's has no such field and goes without). Parts in ``posted`` (our id → Unblu's) are there
-    already and are not posted again.
+    already and are not posted again. A note takes its file's place, so the parts keep their
+    numbers whether a file arrived or not.
     """
     client = runtime.unblu_client()
     channel_id = runtime.unblu_channel_id(channel.name)
@@ -156,14 +226,23 @@ async def _post(
                 external_message_id=external_id(message_id, 0),
             )
         ids.append(known)
-    for attachment in message.attachments:
+    for attachment in files:
         if (known := posted.get(external_id(message_id, len(ids)))) is not None:
             ids.append(known)
             continue
-        if attachment.data is None:
-            attachment = await runtime.hooks.fetch_attachment(channel, attachment)
-        if attachment.data is None:
-            raise PermanentError(f"the attachment {attachment.file_name!r} could not be fetched")
+        if isinstance(attachment, str):
+            ids.append(
+                await client.send_text(
+                    channel_id,
+                    conversation_id,
+                    ref,
+                    _source_id(message, len(ids)),
+                    attachment,
+                    external_message_id=external_id(message_id, len(ids)),
+                )
+            )
+            continue
+        assert attachment.data is not None
         ids.append(
             await client.send_file(
                 channel_id,

@@ -124,6 +124,9 @@ class Job(_Row, frozen=True):
     in_doubt: bool = False
     """An earlier attempt may have reached the remote (its lease ran out while it ran, or it
     was cut off mid-call): look before sending again."""
+    holds_lane: bool = False
+    """A dead letter that holds its lane: the lane's later jobs wait until it is retried,
+    skipped or purged (:meth:`Store.release_lane`)."""
 
 
 def fence_of(job: Job | None) -> int | None:
@@ -309,9 +312,15 @@ class Store(abc.ABC):
         :meth:`complete_job`."""
 
     @abc.abstractmethod
-    async def bury_job(self, job_id: int, error: str, *, fence: int | None = None) -> bool:
-        """Make an unfinished job a dead letter (one more attempt counted): it stays visible
-        and no longer blocks its lane. ``fence``: as for :meth:`complete_job`."""
+    async def bury_job(
+        self, job_id: int, error: str, *, fence: int | None = None, hold: bool = False
+    ) -> bool:
+        """Make an unfinished job a dead letter (one more attempt counted): it stays visible.
+        ``fence``: as for :meth:`complete_job`.
+
+        With ``hold`` it keeps its place at the head of its lane: the lane's later jobs wait
+        until it is retried (and runs first), skipped (:meth:`release_lane`) or purged.
+        Without, the lane goes on with its next job."""
 
     @abc.abstractmethod
     async def release_jobs(
@@ -340,12 +349,21 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def retry_job(self, job_id: int) -> bool:
-        """Make a dead job ready again now (by hand); False when it is not dead."""
+        """Make a dead job ready again now (by hand); False when it is not dead.
+
+        It runs before the jobs of its lane that came after it and have not run yet (after the
+        one running, if any)."""
+
+    @abc.abstractmethod
+    async def release_lane(self, job_id: int) -> bool:
+        """Let the lane a dead letter holds go on without it ("skip"); the job stays dead and
+        can still be retried or purged. False when it is not a dead letter holding its lane."""
 
     @abc.abstractmethod
     async def purge_jobs(self, states: Sequence[JobState], older_than: float | None = None) -> int:
         """Delete done or dead jobs last changed more than ``older_than`` seconds ago (all of
-        them when None); return how many. Other states raise :class:`ValueError`."""
+        them when None); return how many. Other states raise :class:`ValueError`. A purged dead
+        letter that held its lane releases it."""
 
     @abc.abstractmethod
     async def record_part(
@@ -399,4 +417,4 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def job_counts(self) -> dict[str, int]:
-        """Number of jobs per state."""
+        """Number of jobs per state, and ``held``: dead letters holding their lanes."""

@@ -170,6 +170,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE jobs ADD COLUMN in_doubt INTEGER NOT NULL DEFAULT 0;
         """,
     ),
+    Migration(
+        9,
+        "a dead letter that gave up for want of retries holds its lane until retried, skipped"
+        " or purged, so that retrying it keeps the conversation's order",
+        """
+        ALTER TABLE jobs ADD COLUMN holds_lane INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX jobs_held ON jobs (lane, id) WHERE holds_lane = 1;
+        """,
+    ),
 )
 
 # Times are epoch seconds (DOUBLE PRECISION) as in SQLite, so both stores hand out the same rows
@@ -303,6 +312,15 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         """
         ALTER TABLE jobs ADD COLUMN fence BIGINT NOT NULL DEFAULT 0;
         ALTER TABLE jobs ADD COLUMN in_doubt BOOLEAN NOT NULL DEFAULT FALSE;
+        """,
+    ),
+    Migration(
+        6,
+        "a dead letter that gave up for want of retries holds its lane until retried, skipped"
+        " or purged, so that retrying it keeps the conversation's order",
+        """
+        ALTER TABLE jobs ADD COLUMN holds_lane BOOLEAN NOT NULL DEFAULT FALSE;
+        CREATE INDEX jobs_held ON jobs (lane, id) WHERE holds_lane;
         """,
     ),
 )

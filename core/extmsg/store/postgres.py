@@ -110,6 +110,12 @@ WHERE state = 'running' AND lease_until < $1 AND id IN (
 # The lock taken per candidate lane; $4 is the lane namespace.
 _LOCK_LANE = "pg_try_advisory_xact_lock($4, hashtext(current_schema() || '/' || lane))"
 
+# A lane is held by a dead letter that gave up for want of retries (``holds_lane``): nothing
+# newer than it runs until it is retried, skipped or purged. An older job retried by hand still
+# may (it came first).
+_NOT_HELD = """NOT EXISTS (SELECT 1 FROM jobs AS held
+                WHERE held.holds_lane AND held.lane = {job}.lane AND held.id < {job}.id)"""
+
 # Runnable heads, oldest first, found from the oldest ready jobs: only the first $3 of them are
 # looked at, an index probe or two each, so in a backlog the cost does not grow with the number
 # of lanes. "busy" is asked in a select list, where it stays a probe instead of becoming a join.
@@ -124,6 +130,7 @@ WITH oldest AS MATERIALIZED (
     FROM oldest AS o
     WHERE o.id = (SELECT MIN(u.id) FROM jobs AS u
                   WHERE u.lane = o.lane AND u.state IN ('ready', 'running'))
+      AND {_NOT_HELD.format(job="o")}
     ORDER BY o.next_at, o.id
 )
 SELECT id, next_at FROM heads WHERE NOT busy AND {_LOCK_LANE} LIMIT $2
@@ -149,7 +156,7 @@ WITH RECURSIVE lanes(lane) AS (
         WHERE j.state IN ('ready', 'running') AND j.lane = lanes.lane
         ORDER BY j.id LIMIT 1
     ) AS h
-    WHERE h.state = 'ready' AND h.next_at <= $1 AND NOT h.busy
+    WHERE h.state = 'ready' AND h.next_at <= $1 AND NOT h.busy AND {_NOT_HELD.format(job="h")}
     ORDER BY h.next_at, h.id
     LIMIT $3
 )
@@ -162,6 +169,7 @@ WHERE j.id = ANY($1::bigint[]) AND j.state = 'ready' AND j.next_at <= $2
   AND j.id = (SELECT MIN(u.id) FROM jobs AS u
               WHERE u.lane = j.lane AND u.state IN ('ready', 'running'))
   AND NOT EXISTS (SELECT 1 FROM jobs AS r WHERE r.lane = j.lane AND r.state = 'running')
+  AND {_NOT_HELD.format(job="j")}
 RETURNING {JOB_COLUMNS}
 """  # noqa: S608
 
@@ -750,17 +758,20 @@ class PostgresStore(Store):
         )
         return changed == 1
 
-    async def bury_job(self, job_id: int, error: str, *, fence: int | None = None) -> bool:
+    async def bury_job(
+        self, job_id: int, error: str, *, fence: int | None = None, hold: bool = False
+    ) -> bool:
         # in_doubt stays: a dead letter retried by hand still looks before sending.
         changed = await self._execute(
             "UPDATE jobs SET state = 'dead', lease_until = NULL, attempts = attempts + 1,"
-            " last_error = $1, updated_at = $2 WHERE id = $3"
+            " last_error = $1, updated_at = $2, holds_lane = $5 WHERE id = $3"
             " AND (state = 'running' OR state = 'ready' AND $4::bigint IS NULL)"
             " AND fence = COALESCE($4, fence)",
             error,
             time.time(),
             job_id,
             fence,
+            hold,
         )
         return changed == 1
 
@@ -809,8 +820,8 @@ class PostgresStore(Store):
         now = time.time()
         async with self._tx() as conn:
             row = await conn.fetchrow(
-                "UPDATE jobs SET state = 'ready', next_at = $1, attempts = 0, updated_at = $1"
-                " WHERE id = $2 AND state = 'dead' RETURNING message_id",
+                "UPDATE jobs SET state = 'ready', next_at = $1, attempts = 0, updated_at = $1,"
+                " holds_lane = FALSE WHERE id = $2 AND state = 'dead' RETURNING message_id",
                 now,
                 job_id,
             )
@@ -827,6 +838,15 @@ class PostgresStore(Store):
                     int(MessageState.FAILED),
                 )
         return True
+
+    async def release_lane(self, job_id: int) -> bool:
+        changed = await self._execute(
+            "UPDATE jobs SET holds_lane = FALSE, updated_at = $1"
+            " WHERE id = $2 AND state = 'dead' AND holds_lane",
+            time.time(),
+            job_id,
+        )
+        return changed == 1
 
     async def purge_jobs(self, states: Sequence[JobState], older_than: float | None = None) -> int:
         unfinished = set(states) - {"done", "dead"}
@@ -964,8 +984,11 @@ class PostgresStore(Store):
         return float(value) if value is not None else None
 
     async def job_counts(self) -> dict[str, int]:
-        rows = await self._fetch("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        counts = {"ready": 0, "running": 0, "done": 0, "dead": 0}
+        rows = await self._fetch(
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state"
+            " UNION ALL SELECT 'held', COUNT(*) FROM jobs WHERE holds_lane"
+        )
+        counts = {"ready": 0, "running": 0, "done": 0, "dead": 0, "held": 0}
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts
 

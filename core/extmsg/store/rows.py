@@ -35,7 +35,7 @@ MESSAGE_COLUMNS = (
 )
 JOB_COLUMNS = (
     "id, kind, lane, payload, state, attempts, next_at, message_id, lease_until, last_error, "
-    "created_at, updated_at, fence, in_doubt"
+    "created_at, updated_at, fence, in_doubt, holds_lane"
 )
 MEDIA_COLUMNS = "id, channel, file_name, mime_type, data, expires_at"
 
@@ -94,6 +94,7 @@ def job_row(row: Any) -> Job:
         updated_at=row[11],
         fence=row[12],
         in_doubt=bool(row[13]),
+        holds_lane=bool(row[14]),
     )
 
 

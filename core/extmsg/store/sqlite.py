@@ -77,12 +77,48 @@ WHERE id IN (
 RETURNING {JOB_COLUMNS}
 """  # noqa: S608
 
-# After a job of the lane of job ``?`` finished: its oldest unfinished job is the head.
+# After a job of the lane of job ``?`` finished: its oldest unfinished job is the head, unless
+# a dead letter older than it holds the lane (``holds_lane``; the holder is not the head: it
+# is not claimable, and nothing after it is either).
 _NEXT_HEAD = """
 UPDATE jobs SET head = 1 WHERE id = (
     SELECT MIN(id) FROM jobs INDEXED BY jobs_unfinished
     WHERE state IN ('ready', 'running') AND lane = (SELECT lane FROM jobs WHERE id = ?))
+AND NOT EXISTS (
+    SELECT 1 FROM jobs AS h INDEXED BY jobs_held
+    WHERE h.holds_lane = 1 AND h.lane = jobs.lane AND h.id < jobs.id)
 """
+
+
+def _reset_head(db: sqlite3.Connection, lane: str) -> None:
+    """Mark the lane's head again after a hand-made change (a retry, a skip, a purge).
+
+    The running job stays the head while it runs; else the oldest ready job, unless a dead
+    letter older than it holds the lane.
+    """
+    row = db.execute(
+        "SELECT id FROM jobs INDEXED BY jobs_unfinished"
+        " WHERE lane = ? AND state IN ('ready', 'running') AND state = 'running'",
+        (lane,),
+    ).fetchone()
+    if row is None:
+        row = db.execute(
+            "SELECT MIN(id) FROM jobs INDEXED BY jobs_unfinished"
+            " WHERE lane = ? AND state IN ('ready', 'running')",
+            (lane,),
+        ).fetchone()
+        held = db.execute(
+            "SELECT MIN(id) FROM jobs INDEXED BY jobs_held WHERE lane = ? AND holds_lane = 1",
+            (lane,),
+        ).fetchone()
+        if row is not None and held is not None and held[0] is not None and row[0] is not None:
+            row = row if row[0] < held[0] else None
+    head = row[0] if row is not None else None
+    db.execute(
+        "UPDATE jobs SET head = (id IS ?) WHERE lane = ? AND state IN ('ready', 'running')"
+        " AND head != (id IS ?)",
+        (head, lane, head),
+    )
 
 
 _LOCKED_RETRIES = 250  # about five seconds, like the busy timeout
@@ -601,16 +637,21 @@ class SqliteStore(Store):
         )
         return changed == 1
 
-    async def bury_job(self, job_id: int, error: str, *, fence: int | None = None) -> bool:
+    async def bury_job(
+        self, job_id: int, error: str, *, fence: int | None = None, hold: bool = False
+    ) -> bool:
         # in_doubt stays: a dead letter retried by hand still looks before sending.
-        return await self._finish(
+        sql = (
             "UPDATE jobs SET state = 'dead', head = 0, lease_until = NULL,"
-            " attempts = attempts + 1, last_error = ?, updated_at = ?"
+            " attempts = attempts + 1, last_error = ?, updated_at = ?, holds_lane = ?"
             " WHERE id = ? AND (state = 'running' OR state = 'ready' AND ? IS NULL)"
-            " AND fence = COALESCE(?, fence)",
-            (error, time.time(), job_id, fence, fence),
-            job_id,
+            " AND fence = COALESCE(?, fence)"
         )
+        params = (error, time.time(), int(hold), job_id, fence, fence)
+        if hold:
+            # the head mark is not passed on: the lane waits
+            return await self._write(sql, params) == 1
+        return await self._finish(sql, params, job_id)
 
     async def release_jobs(
         self,
@@ -655,23 +696,15 @@ class SqliteStore(Store):
         now = time.time()
 
         def retry(db: sqlite3.Connection) -> bool:
-            changed = (
-                db.execute(
-                    "UPDATE jobs SET state = 'ready', next_at = ?, attempts = 0, updated_at = ?"
-                    " WHERE id = ? AND state = 'dead'",
-                    (now, now, job_id),
-                ).rowcount
-                == 1
-            )
-            if changed:
+            row = db.execute(
+                "UPDATE jobs SET state = 'ready', next_at = ?, attempts = 0, holds_lane = 0,"
+                " updated_at = ? WHERE id = ? AND state = 'dead' RETURNING lane",
+                (now, now, job_id),
+            ).fetchone()
+            changed = row is not None
+            if row is not None:
                 # The job is unfinished again, and older than the rest of its lane.
-                db.execute(
-                    "UPDATE jobs SET head = (id = (SELECT MIN(id) FROM jobs AS l"
-                    " INDEXED BY jobs_unfinished WHERE l.state IN ('ready', 'running')"
-                    " AND l.lane = jobs.lane)) WHERE lane = (SELECT lane FROM jobs WHERE id = ?)"
-                    " AND state IN ('ready', 'running')",
-                    (job_id,),
-                )
+                _reset_head(db, row[0])
                 # A hand retry re-opens the message's failed state.
                 db.execute(
                     "UPDATE messages SET state = ?, error = NULL, updated_at = ?"
@@ -682,6 +715,19 @@ class SqliteStore(Store):
 
         return await self._run(retry)
 
+    async def release_lane(self, job_id: int) -> bool:
+        def release(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "UPDATE jobs SET holds_lane = 0, updated_at = ?"
+                " WHERE id = ? AND state = 'dead' AND holds_lane = 1 RETURNING lane",
+                (time.time(), job_id),
+            ).fetchone()
+            if row is not None:
+                _reset_head(db, row[0])
+            return row is not None
+
+        return await self._run(release)
+
     async def purge_jobs(self, states: Sequence[JobState], older_than: float | None = None) -> int:
         unfinished = set(states) - {"done", "dead"}
         if unfinished:
@@ -690,6 +736,19 @@ class SqliteStore(Store):
             return 0
         marks = ",".join("?" * len(states))
         cutoff = time.time() - older_than if older_than is not None else time.time() + 1
+        if "dead" in states:
+            # The lanes the purged dead letters held go on (released first: a crash between
+            # the two steps leaves released dead letters, not lanes held by nothing).
+            def release(db: sqlite3.Connection) -> None:
+                lanes = db.execute(
+                    "UPDATE jobs SET holds_lane = 0"
+                    " WHERE holds_lane = 1 AND state = 'dead' AND updated_at < ? RETURNING lane",
+                    (cutoff,),
+                ).fetchall()
+                for lane in {r[0] for r in lanes}:
+                    _reset_head(db, lane)
+
+            await self._run(release)
         return await self._bulk_delete(
             "jobs", f"state IN ({marks}) AND updated_at < ?", (*states, cutoff)
         )
@@ -794,8 +853,11 @@ class SqliteStore(Store):
         return float(row[0]) if row and row[0] is not None else None
 
     async def job_counts(self) -> dict[str, int]:
-        rows = await self._all("SELECT state, COUNT(*) FROM jobs GROUP BY state")
-        counts = {"ready": 0, "running": 0, "done": 0, "dead": 0}
+        rows = await self._all(
+            "SELECT state, COUNT(*) FROM jobs GROUP BY state UNION ALL"
+            " SELECT 'held', COUNT(*) FROM jobs INDEXED BY jobs_held WHERE holds_lane = 1"
+        )
+        counts = {"ready": 0, "running": 0, "done": 0, "dead": 0, "held": 0}
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts
 
@@ -860,8 +922,12 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
             )
         results.append(IntakeResult(accepted=True, message_id=message_id))
 
-    # A job that finds its lane empty is its head.
+    # A job that finds its lane empty (nothing unfinished, no dead letter holding it) is its head.
     taken: set[str] = set()
+    # Held lanes are rare: their (tiny) index is asked only when it holds anything.
+    held = db.execute(
+        "SELECT 1 FROM jobs INDEXED BY jobs_held WHERE holds_lane = 1 LIMIT 1"
+    ).fetchone()
     for lanes in _chunks(sorted({row[1] for row in jobs}), 500):
         marks = ",".join("?" * len(lanes))
         taken.update(
@@ -872,6 +938,15 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
                 lanes,
             )
         )
+        if held:
+            taken.update(
+                r[0]
+                for r in db.execute(
+                    "SELECT lane FROM jobs INDEXED BY jobs_held"  # noqa: S608
+                    f" WHERE lane IN ({marks}) AND holds_lane = 1",
+                    lanes,
+                )
+            )
     heads: list[int] = []
     for row in jobs:
         heads.append(int(row[1] not in taken))

@@ -25,6 +25,9 @@ _BLOCK = {
 }  # fmt: skip
 _PARAGRAPH = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote", "hr"}
 _HIDDEN = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden|mso-hide\s*:\s*all", re.I)
+# Quote marks shown at most per line: deeper quotes look the same, and a hostile mail of nested
+# unclosed <blockquote>s would otherwise grow by the square of its length.
+_MAX_QUOTE_MARKS = 8
 _SPACE = re.compile(r"[ \t\r\n\f\v\xa0\u200b\u200c\u200d\ufeff]+")
 
 
@@ -36,6 +39,7 @@ class _Converter(HTMLParser):
         self.cur_depth = 0
         self.depth = 0
         self.stack: list[tuple[str, bool, str | None]] = []  # tag, hidden, link
+        self.open_tags: dict[str, int] = {}  # tag → how many of it the stack holds
         self.hidden = 0
         self.pre = 0
         self.lists: list[list[int]] = []  # per open list: [counter] (-1 for bullets)
@@ -89,6 +93,7 @@ class _Converter(HTMLParser):
                     self._text(f"[{alt}]")
             return
         self.stack.append((tag, hidden, None))
+        self.open_tags[tag] = self.open_tags.get(tag, 0) + 1
         if tag in _SKIP or hidden:
             self.hidden += 1
             return
@@ -122,10 +127,11 @@ class _Converter(HTMLParser):
                 self.stack[-1] = (tag, hidden, href)
 
     def handle_endtag(self, tag: str) -> None:
-        if not any(t == tag for t, _, _ in self.stack):
+        if not self.open_tags.get(tag):  # a stray end tag (asked without walking the stack)
             return
         while self.stack:
             open_tag, hidden, link = self.stack.pop()
+            self.open_tags[open_tag] -= 1
             self._close(open_tag, hidden, link)
             if open_tag == tag:
                 break
@@ -181,7 +187,8 @@ class _Converter(HTMLParser):
         self._flush()
         out: list[str] = []
         for depth, text in self.lines:
-            line = (">" * depth + (" " if text else "")) + text if depth else text
+            marks = ">" * min(depth, _MAX_QUOTE_MARKS)
+            line = (marks + (" " if text else "")) + text if depth else text
             if line == "" and out and out[-1] == "":
                 continue
             out.append(line)

@@ -1,5 +1,10 @@
 """The new part of a reply: quoted history and signatures stripped.
 
+``>``-quoted lines go wherever they are, with the attribution line ("On … wrote:") that
+introduces them: above the answer (top posting), below it (bottom posting, Thunderbird's
+default) or between answers (interleaved replies keep every part the sender wrote). HTML mail
+arrives here as text with its ``<blockquote>`` already turned into ``>`` lines.
+
 The split at the header that starts the history ("On … wrote:", Outlook's "From: … Sent: …"
 block, "-----Original Message-----", in several languages) is mail-parser-reply's (MIT). Its
 signature heuristics ("Thanks," or "Best regards" cut everything after them) would drop what a
@@ -28,7 +33,7 @@ __all__ = ["extract_reply"]
 MAX_SEARCH = 8_000
 MAX_LINE = 160
 
-_SIG_LINE = re.compile(r"^-- ?$")
+_SIG_LINES = frozenset({"--", "-- "})  # RFC 3676's "-- ", and the same with its space lost
 _MOBILE = re.compile(
     r"^(?:sent from (?:my |mail for |yahoo mail|outlook|samsung|proton)|get outlook for |"
     r"von meinem .* gesendet|gesendet von (?:meinem|mail für|outlook)|envoy[ée] de mon |"
@@ -37,6 +42,70 @@ _MOBILE = re.compile(
     re.IGNORECASE,
 )
 _ATTRIBUTION_HINT = re.compile(r"(@|\d|wrote|schrieb|écrit|escribió|scritto|schreef)", re.I)
+_ATTRIBUTION_VERB = re.compile(
+    r"(wrote|schrieb|écrit|escribió|scritto|schreef|skrev|napisał|escreveu)", re.I
+)
+# The first line of an attribution a mail client wrapped ("On Mon, 3 Jun 2024, Anna <" then
+# "anna@example.com> wrote:"), by the words attributions start with.
+_ATTRIBUTION_START = re.compile(r"^\s*(?:on|am|le|el|il|op|den|em|w dniu)\s", re.I)
+# Attributions are one sentence: longer lines ending with ":" are the sender's own text.
+_ATTRIBUTION_MAX = 300
+
+
+def _attribution(line: str) -> bool:
+    """ "On … wrote:" and its kin; not the sender's own "my answers to your 3 questions:"."""
+    text = line.strip()
+    if not text.endswith(":") or len(text) > _ATTRIBUTION_MAX:
+        return False
+    if _ATTRIBUTION_VERB.search(text):
+        return True
+    return bool(_ATTRIBUTION_START.match(text) and _ATTRIBUTION_HINT.search(text))
+
+
+def _drop_quotes(lines: list[str]) -> list[str]:
+    """The lines without their ``>``-quoted blocks and the attributions introducing them.
+
+    One pass over the lines (every line is looked at a bounded number of times), so a hostile
+    body costs time in proportion to its length. A removed block between two parts the sender
+    wrote leaves a blank line, so that the parts stay apart.
+    """
+    kept: list[str] = []
+    in_quote = False
+    for line in lines:
+        stripped = line.lstrip()  # empty for a blank line
+        if stripped[:1] == ">":
+            if not in_quote:
+                _drop_attribution(kept)
+                in_quote = True
+            continue
+        if in_quote and stripped:
+            in_quote = False
+            if kept and kept[-1].strip():
+                kept.append("")
+        if not in_quote:
+            kept.append(line)
+    return kept
+
+
+def _drop_attribution(kept: list[str]) -> None:
+    """Remove the attribution above a quoted block: its nearest non-blank line, if it is one
+    (with the line before it when the client wrapped it), and the blank lines after it."""
+    end = len(kept)
+    while end and not kept[end - 1].strip():
+        end -= 1
+    if not end or not _attribution(kept[end - 1]):
+        return
+    start = end - 1
+    if (
+        start
+        and kept[start - 1].strip()
+        and not kept[start - 1].rstrip().endswith(":")
+        and len(kept[start - 1]) <= _ATTRIBUTION_MAX
+        and _ATTRIBUTION_START.match(kept[start - 1])
+        and not _ATTRIBUTION_START.match(kept[start])
+    ):
+        start -= 1
+    del kept[start:]
 
 
 def _split_history(text: str, languages: Sequence[str]) -> str:
@@ -60,22 +129,9 @@ def _split_history(text: str, languages: Sequence[str]) -> str:
     return normalized[:offset].strip()
 
 
-def _drop_trailing_quote(lines: list[str]) -> list[str]:
-    """Remove a ``>``-quoted block at the end and the attribution line just above it."""
-    end = len(lines)
-    while end and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(">")):
-        end -= 1
-    if end == len(lines) or not any(line.lstrip().startswith(">") for line in lines[end:]):
-        return lines
-    kept = lines[:end]
-    if kept and kept[-1].rstrip().endswith(":") and _ATTRIBUTION_HINT.search(kept[-1]):
-        kept = kept[:-1]
-    return kept
-
-
 def _drop_signature(lines: list[str]) -> list[str]:
     for i, line in enumerate(lines):
-        if i and _SIG_LINE.match(line):
+        if i and line in _SIG_LINES:
             return lines[:i]
     end = len(lines)
     while end and not lines[end - 1].strip():
@@ -95,7 +151,8 @@ def extract_reply(text: str, languages: Sequence[str], keep_history: bool = Fals
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if keep_history:
         return _tidy(text.split("\n"))
-    text = _split_history(text, languages)
-    lines = _drop_trailing_quote(text.split("\n"))
-    lines = _drop_signature(lines)
-    return _tidy(lines)
+    lines = text.split("\n")
+    if ">" in text:
+        lines = _drop_quotes(lines)
+    text = _split_history("\n".join(lines), languages)
+    return _tidy(_drop_signature(text.split("\n")))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from email.message import EmailMessage
 
 import pytest
@@ -168,10 +169,65 @@ def test_html_to_text() -> None:
          "Items:\n- one\n- two\nThanks, and also:\nmore"),
         # only history: nothing new
         ("On Mon, Jun 3, 2024 at 10:15 AM X <x@y.example> wrote:\n> hi", ""),
+        # bottom post: attribution and quote first, the answer below
+        ("Am 03.06.24 um 13:10 schrieb Anna:\n> Hallo\n>\n> Gruss\n\nDanke, erledigt.",
+         "Danke, erledigt."),
+        # interleaved, the attribution wrapped by the client, the quote deeper than one level
+        ("On Mon, 3 Jun 2024, Anna <\nanna@acme.example> wrote:\n> A?\n>> old\nYes.\n> B?\nNo.",
+         "Yes.\n\nNo."),
+        # the sender's own line ending in ":" above a quote is theirs, digits or not
+        ("My answers to your 3 questions:\n> 1. When?\nMonday.",
+         "My answers to your 3 questions:\n\nMonday."),
+        # a line ending in ":" above a quote is the sender's text unless it reads like one
+        ("Here is what you asked:\n> the price?\nIt is 5.", "Here is what you asked:\n\nIt is 5."),
+        # a top post keeps working: the answer, the attribution and quote below
+        ("Sure.\n\nOn Tue, Jun 4, 2024 at 9:00 AM Anna <a@acme.example> wrote:\n\n> Ok?\n>\n",
+         "Sure."),
     ],
 )  # fmt: skip
 def test_extract_reply(text: str, expected: str) -> None:
     assert quotes.extract_reply(text, ["en", "de", "fr"]) == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "> " + "a" * 1_000_000,  # one huge quoted line
+        "On 1 wrote:\n> q\n" * 65_000,  # attribution after attribution
+        "x:\n" * 340_000,  # lines that end like attributions, and no quote
+        ("On 1 2 3 " * 120_000) + "wrote:\n> q\nanswer",  # an attribution too long to be one
+        "a\n>\n" * 250_000,  # interleaved as far as it goes
+        "von meinem " + "x" * 1_000_000,  # the mobile signature's pattern on its longest line
+    ],
+    ids=["long-line", "attributions", "colons", "long-attribution", "interleaved", "mobile"],
+)
+def test_extracting_a_reply_is_linear_on_hostile_bodies(body: str) -> None:
+    assert len(body) >= 1_000_000
+    started = time.perf_counter()
+    quotes.extract_reply(body, ["en", "de", "fr"])
+    assert time.perf_counter() - started < 1.0  # takes 0.1-0.2 s on a loaded 2-core box
+    # The whole mail, with the standard library's MIME parsing (itself ~0.2-0.4 s here).
+    raw = _mail(body.replace("\n", "\r\n").encode(), **{"In-Reply-To": "<a@b>"})
+    started = time.perf_counter()
+    parse.parse_mail(raw, channel().settings)
+    assert time.perf_counter() - started < 3.0
+
+
+@pytest.mark.parametrize(
+    "html",
+    [
+        "<blockquote type=cite>q " * 40_000 + "<p>answer</p>",  # nested quotes never closed
+        "<div>" * 80_000 + "</span>" * 80_000,  # stray end tags below a deep stack
+    ],
+    ids=["nested-quotes", "stray-end-tags"],
+)
+def test_html_to_text_is_linear_on_hostile_markup(html: str) -> None:
+    assert len(html) >= 900_000
+    started = time.perf_counter()
+    text = htmltext.html_to_text(html)
+    assert time.perf_counter() - started < 3.0  # 0.5-0.9 s on a loaded 2-core box; was minutes
+    assert len(text) < 4 * len(html)
+    assert text.endswith("answer") if "answer" in html else text == ""
 
 
 # -- parse: charsets, structure, odd mail ---------------------------------------------------------

@@ -371,3 +371,23 @@ async def test_in_doubt_message_twilio_already_has_is_not_sent_again(
             assert [m["body"] for m in sent] == ["Anna: It ships today"]
             assert len(doubt.cut_off) == 1
             assert doubt.in_doubt("found", "sms") == 1
+
+
+async def test_mms_whose_media_is_gone_reaches_the_agent_with_a_note(world: World) -> None:
+    gone = world.fake_url + world.fake.add_media(b"\x89PNG", "image/png")
+    world.fake.media.clear()  # deleted at Twilio before extmsg fetched it: 404
+    result = await world.text(
+        "Photo of the meter", NumMedia="1", MediaUrl0=gone, MediaContentType0="image/png"
+    )
+    assert result.status == 200
+    conv = await world.conversation()
+
+    async def both() -> list[dict[str, Any]] | None:
+        shown = await world.messages(conv["id"])
+        return shown if len(shown) == 2 else None
+
+    text, note = [m["text"] for m in await eventually(both)]
+    assert text == "Photo of the meter"
+    assert note.startswith("[Attachment ")
+    assert "could not be delivered: the customer's file" in note
+    assert "is no longer available at Twilio" in note

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import Counter
 import random
 import signal
 import time
@@ -300,16 +301,13 @@ async def _diagnose(session: aiohttp.ClientSession, sandbox_url: str, dsn: str, 
     conn = await asyncpg.connect(dsn)
     try:
         jobs = await conn.fetch(
-            f"SELECT kind, state, count(*) AS n, max(attempts) AS attempts,"  # noqa: S608
+            "SELECT kind, state, count(*) AS n, max(attempts) AS attempts,"  # noqa: S608
             f" min(last_error) AS error FROM {schema}.jobs GROUP BY kind, state"
         )
     finally:
         await conn.close()
     async with session.get(f"{sandbox_url}/sandbox/api/deliveries") as resp:
         deliveries = await resp.json()
-    states: dict[str, int] = {}
-    for d in deliveries:
-        states[f"{d.get('name')}:{d.get('state')}"] = (
-            states.get(f"{d.get('name')}:{d.get('state')}", 0) + 1
-        )
-    return f"jobs: {[dict(r) for r in jobs]}\ndeliveries: {states}\nsample: {[d for d in deliveries if d.get('state') != 'delivered'][:2]}"
+    states = Counter(f"{d.get('name')}: {d.get('state')}" for d in deliveries)
+    waiting = [d for d in deliveries if d.get("state") != "delivered"][:2]
+    return f"jobs: {[dict(r) for r in jobs]}\ndeliveries: {dict(states)}\nwaiting: {waiting}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
-from extmsg.errors import PermanentError
+from extmsg.errors import FetchTooLarge, PermanentError
 from extmsg.fetch import origin_of
 
 from .content import base_mime
@@ -67,10 +67,12 @@ def check_outbound_size(kind: str, size: int) -> None:
         )
 
 
-def too_large_inbound(size: int, limit: int) -> PermanentError:
-    return PermanentError(
+def too_large_inbound(size: int, limit: int) -> FetchTooLarge:
+    return FetchTooLarge(
         f"The contact's file is too large to pass on ({_megabytes(size)}; this channel "
-        f"accepts at most {_megabytes(limit)})."
+        f"accepts at most {_megabytes(limit)}).",
+        limit=limit,
+        size=size,
     )
 
 

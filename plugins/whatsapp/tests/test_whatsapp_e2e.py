@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from whatsapp_testkit import (
     MAIN_NUMBER_ID,
     SUPPORT_NUMBER_ID,
     WEBHOOK_PATH,
+    load_cases,
 )
 
 from extmsg.plugins import build_hooks
@@ -162,7 +164,7 @@ async def _world(
         "engine": {"backoff_initial": 0.05, "backoff_max": 0.5},
         "channels": [
             _channel("wa-main", MAIN_NUMBER_ID, fake_url, template_name=TEMPLATE),
-            _channel("wa-support", SUPPORT_NUMBER_ID, fake_url),
+            _channel("wa-support", SUPPORT_NUMBER_ID, fake_url, media_max_bytes=1024 * 1024),
         ],
     }
     try:
@@ -343,3 +345,100 @@ async def test_a_body_nested_too_deep_is_a_400(world: World) -> None:
     async with world.session.post(world.webhook_url, data=body, headers=headers) as resp:
         assert resp.status == 400
         assert "nested deeper than 64 levels" in await resp.text()
+
+
+async def _metric(world: World, name: str) -> float:
+    async with world.session.get(f"{world.base}/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_a_status_for_a_message_we_never_sent_is_dropped_quietly(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Meta sends every app on the business account the statuses of every app's messages."""
+    caplog.set_level(logging.DEBUG, logger="extmsg")
+    [case] = [c for c in load_cases("inbound_statuses.json") if c["name"] == "sent"]
+    assert await world.webhook(case["request"]["body"]) == 200
+    unmatched = 'extmsg_statuses_unmatched_total{channel="wa-main"}'
+
+    async def dropped() -> float | None:
+        return await _metric(world, unmatched) or None
+
+    assert await eventually(dropped) == 1.0
+    await asyncio.sleep(0.3)
+    assert await _metric(world, "extmsg_dead_letters") == 0.0
+    assert (
+        await _metric(
+            world, 'extmsg_jobs_finished_total{kind="to_unblu.provider_status",outcome="dead"}'
+        )
+        == 0.0
+    )
+    # not a dead letter, not an error; its wait for a late match is no warning either
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("no message extmsg sent matches it" in r.getMessage() for r in caplog.records)
+
+
+async def _contact_sends_media(world: World, number_id: str, *messages: dict[str, Any]) -> None:
+    payload = wa.webhook_payload(
+        wa.entry(wa.value(number_id, contacts=[wa.contact(ALICE, "Alice")], messages=[*messages]))
+    )
+    assert await world.webhook(payload) == 200
+
+
+async def test_an_expired_media_id_reaches_the_agent_as_caption_and_note(world: World) -> None:
+    """Meta keeps media for 7 days but retries a webhook for up to 7 days: the id is gone."""
+    unknown_media_id = "1480396729813452"  # never stored: Graph answers error 100
+    photo = wa.media_message(
+        ALICE,
+        "image",
+        unknown_media_id,
+        mime_type="image/jpeg",
+        caption="My damaged parcel",
+    )
+    await _contact_sends_media(world, MAIN_NUMBER_ID, photo)
+    conv = await world.conversation(MAIN_NUMBER_ID)
+    [shown] = await world.messages(conv["id"])
+    assert shown["sourceId"] == photo["id"]
+    caption, note = shown["text"].split("\n")
+    assert caption == "My damaged parcel"
+    assert note.startswith(
+        f"[Attachment image-{unknown_media_id[-8:]}.jpg could not be delivered: "
+    )
+    assert "no longer available from WhatsApp" in note
+    assert note.endswith("]")
+    assert await _metric(world, "extmsg_dead_letters") == 0.0
+
+
+async def test_an_oversized_file_reaches_the_agent_as_a_note_beside_the_files_that_fit(
+    world: World,
+) -> None:
+    big = world.fake.add_media(b"%PDF" + b"x" * 1_500_000, "application/pdf", "statement.pdf")
+    small = world.fake.add_media(b"%PDF small", "application/pdf", "form.pdf")
+    too_big = wa.media_message(
+        ALICE,
+        "document",
+        big,
+        mime_type="application/pdf",
+        filename="statement.pdf",
+        caption="Here is the statement",
+    )
+    fits = wa.media_message(
+        ALICE, "document", small, mime_type="application/pdf", filename="form.pdf"
+    )
+    await _contact_sends_media(world, SUPPORT_NUMBER_ID, too_big, fits)
+    conv = await world.conversation(SUPPORT_NUMBER_ID)
+
+    async def both() -> list[dict[str, Any]] | None:
+        shown = await world.messages(conv["id"])
+        return shown if len(shown) == 2 else None
+
+    note, file = await eventually(both)
+    assert note["text"] == (
+        "Here is the statement\n"
+        "[Attachment statement.pdf could not be delivered: the file is larger than 1 MB]"
+    )
+    assert file["fileName"] == "form.pdf"
