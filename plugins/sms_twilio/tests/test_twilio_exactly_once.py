@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections import Counter
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
