@@ -177,17 +177,7 @@ def retry_jobs(config_path: Path, job_ids: tuple[int, ...], all_dead: bool) -> N
                 if len(dead) < _PAGE or not retried:
                     break
             return done, problems
-        for job_id in job_ids:
-            if await store.retry_job(job_id):
-                done.append(job_id)
-                continue
-            job = await store.get_job(job_id)
-            problems.append(
-                f"job {job_id} does not exist"
-                if job is None
-                else f"job {job_id} is {job.state}, not dead"
-            )
-        return done, problems
+        return await _each(store, job_ids, store.retry_job, "dead")
 
     done, problems = _with_store(config_path, retry)
     if done:
@@ -214,24 +204,11 @@ def skip_jobs(config_path: Path, job_ids: tuple[int, ...], all_held: bool) -> No
         raise HandledError("give job ids or --all-held, not both")
 
     async def skip(store: Store) -> tuple[list[int], list[str]]:
-        done: list[int] = []
-        problems: list[str] = []
-        ids = list(job_ids)
         if all_held:
             dead = await store.list_jobs(("dead",), 10**9)
             held = [job.id for job in dead if job.holds_lane]
-            return [job_id for job_id in held if await store.release_lane(job_id)], problems
-        for job_id in ids:
-            if await store.release_lane(job_id):
-                done.append(job_id)
-                continue
-            job = await store.get_job(job_id)
-            problems.append(
-                f"job {job_id} does not exist"
-                if job is None
-                else f"job {job_id} is {job.state}, not a dead letter holding its lane"
-            )
-        return done, problems
+            return [job_id for job_id in held if await store.release_lane(job_id)], []
+        return await _each(store, job_ids, store.release_lane, "a dead letter holding its lane")
 
     done, problems = _with_store(config_path, skip)
     if done:
@@ -240,6 +217,25 @@ def skip_jobs(config_path: Path, job_ids: tuple[int, ...], all_held: bool) -> No
         click.echo("no lane is held")
     if problems:
         raise HandledError("; ".join(problems))
+
+
+async def _each(
+    store: Store, job_ids: Sequence[int], act: Callable[[int], Awaitable[bool]], wanted: str
+) -> tuple[list[int], list[str]]:
+    """``act`` on each job; the ids it did, and a problem for each it refused (naming why)."""
+    done: list[int] = []
+    problems: list[str] = []
+    for job_id in job_ids:
+        if await act(job_id):
+            done.append(job_id)
+            continue
+        job = await store.get_job(job_id)
+        problems.append(
+            f"job {job_id} does not exist"
+            if job is None
+            else f"job {job_id} is {job.state}, not {wanted}"
+        )
+    return done, problems
 
 
 @outbox.command("purge")
