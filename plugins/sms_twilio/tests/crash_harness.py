@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 
 from extmsg.testing.helpers import free_port
+from extmsg.testing.tally import first_seen, inbound_by_contact, metric_total, sandbox_conversations
 from extmsg_sms_twilio.fake import FakeTwilio, inbound_params, new_sid
 
-__all__ = ["Balancer", "Tally", "Traffic", "serve_config", "tally"]
+__all__ = ["Balancer", "Tally", "Traffic", "metric_total", "serve_config", "tally"]
 
 CONFIG = """
 [server]
@@ -140,7 +139,7 @@ class Traffic:
         await asyncio.gather(*(self.text(contact(i), 0) for i in range(self.contacts)))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            convs = await _conversations(self.session, self.sandbox_url)
+            convs = await sandbox_conversations(self.session, self.sandbox_url)
             if len(convs) >= self.contacts:
                 self.conversations = {c["sourceId"]: c["id"] for c in convs}
                 return
@@ -218,12 +217,12 @@ class Tally:
 
 
 async def tally(traffic: Traffic) -> Tally:
-    arrived = await _inbound_by_contact(traffic.session, traffic.sandbox_url)
+    arrived = await inbound_by_contact(traffic.session, traffic.sandbox_url)
     expected = traffic.contacts * traffic.per_contact
     counts = Counter(sid for sids in arrived.values() for sid in sids)
     acked = [sid for sids in traffic.acked.values() for sid in sids]
     in_broken = [
-        sender for sender, sids in traffic.acked.items() if _first_seen(arrived[sender]) != sids
+        sender for sender, sids in traffic.acked.items() if first_seen(arrived[sender]) != sids
     ]
     sent: dict[str, list[str]] = defaultdict(list)
     for message in traffic.fake.messages:
@@ -233,7 +232,7 @@ async def tally(traffic: Traffic) -> Tally:
         i: [f"out {i} {n}" for n in range(traffic.per_contact)] for i in range(traffic.contacts)
     }
     out_broken = [
-        contact(i) for i, texts in wanted.items() if _first_seen(sent[contact(i)]) != texts
+        contact(i) for i, texts in wanted.items() if first_seen(sent[contact(i)]) != texts
     ]
     return Tally(
         expected=expected,
@@ -246,30 +245,6 @@ async def tally(traffic: Traffic) -> Tally:
         outbound_lost=sum(1 for texts in wanted.values() for t in texts if not bodies[t]),
         outbound_order_broken=out_broken,
     )
-
-
-async def _conversations(session: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
-    async with session.get(f"{url}/sandbox/api/conversations") as resp:
-        data = await resp.json()
-    return list(data["conversations"] if isinstance(data, dict) else data)
-
-
-async def _inbound_by_contact(session: aiohttp.ClientSession, url: str) -> dict[str, list[str]]:
-    """Each contact's messages that reached Unblu (their Twilio sids), in Unblu's order."""
-    out: dict[str, list[str]] = defaultdict(list)
-    for conv in await _conversations(session, url):
-        async with session.get(f"{url}/sandbox/api/conversations/{conv['id']}/messages") as resp:
-            data = await resp.json()
-        messages = data["messages"] if isinstance(data, dict) else data
-        out[conv["sourceId"]] += [
-            m["sourceId"] for m in messages if m.get("fromMessenger") and m.get("sourceId")
-        ]
-    return out
-
-
-def _first_seen(items: Sequence[str]) -> list[str]:
-    seen: set[str] = set()
-    return [x for x in items if not (x in seen or seen.add(x))]  # type: ignore[func-returns-value]
 
 
 class Balancer:
@@ -325,16 +300,3 @@ class Balancer:
             except (aiohttp.ClientError, TimeoutError):
                 continue
         return web.Response(status=502, text="no instance answered")
-
-
-_COUNTER = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
-
-
-def metric_total(text: str, name: str) -> float:
-    """The sum of a Prometheus metric's samples in an exposition text."""
-    total = 0.0
-    for line in text.splitlines():
-        match = _COUNTER.match(line)
-        if match and match["name"] == name:
-            total += float(match["value"])
-    return total

@@ -1,0 +1,78 @@
+"""Counting what arrived where, for end-to-end runs that kill or freeze ``extmsg serve``: the
+Unblu sandbox's conversations and messages, the order things were first seen in, a metric's
+value in a ``/metrics`` text."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+
+__all__ = [
+    "first_seen",
+    "inbound_by_contact",
+    "metric_total",
+    "sandbox_conversations",
+    "sandbox_messages",
+]
+
+
+def first_seen(items: Iterable[str]) -> list[str]:
+    """``items`` without repeats, each where it first appeared: what a reader sees in order."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+async def sandbox_conversations(session: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:
+    """Every conversation of the Unblu sandbox at ``url`` (its agent API)."""
+    async with session.get(f"{url}/sandbox/api/conversations") as resp:
+        data = await resp.json()
+    return list(data["conversations"] if isinstance(data, dict) else data)
+
+
+async def sandbox_messages(
+    session: aiohttp.ClientSession, url: str, conversation_id: str
+) -> list[dict[str, Any]]:
+    """One sandbox conversation's messages, in Unblu's order."""
+    async with session.get(f"{url}/sandbox/api/conversations/{conversation_id}/messages") as resp:
+        data = await resp.json()
+    return list(data["messages"] if isinstance(data, dict) else data)
+
+
+async def inbound_by_contact(session: aiohttp.ClientSession, url: str) -> dict[str, list[str]]:
+    """Each contact's messages that reached Unblu (their provider ids, the sandbox's
+    ``sourceId``), by the conversation's ``sourceId`` (the contact), in Unblu's order."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for conv in await sandbox_conversations(session, url):
+        messages = await sandbox_messages(session, url, conv["id"])
+        out[conv["sourceId"]] += [
+            m["sourceId"] for m in messages if m.get("fromMessenger") and m.get("sourceId")
+        ]
+    return out
+
+
+_SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
+_LABEL = re.compile(r'(?P<key>[a-zA-Z_]+)="(?P<value>(?:[^"\\]|\\.)*)"')
+
+
+def metric_total(text: str, name: str, labels: Mapping[str, str] | None = None) -> float:
+    """The sum of a Prometheus metric's samples in an exposition text; with ``labels``, only
+    the samples carrying all of them."""
+    wanted = dict(labels or {})
+    total = 0.0
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if not match or match["name"] != name:
+            continue
+        have = {m["key"]: m["value"] for m in _LABEL.finditer(match["labels"] or "")}
+        if all(have.get(k) == v for k, v in wanted.items()):
+            total += float(match["value"])
+    return total
