@@ -345,7 +345,7 @@ async def test_kill_9_whatsapp_doubles_are_all_counted(tmp_path: Path, sandbox: 
         access_token=ACCESS_TOKEN,
         app_secret=APP_SECRET,
         webhook_url=base + WEBHOOK_PATH,
-        auto_statuses=("sent", "delivered"),
+        auto_statuses=("delivered",),
     )
     graph.middlewares.append(_answer_late(random.Random(7)))
     fake_server = TestServer(graph)
