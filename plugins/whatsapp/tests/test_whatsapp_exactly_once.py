@@ -232,7 +232,8 @@ class Run:
         copies: Counter[str] = Counter()
         texts: dict[str, set[str]] = defaultdict(set)
         for request in self.fake.sent:
-            body = request["text"]["body"]
+            # anything but text (a template: the 24-hour window seen closed) counts as lost
+            body = request.get("text", {}).get("body") or f"<{request.get('type')}>"
             sent[request["to"]].append(body)
             copies[request["biz_opaque_callback_data"]] += 1
             texts[request["biz_opaque_callback_data"]].add(body)
