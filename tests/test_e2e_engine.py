@@ -109,6 +109,15 @@ async def test_late_statuses_never_move_a_state_backwards(world: World) -> None:
     assert await state_of("second", "FAILED")
 
 
+async def _jobs_done(world: World, kind: str) -> float | None:
+    """How many jobs of ``kind`` finished; None while none has."""
+    async with world.session.get(f"{world.base}/metrics") as resp:
+        text = await resp.text()
+    name = f'extmsg_jobs_finished_total{{kind="{kind}",outcome="done"}}'
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
 def _raw(body: Any) -> bytes:
     import json
 
@@ -137,8 +146,12 @@ async def test_a_split_message_resumes_after_its_failed_part(world: World) -> No
 
     await eventually(sent)
     assert [s["text"] for s in world.provider.sends] == ["Bo: part one", "part two"]
-    # A status for the second part's provider id finds the message too.
+    # A status for the second part's provider id finds the message too; it is delivered
+    # once both parts are.
     assert await world.inbound({"statuses": [{"state": "delivered", "id": "lp-2"}]}) == 200
+    await eventually(lambda: _jobs_done(world, "to_unblu.provider_status"))
+    assert await sent()
+    assert await world.inbound({"statuses": [{"state": "delivered", "id": "lp-1"}]}) == 200
 
     async def delivered() -> dict[str, Any] | None:
         for m in await world.messages(conv["id"]):
@@ -174,3 +187,39 @@ async def test_unblu_repeating_a_failed_message_sends_it_again(world: World) -> 
     [sent] = await eventually(lambda: at_least(world.provider.sends, 1))
     assert sent["text"].endswith(": Try me")
     await eventually(lambda: in_state("SENT"))
+
+
+async def test_an_early_parts_status_does_not_end_a_message_still_being_sent(
+    world: World,
+) -> None:
+    """The provider refuses part two (retryably) and reports part one delivered before the
+    retry: the message stays unsent in Unblu, the retry sends part two, and the message is
+    delivered once both parts are."""
+    assert await world.say("p1", "Hi") == 200
+    [conv] = await eventually(world.conversations)
+    world.provider.fail_text["part two"] = 10**6  # refused until cleared
+    text = "part one|part two"
+    await world.agent(f"conversations/{conv['id']}/messages", "POST", text=text, senderName="Bo")
+    [first] = await eventually(lambda: at_least(world.provider.sends, 1))
+    status = {"state": "delivered", "id": "lp-1", "ref": first["ref"]}
+    assert await world.inbound({"statuses": [status]}) == 200
+
+    await eventually(lambda: _jobs_done(world, "to_unblu.provider_status"))
+
+    async def state() -> str:
+        [message] = [m for m in await world.messages(conv["id"]) if m.get("text") == text]
+        return str(message["state"])
+
+    assert await state() not in ("SENT", "DELIVERED")
+    world.provider.fail_text.clear()
+
+    async def in_state(wanted: str) -> bool:
+        return await state() == wanted
+
+    await eventually(lambda: in_state("SENT"))
+    assert [s["text"] for s in world.provider.sends] == ["Bo: part one", "part two"]
+    second = {"state": "delivered", "id": "lp-2", "ref": first["ref"]}
+    assert await world.inbound({"statuses": [second]}) == 200
+    await eventually(lambda: in_state("DELIVERED"))
+    await asyncio.sleep(0.3)
+    assert [s["text"] for s in world.provider.sends] == ["Bo: part one", "part two"]

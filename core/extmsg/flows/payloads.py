@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from ..models import ContactUpdate, InboundMessage, StatusUpdate
+from ..models import ContactUpdate, InboundMessage, MessageState, StatusUpdate
 from ..unblu.calls import AgentMessage
 
 __all__ = [
@@ -20,12 +20,14 @@ __all__ = [
     "MarkReadJob",
     "OutboundMessageJob",
     "ProviderStatusJob",
+    "ReportedState",
     "ToUnbluJob",
     "UnbluStateJob",
     "decode",
     "encode",
     "lane",
     "new_id",
+    "reported_state",
 ]
 
 
@@ -55,11 +57,26 @@ class ProviderStatusJob(_Payload, frozen=True, tag="to_unblu.provider_status"):
     update: StatusUpdate
 
 
+ReportedState = Literal["sent", "delivered", "read", "failed"]
+
+_REPORTED: dict[MessageState, ReportedState] = {
+    MessageState.SENT: "sent",
+    MessageState.DELIVERED: "delivered",
+    MessageState.READ: "read",
+    MessageState.FAILED: "failed",
+}
+
+
+def reported_state(state: MessageState) -> ReportedState:
+    """The name a state is reported to Unblu by (PENDING is never reported)."""
+    return _REPORTED[state]
+
+
 class UnbluStateJob(_Payload, frozen=True, tag="to_unblu.state"):
     """Report an agent message's state to Unblu (sent / delivered / read / failed)."""
 
     message_id: str
-    state: Literal["sent", "delivered", "read", "failed"]
+    state: ReportedState
     failure_text: str | None = None
     terminal: bool = True
 

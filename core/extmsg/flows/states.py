@@ -1,7 +1,13 @@
 """Message states: the provider's statuses and Unblu's reads, correlated and passed on.
 
-States only move forward (``Store.advance_state``); a status that arrives late or twice changes
+States only move forward (``Store.apply_status``); a status that arrives late or twice changes
 nothing and reports nothing. Unblu hears only the latest state a message reached.
+
+A message sent in parts (a long SMS as several, a text and a file) is sent once all its parts
+went out, delivered once every part is, read once every part is; a part that failed fails it.
+A status for one part while later parts are still to be sent (a retry waiting on a refused
+part) is kept on that part and counted when the last part is recorded, so the retry still
+sends the rest.
 """
 
 from __future__ import annotations
@@ -50,13 +56,20 @@ async def apply_provider_status(runtime: Runtime, job: Job, payload: p.ProviderS
     error = update.error_text or (
         f"provider error {update.error_code}" if update.error_code else None
     )
-    if not await runtime.store.advance_state(row.id, state, error):
+    outcome = await runtime.store.apply_status(row.id, update.provider_message_id, state, error)
+    if not outcome.applied:
+        # Names no part recorded yet while parts are still being sent: its part's record (or
+        # the last part's, for a status naming none) is on its way. Not capped like an
+        # unmatched status: the message is ours, and it ends sent or failed, either of which
+        # settles this status.
+        raise NotYet("the message is still being sent and has no part of this id yet")
+    if outcome.state is None:
         return
     report = p.UnbluStateJob(
         channel=payload.channel,
         message_id=row.id,
-        state=update.state,
-        failure_text=error,
+        state=p.reported_state(outcome.state),
+        failure_text=error if outcome.state == MessageState.FAILED else None,
         terminal=True,
     )
     assert runtime.engine is not None

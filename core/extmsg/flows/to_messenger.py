@@ -34,8 +34,11 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
     channel = runtime.channel(payload.channel)
     stored = await runtime.store.get_message(payload.message_id)
     if stored is not None and stored.state >= MessageState.SENT:
-        # Sent before a crash or a failed report: only the report is missing.
-        await _enqueue_report(runtime, payload)
+        # A message reaches SENT only once all its parts went out (Store.complete_message;
+        # a status for an early part waits on the part): sent in full before a crash or a
+        # failed report, so only the report may be missing. FAILED: reported when it failed.
+        if stored.state != MessageState.FAILED:
+            await _enqueue_report(runtime, payload, stored.state)
         return
     agent = payload.message
     address, thread = await _recipient(runtime, payload)
@@ -88,8 +91,11 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
         await runtime.store.record_part(
             payload.message_id, channel.name, index, result.provider_message_id, job=job
         )
-    await runtime.store.advance_state(payload.message_id, MessageState.SENT, job=job)
-    await _enqueue_report(runtime, payload)
+    # SENT, or further when the provider reported on every part before the last was
+    # recorded; FAILED when it reported one failed.
+    settled = await runtime.store.complete_message(payload.message_id, job=job)
+    if settled is not None:
+        await _enqueue_report(runtime, payload, settled.state, settled.error)
 
 
 async def _look_before_sending(
@@ -213,8 +219,20 @@ async def _reply_to(runtime: Runtime, channel: str, agent: AgentMessage) -> str 
     return row.provider_message_id if row else None
 
 
-async def _enqueue_report(runtime: Runtime, payload: p.OutboundMessageJob) -> None:
-    report = p.UnbluStateJob(channel=payload.channel, message_id=payload.message_id, state="sent")
+async def _enqueue_report(
+    runtime: Runtime,
+    payload: p.OutboundMessageJob,
+    state: MessageState,
+    error: str | None = None,
+) -> None:
+    failed = state == MessageState.FAILED
+    report = p.UnbluStateJob(
+        channel=payload.channel,
+        message_id=payload.message_id,
+        state=p.reported_state(state),
+        failure_text=error if failed else None,
+        terminal=failed,
+    )
     assert runtime.engine is not None
     await runtime.engine.intake([Intake(job=report_state_job(report))])
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -35,8 +35,11 @@ __all__ = [
     "MessageRow",
     "NewJob",
     "NewMessage",
+    "StatusOutcome",
     "Store",
     "fence_of",
+    "parts_state",
+    "status_target",
 ]
 
 JobState = Literal["ready", "running", "done", "dead"]
@@ -161,6 +164,49 @@ class MediaRow(_Row, frozen=True):
     mime_type: str
     data: bytes
     expires_at: float
+
+
+class StatusOutcome(_Row, frozen=True):
+    """What a provider's status did to the message it names (:meth:`Store.apply_status`)."""
+
+    applied: bool
+    """False when nothing could be applied yet: the message is still being sent and no part
+    recorded so far has the status's id (the status outran the part's record, or names no
+    part). Nothing changed; apply it again later."""
+    state: MessageState | None = None
+    """The message's new state when the status moved it forward; None when it stayed."""
+
+
+def parts_state(parts: Iterable[MessageState]) -> MessageState:
+    """The state of a message all of whose parts went out, from its parts' states: FAILED when
+    one failed, else the least any part reached (delivered when every part is delivered)."""
+    states = list(parts)
+    if MessageState.FAILED in states:
+        return MessageState.FAILED
+    return min(states, default=MessageState.SENT)
+
+
+def status_target(
+    current: MessageState, status: MessageState, parts: Sequence[MessageState] | None
+) -> MessageState | None:
+    """The state a message in state ``current`` moves to on a provider's ``status``.
+
+    ``parts``: its parts' states after the status was applied to the part it names, or None
+    when it names none of them. None: apply it again later (only while the message is still
+    being sent, i.e. PENDING). Returns ``current`` when nothing moves.
+    """
+    if current == MessageState.FAILED:
+        return current
+    if parts is None:
+        # A status naming no recorded part: the whole message's, once all its parts went out.
+        if current == MessageState.PENDING:
+            return None
+        return max(current, status)
+    if status == MessageState.FAILED:
+        return status  # a part that failed fails the message, sent in full or not
+    if current == MessageState.PENDING:
+        return current  # kept on the part; the last part's record settles the message
+    return max(current, parts_state(parts))
 
 
 class Store(abc.ABC):
@@ -385,6 +431,34 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def sent_parts(self, message_id: str) -> dict[int, str]:
         """Part number → provider id, for the parts of a message already sent."""
+
+    @abc.abstractmethod
+    async def complete_message(
+        self, message_id: str, *, job: Job | None = None
+    ) -> MessageRow | None:
+        """Every part of the message is recorded: move its state forward to what its parts
+        reached (:func:`parts_state`; SENT unless statuses for its parts came first), in one
+        write with the statuses of :meth:`apply_status`, so none is lost between the two.
+
+        The row after the write when the state moved; None when it stayed (e.g. FAILED).
+        ``job``: as for :meth:`update_message`.
+        """
+
+    @abc.abstractmethod
+    async def apply_status(
+        self,
+        message_id: str,
+        provider_message_id: str | None,
+        state: MessageState,
+        error: str | None = None,
+    ) -> StatusOutcome:
+        """Apply a provider's status for the outbound message ``message_id``.
+
+        The part whose provider id is ``provider_message_id`` moves forward to ``state``; the
+        message moves only as :func:`status_target` says: to SENT and beyond only once all its
+        parts went out (:meth:`complete_message`), so a retry of a message some of whose parts
+        are still to send never takes it for sent. ``error`` is kept with a failure.
+        """
 
     @abc.abstractmethod
     async def find_message_by_part(

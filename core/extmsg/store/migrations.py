@@ -179,6 +179,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX jobs_held ON jobs (lane, id) WHERE holds_lane = 1;
         """,
     ),
+    Migration(
+        10,
+        "each part's own delivery state, so a message is sent, delivered or read only once all"
+        " its parts are",
+        """
+        ALTER TABLE message_parts ADD COLUMN state INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE message_parts ADD COLUMN error TEXT;
+        """,
+    ),
 )
 
 # Times are epoch seconds (DOUBLE PRECISION) as in SQLite, so both stores hand out the same rows
@@ -321,6 +330,15 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         """
         ALTER TABLE jobs ADD COLUMN holds_lane BOOLEAN NOT NULL DEFAULT FALSE;
         CREATE INDEX jobs_held ON jobs (lane, id) WHERE holds_lane;
+        """,
+    ),
+    Migration(
+        7,
+        "each part's own delivery state, so a message is sent, delivered or read only once all"
+        " its parts are",
+        """
+        ALTER TABLE message_parts ADD COLUMN state INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE message_parts ADD COLUMN error TEXT;
         """,
     ),
 )

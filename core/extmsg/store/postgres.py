@@ -57,8 +57,11 @@ from .base import (
     JobState,
     MediaRow,
     MessageRow,
+    StatusOutcome,
     Store,
     fence_of,
+    parts_state,
+    status_target,
 )
 from .migrations import POSTGRES_MIGRATIONS
 from .rows import (
@@ -873,16 +876,7 @@ class PostgresStore(Store):
         now = time.time()
         fence = fence_of(job)
         async with self._tx() as conn:
-            if job is not None and fence is not None:
-                # Locked as in _update_held, for the same reason.
-                held = await conn.fetchval(
-                    "SELECT 1 FROM jobs WHERE id = $1 AND fence = $2 AND state = 'running'"
-                    " FOR SHARE",
-                    job.id,
-                    fence,
-                )
-                if held is None:
-                    raise LeaseLost(job.id, fence)
+            await _hold(conn, job, fence)
             await conn.execute(
                 "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
                 " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -918,6 +912,74 @@ class PostgresStore(Store):
             provider_message_id,
         )
         return message_row(row) if row else None
+
+    # complete_message and apply_status lock the message's row before they read its parts:
+    # each runs after the other has committed and reads (READ COMMITTED, statement by
+    # statement) the parts the other wrote, so a status kept on a part while the message was
+    # still being sent is counted when the last part is recorded.
+    async def complete_message(
+        self, message_id: str, *, job: Job | None = None
+    ) -> MessageRow | None:
+        fence = fence_of(job)
+        async with self._tx() as conn:
+            await _hold(conn, job, fence)
+            current = await conn.fetchval(
+                "SELECT state FROM messages WHERE id = $1 FOR UPDATE", message_id
+            )
+            if current is None or current == MessageState.FAILED:
+                return None
+            parts = await conn.fetch(
+                "SELECT state, error FROM message_parts WHERE message_id = $1 ORDER BY part",
+                message_id,
+            )
+            target = parts_state(MessageState(p[0]) for p in parts)
+            if target <= current:
+                return None
+            error = next((p[1] for p in parts if p[0] == MessageState.FAILED), None)
+            return await _set_state(conn, message_id, target, error)
+
+    async def apply_status(
+        self,
+        message_id: str,
+        provider_message_id: str | None,
+        state: MessageState,
+        error: str | None = None,
+    ) -> StatusOutcome:
+        failed = error if state == MessageState.FAILED else None
+        async with self._tx() as conn:
+            row = await conn.fetchval(
+                "SELECT state FROM messages WHERE id = $1 FOR UPDATE", message_id
+            )
+            if row is None:
+                return StatusOutcome(applied=False)
+            current = MessageState(row)
+            parts: list[MessageState] | None = None
+            if provider_message_id is not None and _rowcount(
+                await conn.execute(
+                    "UPDATE message_parts SET"
+                    " state = CASE WHEN $1 > state AND state <> $2 THEN $1 ELSE state END,"
+                    " error = COALESCE($3, error)"
+                    " WHERE message_id = $4 AND provider_message_id = $5",
+                    int(state),
+                    int(MessageState.FAILED),
+                    failed,
+                    message_id,
+                    provider_message_id,
+                )
+            ):
+                parts = [
+                    MessageState(p[0])
+                    for p in await conn.fetch(
+                        "SELECT state FROM message_parts WHERE message_id = $1", message_id
+                    )
+                ]
+            target = status_target(current, state, parts)
+            if target is None:
+                return StatusOutcome(applied=False)
+            if target <= current:
+                return StatusOutcome(applied=True)
+            await _set_state(conn, message_id, target, failed)
+            return StatusOutcome(applied=True, state=target)
 
     async def thread_meta(self, channel: str, thread: str) -> dict[str, str]:
         rows = await self._fetch(
@@ -1089,3 +1151,31 @@ def _rowcount(status: str) -> int:
     """The row count of a command status such as ``UPDATE 3`` or ``INSERT 0 1``."""
     last = status.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else 0
+
+
+async def _hold(conn: asyncpg.Connection, job: Job | None, fence: int | None) -> None:
+    """Raise :class:`LeaseLost` unless ``job`` still runs under the claim ``fence`` (None:
+    nothing to check). The job's row is locked as in ``_update_held``, for the same reason."""
+    if job is None or fence is None:
+        return
+    held = await conn.fetchval(
+        "SELECT 1 FROM jobs WHERE id = $1 AND fence = $2 AND state = 'running' FOR SHARE",
+        job.id,
+        fence,
+    )
+    if held is None:
+        raise LeaseLost(job.id, fence)
+
+
+async def _set_state(
+    conn: asyncpg.Connection, message_id: str, state: MessageState, error: str | None
+) -> MessageRow:
+    row = await conn.fetchrow(
+        "UPDATE messages SET state = $1, error = COALESCE($2, error), updated_at = $3"  # noqa: S608
+        f" WHERE id = $4 RETURNING {MESSAGE_COLUMNS}",
+        int(state),
+        error,
+        time.time(),
+        message_id,
+    )
+    return message_row(row)

@@ -44,8 +44,11 @@ from .base import (
     MediaRow,
     MessageRow,
     NewMessage,
+    StatusOutcome,
     Store,
     fence_of,
+    parts_state,
+    status_target,
 )
 from .migrations import MIGRATIONS
 from .rows import (
@@ -798,6 +801,76 @@ class SqliteStore(Store):
         )
         return message_row(row) if row else None
 
+    async def complete_message(
+        self, message_id: str, *, job: Job | None = None
+    ) -> MessageRow | None:
+        fence = fence_of(job)
+
+        def complete(db: sqlite3.Connection) -> MessageRow | None:
+            _held(db, job, fence)
+            row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None or row[0] == MessageState.FAILED:
+                return None
+            parts = db.execute(
+                "SELECT state, error FROM message_parts WHERE message_id = ? ORDER BY part",
+                (message_id,),
+            ).fetchall()
+            target = parts_state(MessageState(p[0]) for p in parts)
+            if target <= row[0]:
+                return None
+            error = next((p[1] for p in parts if p[0] == MessageState.FAILED), None)
+            return _set_state(db, message_id, target, error)
+
+        return await self._run(complete)
+
+    async def apply_status(
+        self,
+        message_id: str,
+        provider_message_id: str | None,
+        state: MessageState,
+        error: str | None = None,
+    ) -> StatusOutcome:
+        failed = error if state == MessageState.FAILED else None
+
+        def apply(db: sqlite3.Connection) -> StatusOutcome:
+            row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+            if row is None:
+                return StatusOutcome(applied=False)
+            current = MessageState(row[0])
+            parts: list[MessageState] | None = None
+            if (
+                provider_message_id is not None
+                and db.execute(
+                    "UPDATE message_parts SET"
+                    " state = CASE WHEN ? > state AND state != ? THEN ? ELSE state END,"
+                    " error = COALESCE(?, error)"
+                    " WHERE message_id = ? AND provider_message_id = ?",
+                    (
+                        int(state),
+                        int(MessageState.FAILED),
+                        int(state),
+                        failed,
+                        message_id,
+                        provider_message_id,
+                    ),
+                ).rowcount
+            ):
+                parts = [
+                    MessageState(p[0])
+                    for p in db.execute(
+                        "SELECT state FROM message_parts WHERE message_id = ?", (message_id,)
+                    )
+                ]
+            target = status_target(current, state, parts)
+            if target is None:
+                return StatusOutcome(applied=False)
+            if target <= current:
+                return StatusOutcome(applied=True)
+            _set_state(db, message_id, target, failed)
+            return StatusOutcome(applied=True, state=target)
+
+        return await self._run(apply)
+
     async def thread_meta(self, channel: str, thread: str) -> dict[str, str]:
         rows = await self._few(
             "SELECT key, value FROM thread_meta WHERE channel = ? AND thread = ?",
@@ -959,6 +1032,17 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
             [v for row, head in rows for v in (*row, head)],
         )
     return results
+
+
+def _set_state(
+    db: sqlite3.Connection, message_id: str, state: MessageState, error: str | None
+) -> MessageRow:
+    row = db.execute(
+        "UPDATE messages SET state = ?, error = COALESCE(?, error), updated_at = ?"  # noqa: S608
+        f" WHERE id = ? RETURNING {MESSAGE_COLUMNS}",
+        (int(state), error, time.time(), message_id),
+    ).fetchone()
+    return message_row(row)
 
 
 def _held(db: sqlite3.Connection, job: Job | None, fence: int | None) -> None:
