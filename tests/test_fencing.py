@@ -109,6 +109,8 @@ async def test_a_late_holder_changes_nothing(instances: tuple[Store, Store]) -> 
         await old.update_message("m1", unblu_message_id="u-late", job=first)
     with pytest.raises(LeaseLost):
         await old.advance_state("m1", MessageState.SENT, job=first)
+    with pytest.raises(LeaseLost):
+        await old.complete_message("m1", job=first)
 
     now = await stored(new, second.id)
     assert (now.state, now.fence, now.attempts) == ("running", second.fence, 1)
@@ -125,7 +127,9 @@ async def test_a_late_holder_changes_nothing(instances: tuple[Store, Store]) -> 
     assert await new.hold_job(second.id, second.fence, 30)
     assert await new.renew_lease([second.id], 30, fences={second.id: second.fence}) == [second.id]
     await new.record_part("m1", "sms", 0, "SM-1", job=second)
-    assert await new.advance_state("m1", MessageState.SENT, job=second)
+    done = await new.complete_message("m1", job=second)
+    assert done is not None
+    assert done.state == MessageState.SENT
     await new.update_message("m1", unblu_message_id="u1", job=second)
     assert await new.complete_job(second.id, fence=second.fence)
     assert await new.sent_parts("m1") == {0: "SM-1"}

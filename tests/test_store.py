@@ -14,7 +14,16 @@ import asyncpg
 import pytest
 
 from extmsg.models import MessageState
-from extmsg.store.base import Intake, MediaRow, NewJob, NewMessage, Store
+from extmsg.store.base import (
+    Intake,
+    MediaRow,
+    NewJob,
+    NewMessage,
+    StatusOutcome,
+    Store,
+    parts_state,
+    status_target,
+)
 from extmsg.store.migrations import MIGRATIONS
 from extmsg.store.postgres import PostgresStore
 from extmsg.store.sqlite import SqliteStore
@@ -485,6 +494,112 @@ async def test_parts_are_recorded_once_and_find_their_message(store: Store) -> N
     assert found is not None
     assert found.id == "o1"
     assert await store.find_message_by_part("other", "SM-b") is None
+
+
+async def _state(store: Store, message_id: str) -> MessageState:
+    row = await store.get_message(message_id)
+    assert row is not None
+    return row.state
+
+
+async def _two_parts(store: Store) -> None:
+    out = NewMessage(id="o1", channel="sms", direction="out", thread="t", unblu_message_id="u1")
+    await store.intake([Intake(message=out)])
+    await store.record_part("o1", "sms", 0, "SM-a")
+
+
+async def test_a_parts_status_waits_until_every_part_is_sent(store: Store) -> None:
+    await _two_parts(store)
+    # Part one delivered while part two is still to send: kept on the part only.
+    assert await store.apply_status("o1", "SM-a", MessageState.DELIVERED) == StatusOutcome(
+        applied=True
+    )
+    assert await _state(store, "o1") == MessageState.PENDING
+    # A status for a part not recorded yet, or naming none, cannot be placed: later.
+    assert not (await store.apply_status("o1", "SM-b", MessageState.DELIVERED)).applied
+    assert not (await store.apply_status("o1", None, MessageState.DELIVERED)).applied
+    assert await _state(store, "o1") == MessageState.PENDING
+
+    await store.record_part("o1", "sms", 1, "SM-b")
+    done = await store.complete_message("o1")
+    assert done is not None
+    assert done.state == MessageState.SENT  # part two is only sent
+    assert await store.complete_message("o1") is None  # a second completion moves nothing
+    assert await store.apply_status("o1", "SM-b", MessageState.READ) == StatusOutcome(
+        applied=True, state=MessageState.DELIVERED
+    )
+    assert await store.apply_status("o1", "SM-b", MessageState.DELIVERED) == StatusOutcome(
+        applied=True
+    )
+    assert await store.apply_status("o1", "SM-a", MessageState.READ) == StatusOutcome(
+        applied=True, state=MessageState.READ
+    )
+    assert await _state(store, "o1") == MessageState.READ
+
+
+async def test_statuses_of_every_part_before_the_last_record_settle_on_completion(
+    store: Store,
+) -> None:
+    await _two_parts(store)
+    await store.apply_status("o1", "SM-a", MessageState.DELIVERED)
+    await store.record_part("o1", "sms", 1, "SM-b")
+    await store.apply_status("o1", "SM-b", MessageState.READ)
+    assert await _state(store, "o1") == MessageState.PENDING
+    done = await store.complete_message("o1")
+    assert done is not None
+    assert done.state == MessageState.DELIVERED
+
+
+async def test_a_failed_part_fails_its_message_at_once(store: Store) -> None:
+    await _two_parts(store)
+    assert await store.apply_status(
+        "o1", "SM-a", MessageState.FAILED, "Unreachable destination handset"
+    ) == StatusOutcome(applied=True, state=MessageState.FAILED)
+    row = await store.get_message("o1")
+    assert row is not None
+    assert (row.state, row.error) == (MessageState.FAILED, "Unreachable destination handset")
+    await store.record_part("o1", "sms", 1, "SM-b")
+    assert await store.complete_message("o1") is None
+    assert await store.apply_status("o1", "SM-b", MessageState.DELIVERED) == StatusOutcome(
+        applied=True
+    )
+    assert await _state(store, "o1") == MessageState.FAILED
+
+
+async def test_a_status_naming_no_part_of_a_sent_message_applies_to_the_message(
+    store: Store,
+) -> None:
+    """A status by our reference alone (or an id of no recorded part), once every part went
+    out: the whole message's, as for a message sent in one piece."""
+    await _two_parts(store)
+    await store.complete_message("o1")
+    assert await store.apply_status("o1", None, MessageState.DELIVERED) == StatusOutcome(
+        applied=True, state=MessageState.DELIVERED
+    )
+    assert await store.apply_status("o1", "SM-x", MessageState.READ) == StatusOutcome(
+        applied=True, state=MessageState.READ
+    )
+
+
+def test_a_message_is_as_far_as_its_least_advanced_part() -> None:
+    sent, delivered, read, failed = (
+        MessageState.SENT,
+        MessageState.DELIVERED,
+        MessageState.READ,
+        MessageState.FAILED,
+    )
+    assert parts_state([]) == sent
+    assert parts_state([read, delivered]) == delivered
+    assert parts_state([read, read]) == read
+    assert parts_state([read, failed, sent]) == failed
+    pending = MessageState.PENDING
+    assert status_target(pending, delivered, [delivered, sent]) == pending
+    assert status_target(pending, failed, [failed, sent]) == failed
+    assert status_target(pending, delivered, None) is None
+    assert status_target(sent, delivered, [delivered, sent]) == sent
+    assert status_target(sent, delivered, [delivered, delivered]) == delivered
+    assert status_target(read, delivered, [delivered, delivered]) == read
+    assert status_target(failed, read, None) == failed
 
 
 async def test_media_expires_and_is_purged(store: Store) -> None:

@@ -23,9 +23,10 @@ import pytest
 from extmsg.config import EngineConfig, parse_config
 from extmsg.engine import Engine
 from extmsg.errors import ConfigError, HandledError
+from extmsg.models import MessageState
 from extmsg.store import open_store
 from extmsg.store import postgres as postgres_module
-from extmsg.store.base import ChannelRow, Intake, Job, NewJob
+from extmsg.store.base import ChannelRow, Intake, Job, NewJob, NewMessage
 from extmsg.store.migrations import POSTGRES_MIGRATIONS
 from extmsg.store.postgres import PostgresStore, describe_dsn
 
@@ -352,6 +353,38 @@ async def test_an_intake_that_deadlocked_is_written_again(
     assert calls == [1, 1]
     assert [(r.accepted, r.message_id) for r in results] == [(True, "m1")]
     assert await a.job_counts() == {"ready": 1, "running": 0, "done": 0, "dead": 0, "held": 0}
+
+
+async def test_statuses_racing_the_last_part_of_a_message_are_never_lost(
+    instances: list[PostgresStore],
+) -> None:
+    """Instance a records a message's last part and completes it while instance b applies
+    every part's delivery report: however they interleave, the message ends delivered."""
+    a, b = instances
+    rounds = 60
+    await a.intake(
+        [
+            Intake(message=NewMessage(id=f"o{n}", channel="sms", direction="out", thread="t"))
+            for n in range(rounds)
+        ]
+    )
+    for n in range(rounds):
+        await a.record_part(f"o{n}", "sms", 0, f"SM-{n}-a")
+        await a.record_part(f"o{n}", "sms", 1, f"SM-{n}-b")
+
+    async def report(n: int, part: str) -> None:
+        await asyncio.sleep(random.random() / 1000)
+        await b.apply_status(f"o{n}", f"SM-{n}-{part}", MessageState.DELIVERED)
+
+    async def complete(n: int) -> None:
+        await asyncio.sleep(random.random() / 1000)
+        await a.complete_message(f"o{n}")
+
+    await asyncio.gather(
+        *(step for n in range(rounds) for step in (report(n, "a"), report(n, "b"), complete(n)))
+    )
+    states = [await a.get_message(f"o{n}") for n in range(rounds)]
+    assert [r.state if r else None for r in states] == [MessageState.DELIVERED] * rounds
 
 
 # -- migrations -------------------------------------------------------------------------------
