@@ -21,7 +21,9 @@ Endpoints:
   that forwards Twilio credentials across the redirect fails here
 - ``GET  /fake/messages``: every send, newest last, with its callbacks' outcome
 - ``POST /fake/failures`` ``{"to": "+1…", "scenario": "opted_out", "times": 1}``: script a failure
-  for one destination (``times`` omitted: until cleared); ``DELETE /fake/failures`` clears them
+  for one destination (``times`` omitted: until cleared; ``"after": n``: the next ``n`` sends
+  go through first, e.g. part two of a split message fails); ``DELETE /fake/failures`` clears
+  them
 - ``POST /fake/inbound`` ``{"url": …, "params": {…}}``: deliver a signed inbound webhook
 """
 
@@ -143,6 +145,7 @@ SCENARIOS: dict[str, FakeFailure] = {
 class _Scripted(msgspec.Struct, kw_only=True):
     failure: FakeFailure
     times: int | None
+    after: int = 0
 
 
 class InboundResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -256,14 +259,17 @@ class FakeTwilio:
             self.fail(number, scenario)
 
     # -- scripting --------------------------------------------------------------------------
-    def fail(self, to: str, scenario: str | FakeFailure, *, times: int | None = None) -> None:
-        """Make sends to ``to`` fail (``times`` sends, or until :meth:`clear_failures`)."""
+    def fail(
+        self, to: str, scenario: str | FakeFailure, *, times: int | None = None, after: int = 0
+    ) -> None:
+        """Make sends to ``to`` fail (``times`` sends, or until :meth:`clear_failures`), once
+        ``after`` sends to it went through."""
         if isinstance(scenario, str):
             if scenario not in SCENARIOS:
                 known = ", ".join(sorted(SCENARIOS))
                 raise ValueError(f"unknown scenario {scenario!r} (known: {known})")
             scenario = SCENARIOS[scenario]
-        self._failures[to] = _Scripted(failure=scenario, times=times)
+        self._failures[to] = _Scripted(failure=scenario, times=times, after=after)
 
     def clear_failures(self) -> None:
         self._failures.clear()
@@ -290,6 +296,9 @@ class FakeTwilio:
     def _take_failure(self, to: str) -> FakeFailure | None:
         scripted = self._failures.get(to)
         if scripted is None:
+            return None
+        if scripted.after > 0:
+            scripted.after -= 1
             return None
         if scripted.times is not None:
             scripted.times -= 1
@@ -533,8 +542,13 @@ class FakeTwilio:
             return web.json_response({"failures": {}})
         data = await request.json()
         try:
-            self.fail(str(data["to"]), str(data["scenario"]), times=data.get("times"))
-        except (KeyError, ValueError) as exc:
+            self.fail(
+                str(data["to"]),
+                str(data["scenario"]),
+                times=data.get("times"),
+                after=int(data.get("after") or 0),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"to": data["to"], "scenario": data["scenario"]})
 

@@ -18,12 +18,15 @@ from aiohttp.test_utils import TestServer
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 
 from extmsg.fetch import LOOPBACK
+from extmsg.models import MessageState
 from extmsg.plugins import build_hooks
+from extmsg.runtime import Runtime
 from extmsg.sandbox_mode import start_sandbox
 from extmsg.testing.helpers import eventually, free_port, in_doubt_after_send, running_extmsg
 from extmsg_sms_twilio import plugin
 from extmsg_sms_twilio.fake import (
     TWILIO_FAKE,
+    FakeFailure,
     FakeTwilio,
     InboundResult,
     create_twilio_fake,
@@ -41,6 +44,7 @@ class World:
     sandbox: Any
     session: aiohttp.ClientSession
     channel_id: str
+    runtime: Runtime
 
     async def text(self, body: str, **params: str) -> InboundResult:
         values = inbound_params(from_=CUSTOMER, to=FROM_NUMBER, body=body, account_sid=ACCOUNT_SID)
@@ -125,7 +129,13 @@ async def _world(
         async with running_extmsg(raw, hooks, port=port) as extmsg:
             channel_id = extmsg.channel_ids["sms"]
             yield World(
-                base, fake_url, fake_app[TWILIO_FAKE], unblu_sandbox, extmsg.session, channel_id
+                base,
+                fake_url,
+                fake_app[TWILIO_FAKE],
+                unblu_sandbox,
+                extmsg.session,
+                channel_id,
+                extmsg.runtime,
             )
     finally:
         await fake_server.close()
@@ -262,6 +272,52 @@ async def test_long_agent_message_is_split(world: World) -> None:
     assert " ".join(bodies).split() == ("Anna: " + text).split()
     refs = {m["status_callback"] for m in world.fake.messages}
     assert len(refs) == 1  # both parts report on the one agent message
+
+
+async def test_part_two_refused_while_part_one_is_delivered_still_goes_out(
+    tmp_path: Path, unblu_sandbox: Any
+) -> None:
+    """Twilio takes part one of a long message, answers 429 to part two, and reports part one
+    sent and delivered before the retry. The agent's message is not shown as sent meanwhile;
+    the retry sends part two (each part reaches Twilio once), and the message is delivered
+    once both parts are."""
+    async with _world("v4", tmp_path, unblu_sandbox) as world:
+        await world.text("Tell me everything")
+        conv = await world.conversation()
+        throttled = FakeFailure(status=429, code=20429, message="Too Many Requests")
+        world.fake.fail(CUSTOMER, throttled, after=1)  # until cleared
+        text = ("All the details you asked for. " * 60).strip()  # two SMS
+        await world.agent(
+            f"conversations/{conv['id']}/messages", "POST", text=text, senderName="Anna"
+        )
+
+        async def part_one_reported() -> bool:
+            return len(world.fake.messages) == 1 and _statuses_done(world) >= 2
+
+        await eventually(part_one_reported)  # its "sent" and "delivered"
+        shown = [m["state"] for m in await world.messages(conv["id"]) if m.get("text") == text]
+        assert len(shown) == 1
+        assert shown[0] not in ("SENT", "DELIVERED")
+        stored = await world.runtime.store.find_message(
+            "sms", "out", provider_message_id=world.fake.messages[0]["sid"]
+        )
+        assert stored is not None
+        assert stored.state == MessageState.PENDING
+
+        world.fake.clear_failures()
+        await world.message_in(conv["id"], text, "DELIVERED")
+        bodies = [m["body"] for m in world.fake.messages]
+        assert len(bodies) == 2
+        assert " ".join(bodies).split() == ("Anna: " + text).split()
+        await world.fake.wait_idle()
+        assert len(world.fake.messages) == 2
+
+
+def _statuses_done(world: World) -> float:
+    value = world.runtime.metrics.registry.get_sample_value(
+        "extmsg_jobs_finished_total", {"kind": "to_unblu.provider_status", "outcome": "done"}
+    )
+    return value or 0.0
 
 
 @pytest.fixture

@@ -222,3 +222,29 @@ async def test_sandbox_declaration_and_inbound_console(hooks: Hooks, receiver: R
         assert result.provider_message_id.startswith("SM")
     finally:
         await fake_server.close()
+
+
+async def test_a_failure_can_wait_for_sends_that_go_through(
+    hooks: Hooks, twilio_fake: FakeServer
+) -> None:
+    """``after``: the first sends to the number go through, the next one fails (part two of a
+    split message refused, as Twilio's 429 does)."""
+    server, fake = twilio_fake
+    fake.callbacks_enabled = False
+    channel = make_channel({"api_base_url": str(server.make_url(""))})
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            server.make_url("/fake/failures"),
+            json={"to": "+14155550199", "scenario": "opted_out", "times": 1, "after": 1},
+        ) as response:
+            assert response.status == 200
+        async with http.post(
+            server.make_url("/fake/failures"),
+            json={"to": "+14155550199", "scenario": "opted_out", "after": "x"},
+        ) as response:
+            assert response.status == 400
+    await hooks.send(channel, _message("+14155550199"))
+    with pytest.raises(PermanentError, match="replied STOP"):
+        await hooks.send(channel, _message("+14155550199"))
+    await hooks.send(channel, _message("+14155550199"))
+    assert len(fake.messages) == 2
