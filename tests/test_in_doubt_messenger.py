@@ -18,8 +18,9 @@ import pytest
 from extmsg.config import parse_config
 from extmsg.errors import RetryableError
 from extmsg.flows import payloads as p
+from extmsg.flows.states import apply_provider_status
 from extmsg.flows.to_messenger import deliver_to_messenger
-from extmsg.models import MessageState
+from extmsg.models import MessageState, StatusUpdate
 from extmsg.plugins import build_hooks
 from extmsg.runtime import Runtime
 from extmsg.store.base import Intake, Job, NewJob, NewMessage
@@ -188,6 +189,52 @@ async def test_only_the_first_unrecorded_part_is_looked_up(flow: Flow) -> None:
     parts = await flow.runtime.store.sent_parts("m1")
     assert parts == {0: "lp-1", 1: sid, 2: "lp-3"}
     assert flow.counted("found") == 1
+
+
+async def _status(flow: Flow, job: Job, state: str, sid: str, ref: str) -> None:
+    """The provider's status callback for ``sid``, carrying our ``ref``, applied."""
+    update = StatusUpdate(state=state, provider_message_id=sid, message_ref=ref)  # type: ignore[arg-type]
+    await apply_provider_status(
+        flow.runtime, job, p.ProviderStatusJob(channel="loop", update=update)
+    )
+
+
+async def test_a_status_that_came_before_the_retry_settles_the_doubt(flow: Flow) -> None:
+    """The cut-off attempt's send was accepted and its status (carrying our id) arrived: the
+    retry neither looks nor sends, and Unblu hears the state the status reported."""
+    flow.provider.lookup = "unknown"  # a provider that cannot be asked (WhatsApp)
+    job, payload = await flow.job("Your parcel is on its way")
+    sid = _already_at_provider(flow.provider, "m1", "Your parcel is on its way")
+    await _status(flow, job, "delivered", sid, "m1")
+    row = await flow.runtime.store.get_message("m1")
+    assert row is not None
+    assert row.state == MessageState.PENDING  # kept on the part until the job completes
+    await flow.run(job, payload)
+    assert len(flow.provider.sends) == 1
+    assert flow.provider.finds == []
+    row = await flow.runtime.store.get_message("m1")
+    assert row is not None
+    assert (row.state, row.provider_message_id) == (MessageState.DELIVERED, sid)
+    [report] = flow.engine.reports
+    assert report.job is not None
+    decoded = p.decode(report.job.payload)
+    assert isinstance(decoded, p.UnbluStateJob)
+    assert decoded.state == "delivered"
+
+
+async def test_a_status_for_the_first_part_before_the_retry_sends_only_the_rest(
+    flow: Flow,
+) -> None:
+    job, payload = await flow.job("one|two")
+    sid = _already_at_provider(flow.provider, "m1", "one")  # accepted, never recorded
+    await _status(flow, job, "delivered", sid, "m1")
+    await flow.run(job, payload)
+    assert [s["text"] for s in flow.provider.sends] == ["one", "two"]
+    assert [f["text"] for f in flow.provider.finds] == ["two"]  # may have gone out too
+    assert await flow.runtime.store.sent_parts("m1") == {0: sid, 1: "lp-2"}
+    row = await flow.runtime.store.get_message("m1")
+    assert row is not None
+    assert row.state == MessageState.SENT  # part two is only sent
 
 
 async def test_jobs_not_in_doubt_never_look(flow: Flow) -> None:

@@ -550,6 +550,28 @@ async def test_statuses_of_every_part_before_the_last_record_settle_on_completio
     assert done.state == MessageState.DELIVERED
 
 
+async def test_a_status_before_any_part_is_recorded_records_the_first(store: Store) -> None:
+    """Nothing recorded, so the provider's only part of the message is its first: the
+    status's id is recorded as part 0 (a retry then does not send it again)."""
+    out = NewMessage(id="o1", channel="sms", direction="out", thread="t", unblu_message_id="u1")
+    await store.intake([Intake(message=out)])
+    assert await store.apply_status("o1", "SM-a", MessageState.DELIVERED) == StatusOutcome(
+        applied=True
+    )
+    assert await store.sent_parts("o1") == {0: "SM-a"}
+    row = await store.get_message("o1")
+    assert row is not None
+    assert (row.state, row.provider_message_id) == (MessageState.PENDING, "SM-a")
+    await store.record_part("o1", "sms", 0, "SM-a")  # the attempt's own record: no change
+    assert await store.sent_parts("o1") == {0: "SM-a"}
+    # With part 0 recorded, an unknown id is not taken for part 1 (it may be a double).
+    assert not (await store.apply_status("o1", "SM-double", MessageState.DELIVERED)).applied
+    assert await store.sent_parts("o1") == {0: "SM-a"}
+    done = await store.complete_message("o1")
+    assert done is not None
+    assert done.state == MessageState.DELIVERED
+
+
 async def test_a_failed_part_fails_its_message_at_once(store: Store) -> None:
     await _two_parts(store)
     assert await store.apply_status(

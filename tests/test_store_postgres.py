@@ -387,6 +387,36 @@ async def test_statuses_racing_the_last_part_of_a_message_are_never_lost(
     assert [r.state if r else None for r in states] == [MessageState.DELIVERED] * rounds
 
 
+async def test_a_first_part_recorded_while_its_status_arrives_is_recorded_once(
+    instances: list[PostgresStore],
+) -> None:
+    """Instance a records part 0 of each message as its status reaches instance b, which may
+    record it from the status: no deadlock, one part 0 each, the message's id is the part's."""
+    a, b = instances
+    rounds = 60
+    await a.intake(
+        [
+            Intake(message=NewMessage(id=f"o{n}", channel="sms", direction="out", thread="t"))
+            for n in range(rounds)
+        ]
+    )
+
+    async def record(n: int) -> None:
+        await asyncio.sleep(random.random() / 1000)
+        await a.record_part(f"o{n}", "sms", 0, f"SM-{n}")
+
+    async def report(n: int) -> None:
+        await asyncio.sleep(random.random() / 1000)
+        assert (await b.apply_status(f"o{n}", f"SM-{n}", MessageState.DELIVERED)).applied
+
+    await asyncio.gather(*(step for n in range(rounds) for step in (record(n), report(n))))
+    for n in range(rounds):
+        assert await a.sent_parts(f"o{n}") == {0: f"SM-{n}"}
+        row = await a.get_message(f"o{n}")
+        assert row is not None
+        assert row.provider_message_id == f"SM-{n}"
+
+
 # -- migrations -------------------------------------------------------------------------------
 async def test_migrations_run_once_when_instances_start_together(schema: str) -> None:
     stores = [pg.store_in(schema, min_size=1, max_size=2) for _ in range(5)]

@@ -266,8 +266,12 @@ async def test_a_retry_of_a_message_of_several_parts_skips_the_posted_ones(
         die_on_call(patch, world.runtime.unblu_client(), "send_file", 1)
         with pytest.raises(Killed):
             await world.attempt(payload)
+    # Nothing recorded while a part is missing: the retry does not take the message for
+    # posted (its early return) and posts the file.
+    assert await world.recorded_unblu_id(payload) is None
     await world.attempt(payload, attempts=1)
     assert [m.source_id for m in world.messages()] == ["p0", "p1", "p1#1"]
+    assert await world.recorded_unblu_id(payload) == world.messages()[1].id
 
 
 async def test_jobs_not_in_doubt_make_no_extra_call(

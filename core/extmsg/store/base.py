@@ -458,6 +458,13 @@ class Store(abc.ABC):
         message moves only as :func:`status_target` says: to SENT and beyond only once all its
         parts went out (:meth:`complete_message`), so a retry of a message some of whose parts
         are still to send never takes it for sent. ``error`` is kept with a failure.
+
+        An id of no recorded part, for a message none of whose parts is recorded yet, is
+        recorded as its part 0: parts go out one at a time, each recorded before the next, so
+        the provider can hold no other part of it (the status outran the record, or the
+        attempt that sent it was cut off before recording it — then its retry does not send
+        it again). Once a part is recorded, an unknown id may be a double of one: it is not
+        placed while the message is being sent.
         """
 
     @abc.abstractmethod

@@ -877,6 +877,15 @@ class PostgresStore(Store):
         fence = fence_of(job)
         async with self._tx() as conn:
             await _hold(conn, job, fence)
+            if part == 0:
+                # First, so the message's row is locked before the part's key, in the order
+                # apply_status takes them (it may record part 0 from a status).
+                await conn.execute(
+                    "UPDATE messages SET provider_message_id = $1, updated_at = $2 WHERE id = $3",
+                    provider_message_id,
+                    now,
+                    message_id,
+                )
             await conn.execute(
                 "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
                 " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -886,13 +895,6 @@ class PostgresStore(Store):
                 provider_message_id,
                 now,
             )
-            if part == 0:
-                await conn.execute(
-                    "UPDATE messages SET provider_message_id = $1, updated_at = $2 WHERE id = $3",
-                    provider_message_id,
-                    now,
-                    message_id,
-                )
 
     async def sent_parts(self, message_id: str) -> dict[int, str]:
         rows = await self._fetch(
@@ -947,26 +949,36 @@ class PostgresStore(Store):
     ) -> StatusOutcome:
         failed = error if state == MessageState.FAILED else None
         async with self._tx() as conn:
-            row = await conn.fetchval(
-                "SELECT state FROM messages WHERE id = $1 FOR UPDATE", message_id
+            row = await conn.fetchrow(
+                "SELECT state, channel FROM messages WHERE id = $1 FOR UPDATE", message_id
             )
             if row is None:
                 return StatusOutcome(applied=False)
-            current = MessageState(row)
-            parts: list[MessageState] | None = None
-            if provider_message_id is not None and _rowcount(
-                await conn.execute(
-                    "UPDATE message_parts SET"
-                    " state = CASE WHEN $1 > state AND state <> $2 THEN $1 ELSE state END,"
-                    " error = COALESCE($3, error)"
-                    " WHERE message_id = $4 AND provider_message_id = $5",
-                    int(state),
-                    int(MessageState.FAILED),
-                    failed,
-                    message_id,
-                    provider_message_id,
+            current = MessageState(row[0])
+            placed = False
+            if provider_message_id is not None:
+                placed = (
+                    _rowcount(
+                        await conn.execute(
+                            "UPDATE message_parts SET"
+                            " state = CASE WHEN $1 > state AND state <> $2 THEN $1"
+                            " ELSE state END, error = COALESCE($3, error)"
+                            " WHERE message_id = $4 AND provider_message_id = $5",
+                            int(state),
+                            int(MessageState.FAILED),
+                            failed,
+                            message_id,
+                            provider_message_id,
+                        )
+                    )
+                    > 0
                 )
-            ):
+                if not placed and current == MessageState.PENDING:
+                    placed = await _first_part(
+                        conn, message_id, row[1], provider_message_id, state, failed
+                    )
+            parts: list[MessageState] | None = None
+            if placed:
                 parts = [
                     MessageState(p[0])
                     for p in await conn.fetch(
@@ -1165,6 +1177,43 @@ async def _hold(conn: asyncpg.Connection, job: Job | None, fence: int | None) ->
     )
     if held is None:
         raise LeaseLost(job.id, fence)
+
+
+async def _first_part(
+    conn: asyncpg.Connection,
+    message_id: str,
+    channel: str,
+    provider_message_id: str,
+    state: MessageState,
+    error: str | None,
+) -> bool:
+    """As the SQLite store's ``_first_part``: a status's id is part 0 of a message none of
+    whose parts is recorded yet. The caller holds the message's row, which ``record_part``
+    locks before it records a part 0: the two run one after the other."""
+    now = time.time()
+    inserted = _rowcount(
+        await conn.execute(
+            "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
+            " created_at, state, error) SELECT $1, 0, $2, $3, $4, $5, $6"
+            " WHERE NOT EXISTS (SELECT 1 FROM message_parts WHERE message_id = $1)"
+            " ON CONFLICT DO NOTHING",
+            message_id,
+            channel,
+            provider_message_id,
+            now,
+            int(max(state, MessageState.SENT)),
+            error,
+        )
+    )
+    if not inserted:
+        return False
+    await conn.execute(
+        "UPDATE messages SET provider_message_id = $1, updated_at = $2 WHERE id = $3",
+        provider_message_id,
+        now,
+        message_id,
+    )
+    return True
 
 
 async def _set_state(

@@ -833,28 +833,35 @@ class SqliteStore(Store):
         failed = error if state == MessageState.FAILED else None
 
         def apply(db: sqlite3.Connection) -> StatusOutcome:
-            row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
+            row = db.execute(
+                "SELECT state, channel FROM messages WHERE id = ?", (message_id,)
+            ).fetchone()
             if row is None:
                 return StatusOutcome(applied=False)
             current = MessageState(row[0])
+            placed = False
+            if provider_message_id is not None:
+                placed = (
+                    db.execute(
+                        "UPDATE message_parts SET"
+                        " state = CASE WHEN ? > state AND state != ? THEN ? ELSE state END,"
+                        " error = COALESCE(?, error)"
+                        " WHERE message_id = ? AND provider_message_id = ?",
+                        (
+                            int(state),
+                            int(MessageState.FAILED),
+                            int(state),
+                            failed,
+                            message_id,
+                            provider_message_id,
+                        ),
+                    ).rowcount
+                    > 0
+                )
+                if not placed and current == MessageState.PENDING:
+                    placed = _first_part(db, message_id, row[1], provider_message_id, state, failed)
             parts: list[MessageState] | None = None
-            if (
-                provider_message_id is not None
-                and db.execute(
-                    "UPDATE message_parts SET"
-                    " state = CASE WHEN ? > state AND state != ? THEN ? ELSE state END,"
-                    " error = COALESCE(?, error)"
-                    " WHERE message_id = ? AND provider_message_id = ?",
-                    (
-                        int(state),
-                        int(MessageState.FAILED),
-                        int(state),
-                        failed,
-                        message_id,
-                        provider_message_id,
-                    ),
-                ).rowcount
-            ):
+            if placed:
                 parts = [
                     MessageState(p[0])
                     for p in db.execute(
@@ -1032,6 +1039,41 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
             [v for row, head in rows for v in (*row, head)],
         )
     return results
+
+
+def _first_part(
+    db: sqlite3.Connection,
+    message_id: str,
+    channel: str,
+    provider_message_id: str,
+    state: MessageState,
+    error: str | None,
+) -> bool:
+    """Record a status's id as part 0 of a message none of whose parts is recorded yet: parts
+    go out one at a time, each recorded before the next, so the provider's only part of such
+    a message is its first (sent by an attempt cut off before recording it, or by the running
+    one, not yet recorded). With a part recorded, an unknown id may be a double of one."""
+    now = time.time()
+    if not db.execute(
+        "INSERT INTO message_parts (message_id, part, channel, provider_message_id, created_at,"
+        " state, error) SELECT ?, 0, ?, ?, ?, ?, ?"
+        " WHERE NOT EXISTS (SELECT 1 FROM message_parts WHERE message_id = ?)",
+        (
+            message_id,
+            channel,
+            provider_message_id,
+            now,
+            int(max(state, MessageState.SENT)),
+            error,
+            message_id,
+        ),
+    ).rowcount:
+        return False
+    db.execute(
+        "UPDATE messages SET provider_message_id = ?, updated_at = ? WHERE id = ?",
+        (provider_message_id, now, message_id),
+    )
+    return True
 
 
 def _set_state(
