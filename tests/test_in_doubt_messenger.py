@@ -237,6 +237,29 @@ async def test_a_status_for_the_first_part_before_the_retry_sends_only_the_rest(
     assert row.state == MessageState.SENT  # part two is only sent
 
 
+async def test_a_part_that_failed_ends_the_message_its_retry_sends_nothing_more(
+    flow: Flow,
+) -> None:
+    """Part two is refused (retryably); the provider then reports part one failed: the
+    message fails at once, and the retry neither sends part two nor reports again."""
+    flow.provider.fail_text["two"] = 1
+    job, payload = await flow.job("one|two", in_doubt=False)
+    with pytest.raises(RetryableError):
+        await flow.run(job, payload)
+    await _status(flow, job, "failed", "lp-1", "m1")
+    row = await flow.runtime.store.get_message("m1")
+    assert row is not None
+    assert row.state == MessageState.FAILED
+    [report] = flow.engine.reports
+    assert report.job is not None
+    assert p.decode(report.job.payload) == p.UnbluStateJob(
+        channel="loop", message_id="m1", state="failed", failure_text=None, terminal=True
+    )
+    await flow.run(job, payload)
+    assert [s["text"] for s in flow.provider.sends] == ["one"]
+    assert len(flow.engine.reports) == 1
+
+
 async def test_jobs_not_in_doubt_never_look(flow: Flow) -> None:
     job, payload = await flow.job("Hi", in_doubt=False)
     await flow.run(job, payload)
