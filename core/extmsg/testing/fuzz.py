@@ -1,0 +1,527 @@
+"""Fuzzing extmsg's routes with Hypothesis against one long-lived server.
+
+:class:`FuzzServer` runs the real application (:func:`extmsg.testing.helpers.running_extmsg`,
+the app of ``extmsg serve``) on an event loop of its own thread, next to an Unblu sandbox and
+any provider fakes on a second loop, so examples are cheap (no start-up per example) and the
+server's loop can be watched: every exchange measures the request's time, the longest stall of
+the server's event loop while it ran, and what the store holds before and after. Its checks
+are the promise "no input, signed or not, gets a 5xx or stalls the event loop; a refused
+request stores nothing".
+
+Profiles (Hypothesis settings, chosen with the ``EXTMSG_FUZZ`` environment variable):
+
+* unset or ``ci`` — a few dozen examples per test, derandomized (the same examples on every
+  run), no example database: fast and stable in CI;
+* ``long`` — at least 10,000 examples per test, random. ``EXTMSG_FUZZ_EXAMPLES=N`` overrides
+  the count of either; ``EXTMSG_FUZZ_REPORT=path`` appends a JSON line per server (status
+  counts per route, memory before and after, longest stall) when it stops.
+
+Needs ``hypothesis`` (a test dependency of extmsg).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+from hypothesis import HealthCheck, settings
+
+from ..plugins import Hooks
+from .helpers import RunningExtmsg, running_extmsg
+
+__all__ = [
+    "CI_PROFILE",
+    "LONG_PROFILE",
+    "PROFILE_ENV",
+    "REQUEST_LIMIT",
+    "STALL_LIMIT",
+    "FuzzServer",
+    "LoopThread",
+    "Reply",
+    "fuzz_settings",
+    "http_exchange",
+    "rss_kib",
+]
+
+T = TypeVar("T")
+
+PROFILE_ENV = "EXTMSG_FUZZ"
+CI_PROFILE = "extmsg-fuzz-ci"
+LONG_PROFILE = "extmsg-fuzz-long"
+LONG_EXAMPLES = 10_000
+#: Seconds one request may take, and the longest the server's loop may stall meanwhile:
+#: generous, for a loaded two-core machine (linear work on a megabyte takes milliseconds).
+REQUEST_LIMIT = 2.0
+STALL_LIMIT = 1.0
+
+settings.register_profile(
+    CI_PROFILE,
+    max_examples=25,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=False,
+    suppress_health_check=list(HealthCheck),
+)
+settings.register_profile(
+    LONG_PROFILE,
+    max_examples=LONG_EXAMPLES,
+    derandomize=False,
+    database=None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def fuzz_settings(examples: int = 25) -> settings:
+    """Settings for one fuzz test: ``examples`` in CI, the long profile's count when
+    ``EXTMSG_FUZZ=long``."""
+    mode = os.environ.get(PROFILE_ENV, "ci").strip().lower() or "ci"
+    if mode not in ("ci", "long"):
+        raise ValueError(f"{PROFILE_ENV} must be 'ci' or 'long', not {mode!r}")
+    override = os.environ.get("EXTMSG_FUZZ_EXAMPLES")
+    if mode == "long":
+        count = int(override) if override else max(LONG_EXAMPLES, examples)
+        return settings(settings.get_profile(LONG_PROFILE), max_examples=count)
+    count = int(override) if override else examples
+    return settings(settings.get_profile(CI_PROFILE), max_examples=count)
+
+
+def rss_kib() -> int:
+    """This process's resident memory in KiB (the server runs in it)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+# -- event loops in threads ------------------------------------------------------------------
+
+
+class LoopThread:
+    """An asyncio event loop running in a daemon thread of its own."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """Run ``coro`` on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        async def cancel_rest() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.run(cancel_rest(), timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class StallMonitor:
+    """Wakes every few milliseconds on the watched loop and keeps the longest lateness."""
+
+    interval = 0.005
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.longest_ever = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(self.interval)
+            now = loop.time()
+            lag = now - last - self.interval
+            last = now
+            if lag > self.longest:
+                self.longest = lag
+            if lag > self.longest_ever:
+                self.longest_ever = lag
+
+    async def take(self) -> float:
+        """The longest stall since the last call. Waits two ticks first, so a stall still
+        under way when the caller got its answer is over and counted."""
+        await asyncio.sleep(self.interval * 2)
+        longest, self.longest = self.longest, 0.0
+        return longest
+
+
+# -- logs --------------------------------------------------------------------------------------
+
+
+class _RingHandler(logging.Handler):
+    """Formats every record (as a real handler would: the cost of building log lines is part
+    of a request's cost) and keeps the last few for failure messages."""
+
+    def __init__(self, keep: int = 40) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        self.lines.append(line if len(line) <= 4000 else line[:3000] + " …[cut]… " + line[-500:])
+
+
+#: Loggers routed into the ring, at the level ``extmsg serve`` runs them.
+_LOGGERS = {"extmsg": logging.INFO, "aiohttp": logging.WARNING, "mail.log": logging.WARNING}
+
+
+# -- replies -----------------------------------------------------------------------------------
+
+
+class Reply:
+    """What the server answered: an HTTP status (``kind="http"``) or an SMTP reply code."""
+
+    def __init__(
+        self, code: int | None, body: bytes = b"", *, kind: str = "http", error: str | None = None
+    ) -> None:
+        self.code = code
+        self.body = body
+        self.kind = kind
+        self.error = error
+
+    @property
+    def server_error(self) -> str | None:
+        """Why this answer is a server failure, or ``None``."""
+        if self.code is None:
+            return f"no answer ({self.error})"
+        if self.kind == "http":
+            return f"HTTP {self.code}" if self.code >= 500 else None
+        text = self.body.decode("utf-8", "replace")
+        if self.code == 451 or re.search(r"^500[ -]Error: \(", text, re.MULTILINE):
+            return f"SMTP {text.strip()[:300]}"
+        return None
+
+    @property
+    def refused(self) -> bool:
+        """A refusal: nothing of the input may have been stored."""
+        if self.code is None:
+            return False
+        return 400 <= self.code < 500 if self.kind == "http" else self.code >= 500
+
+    def __repr__(self) -> str:
+        body = self.body[:300]
+        return f"Reply({self.kind} {self.code}, {body!r}{', ' + self.error if self.error else ''})"
+
+
+def http_exchange(
+    host: str,
+    port: int,
+    method: bytes,
+    target: bytes,
+    headers: list[tuple[bytes, bytes]],
+    body: bytes,
+    timeout: float = 30.0,
+) -> Reply:
+    """One HTTP/1.1 request over a fresh connection, written byte for byte as given (header
+    names and values need not be ASCII), and the status of its answer."""
+    head = [method + b" " + target + b" HTTP/1.1", b"Host: " + f"{host}:{port}".encode()]
+    head.append(b"Connection: close")
+    if body or method == b"POST":
+        head.append(b"Content-Length: " + str(len(body)).encode())
+    head += [name + b": " + value for name, value in headers]
+    data = b"\r\n".join(head) + b"\r\n\r\n" + body
+    chunks: list[bytes] = []
+    error = None
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except OSError as exc:  # the server may answer (413, 400) and close before it all went
+            error = f"send: {exc}"
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except TimeoutError:
+            error = f"no complete answer within {timeout}s"
+        except OSError as exc:
+            error = f"receive: {exc}"
+    raw = b"".join(chunks)
+    match = re.match(rb"HTTP/1\.[01] (\d{3})", raw)
+    if match is None:
+        return Reply(None, raw, error=error or "no status line")
+    return Reply(int(match.group(1)), raw.partition(b"\r\n\r\n")[2])
+
+
+# -- the server --------------------------------------------------------------------------------
+
+
+class FuzzServer:
+    """extmsg serving ``config`` (a TOML-shaped dict, see :func:`running_extmsg`) with the
+    Unblu sandbox, on a loop of its own; use as a context manager.
+
+    ``config`` is called with the sandbox's web API base URL and the auxiliary loop (for
+    provider fakes, see :meth:`serve_aux`).
+    """
+
+    def __init__(
+        self,
+        config: Callable[[FuzzServer, str], dict[str, Any]],
+        hooks: Hooks,
+    ) -> None:
+        self._config = config
+        self.hooks = hooks
+        self.aux = LoopThread("fuzz-aux")
+        self.loop: LoopThread | None = None
+        self.running: RunningExtmsg | None = None
+        self.monitor = StallMonitor()
+        self.tally: dict[str, collections.Counter[str]] = {}
+        self.longest_request = 0.0
+        self.store_path: Path | None = None
+        self._db: sqlite3.Connection | None = None
+        self._stop: asyncio.Event | None = None
+        self._serving: asyncio.Future[None] | None = None
+        self._aux_runners: list[web.AppRunner] = []
+        self._sandbox: Any = None
+        self._logs = _RingHandler()
+        self._saved_loggers: list[tuple[logging.Logger, bool, int]] = []
+        self.rss_start = 0
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def __enter__(self) -> FuzzServer:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def serve_aux(self, app: web.Application) -> str:
+        """Serve ``app`` (a provider fake) on the auxiliary loop; its base URL."""
+
+        async def start() -> str:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self._aux_runners.append(runner)
+            port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+            return f"http://127.0.0.1:{port}"
+
+        return self.aux.run(start())
+
+    def on_server(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run ``make()`` on the server's loop (for set-up through the running app)."""
+        assert self.loop is not None
+
+        async def call() -> T:
+            return await make()
+
+        return self.loop.run(call())
+
+    def _start(self) -> None:
+        from ..sandbox import run_sandbox
+
+        # Into the ring only: 10,000 examples must not fill pytest's log capture.
+        for name, level in _LOGGERS.items():
+            logger = logging.getLogger(name)
+            self._saved_loggers.append((logger, logger.propagate, logger.level))
+            logger.addHandler(self._logs)
+            logger.propagate = False
+            logger.setLevel(level)
+        self._sandbox = self.aux.run(
+            run_sandbox("127.0.0.1", 0, retry_backoff=0.05, retry_backoff_max=0.2)
+        )
+        raw = self._config(self, self._sandbox.base_url)
+        self.store_path = Path(raw["store"]["path"])
+        self.loop = LoopThread("extmsg-server")
+        started: asyncio.Future[RunningExtmsg] = asyncio.Future(loop=self.loop.loop)
+
+        async def serve() -> None:
+            self._stop = asyncio.Event()
+            asyncio.get_running_loop().create_task(self.monitor.run(), name="stall-monitor")
+            try:
+                async with running_extmsg(raw, self.hooks) as running:
+                    started.set_result(running)
+                    await self._stop.wait()
+            except BaseException as exc:
+                if not started.done():
+                    started.set_exception(exc)
+                raise
+
+        async def launch() -> None:
+            self._serving = asyncio.ensure_future(serve())
+
+        self.loop.run(launch())
+
+        async def wait_started() -> RunningExtmsg:
+            return await started
+
+        self.running = self.loop.run(wait_started(), timeout=60)
+        self._db = sqlite3.connect(self.store_path, timeout=10, check_same_thread=False)
+        self.rss_start = rss_kib()
+
+    def close(self) -> None:
+        if self.loop is not None:
+            if self._stop is not None and self._serving is not None:
+                stop, serving = self._stop, self._serving
+
+                async def finish() -> None:
+                    stop.set()
+                    await asyncio.gather(serving, return_exceptions=True)
+
+                with contextlib.suppress(Exception):
+                    self.loop.run(finish(), timeout=60)
+            self.loop.close()
+        if self._db is not None:
+            self._db.close()
+
+        async def close_aux() -> None:
+            for runner in self._aux_runners:
+                await runner.cleanup()
+            if self._sandbox is not None:
+                await self._sandbox.close()
+
+        with contextlib.suppress(Exception):
+            self.aux.run(close_aux())
+        self.aux.close()
+        for logger, propagate, level in self._saved_loggers:
+            logger.removeHandler(self._logs)
+            logger.propagate = propagate
+            logger.setLevel(level)
+        self._write_report()
+
+    # -- facts ---------------------------------------------------------------------------------
+    @property
+    def base(self) -> str:
+        assert self.running is not None
+        return self.running.base
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
+
+    @property
+    def app(self) -> web.Application:
+        assert self.running is not None
+        return self.running.app
+
+    def stored(self) -> tuple[int, int]:
+        """(messages, jobs) in the store, leaving out the jobs the engine itself adds when it
+        reports a state to Unblu (they come from earlier work, not from the request at hand)."""
+        assert self._db is not None
+        row = self._db.execute(
+            "SELECT (SELECT COUNT(*) FROM messages),"
+            " (SELECT COUNT(*) FROM jobs WHERE kind != 'to_unblu.state')"
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def recent_logs(self, count: int = 4) -> str:
+        """The last few log records, a traceback cut to its first line and its end."""
+        out = []
+        for line in list(self._logs.lines)[-count:]:
+            rows = line.splitlines()
+            out.append("\n".join([*rows[:1], *(["  …"] if len(rows) > 4 else []), *rows[1:][-3:]]))
+        return "\n".join(out)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "routes": {route: dict(sorted(c.items())) for route, c in sorted(self.tally.items())},
+            "rss_kib_start": self.rss_start,
+            "rss_kib_now": rss_kib(),
+            "longest_stall_s": round(self.monitor.longest_ever, 4),
+            "longest_request_s": round(self.longest_request, 4),
+        }
+
+    def _write_report(self) -> None:
+        path = os.environ.get("EXTMSG_FUZZ_REPORT")
+        if path and self.tally:
+            with open(path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(self.report()) + "\n")
+
+    # -- exchanges -----------------------------------------------------------------------------
+    def measure(self, route: str, call: Callable[[], Reply]) -> Reply:
+        """Run one client exchange and check the promise: an answer that is no server error,
+        within :data:`REQUEST_LIMIT`, the server's loop never stalled :data:`STALL_LIMIT`,
+        and nothing stored when the answer is a refusal."""
+        assert self.loop is not None
+        before = self.stored()
+        self.loop.run(self.monitor.take())
+        started = time.monotonic()
+        reply = call()
+        elapsed = time.monotonic() - started
+        stall = self.loop.run(self.monitor.take())
+        after = self.stored()
+        self.longest_request = max(self.longest_request, elapsed)
+        counter = self.tally.setdefault(route, collections.Counter())
+        counter[str(reply.code) if reply.code is not None else "none"] += 1
+        problems = []
+        if reply.server_error:
+            problems.append(f"server error: {reply.server_error}")
+        if elapsed > REQUEST_LIMIT:
+            problems.append(f"took {elapsed:.2f}s (limit {REQUEST_LIMIT}s)")
+        if stall > STALL_LIMIT:
+            problems.append(f"the server's event loop stalled {stall:.2f}s (limit {STALL_LIMIT}s)")
+        if reply.refused and after != before:
+            problems.append(
+                f"refused, yet the store went from {before} to {after} (messages, jobs)"
+            )
+        if problems:
+            raise AssertionError(
+                f"{route}: "
+                + "; ".join(problems)
+                + f"\n{reply!r}\nrecent server log:\n"
+                + self.recent_logs()
+            )
+        return reply
+
+    def http(
+        self,
+        route: str,
+        method: str,
+        target: str | bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        body: bytes = b"",
+    ) -> Reply:
+        """One HTTP request to the server, checked by :meth:`measure`."""
+        raw_target = target.encode("latin-1") if isinstance(target, str) else target
+        return self.measure(
+            route,
+            lambda: http_exchange(
+                "127.0.0.1", self.port, method.encode(), raw_target, headers or [], body
+            ),
+        )
+
+
+@contextlib.contextmanager
+def fuzz_server(
+    config: Callable[[FuzzServer, str], dict[str, Any]], hooks: Hooks
+) -> Iterator[FuzzServer]:
+    """:class:`FuzzServer` as a context manager (for a module-scoped fixture)."""
+    with FuzzServer(config, hooks) as server:
+        yield server

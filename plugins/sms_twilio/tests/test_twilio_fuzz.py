@@ -1,0 +1,169 @@
+"""Hostile input on Twilio's routes: never a 5xx, never a stall, nothing stored when refused.
+
+Recorded webhooks (testdata) mutated by Hypothesis and then signed correctly, so the parser is
+what gets tested, and unsigned junk, against one long-lived server with this plugin and the
+Unblu sandbox. ``EXTMSG_FUZZ=long`` runs the long profile (see :mod:`extmsg.testing.fuzz`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, load_cases, twilio_sign
+
+from extmsg.plugins import build_hooks
+from extmsg.testing.fuzz import FuzzServer, fuzz_settings
+from extmsg.testing.hostile import (
+    encode_form,
+    encode_json,
+    hostile_header_value,
+    hostile_headers,
+    junk_body,
+    mutated_form,
+    mutated_json,
+    query_value,
+)
+from extmsg_sms_twilio import plugin
+from extmsg_sms_twilio.fake import create_twilio_fake
+
+FORM = b"application/x-www-form-urlencoded"
+
+
+def _forms(name: str) -> list[list[tuple[str, str]]]:
+    return [
+        [(k, v) for k, v in case["request"]["form"]]
+        for case in load_cases(name)
+        if "form" in case["request"]
+    ]
+
+
+INBOUND_FORMS = _forms("inbound")
+STATUS_FORMS = _forms("status")
+JSON_SEEDS: list[Any] = [dict(form) for form in INBOUND_FORMS + STATUS_FORMS]
+ROUTES = {"inbound": "/channels/sms/inbound", "status": "/channels/sms/status"}
+
+
+@pytest.fixture(autouse=True)
+def _close_plugin_session() -> None:
+    """The plugin's session belongs to the fuzz server's loop and closes with it."""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
+    folder: Path = tmp_path_factory.mktemp("twilio-fuzz")
+
+    def config(fuzz: FuzzServer, unblu: str) -> dict[str, Any]:
+        fake = create_twilio_fake(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, callback_delay=0)
+        return {
+            "store": {"path": str(folder / "store.sqlite3")},
+            "unblu": {
+                "base_url": unblu,
+                "api_version": "v4",
+                "username": "admin",
+                "password": "admin",
+            },
+            "engine": {"backoff_initial": 0.05, "backoff_max": 0.5, "max_attempts": 3},
+            "channels": [
+                {
+                    "name": "sms",
+                    "messenger": "sms_twilio",
+                    "webhook_secret": "whsec-123",
+                    "settings": {
+                        "account_sid": ACCOUNT_SID,
+                        "auth_token": AUTH_TOKEN,
+                        "from_number": FROM_NUMBER,
+                        "api_base_url": fuzz.serve_aux(fake),
+                    },
+                }
+            ],
+        }
+
+    hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
+
+    async def close_session() -> None:
+        await plugin.sessions.close()
+
+    with FuzzServer(config, hooks) as fuzz:
+        yield fuzz
+        fuzz.on_server(close_session)
+
+
+def _signed_form(server: FuzzServer, path: str, body: bytes) -> bytes:
+    """``X-Twilio-Signature`` over the parameters as the server decodes the body."""
+    params = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    return twilio_sign(server.base + path, params, AUTH_TOKEN, "HMAC_SHA1").encode()
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+@fuzz_settings(examples=30)
+@given(data=st.data())
+def test_signed_form_webhooks(server: FuzzServer, route: str, data: st.DataObject) -> None:
+    seeds = INBOUND_FORMS if route == "inbound" else STATUS_FORMS
+    pairs = data.draw(mutated_form(seeds), label="form")
+    extra = data.draw(
+        hostile_headers(["user-agent", "i-twilio-idempotency-token"]), label="headers"
+    )
+    path = ROUTES[route] + ("?ref=msg-01HZX3" if route == "status" else "")
+    body = encode_form(pairs)
+    headers = [(b"Content-Type", FORM), (b"X-Twilio-Signature", _signed_form(server, path, body))]
+    server.http(route, "POST", path, headers + extra, body)
+
+
+@fuzz_settings(examples=30)
+@given(doc=mutated_json(JSON_SEEDS), ascii_only=st.booleans())
+def test_signed_json_webhooks(server: FuzzServer, doc: Any, ascii_only: bool) -> None:
+    body = encode_json(doc, ascii_only=ascii_only)
+    path = f"/channels/sms/inbound?bodySHA256={hashlib.sha256(body).hexdigest()}"
+    signature = twilio_sign(server.base + path, [], AUTH_TOKEN, "HMAC_SHA1").encode()
+    headers = [(b"Content-Type", b"application/json"), (b"X-Twilio-Signature", signature)]
+    server.http("inbound-json", "POST", path, headers, body)
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+@fuzz_settings(examples=30)
+@given(
+    body=junk_body(),
+    signature=st.one_of(st.none(), hostile_header_value()),
+    settings_header=st.one_of(st.none(), hostile_header_value(max_size=300)),
+    content_type=st.sampled_from([FORM, b"application/json", b"text/plain", b"\xff"]),
+    query=st.one_of(st.none(), query_value()),
+)
+def test_unsigned_junk(
+    server: FuzzServer,
+    route: str,
+    body: bytes,
+    signature: bytes | None,
+    settings_header: bytes | None,
+    content_type: bytes,
+    query: str | None,
+) -> None:
+    headers = [(b"Content-Type", content_type)]
+    if signature is not None:
+        headers.append((b"X-Twilio-Signature", signature))
+    if settings_header is not None:
+        headers.append((b"X-Twilio-Webhooks-Signature-Settings", settings_header))
+    path = ROUTES[route] + (f"?ref={query}&bodySHA256={query}" if query is not None else "")
+    reply = server.http(f"{route}-junk", "POST", path, headers, body)
+    assert reply.code in (400, 403, 404, 405, 413, 431), reply
+
+
+def test_a_clean_webhook_is_accepted(server: FuzzServer) -> None:
+    """The harness signs correctly: a recorded webhook gets through to a 200."""
+    body = encode_form(INBOUND_FORMS[0])
+    path = ROUTES["inbound"]
+    headers = [(b"Content-Type", FORM), (b"X-Twilio-Signature", _signed_form(server, path, body))]
+    reply = server.http("inbound", "POST", path, headers, body)
+    assert reply.code == 200, reply
+    doc = json.dumps(dict(INBOUND_FORMS[1])).encode()
+    path = f"/channels/sms/inbound?bodySHA256={hashlib.sha256(doc).hexdigest()}"
+    signature = twilio_sign(server.base + path, [], AUTH_TOKEN, "HMAC_SHA1").encode()
+    headers = [(b"Content-Type", b"application/json"), (b"X-Twilio-Signature", signature)]
+    assert server.http("inbound-json", "POST", path, headers, doc).code == 200
