@@ -49,8 +49,12 @@ __all__ = [
     "REQUEST_LIMIT",
     "STALL_LIMIT",
     "FuzzServer",
+    "LoopStalled",
     "LoopThread",
     "Reply",
+    "ServerFailed",
+    "StoredWhenRefused",
+    "TooSlow",
     "fuzz_settings",
     "http_exchange",
     "rss_kib",
@@ -194,6 +198,22 @@ class _RingHandler(logging.Handler):
 
 #: Loggers routed into the ring, at the level ``extmsg serve`` runs them.
 _LOGGERS = {"extmsg": logging.INFO, "aiohttp": logging.WARNING, "mail.log": logging.WARNING}
+
+
+class ServerFailed(AssertionError):
+    """A 5xx, an SMTP failure reply (``451``, ``500 Error: (…)``) or no answer at all."""
+
+
+class LoopStalled(AssertionError):
+    """The server's event loop was blocked longer than :data:`STALL_LIMIT`."""
+
+
+class TooSlow(AssertionError):
+    """An exchange took longer than :data:`REQUEST_LIMIT`."""
+
+
+class StoredWhenRefused(AssertionError):
+    """A refused input left messages or jobs in the store."""
 
 
 # -- replies -----------------------------------------------------------------------------------
@@ -480,23 +500,24 @@ class FuzzServer:
         self.longest_request = max(self.longest_request, elapsed)
         counter = self.tally.setdefault(route, collections.Counter())
         counter[str(reply.code) if reply.code is not None else "none"] += 1
-        problems = []
+        # One exception type per broken promise: Hypothesis reports each kind of failure
+        # it finds (a 5xx and a stall in one run), not only the first.
+        context = f"{route}: {{}}\n{reply!r}\nrecent server log:\n{self.recent_logs()}"
         if reply.server_error:
-            problems.append(f"server error: {reply.server_error}")
-        if elapsed > REQUEST_LIMIT:
-            problems.append(f"took {elapsed:.2f}s (limit {REQUEST_LIMIT}s)")
+            raise ServerFailed(context.format(f"server error: {reply.server_error}"))
         if stall > STALL_LIMIT:
-            problems.append(f"the server's event loop stalled {stall:.2f}s (limit {STALL_LIMIT}s)")
-        if reply.refused and after != before:
-            problems.append(
-                f"refused, yet the store went from {before} to {after} (messages, jobs)"
+            raise LoopStalled(
+                context.format(
+                    f"the server's event loop stalled {stall:.2f}s (limit {STALL_LIMIT}s)"
+                )
             )
-        if problems:
-            raise AssertionError(
-                f"{route}: "
-                + "; ".join(problems)
-                + f"\n{reply!r}\nrecent server log:\n"
-                + self.recent_logs()
+        if elapsed > REQUEST_LIMIT:
+            raise TooSlow(context.format(f"took {elapsed:.2f}s (limit {REQUEST_LIMIT}s)"))
+        if reply.refused and after != before:
+            raise StoredWhenRefused(
+                context.format(
+                    f"refused, yet the store went from {before} to {after} (messages, jobs)"
+                )
             )
         return reply
 

@@ -125,7 +125,10 @@ def deep_nesting(max_depth: int = 200_000) -> st.SearchStrategy[Raw]:
             opening, inner, closing = b'[{"a":' * depth, b"0", b"}]" * depth
         return Raw(opening + inner + (closing if closed else b""))
 
-    depth = st.one_of(st.integers(1, 64), st.integers(64, max_depth))
+    depth = st.one_of(
+        st.sampled_from([d for d in (2, 100, 1_000, 10_000, 100_000) if d <= max_depth]),
+        st.integers(1, max_depth),
+    )
     return st.builds(build, st.sampled_from("[{m"), depth, st.booleans())
 
 
@@ -162,7 +165,7 @@ def _json_scalar() -> st.SearchStrategy[Any]:
     )
 
 
-def hostile_value() -> st.SearchStrategy[Any]:
+def hostile_value(*, deep: bool = True, broken: bool = True) -> st.SearchStrategy[Any]:
     """What replaces a field: wrong types, huge or broken strings, deep nesting, junk bytes."""
     small = st.recursive(
         _json_scalar(),
@@ -174,8 +177,17 @@ def hostile_value() -> st.SearchStrategy[Any]:
         ),
         max_leaves=8,
     )
-    broken_string = hostile_bytes().map(lambda b: Raw(b'"' + b + b'"'))
-    return st.one_of(small, deep_nesting(), broken_string, st.just(Raw(b"")))
+    options: list[st.SearchStrategy[Any]] = [small]
+    if deep:
+        options.append(deep_nesting())
+    if broken:
+        options += [_broken_string(), st.just(Raw(b""))]
+    return st.one_of(*options)
+
+
+def _broken_string() -> st.SearchStrategy[Raw]:
+    """A JSON string whose bytes are not UTF-8."""
+    return hostile_bytes().map(lambda b: Raw(b'"' + b + b'"'))
 
 
 # -- JSON ---------------------------------------------------------------------------------------
@@ -212,7 +224,18 @@ def _containers(node: Any, out: list[list[Any]]) -> list[list[Any]]:
     return out
 
 
-_MUTATIONS = ("replace", "replace", "replace", "delete", "repeat_key", "wrap", "stringify")
+_MUTATIONS = (
+    "replace",
+    "replace",
+    "replace",
+    "deep",
+    "deep",
+    "bytes",
+    "delete",
+    "repeat_key",
+    "wrap",
+    "stringify",
+)
 
 
 @st.composite
@@ -233,7 +256,8 @@ def mutated_json(draw: st.DrawFn, seeds: Sequence[Any], max_mutations: int = 4) 
             if objects:
                 obj = draw(st.sampled_from(objects))
                 key = obj[draw(st.integers(0, len(obj) - 1))][0]
-                obj.insert(draw(st.integers(0, len(obj))), [key, draw(hostile_value())])
+                value = draw(hostile_value(deep=False, broken=False))
+                obj.insert(draw(st.integers(0, len(obj))), [key, value])
             continue
         slots = _slots(tree, [])
         if not slots:
@@ -241,7 +265,11 @@ def mutated_json(draw: st.DrawFn, seeds: Sequence[Any], max_mutations: int = 4) 
             continue
         container, index = draw(st.sampled_from(slots))
         if op == "replace":
-            container[index] = draw(hostile_value())
+            container[index] = draw(hostile_value(deep=False, broken=False))
+        elif op == "deep":
+            container[index] = draw(deep_nesting())
+        elif op == "bytes":
+            container[index] = draw(st.one_of(_broken_string(), st.just(Raw(b""))))
         elif op == "wrap":
             container[index] = [container[index]]
         else:  # a value of the right content but the wrong type
@@ -373,13 +401,15 @@ def hostile_header_value(max_size: int = 12_000) -> st.SearchStrategy[bytes]:
     )
 
 
-def hostile_headers(names: Sequence[str]) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
-    """Zero or more of ``names`` (and a name that is not ASCII) with hostile values."""
+def hostile_headers(
+    names: Sequence[str], *, max_count: int = 3, max_size: int = 12_000
+) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
+    """Up to ``max_count`` of ``names`` (or a name that is not ASCII) with hostile values."""
     name = st.one_of(
         st.sampled_from([n.encode() for n in names]),
         st.sampled_from([b"X-\xc3\xa9t\xc3\xa9", b"X-\xff", b"x-unknown"]),
     )
-    return st.lists(st.tuples(name, hostile_header_value()), max_size=3)
+    return st.lists(st.tuples(name, hostile_header_value(max_size)), max_size=max_count)
 
 
 def junk_body(max_size: int = 2 * MB) -> st.SearchStrategy[bytes]:
