@@ -500,24 +500,23 @@ class FuzzServer:
         self.longest_request = max(self.longest_request, elapsed)
         counter = self.tally.setdefault(route, collections.Counter())
         counter[str(reply.code) if reply.code is not None else "none"] += 1
+
         # One exception type per broken promise: Hypothesis reports each kind of failure
         # it finds (a 5xx and a stall in one run), not only the first.
-        context = f"{route}: {{}}\n{reply!r}\nrecent server log:\n{self.recent_logs()}"
+        def context(problem: str) -> str:
+            return f"{route}: {problem}\n{reply!r}\nrecent server log:\n{self.recent_logs()}"
+
         if reply.server_error:
-            raise ServerFailed(context.format(f"server error: {reply.server_error}"))
+            raise ServerFailed(context(f"server error: {reply.server_error}"))
         if stall > STALL_LIMIT:
             raise LoopStalled(
-                context.format(
-                    f"the server's event loop stalled {stall:.2f}s (limit {STALL_LIMIT}s)"
-                )
+                context(f"the server's event loop stalled {stall:.2f}s (limit {STALL_LIMIT}s)")
             )
         if elapsed > REQUEST_LIMIT:
-            raise TooSlow(context.format(f"took {elapsed:.2f}s (limit {REQUEST_LIMIT}s)"))
+            raise TooSlow(context(f"took {elapsed:.2f}s (limit {REQUEST_LIMIT}s)"))
         if reply.refused and after != before:
             raise StoredWhenRefused(
-                context.format(
-                    f"refused, yet the store went from {before} to {after} (messages, jobs)"
-                )
+                context(f"refused, yet the store went from {before} to {after} (messages, jobs)")
             )
         return reply
 

@@ -233,6 +233,7 @@ _MUTATIONS = (
     "bytes",
     "delete",
     "repeat_key",
+    "add_key",
     "wrap",
     "stringify",
 )
@@ -250,6 +251,15 @@ def mutated_json(draw: st.DrawFn, seeds: Sequence[Any], max_mutations: int = 4) 
             if containers:
                 container = draw(st.sampled_from(containers))
                 del container[draw(st.integers(0, len(container) - 1))]
+            continue
+        if op == "add_key":  # a field the payload does not declare (decoders skip those)
+            objects = [c for c in _containers(tree, []) if isinstance(c, Pairs)]
+            if objects:
+                obj = draw(st.sampled_from(objects))
+                key = draw(
+                    st.one_of(st.sampled_from(["x", "extra", "$_type"]), st.text(max_size=8))
+                )
+                obj.insert(draw(st.integers(0, len(obj))), [key, draw(hostile_value())])
             continue
         if op == "repeat_key":
             objects = [c for c in _containers(tree, []) if isinstance(c, Pairs) and c]
