@@ -204,6 +204,20 @@ class ServerFailed(AssertionError):
     """A 5xx, an SMTP failure reply (``451``, ``500 Error: (…)``) or no answer at all."""
 
 
+_FAILURE_KINDS: dict[str, type[ServerFailed]] = {}
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Warning))\b", re.MULTILINE)
+
+
+def _failure_kind(log_tail: str) -> type[ServerFailed]:
+    """A subclass of :class:`ServerFailed` named after the exception the server logged last,
+    so Hypothesis tells a RecursionError from a UnicodeEncodeError (distinct bugs)."""
+    found = _EXCEPTION_LINE.findall(log_tail)
+    name = found[-1].rsplit(".", 1)[-1] if found else "unknown"
+    if name not in _FAILURE_KINDS:
+        _FAILURE_KINDS[name] = type(f"ServerFailed_{name}", (ServerFailed,), {})
+    return _FAILURE_KINDS[name]
+
+
 class LoopStalled(AssertionError):
     """The server's event loop was blocked longer than :data:`STALL_LIMIT`."""
 
@@ -507,7 +521,8 @@ class FuzzServer:
             return f"{route}: {problem}\n{reply!r}\nrecent server log:\n{self.recent_logs()}"
 
         if reply.server_error:
-            raise ServerFailed(context(f"server error: {reply.server_error}"))
+            kind = _failure_kind(self.recent_logs(1)) if reply.kind == "http" else ServerFailed
+            raise kind(context(f"server error: {reply.server_error}"))
         if stall > STALL_LIMIT:
             raise LoopStalled(
                 context(f"the server's event loop stalled {stall:.2f}s (limit {STALL_LIMIT}s)")

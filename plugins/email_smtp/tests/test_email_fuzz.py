@@ -12,6 +12,7 @@ but must store nothing. ``EXTMSG_FUZZ=long`` runs the long profile (see
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 from collections.abc import Iterator
@@ -103,7 +104,7 @@ def _listen_port() -> int:
 
 
 class _Session:
-    def __init__(self, port: int, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    def __init__(self, port: int, timeout: float = 30.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buffer = b""
 
@@ -127,10 +128,8 @@ class _Session:
         return self.reply()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.sendall(b"QUIT\r\n")
-        except OSError:
-            pass
         self.sock.close()
 
 
@@ -158,7 +157,7 @@ def smtp_exchange(
         accepted = 0
         for rcpt in recipients:
             code, text = session.command(b"RCPT TO:<" + rcpt + b">")
-            if code is None or code >= 500 and code != 550:
+            if code is None or (code >= 500 and code != 550):
                 return Reply(code, text, kind="smtp")
             accepted += code == 250
         if not accepted:
@@ -183,7 +182,7 @@ def smtp_exchange(
 
 def _split(mail: bytes) -> tuple[list[list[bytes]], bytes]:
     """Header fields (name, raw value with its folded lines) and the body."""
-    head, sep, body = mail.replace(b"\r\n", b"\n").partition(b"\n\n")
+    head, _, body = mail.replace(b"\r\n", b"\n").partition(b"\n\n")
     fields: list[list[bytes]] = []
     for line in head.split(b"\n"):
         if line[:1] in (b" ", b"\t") and fields:
