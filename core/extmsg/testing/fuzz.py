@@ -48,11 +48,13 @@ __all__ = [
     "PROFILE_ENV",
     "REQUEST_LIMIT",
     "STALL_LIMIT",
+    "WEDGE_LIMIT",
     "FuzzServer",
     "LoopStalled",
     "LoopThread",
     "Reply",
     "ServerFailed",
+    "ServerWedged",
     "StoredWhenRefused",
     "TooSlow",
     "fuzz_settings",
@@ -70,6 +72,9 @@ LONG_EXAMPLES = 10_000
 #: generous, for a loaded two-core machine (linear work on a megabyte takes milliseconds).
 REQUEST_LIMIT = 2.0
 STALL_LIMIT = 1.0
+#: Past this the server is taken for wedged (a loop blocked for minutes by a quadratic
+#: routine): the example fails, and later ones fail at once instead of waiting on it.
+WEDGE_LIMIT = 10.0
 
 settings.register_profile(
     CI_PROFILE,
@@ -134,7 +139,13 @@ class LoopThread:
         """Run ``coro`` on the loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Cancel what runs on the loop and stop it; ``wait=False`` for a loop that is blocked
+        (its daemon thread is left to the end of the process)."""
+        if not wait:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            return
+
         async def cancel_rest() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in tasks:
@@ -224,6 +235,10 @@ class LoopStalled(AssertionError):
 
 class TooSlow(AssertionError):
     """An exchange took longer than :data:`REQUEST_LIMIT`."""
+
+
+class ServerWedged(AssertionError):
+    """An earlier example left the server unable to answer; this one was not tried."""
 
 
 class StoredWhenRefused(AssertionError):
@@ -342,6 +357,8 @@ class FuzzServer:
         self._logs = _RingHandler()
         self._saved_loggers: list[tuple[logging.Logger, bool, int]] = []
         self.rss_start = 0
+        #: Why the server stopped answering, once it did.
+        self.wedged: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> FuzzServer:
@@ -421,7 +438,9 @@ class FuzzServer:
         self.rss_start = rss_kib()
 
     def close(self) -> None:
-        if self.loop is not None:
+        if self.loop is not None and self.wedged:
+            self.loop.close(wait=False)
+        elif self.loop is not None:
             if self._stop is not None and self._serving is not None:
                 stop, serving = self._stop, self._serving
 
@@ -504,12 +523,14 @@ class FuzzServer:
         within :data:`REQUEST_LIMIT`, the server's loop never stalled :data:`STALL_LIMIT`,
         and nothing stored when the answer is a refusal."""
         assert self.loop is not None
+        if self.wedged:
+            raise ServerWedged(f"{route}: an earlier example wedged the server: {self.wedged}")
         before = self.stored()
-        self.loop.run(self.monitor.take())
+        self._take_stall("before")
         started = time.monotonic()
         reply = call()
         elapsed = time.monotonic() - started
-        stall = self.loop.run(self.monitor.take())
+        stall = self._take_stall(f"{route} after {reply!r}")
         after = self.stored()
         self.longest_request = max(self.longest_request, elapsed)
         counter = self.tally.setdefault(route, collections.Counter())
@@ -535,6 +556,17 @@ class FuzzServer:
             )
         return reply
 
+    def _take_stall(self, when: str) -> float:
+        assert self.loop is not None
+        try:
+            return self.loop.run(self.monitor.take(), timeout=WEDGE_LIMIT)
+        except TimeoutError:
+            self.wedged = f"its event loop was blocked over {WEDGE_LIMIT:g}s ({when})"
+            raise LoopStalled(
+                f"the server's event loop is blocked (over {WEDGE_LIMIT:g}s, {when})\n"
+                f"recent server log:\n{self.recent_logs()}"
+            ) from None
+
     def http(
         self,
         route: str,
@@ -548,7 +580,13 @@ class FuzzServer:
         return self.measure(
             route,
             lambda: http_exchange(
-                "127.0.0.1", self.port, method.encode(), raw_target, headers or [], body
+                "127.0.0.1",
+                self.port,
+                method.encode(),
+                raw_target,
+                headers or [],
+                body,
+                timeout=WEDGE_LIMIT,
             ),
         )
 

@@ -21,9 +21,11 @@ from urllib.parse import quote_from_bytes
 from hypothesis import strategies as st
 
 __all__ = [
+    "CLASSICS",
     "MB",
     "Pairs",
     "Raw",
+    "classic_variants",
     "deep_nesting",
     "encode_form",
     "encode_json",
@@ -431,3 +433,72 @@ def junk_body(max_size: int = 2 * MB) -> st.SearchStrategy[bytes]:
         st.sampled_from([b"", b"{}", b"[]", b"null", b"0", b'""', b"{", b'{"a":1,"a":2}']),
         hostile_text(max_size=max_size // 4).map(lambda t: t.encode("utf-8", "surrogatepass")),
     )
+
+
+# -- fixed examples -----------------------------------------------------------------------------
+
+#: The classic hostile values, each once: run first in every profile (``@example``), so the
+#: well-known ways to break a parser are tried however few examples a run draws.
+CLASSICS: dict[str, Any] = {
+    "deep_array": Raw(b"[" * 100_000 + b"]" * 100_000),
+    "deep_object": Raw(b'{"a":' * 100_000 + b"null" + b"}" * 100_000),
+    "lone_surrogate": "caf\ud800e",
+    "megabyte_of_digits": "1" * MB,
+    "megabyte_of_addresses": "a@b.ch +41791234567 " * (MB // 20),
+    "not_utf8": Raw(b'"\xff\xfe\xed\xa0\x80"'),
+    "control_characters": "\x00\x1b[2J\r\n\u202e\x7f",
+    "wrong_type": [{"a": [1, None, True]}],
+    "huge_number": 10**400,
+}
+
+
+def classic_variants(
+    seed: Any, path: Sequence[str | int], id_path: Sequence[str | int] | None = None
+) -> list[Any]:
+    """``seed`` with the value at ``path`` replaced by each of :data:`CLASSICS`, then with
+    a field it does not declare holding deep nesting (decoders skip unknown fields), then
+    with the field removed. ``id_path`` names the payload's message id, made unique per
+    variant so none is dropped as a duplicate of another."""
+    values = [*CLASSICS.items(), ("unknown_field", None), ("missing", None)]
+    out = []
+    for name, value in values:
+        tree = _tree(seed)
+        if id_path is not None:
+            _set(tree, id_path, f"classic-{name}-{'/'.join(map(str, path))}")
+        if name == "unknown_field":
+            assert isinstance(tree, Pairs)
+            tree.append(["x-unknown", CLASSICS["deep_array"]])
+        else:
+            _set(tree, path, value, delete=name == "missing")
+        out.append(tree)
+    return out
+
+
+def _set(tree: Any, path: Sequence[str | int], value: Any, *, delete: bool = False) -> None:
+    node = tree
+    for step in path[:-1]:
+        node = _child(node, step)
+    last = path[-1]
+    if isinstance(node, Pairs):
+        for i, pair in enumerate(node):
+            if pair[0] == last:
+                if delete:
+                    del node[i]
+                else:
+                    pair[1] = value
+                return
+        raise KeyError(last)
+    assert isinstance(last, int)
+    if delete:
+        del node[last]
+    else:
+        node[last] = value
+
+
+def _child(node: Any, step: str | int) -> Any:
+    if isinstance(node, Pairs):
+        for key, value in node:
+            if key == step:
+                return value
+        raise KeyError(step)
+    return node[step]

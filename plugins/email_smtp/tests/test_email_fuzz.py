@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extmsg.plugins import build_hooks
-from extmsg.testing.fuzz import FuzzServer, Reply, fuzz_settings
+from extmsg.testing.fuzz import WEDGE_LIMIT, FuzzServer, Reply, fuzz_settings
 from extmsg.testing.helpers import free_port
 from extmsg.testing.hostile import MB, hostile_bytes, hostile_text
 from extmsg_email_smtp import plugin
@@ -138,7 +138,7 @@ def smtp_exchange(
 ) -> Reply:
     """A mail transaction (or, with ``lines``, those raw commands), answered with the reply
     that decides its fate: DATA's, or the first refusal."""
-    session = _Session(port)
+    session = _Session(port, WEDGE_LIMIT)
     try:
         code, text = session.reply()
         if code != 220:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from whatsapp_testkit import (
     ACCESS_TOKEN,
@@ -31,6 +31,7 @@ from whatsapp_testkit import (
 from extmsg.plugins import build_hooks
 from extmsg.testing.fuzz import FuzzServer, fuzz_settings
 from extmsg.testing.hostile import (
+    classic_variants,
     encode_json,
     hostile_header_value,
     hostile_headers,
@@ -48,6 +49,19 @@ SEEDS: list[Any] = [
     if isinstance(case["request"].get("body"), dict)
 ]
 VERIFY_TOKEN = "main-verify-token"
+_MESSAGE = ("entry", 0, "changes", 0, "value", "messages", 0)
+CLASSIC_DOCS = [
+    doc
+    for field in (("text", "body"), ("from",))
+    for doc in classic_variants(SEEDS[0], (*_MESSAGE, *field), id_path=(*_MESSAGE, "id"))
+]
+
+
+def _with_classics(test: Any) -> Any:
+    """Every classic hostile value in a text message's body and sender, in every run."""
+    for doc in CLASSIC_DOCS:
+        test = example(doc=doc, ascii_only=True, secret=APP_SECRET, extra=[])(test)
+    return test
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +113,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
     secret=st.sampled_from([APP_SECRET, OTHER_APP_SECRET]),
     extra=hostile_headers(["user-agent", "content-type"], max_count=1, max_size=2000),
 )
+@_with_classics
 def test_signed_notifications(
     server: FuzzServer, doc: Any, ascii_only: bool, secret: str, extra: list[tuple[bytes, bytes]]
 ) -> None:
