@@ -14,18 +14,18 @@ import hashlib
 import hmac
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
+from aiohttp import web
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from extmsg.plugins import build_hooks
 from extmsg.runtime import RUNTIME
 from extmsg.store.base import MediaRow
-from extmsg.testing.fuzz import FuzzServer, fuzz_settings
+from extmsg.testing.fuzz import FuzzHost, FuzzServer, FuzzSetup, fuzz_settings
 from extmsg.testing.hostile import (
     encode_json,
     hostile_header_value,
@@ -47,46 +47,41 @@ MEDIA_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 MEDIA_DATA = b"\x89PNG\r\n\x1a\n fuzz"
 
 
+async def _publish(app: web.Application) -> None:
+    row = MediaRow(
+        id=MEDIA_ID,
+        channel="loop",
+        file_name="cat.png",
+        mime_type="image/png",
+        data=MEDIA_DATA,
+        expires_at=time.time() + 3600,
+    )
+    await app[RUNTIME].store.put_media(row)
+
+
+def fuzz_setup(host: FuzzHost, unblu: str) -> FuzzSetup:
+    """The server under test (built in its own process, see :class:`FuzzServer`)."""
+    provider = host.serve_aux(LoopbackProvider().app)
+    config = {
+        "store": {"path": str(host.folder / "store.sqlite3")},
+        "unblu": {"base_url": unblu, "api_version": "v4", "username": "admin", "password": "admin"},
+        "engine": {"backoff_initial": 0.05, "backoff_max": 0.5, "max_attempts": 3},
+        "channels": [
+            {
+                "name": "loop",
+                "messenger": "loopback",
+                "webhook_secret": SECRET,
+                "settings": {"token": "tok", "api_url": provider},
+            }
+        ],
+    }
+    hooks = build_hooks(entry_points=False, extra=[loopback_plugin], disabled=())
+    return FuzzSetup(config=config, hooks=hooks, after_start=_publish)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
-    folder: Path = tmp_path_factory.mktemp("core-fuzz")
-
-    def config(fuzz: FuzzServer, unblu: str) -> dict[str, Any]:
-        provider = fuzz.serve_aux(LoopbackProvider().app)
-        return {
-            "store": {"path": str(folder / "store.sqlite3")},
-            "unblu": {
-                "base_url": unblu,
-                "api_version": "v4",
-                "username": "admin",
-                "password": "admin",
-            },
-            "engine": {"backoff_initial": 0.05, "backoff_max": 0.5, "max_attempts": 3},
-            "channels": [
-                {
-                    "name": "loop",
-                    "messenger": "loopback",
-                    "webhook_secret": SECRET,
-                    "settings": {"token": "tok", "api_url": provider},
-                }
-            ],
-        }
-
-    hooks = build_hooks(entry_points=False, extra=[loopback_plugin], disabled=())
-    with FuzzServer(config, hooks) as fuzz:
-
-        async def publish() -> None:
-            row = MediaRow(
-                id=MEDIA_ID,
-                channel="loop",
-                file_name="cat.png",
-                mime_type="image/png",
-                data=MEDIA_DATA,
-                expires_at=time.time() + 3600,
-            )
-            await fuzz.app[RUNTIME].store.put_media(row)
-
-        fuzz.on_server(publish)
+    with FuzzServer(f"{__name__}:fuzz_setup", tmp_path_factory.mktemp("core-fuzz")) as fuzz:
         yield fuzz
 
 

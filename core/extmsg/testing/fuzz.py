@@ -24,18 +24,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import importlib
 import json
 import logging
 import os
 import re
+import select
 import socket
 import sqlite3
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+import urllib.request
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
 from hypothesis import HealthCheck, settings
 
@@ -49,7 +56,9 @@ __all__ = [
     "REQUEST_LIMIT",
     "STALL_LIMIT",
     "WEDGE_LIMIT",
+    "FuzzHost",
     "FuzzServer",
+    "FuzzSetup",
     "LoopStalled",
     "LoopThread",
     "Reply",
@@ -109,15 +118,13 @@ def fuzz_settings(examples: int = 25) -> settings:
     return settings(settings.get_profile(CI_PROFILE), max_examples=count)
 
 
-def rss_kib() -> int:
-    """This process's resident memory in KiB (the server runs in it)."""
+def rss_kib(pid: int | str = "self") -> int:
+    """Resident memory of process ``pid`` in KiB (0 where /proc is not there)."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return 0
 
 
 # -- event loops in threads ------------------------------------------------------------------
@@ -324,43 +331,176 @@ def http_exchange(
     return Reply(int(match.group(1)), raw.partition(b"\r\n\r\n")[2])
 
 
-# -- the server --------------------------------------------------------------------------------
+# -- the server's side (a process of its own) ------------------------------------------------
+
+
+class FuzzSetup(msgspec.Struct, kw_only=True):
+    """What a fuzz module's set-up function returns (see :class:`FuzzServer`).
+
+    :ivar config: the TOML-shaped config (``store.path`` is required), as for
+        :func:`~extmsg.testing.helpers.running_extmsg`.
+    :ivar hooks: the plugins to serve with.
+    :ivar after_start: run on the server's loop once it is ready (e.g. to publish a file).
+    :ivar extra: facts the tests need (a listener's port), handed to :attr:`FuzzServer.extra`.
+    """
+
+    config: dict[str, Any]
+    hooks: Hooks
+    after_start: Callable[[web.Application], Awaitable[None]] | None = None
+    extra: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class FuzzHost:
+    """The server process: extmsg on one loop (watched by a :class:`StallMonitor`), the Unblu
+    sandbox, provider fakes and a small control API on another."""
+
+    def __init__(self, folder: Path) -> None:
+        #: A folder for the store and other files of this server.
+        self.folder = folder
+        self.aux = LoopThread("fuzz-aux")
+        self.loop = LoopThread("extmsg-server")
+        self.monitor = StallMonitor()
+        self.logs = _RingHandler()
+        self.stopped = threading.Event()
+        self._runners: list[web.AppRunner] = []
+        self._stop: asyncio.Event | None = None
+        self._serving: asyncio.Future[None] | None = None
+
+    def serve_aux(self, app: web.Application) -> str:
+        """Serve ``app`` (a provider fake) on the auxiliary loop; its base URL."""
+
+        async def start() -> str:
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            self._runners.append(runner)
+            port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+            return f"http://127.0.0.1:{port}"
+
+        return self.aux.run(start())
+
+    def start(self, setup: Callable[[FuzzHost, str], FuzzSetup]) -> dict[str, Any]:
+        from ..sandbox import run_sandbox
+
+        for name, level in _LOGGERS.items():
+            logger = logging.getLogger(name)
+            logger.addHandler(self.logs)
+            logger.propagate = False
+            logger.setLevel(level)
+        sandbox = self.aux.run(
+            run_sandbox("127.0.0.1", 0, retry_backoff=0.05, retry_backoff_max=0.2)
+        )
+        spec = setup(self, sandbox.base_url)
+        started: asyncio.Future[RunningExtmsg] = self.loop.loop.create_future()
+
+        async def serve() -> None:
+            self._stop = asyncio.Event()
+            asyncio.get_running_loop().create_task(self.monitor.run(), name="stall-monitor")
+            try:
+                async with running_extmsg(spec.config, spec.hooks) as running:
+                    if spec.after_start is not None:
+                        await spec.after_start(running.app)
+                    started.set_result(running)
+                    await self._stop.wait()
+            except BaseException as exc:
+                if not started.done():
+                    started.set_exception(exc)
+                raise
+
+        async def launch() -> RunningExtmsg:
+            self._serving = asyncio.ensure_future(serve())
+            return await started
+
+        running = self.loop.run(launch(), timeout=60)
+        control = self.serve_aux(self._control_app())
+        return {
+            "base": running.base,
+            "control": control,
+            "store": str(spec.config["store"]["path"]),
+            "extra": spec.extra,
+        }
+
+    def _control_app(self) -> web.Application:
+        async def stall(request: web.Request) -> web.Response:
+            future = asyncio.run_coroutine_threadsafe(self.monitor.take(), self.loop.loop)
+            value = await asyncio.wrap_future(future)
+            return web.json_response({"stall": value, "longest": self.monitor.longest_ever})
+
+        async def logs(request: web.Request) -> web.Response:
+            return web.json_response(list(self.logs.lines)[-int(request.query.get("n", "4")) :])
+
+        async def stop(request: web.Request) -> web.Response:
+            self.stopped.set()
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_get("/stall", stall)
+        app.router.add_get("/logs", logs)
+        app.router.add_post("/stop", stop)
+        return app
+
+    def close(self) -> None:
+        if self._stop is not None and self._serving is not None:
+            stop, serving = self._stop, self._serving
+
+            async def finish() -> None:
+                stop.set()
+                await asyncio.gather(serving, return_exceptions=True)
+
+            with contextlib.suppress(Exception):
+                self.loop.run(finish(), timeout=30)
+        self.loop.close()
+
+        async def close_aux() -> None:
+            for runner in self._runners:
+                await runner.cleanup()
+
+        with contextlib.suppress(Exception):
+            self.aux.run(close_aux())
+        self.aux.close()
+
+
+def _child_main(argv: list[str]) -> int:
+    """``python -m extmsg.testing.fuzz module:function folder``: serve until told to stop."""
+    module, _, function = argv[0].partition(":")
+    setup = getattr(importlib.import_module(module), function)
+    host = FuzzHost(Path(argv[1]))
+    facts = host.start(setup)
+    print(json.dumps(facts), flush=True)
+    host.stopped.wait()
+    host.close()
+    return 0
+
+
+# -- the test's side ---------------------------------------------------------------------------
 
 
 class FuzzServer:
-    """extmsg serving ``config`` (a TOML-shaped dict, see :func:`running_extmsg`) with the
-    Unblu sandbox, on a loop of its own; use as a context manager.
+    """A fuzz target: ``extmsg`` serving in a process of its own, set up by ``setup`` (a
+    ``"module:function"`` taking a :class:`FuzzHost` and the sandbox's web API base URL and
+    returning a :class:`FuzzSetup`). Use as a context manager (a module-scoped fixture).
 
-    ``config`` is called with the sandbox's web API base URL and the auxiliary loop (for
-    provider fakes, see :meth:`serve_aux`).
+    ``folder`` holds the store (:attr:`FuzzHost.folder` on the server's side). A process of its
+    own, because a routine that is quadratic in C (a regular expression)
+    holds the interpreter lock: in-process, it would freeze the test too. Here the test times
+    out, names the example and ends the process.
     """
 
-    def __init__(
-        self,
-        config: Callable[[FuzzServer, str], dict[str, Any]],
-        hooks: Hooks,
-    ) -> None:
-        self._config = config
-        self.hooks = hooks
-        self.aux = LoopThread("fuzz-aux")
-        self.loop: LoopThread | None = None
-        self.running: RunningExtmsg | None = None
-        self.monitor = StallMonitor()
+    def __init__(self, setup: str, folder: Path) -> None:
+        self.setup = setup
+        self.folder = folder
         self.tally: dict[str, collections.Counter[str]] = {}
         self.longest_request = 0.0
-        self.store_path: Path | None = None
-        self._db: sqlite3.Connection | None = None
-        self._stop: asyncio.Event | None = None
-        self._serving: asyncio.Future[None] | None = None
-        self._aux_runners: list[web.AppRunner] = []
-        self._sandbox: Any = None
-        self._logs = _RingHandler()
-        self._saved_loggers: list[tuple[logging.Logger, bool, int]] = []
+        self.longest_stall = 0.0
         self.rss_start = 0
+        self.extra: dict[str, Any] = {}
         #: Why the server stopped answering, once it did.
         self.wedged: str | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._facts: dict[str, Any] = {}
+        self._db: sqlite3.Connection | None = None
+        self._log_file: Any = None
 
-    # -- lifecycle -----------------------------------------------------------------------------
     def __enter__(self) -> FuzzServer:
         try:
             self._start()
@@ -372,117 +512,58 @@ class FuzzServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def serve_aux(self, app: web.Application) -> str:
-        """Serve ``app`` (a provider fake) on the auxiliary loop; its base URL."""
-
-        async def start() -> str:
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self._aux_runners.append(runner)
-            port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
-            return f"http://127.0.0.1:{port}"
-
-        return self.aux.run(start())
-
-    def on_server(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run ``make()`` on the server's loop (for set-up through the running app)."""
-        assert self.loop is not None
-
-        async def call() -> T:
-            return await make()
-
-        return self.loop.run(call())
-
     def _start(self) -> None:
-        from ..sandbox import run_sandbox
-
-        # Into the ring only: 10,000 examples must not fill pytest's log capture.
-        for name, level in _LOGGERS.items():
-            logger = logging.getLogger(name)
-            self._saved_loggers.append((logger, logger.propagate, logger.level))
-            logger.addHandler(self._logs)
-            logger.propagate = False
-            logger.setLevel(level)
-        self._sandbox = self.aux.run(
-            run_sandbox("127.0.0.1", 0, retry_backoff=0.05, retry_backoff_max=0.2)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._log_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self._proc = subprocess.Popen(  # noqa: S603 - this interpreter, a module of ours
+            [sys.executable, "-m", "extmsg.testing.fuzz", self.setup, str(self.folder)],
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            env=env,
         )
-        raw = self._config(self, self._sandbox.base_url)
-        self.store_path = Path(raw["store"]["path"])
-        self.loop = LoopThread("extmsg-server")
-        started: asyncio.Future[RunningExtmsg] = asyncio.Future(loop=self.loop.loop)
-
-        async def serve() -> None:
-            self._stop = asyncio.Event()
-            asyncio.get_running_loop().create_task(self.monitor.run(), name="stall-monitor")
-            try:
-                async with running_extmsg(raw, self.hooks) as running:
-                    started.set_result(running)
-                    await self._stop.wait()
-            except BaseException as exc:
-                if not started.done():
-                    started.set_exception(exc)
-                raise
-
-        async def launch() -> None:
-            self._serving = asyncio.ensure_future(serve())
-
-        self.loop.run(launch())
-
-        async def wait_started() -> RunningExtmsg:
-            return await started
-
-        self.running = self.loop.run(wait_started(), timeout=60)
-        self._db = sqlite3.connect(self.store_path, timeout=10, check_same_thread=False)
-        self.rss_start = rss_kib()
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], 90)
+        line = self._proc.stdout.readline() if ready else b""
+        if not line:
+            self._log_file.seek(0)
+            output = self._log_file.read().decode("utf-8", "replace")[-3000:]
+            raise RuntimeError(f"the fuzz server did not start:\n{output}")
+        self._facts = json.loads(line)
+        self.extra = dict(self._facts["extra"])
+        self._db = sqlite3.connect(self._facts["store"], timeout=10, check_same_thread=False)
+        self.rss_start = rss_kib(self._proc.pid)
 
     def close(self) -> None:
-        if self.loop is not None and self.wedged:
-            self.loop.close(wait=False)
-        elif self.loop is not None:
-            if self._stop is not None and self._serving is not None:
-                stop, serving = self._stop, self._serving
-
-                async def finish() -> None:
-                    stop.set()
-                    await asyncio.gather(serving, return_exceptions=True)
-
-                with contextlib.suppress(Exception):
-                    self.loop.run(finish(), timeout=60)
-            self.loop.close()
+        if self._proc is not None and self._proc.poll() is None:
+            report = self.report()
+            if not self.wedged:
+                with contextlib.suppress(OSError, ValueError):
+                    self._control("/stop", method="POST", timeout=10)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(40)
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait(10)
+            self._write_report(report)
         if self._db is not None:
             self._db.close()
-
-        async def close_aux() -> None:
-            for runner in self._aux_runners:
-                await runner.cleanup()
-            if self._sandbox is not None:
-                await self._sandbox.close()
-
-        with contextlib.suppress(Exception):
-            self.aux.run(close_aux())
-        self.aux.close()
-        for logger, propagate, level in self._saved_loggers:
-            logger.removeHandler(self._logs)
-            logger.propagate = propagate
-            logger.setLevel(level)
-        self._write_report()
+        if self._log_file is not None:
+            self._log_file.close()
 
     # -- facts ---------------------------------------------------------------------------------
     @property
     def base(self) -> str:
-        assert self.running is not None
-        return self.running.base
+        return str(self._facts["base"])
 
     @property
     def port(self) -> int:
         return int(self.base.rsplit(":", 1)[1])
 
-    @property
-    def app(self) -> web.Application:
-        assert self.running is not None
-        return self.running.app
+    def _control(self, path: str, *, method: str = "GET", timeout: float) -> Any:
+        url = self._facts["control"] + path  # http://127.0.0.1:…, from the child
+        request = urllib.request.Request(url, method=method)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - loopback
+            return json.loads(resp.read())
 
     def stored(self) -> tuple[int, int]:
         """(messages, jobs) in the store, leaving out the jobs the engine itself adds when it
@@ -495,52 +576,68 @@ class FuzzServer:
         return int(row[0]), int(row[1])
 
     def recent_logs(self, count: int = 4) -> str:
-        """The last few log records, a traceback cut to its first line and its end."""
+        """The server's last few log records, a traceback cut to its first line and its end."""
+        try:
+            lines: list[str] = self._control(f"/logs?n={count}", timeout=3)
+        except (OSError, ValueError) as exc:
+            return f"(the server does not answer: {exc})"
         out = []
-        for line in list(self._logs.lines)[-count:]:
+        for line in lines:
             rows = line.splitlines()
             out.append("\n".join([*rows[:1], *(["  …"] if len(rows) > 4 else []), *rows[1:][-3:]]))
         return "\n".join(out)
 
     def report(self) -> dict[str, Any]:
+        assert self._proc is not None
         return {
+            "setup": self.setup,
             "routes": {route: dict(sorted(c.items())) for route, c in sorted(self.tally.items())},
-            "rss_kib_start": self.rss_start,
-            "rss_kib_now": rss_kib(),
-            "longest_stall_s": round(self.monitor.longest_ever, 4),
+            "server_rss_kib_start": self.rss_start,
+            "server_rss_kib_end": rss_kib(self._proc.pid),
+            "longest_stall_s": round(self.longest_stall, 4),
             "longest_request_s": round(self.longest_request, 4),
         }
 
-    def _write_report(self) -> None:
+    def _write_report(self, report: dict[str, Any]) -> None:
         path = os.environ.get("EXTMSG_FUZZ_REPORT")
         if path and self.tally:
             with open(path, "a", encoding="utf-8") as out:
-                out.write(json.dumps(self.report()) + "\n")
+                out.write(json.dumps(report) + "\n")
 
     # -- exchanges -----------------------------------------------------------------------------
+    def _take_stall(self, when: str) -> float:
+        try:
+            value = float(self._control("/stall", timeout=WEDGE_LIMIT)["stall"])
+        except (OSError, ValueError):
+            self.wedged = f"its event loop was blocked over {WEDGE_LIMIT:g}s ({when})"
+            raise LoopStalled(
+                f"the server's event loop is blocked (over {WEDGE_LIMIT:g}s, {when})"
+            ) from None
+        self.longest_stall = max(self.longest_stall, value)
+        return value
+
     def measure(self, route: str, call: Callable[[], Reply]) -> Reply:
         """Run one client exchange and check the promise: an answer that is no server error,
         within :data:`REQUEST_LIMIT`, the server's loop never stalled :data:`STALL_LIMIT`,
         and nothing stored when the answer is a refusal."""
-        assert self.loop is not None
         if self.wedged:
             raise ServerWedged(f"{route}: an earlier example wedged the server: {self.wedged}")
         before = self.stored()
-        self._take_stall("before")
+        self._take_stall("before the request")
         started = time.monotonic()
         reply = call()
         elapsed = time.monotonic() - started
-        stall = self._take_stall(f"{route} after {reply!r}")
+        stall = self._take_stall(f"{route} answered {reply!r}"[:400])
         after = self.stored()
         self.longest_request = max(self.longest_request, elapsed)
         counter = self.tally.setdefault(route, collections.Counter())
         counter[str(reply.code) if reply.code is not None else "none"] += 1
 
-        # One exception type per broken promise: Hypothesis reports each kind of failure
-        # it finds (a 5xx and a stall in one run), not only the first.
         def context(problem: str) -> str:
             return f"{route}: {problem}\n{reply!r}\nrecent server log:\n{self.recent_logs()}"
 
+        # One exception type per broken promise: Hypothesis reports each kind of failure
+        # it finds (a 5xx and a stall in one run), not only the first.
         if reply.server_error:
             kind = _failure_kind(self.recent_logs(1)) if reply.kind == "http" else ServerFailed
             raise kind(context(f"server error: {reply.server_error}"))
@@ -555,17 +652,6 @@ class FuzzServer:
                 context(f"refused, yet the store went from {before} to {after} (messages, jobs)")
             )
         return reply
-
-    def _take_stall(self, when: str) -> float:
-        assert self.loop is not None
-        try:
-            return self.loop.run(self.monitor.take(), timeout=WEDGE_LIMIT)
-        except TimeoutError:
-            self.wedged = f"its event loop was blocked over {WEDGE_LIMIT:g}s ({when})"
-            raise LoopStalled(
-                f"the server's event loop is blocked (over {WEDGE_LIMIT:g}s, {when})\n"
-                f"recent server log:\n{self.recent_logs()}"
-            ) from None
 
     def http(
         self,
@@ -591,10 +677,7 @@ class FuzzServer:
         )
 
 
-@contextlib.contextmanager
-def fuzz_server(
-    config: Callable[[FuzzServer, str], dict[str, Any]], hooks: Hooks
-) -> Iterator[FuzzServer]:
-    """:class:`FuzzServer` as a context manager (for a module-scoped fixture)."""
-    with FuzzServer(config, hooks) as server:
-        yield server
+if __name__ == "__main__":
+    from extmsg.testing import fuzz as _canonical  # not this __main__ copy of the module
+
+    sys.exit(_canonical._child_main(sys.argv[1:]))

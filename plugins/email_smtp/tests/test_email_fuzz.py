@@ -16,8 +16,6 @@ import contextlib
 import re
 import socket
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from email_testkit import ADDRESS, SECRET, corpus_cases, load_case
@@ -25,7 +23,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from extmsg.plugins import build_hooks
-from extmsg.testing.fuzz import WEDGE_LIMIT, FuzzServer, Reply, fuzz_settings
+from extmsg.testing.fuzz import WEDGE_LIMIT, FuzzHost, FuzzServer, FuzzSetup, Reply, fuzz_settings
 from extmsg.testing.helpers import free_port
 from extmsg.testing.hostile import MB, hostile_bytes, hostile_text
 from extmsg_email_smtp import plugin
@@ -50,54 +48,40 @@ HEADERS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _reset_plugin_state() -> None:
-    """The plugin's listener belongs to the fuzz server and stops with it."""
+def fuzz_setup(host: FuzzHost, unblu: str) -> FuzzSetup:
+    """The server under test (built in its own process, see :class:`FuzzServer`)."""
+    listen_port = free_port()
+    config = {
+        "store": {"path": str(host.folder / "store.sqlite3")},
+        "unblu": {"base_url": unblu, "api_version": "v4", "username": "admin", "password": "admin"},
+        "engine": {"backoff_initial": 0.05, "backoff_max": 0.5, "max_attempts": 3},
+        "channels": [
+            {
+                "name": "email",
+                "messenger": "email_smtp",
+                "webhook_secret": SECRET,
+                "settings": {
+                    "address": ADDRESS,
+                    "display_name": "Acme Support",
+                    "smtp_host": "127.0.0.1",
+                    "smtp_port": free_port(),  # nothing listens: no mail goes out
+                    "smtp_security": "none",
+                    "inbound": ["smtp"],
+                    "listen_host": "127.0.0.1",
+                    "listen_port": listen_port,
+                    "max_message_bytes": 4 * MB,
+                },
+            }
+        ],
+    }
+    hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
+    return FuzzSetup(config=config, hooks=hooks, extra={"smtp_port": listen_port})
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
-    folder: Path = tmp_path_factory.mktemp("email-fuzz")
-
-    def config(fuzz: FuzzServer, unblu: str) -> dict[str, Any]:
-        return {
-            "store": {"path": str(folder / "store.sqlite3")},
-            "unblu": {
-                "base_url": unblu,
-                "api_version": "v4",
-                "username": "admin",
-                "password": "admin",
-            },
-            "engine": {"backoff_initial": 0.05, "backoff_max": 0.5, "max_attempts": 3},
-            "channels": [
-                {
-                    "name": "email",
-                    "messenger": "email_smtp",
-                    "webhook_secret": SECRET,
-                    "settings": {
-                        "address": ADDRESS,
-                        "display_name": "Acme Support",
-                        "smtp_host": "127.0.0.1",
-                        "smtp_port": free_port(),  # nothing listens: no mail goes out
-                        "smtp_security": "none",
-                        "inbound": ["smtp"],
-                        "listen_host": "127.0.0.1",
-                        "listen_port": free_port(),
-                        "max_message_bytes": 4 * MB,
-                    },
-                }
-            ],
-        }
-
-    hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
-    with FuzzServer(config, hooks) as fuzz:
+    with FuzzServer(f"{__name__}:fuzz_setup", tmp_path_factory.mktemp("email-fuzz")) as fuzz:
         yield fuzz
-    plugin.state.books.clear()
-
-
-def _listen_port() -> int:
-    assert plugin.state.listeners, "the SMTP listener is not running"
-    return plugin.state.listeners[0].port
 
 
 # -- an SMTP client that says exactly what it is told -------------------------------------------
@@ -288,7 +272,7 @@ _ADDRESSES = st.one_of(
 def test_hostile_mail(
     server: FuzzServer, mail: bytes, sender: bytes, recipients: list[bytes]
 ) -> None:
-    port = _listen_port()
+    port = server.extra["smtp_port"]
     server.measure("smtp", lambda: smtp_exchange(port, sender, recipients, mail))
 
 
@@ -312,7 +296,7 @@ def test_hostile_mail(
     )
 )
 def test_junk_commands(server: FuzzServer, lines: list[bytes]) -> None:
-    port = _listen_port()
+    port = server.extra["smtp_port"]
     server.measure("smtp-junk", lambda: smtp_exchange(port, b"", [], b"", lines=lines))
 
 
@@ -320,6 +304,8 @@ def test_a_clean_mail_is_stored(server: FuzzServer) -> None:
     """The client speaks SMTP correctly: a corpus mail gets its 250."""
     reply = server.measure(
         "smtp",
-        lambda: smtp_exchange(_listen_port(), b"jane.doe@gmail.com", [ADDRESS.encode()], MAILS[0]),
+        lambda: smtp_exchange(
+            server.extra["smtp_port"], b"jane.doe@gmail.com", [ADDRESS.encode()], MAILS[0]
+        ),
     )
     assert reply.code == 250, reply

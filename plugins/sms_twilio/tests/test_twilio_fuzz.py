@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, load_cases, twilio_sign
 
 from extmsg.plugins import build_hooks
-from extmsg.testing.fuzz import FuzzServer, fuzz_settings
+from extmsg.testing.fuzz import FuzzHost, FuzzServer, FuzzSetup, fuzz_settings
 from extmsg.testing.hostile import (
     encode_form,
     encode_json,
@@ -51,49 +50,36 @@ JSON_SEEDS: list[Any] = [dict(form) for form in INBOUND_FORMS + STATUS_FORMS]
 ROUTES = {"inbound": "/channels/sms/inbound", "status": "/channels/sms/status"}
 
 
-@pytest.fixture(autouse=True)
-def _close_plugin_session() -> None:
-    """The plugin's session belongs to the fuzz server's loop and closes with it."""
+def fuzz_setup(host: FuzzHost, unblu: str) -> FuzzSetup:
+    """The server under test (built in its own process, see :class:`FuzzServer`)."""
+    fake = create_twilio_fake(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, callback_delay=0)
+    config = {
+        "store": {"path": str(host.folder / "store.sqlite3")},
+        "unblu": {"base_url": unblu, "api_version": "v4", "username": "admin", "password": "admin"},
+        "engine": {"backoff_initial": 0.05, "backoff_max": 0.5, "max_attempts": 3},
+        "channels": [
+            {
+                "name": "sms",
+                "messenger": "sms_twilio",
+                "webhook_secret": "whsec-123",
+                "settings": {
+                    "account_sid": ACCOUNT_SID,
+                    "auth_token": AUTH_TOKEN,
+                    "from_number": FROM_NUMBER,
+                    "api_base_url": host.serve_aux(fake),
+                },
+            }
+        ],
+    }
+    return FuzzSetup(
+        config=config, hooks=build_hooks(entry_points=False, extra=[plugin], disabled=())
+    )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
-    folder: Path = tmp_path_factory.mktemp("twilio-fuzz")
-
-    def config(fuzz: FuzzServer, unblu: str) -> dict[str, Any]:
-        fake = create_twilio_fake(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, callback_delay=0)
-        return {
-            "store": {"path": str(folder / "store.sqlite3")},
-            "unblu": {
-                "base_url": unblu,
-                "api_version": "v4",
-                "username": "admin",
-                "password": "admin",
-            },
-            "engine": {"backoff_initial": 0.05, "backoff_max": 0.5, "max_attempts": 3},
-            "channels": [
-                {
-                    "name": "sms",
-                    "messenger": "sms_twilio",
-                    "webhook_secret": "whsec-123",
-                    "settings": {
-                        "account_sid": ACCOUNT_SID,
-                        "auth_token": AUTH_TOKEN,
-                        "from_number": FROM_NUMBER,
-                        "api_base_url": fuzz.serve_aux(fake),
-                    },
-                }
-            ],
-        }
-
-    hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
-
-    async def close_session() -> None:
-        await plugin.sessions.close()
-
-    with FuzzServer(config, hooks) as fuzz:
+    with FuzzServer(f"{__name__}:fuzz_setup", tmp_path_factory.mktemp("twilio-fuzz")) as fuzz:
         yield fuzz
-        fuzz.on_server(close_session)
 
 
 def _signed_form(server: FuzzServer, path: str, body: bytes) -> bytes:

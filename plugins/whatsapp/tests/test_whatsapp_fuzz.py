@@ -10,7 +10,6 @@ long profile (see :mod:`extmsg.testing.fuzz`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from whatsapp_testkit import (
 )
 
 from extmsg.plugins import build_hooks
-from extmsg.testing.fuzz import FuzzServer, fuzz_settings
+from extmsg.testing.fuzz import FuzzHost, FuzzServer, FuzzSetup, fuzz_settings
 from extmsg.testing.hostile import (
     classic_variants,
     encode_json,
@@ -64,45 +63,42 @@ def _with_classics(test: Any) -> Any:
     return test
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
-    folder: Path = tmp_path_factory.mktemp("whatsapp-fuzz")
+def fuzz_setup(host: FuzzHost, unblu: str) -> FuzzSetup:
+    """The server under test (built in its own process, see :class:`FuzzServer`)."""
+    graph = host.serve_aux(create_graph_fake(access_token=ACCESS_TOKEN, app_secret=APP_SECRET))
 
-    def config(fuzz: FuzzServer, unblu: str) -> dict[str, Any]:
-        graph = fuzz.serve_aux(create_graph_fake(access_token=ACCESS_TOKEN, app_secret=APP_SECRET))
-
-        def channel(name: str, number: str, secret: str, token: str) -> dict[str, Any]:
-            return {
-                "name": name,
-                "messenger": "whatsapp",
-                "webhook_secret": f"whsec-{name}",
-                "settings": {
-                    "phone_number_id": number,
-                    "access_token": ACCESS_TOKEN,
-                    "app_secret": secret,
-                    "verify_token": token,
-                    "api_base_url": graph,
-                },
-            }
-
+    def channel(name: str, number: str, secret: str, token: str) -> dict[str, Any]:
         return {
-            "store": {"path": str(folder / "store.sqlite3")},
-            "unblu": {
-                "base_url": unblu,
-                "api_version": "v4",
-                "username": "admin",
-                "password": "admin",
+            "name": name,
+            "messenger": "whatsapp",
+            "webhook_secret": f"whsec-{name}",
+            "settings": {
+                "phone_number_id": number,
+                "access_token": ACCESS_TOKEN,
+                "app_secret": secret,
+                "verify_token": token,
+                "api_base_url": graph,
             },
-            "engine": {"backoff_initial": 0.05, "backoff_max": 0.5, "max_attempts": 3},
-            "channels": [
-                channel("wa-main", MAIN_NUMBER_ID, APP_SECRET, VERIFY_TOKEN),
-                channel("wa-support", SUPPORT_NUMBER_ID, APP_SECRET, VERIFY_TOKEN),
-                channel("wa-other", OTHER_NUMBER_ID, OTHER_APP_SECRET, "other-verify-token"),
-            ],
         }
 
-    hooks = build_hooks(entry_points=False, extra=[plugin], disabled=())
-    with FuzzServer(config, hooks) as fuzz:
+    config = {
+        "store": {"path": str(host.folder / "store.sqlite3")},
+        "unblu": {"base_url": unblu, "api_version": "v4", "username": "admin", "password": "admin"},
+        "engine": {"backoff_initial": 0.05, "backoff_max": 0.5, "max_attempts": 3},
+        "channels": [
+            channel("wa-main", MAIN_NUMBER_ID, APP_SECRET, VERIFY_TOKEN),
+            channel("wa-support", SUPPORT_NUMBER_ID, APP_SECRET, VERIFY_TOKEN),
+            channel("wa-other", OTHER_NUMBER_ID, OTHER_APP_SECRET, "other-verify-token"),
+        ],
+    }
+    return FuzzSetup(
+        config=config, hooks=build_hooks(entry_points=False, extra=[plugin], disabled=())
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzServer]:
+    with FuzzServer(f"{__name__}:fuzz_setup", tmp_path_factory.mktemp("whatsapp-fuzz")) as fuzz:
         yield fuzz
 
 
