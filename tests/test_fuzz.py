@@ -27,6 +27,8 @@ from extmsg.runtime import RUNTIME
 from extmsg.store.base import MediaRow
 from extmsg.testing.fuzz import FuzzHost, FuzzServer, FuzzSetup, fuzz_settings
 from extmsg.testing.hostile import (
+    CLASSICS,
+    classic_variants,
     encode_json,
     hostile_header_value,
     hostile_text,
@@ -148,6 +150,40 @@ def test_unsigned_junk_to_unblu_endpoint(
             headers.append((name.encode(), value))
     reply = server.http("unblu-junk", "POST", f"/unblu/{channel}", headers, body)
     assert reply.code in (400, 403, 404, 413, 431), reply
+
+
+_V4_TEXT = CALLS[1]
+_V3_TEXT = next(
+    call for call in CALLS if call[1].get("eventType") == "external_messenger.new_message"
+)
+_MESSAGE_ID = ("conversationMessage", "id")
+CLASSIC_CALLS = [
+    pytest.param(headers, doc, id=f"{version}-{'.'.join(map(str, path))}-{name}")
+    for version, (headers, seed) in (("v4", _V4_TEXT), ("v3", _V3_TEXT))
+    for path in (
+        ("conversationMessage", "text"),
+        ("conversationMessage", "conversationId"),
+        ("conversationMessage", "senderPerson", "displayName"),
+        *((("receivingContacts", 0, "sourceId"),) if version == "v4" else ()),
+    )
+    for name, doc in zip(
+        [*CLASSICS, "unknown_field", "missing"],
+        classic_variants(seed, path, id_path=_MESSAGE_ID),
+        strict=True,
+    )
+]
+
+
+@pytest.mark.parametrize(("headers", "doc"), CLASSIC_CALLS)
+def test_classic_hostile_values_in_agent_messages(
+    server: FuzzServer, headers: dict[str, str], doc: Any
+) -> None:
+    """Every classic hostile value in an agent message's text, conversation, sender and
+    recipient, signed: in every run, however few examples the fuzzer draws."""
+    body = encode_json(doc)
+    sent = [(k.encode(), v.encode()) for k, v in headers.items()]
+    sent += [(b"Content-Type", b"application/json"), *_signed(body, "both")]
+    server.http("unblu", "POST", "/unblu/loop", sent, body)
 
 
 def test_clean_unblu_calls_pass(server: FuzzServer) -> None:

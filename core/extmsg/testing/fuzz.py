@@ -499,6 +499,9 @@ class FuzzServer:
         self.longest_stall = 0.0
         self.rss_start = 0
         self.extra: dict[str, Any] = {}
+        self.failures: dict[str, collections.Counter[str]] = {}
+        self.examples: dict[str, str] = {}
+        self.restarts = 0
         #: Why the server stopped answering, once it did.
         self.wedged: str | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -519,6 +522,8 @@ class FuzzServer:
 
     def _start(self) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        if self._log_file is not None:  # a restart
+            self._log_file.close()
         self._log_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
         self._proc = subprocess.Popen(  # noqa: S603 - this interpreter, a module of ours
             [sys.executable, "-m", "extmsg.testing.fuzz", self.setup, str(self.folder)],
@@ -536,11 +541,16 @@ class FuzzServer:
         self._facts = json.loads(line)
         self.extra = dict(self._facts["extra"])
         self._db = sqlite3.connect(self._facts["store"], timeout=10, check_same_thread=False)
-        self.rss_start = rss_kib(self._proc.pid)
+        self.rss_start = self.rss_start or rss_kib(self._proc.pid)
 
     def close(self) -> None:
+        self._stop_process(report=True)
+        if self._log_file is not None:
+            self._log_file.close()
+
+    def _stop_process(self, *, report: bool = False) -> None:
         if self._proc is not None and self._proc.poll() is None:
-            report = self.report()
+            facts = self.report()
             if not self.wedged:
                 with contextlib.suppress(OSError, ValueError):
                     self._control("/stop", method="POST", timeout=10)
@@ -549,11 +559,11 @@ class FuzzServer:
             if self._proc.poll() is None:
                 self._proc.kill()
                 self._proc.wait(10)
-            self._write_report(report)
+            if report:
+                self._write_report(facts)
         if self._db is not None:
             self._db.close()
-        if self._log_file is not None:
-            self._log_file.close()
+            self._db = None
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -601,6 +611,9 @@ class FuzzServer:
             "server_rss_kib_end": rss_kib(self._proc.pid),
             "longest_stall_s": round(self.longest_stall, 4),
             "longest_request_s": round(self.longest_request, 4),
+            "failures": {route: dict(c) for route, c in sorted(self.failures.items())},
+            "restarts": self.restarts,
+            "first_of_each_failure": self.examples,
         }
 
     def _write_report(self, report: dict[str, Any]) -> None:
@@ -663,7 +676,27 @@ class FuzzServer:
     def measure(self, route: str, call: Callable[[], Reply]) -> Reply:
         """Run one client exchange and check the promise: an answer that is no server error,
         within :data:`REQUEST_LIMIT`, the server's loop never stalled :data:`STALL_LIMIT`,
-        and nothing stored when the answer is a refusal."""
+        and nothing stored when the answer is a refusal.
+
+        With ``EXTMSG_FUZZ_RECORD=1`` a broken promise is counted in the report instead of
+        failing the example (and a wedged server is restarted): a long run then covers every
+        example and tells how often each kind of failure happened."""
+        try:
+            return self._measure(route, call)
+        except AssertionError as exc:
+            if os.environ.get("EXTMSG_FUZZ_RECORD") != "1":
+                raise
+            kind = type(exc).__name__
+            self.failures.setdefault(route, collections.Counter())[kind] += 1
+            self.examples.setdefault(kind, str(exc)[:1500])
+            if self.wedged:
+                self.restarts += 1
+                self._stop_process()
+                self.wedged = None
+                self._start()
+            return Reply(None, b"", error=kind)
+
+    def _measure(self, route: str, call: Callable[[], Reply]) -> Reply:
         if self.wedged:
             raise ServerWedged(f"{route}: an earlier example wedged the server: {self.wedged}")
         before = self.stored()

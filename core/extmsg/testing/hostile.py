@@ -25,6 +25,7 @@ __all__ = [
     "MB",
     "Pairs",
     "Raw",
+    "classic_form_variants",
     "classic_variants",
     "deep_nesting",
     "encode_form",
@@ -502,3 +503,26 @@ def _child(node: Any, step: str | int) -> Any:
                 return value
         raise KeyError(step)
     return node[step]
+
+
+def classic_form_variants(
+    pairs: Sequence[tuple[str, str]], field: str, id_field: str | None = None
+) -> list[list[tuple[str, str | bytes]]]:
+    """Form parameters with ``field`` set to each of :data:`CLASSICS` (as text, or raw bytes
+    for the byte-level ones), then without it; ``id_field`` made unique per variant."""
+    out: list[list[tuple[str, str | bytes]]] = []
+    for name, value in [*CLASSICS.items(), ("missing", None)]:
+        if isinstance(value, Raw):
+            value = value.data
+        elif value is not None and not isinstance(value, str):
+            value = encode_json(value).decode()
+        form: list[tuple[str, str | bytes]] = []
+        for key, old in pairs:
+            if key == id_field:
+                form.append((key, f"classic-{name}-{field}"))
+            elif key != field:
+                form.append((key, old))
+            elif value is not None:
+                form.append((key, value))
+        out.append(form)
+    return out

@@ -14,13 +14,15 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, load_cases, twilio_sign
 
 from extmsg.plugins import build_hooks
 from extmsg.testing.fuzz import FuzzHost, FuzzServer, FuzzSetup, fuzz_settings
 from extmsg.testing.hostile import (
+    classic_form_variants,
+    classic_variants,
     encode_form,
     encode_json,
     hostile_header_value,
@@ -48,6 +50,33 @@ INBOUND_FORMS = _forms("inbound")
 STATUS_FORMS = _forms("status")
 JSON_SEEDS: list[Any] = [dict(form) for form in INBOUND_FORMS + STATUS_FORMS]
 ROUTES = {"inbound": "/channels/sms/inbound", "status": "/channels/sms/status"}
+#: Every classic hostile value in a message's text, sender, id and a status's id.
+CLASSIC_FORMS = [
+    ("inbound", form)
+    for field in ("Body", "From", "MessageSid", "ProfileName")
+    for form in classic_form_variants(INBOUND_FORMS[0], field, id_field="MessageSid")
+] + [
+    ("status", form)
+    for field in ("MessageSid", "ErrorMessage")
+    for form in classic_form_variants(STATUS_FORMS[0], field)
+]
+CLASSIC_JSON = [
+    doc
+    for field in ("Body", "From")
+    for doc in classic_variants(JSON_SEEDS[0], (field,), id_path=("MessageSid",))
+]
+
+
+def _with_classic_forms(test: Any) -> Any:
+    for route, form in CLASSIC_FORMS:
+        test = example(route=route, form=form, extra=[])(test)
+    return test
+
+
+def _with_classic_json(test: Any) -> Any:
+    for doc in CLASSIC_JSON:
+        test = example(doc=doc, ascii_only=True)(test)
+    return test
 
 
 def fuzz_setup(host: FuzzHost, unblu: str) -> FuzzSetup:
@@ -88,24 +117,28 @@ def _signed_form(server: FuzzServer, path: str, body: bytes) -> bytes:
     return twilio_sign(server.base + path, params, AUTH_TOKEN, "HMAC_SHA1").encode()
 
 
-@pytest.mark.parametrize("route", sorted(ROUTES))
-@fuzz_settings(examples=30)
-@given(data=st.data())
-def test_signed_form_webhooks(server: FuzzServer, route: str, data: st.DataObject) -> None:
-    seeds = INBOUND_FORMS if route == "inbound" else STATUS_FORMS
-    pairs = data.draw(mutated_form(seeds), label="form")
-    extra = data.draw(
-        hostile_headers(["user-agent", "i-twilio-idempotency-token"], max_count=1, max_size=2000),
-        label="headers",
-    )
+@fuzz_settings(examples=60)
+@given(
+    route=st.sampled_from(sorted(ROUTES)),
+    form=st.one_of(mutated_form(INBOUND_FORMS), mutated_form(STATUS_FORMS)),
+    extra=hostile_headers(["user-agent", "i-twilio-idempotency-token"], max_count=1, max_size=2000),
+)
+@_with_classic_forms
+def test_signed_form_webhooks(
+    server: FuzzServer,
+    route: str,
+    form: list[tuple[str, str | bytes]],
+    extra: list[tuple[bytes, bytes]],
+) -> None:
     path = ROUTES[route] + ("?ref=msg-01HZX3" if route == "status" else "")
-    body = encode_form(pairs)
+    body = encode_form(form)
     headers = [(b"Content-Type", FORM), (b"X-Twilio-Signature", _signed_form(server, path, body))]
     server.http(route, "POST", path, headers + extra, body)
 
 
 @fuzz_settings(examples=30)
 @given(doc=mutated_json(JSON_SEEDS), ascii_only=st.booleans())
+@_with_classic_json
 def test_signed_json_webhooks(server: FuzzServer, doc: Any, ascii_only: bool) -> None:
     body = encode_json(doc, ascii_only=ascii_only)
     path = f"/channels/sms/inbound?bodySHA256={hashlib.sha256(body).hexdigest()}"
