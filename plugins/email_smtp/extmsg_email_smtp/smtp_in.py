@@ -45,6 +45,27 @@ TOO_BIG = "552 5.3.4 Message too big for this recipient"
 UNREADABLE = "554 5.6.0 Message could not be parsed"
 
 
+class _Replies:
+    """aiosmtpd echoes some arguments in its replies (``502 Could not VRFY <arg>``); bytes
+    that are not UTF-8 arrive there as surrogates and made encoding the reply fail with
+    ``500 Error: (UnicodeEncodeError)``. They are sent escaped instead."""
+
+    enable_SMTPUTF8: bool
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str):
+            status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "backslashreplace")
+        await super().push(status)  # type: ignore[misc]
+
+
+class _SMTP(_Replies, SMTP):
+    pass
+
+
+class _LMTP(_Replies, LMTP):
+    pass
+
+
 class Listener:
     """An SMTP (or LMTP) server for the channels that share one address and port."""
 
@@ -86,7 +107,7 @@ class Listener:
 
     # -- server --------------------------------------------------------------------------------
     def _protocol(self) -> SMTP:
-        cls = LMTP if self.protocol == "lmtp" else SMTP
+        cls = _LMTP if self.protocol == "lmtp" else _SMTP
         server = cls(
             self,
             data_size_limit=self.size_limit,

@@ -117,6 +117,26 @@ async def test_mail_over_the_size_limit_gets_552(
     assert len(fake_runtime.messages()) == 1
 
 
+async def test_commands_echoing_bytes_that_are_not_utf8_get_a_plain_refusal(
+    support: Listener,
+) -> None:
+    """aiosmtpd echoes a VRFY argument it cannot parse; bytes that are not UTF-8 there once
+    ended in ``500 Error: (UnicodeEncodeError)`` instead of the refusal itself."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", support.port)
+    try:
+        await reader.readline()
+        replies = []
+        for line in (b"EHLO client.example", b"VRFY >\x80\xff", b"NOOP"):
+            writer.write(line + b"\r\n")
+            while (reply := await reader.readline())[3:4] == b"-":
+                pass
+            replies.append(reply)
+    finally:
+        writer.close()
+    assert replies[1].startswith(b"502 Could not VRFY >\\udc80\\udcff"), replies
+    assert replies[2].startswith(b"250"), replies  # the session goes on
+
+
 async def test_routing_by_recipient(support: Listener, fake_runtime: FakeRuntime) -> None:
     raw, _ = load_case("html_only_new")
     await _send(support, raw, ["team@sales.acme.example"])
