@@ -18,12 +18,11 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from aiohttp import web
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from extmsg.plugins import build_hooks
-from extmsg.runtime import RUNTIME
+from extmsg.runtime import Runtime
 from extmsg.store.base import MediaRow
 from extmsg.testing.fuzz import FuzzHost, FuzzServer, FuzzSetup, fuzz_settings
 from extmsg.testing.hostile import (
@@ -49,7 +48,7 @@ MEDIA_ID = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 MEDIA_DATA = b"\x89PNG\r\n\x1a\n fuzz"
 
 
-async def _publish(app: web.Application) -> None:
+async def _publish(runtime: Runtime) -> None:
     row = MediaRow(
         id=MEDIA_ID,
         channel="loop",
@@ -58,7 +57,7 @@ async def _publish(app: web.Application) -> None:
         data=MEDIA_DATA,
         expires_at=time.time() + 3600,
     )
-    await app[RUNTIME].store.put_media(row)
+    await runtime.store.put_media(row)
 
 
 def fuzz_setup(host: FuzzHost, unblu: str) -> FuzzSetup:

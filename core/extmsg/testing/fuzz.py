@@ -49,6 +49,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, settings
 
 from ..plugins import Hooks
+from ..runtime import Runtime
 from .helpers import RunningExtmsg, running_extmsg
 
 __all__ = [
@@ -348,7 +349,7 @@ class FuzzSetup(msgspec.Struct, kw_only=True):
 
     config: dict[str, Any]
     hooks: Hooks
-    after_start: Callable[[web.Application], Awaitable[None]] | None = None
+    after_start: Callable[[Runtime], Awaitable[None]] | None = None
     extra: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -401,7 +402,7 @@ class FuzzHost:
             try:
                 async with running_extmsg(spec.config, spec.hooks) as running:
                     if spec.after_start is not None:
-                        await spec.after_start(running.app)
+                        await spec.after_start(running.runtime)
                     started.set_result(running)
                     await self._stop.wait()
             except BaseException as exc:
