@@ -206,7 +206,7 @@ def _segment(text: str) -> str:
     return quote(text.encode("utf-8", "surrogatepass"), safe="")
 
 
-@fuzz_settings(examples=100)
+@fuzz_settings(examples=60)
 @example(broken={"signature"}, channel="", media_id="", expires="", signature="%C3%A9")
 @example(broken={"id"}, channel="", media_id="\ud800", expires="", signature="")
 @given(

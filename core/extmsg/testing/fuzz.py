@@ -636,7 +636,7 @@ class FuzzServer:
         self.longest_stall = max(self.longest_stall, value)
         return value
 
-    def _settle(self, limit: float = 1.0) -> None:
+    def _settle(self, limit: float = 0.25) -> None:
         """Give the engine up to ``limit`` seconds to run the jobs an accepted input made, so
         a stall they cause is charged to this example, not to the next one."""
         assert self._db is not None
