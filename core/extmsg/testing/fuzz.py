@@ -636,11 +636,12 @@ class FuzzServer:
         self.longest_stall = max(self.longest_stall, value)
         return value
 
-    def _settle(self, limit: float = 0.25) -> None:
-        """Give the engine up to ``limit`` seconds to run the jobs an accepted input made, so
-        a stall they cause is charged to this example, not to the next one."""
+    def _settle(self) -> None:
+        """Give the engine a moment (``EXTMSG_FUZZ_SETTLE`` seconds at most, 0.25 by default)
+        to run the jobs an accepted input made, so a stall they cause is charged to this
+        example, not to the next one."""
         assert self._db is not None
-        deadline = time.monotonic() + limit
+        deadline = time.monotonic() + float(os.environ.get("EXTMSG_FUZZ_SETTLE", "0.25"))
         while time.monotonic() < deadline:
             row = self._db.execute(
                 "SELECT COUNT(*) FROM jobs WHERE state = 'running'"
