@@ -9,6 +9,7 @@ else windows-1252).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import mimetypes
 import re
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,10 @@ from .settings import EmailSettings
 __all__ = ["ParsedMail", "decode_text", "parse_mail"]
 
 _PARSER = BytesParser(policy=policy.default)
+# Real mails nest a handful of multipart sections; the standard library's parser pays for each
+# section with every section open around it, so a mail nested hundreds deep costs seconds.
+MAX_MULTIPARTS = 100
+_BOUNDARY = re.compile(rb"boundary\s*=", re.IGNORECASE)
 _SIGNATURES = {"application/pgp-signature", "application/pkcs7-signature",
                "application/x-pkcs7-signature"}  # fmt: skip
 _LATIN1 = {"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1", "iso_8859-1", "cp819"}
@@ -221,7 +226,15 @@ def parse_mail(
     *,
     truncated: bool = False,
 ) -> ParsedMail:
-    """Parse ``raw``; ``truncated`` when only the headers were read (an oversized IMAP mail)."""
+    """Parse ``raw``; ``truncated`` when only the headers were read (an oversized IMAP mail).
+
+    :raises ValueError: the mail has more than :data:`MAX_MULTIPARTS` multipart sections.
+    """
+    sections = sum(1 for _ in itertools.islice(_BOUNDARY.finditer(raw), MAX_MULTIPARTS + 1))
+    if sections > MAX_MULTIPARTS:
+        raise ValueError(
+            f"the mail has more than {MAX_MULTIPARTS} multipart sections; it is not read"
+        )
     msg = _PARSER.parsebytes(raw)
     assert isinstance(msg, EmailMessage)
     message_id = _header(msg, "Message-ID")

@@ -364,3 +364,21 @@ def test_imap_folder_encoding() -> None:
     assert imap_in.encode_folder("INBOX") == '"INBOX"'
     assert imap_in.encode_folder("Verarbeitet/Älter") == '"Verarbeitet/&AMQ-lter"'
     assert imap_in.encode_folder('A&B "x"') == '"A&-B \\"x\\""'
+
+
+def _nested(depth: int) -> bytes:
+    opening = b"".join(
+        b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i) for i in range(depth)
+    )
+    closing = b"".join(b"\n--b%d--\n" % i for i in reversed(range(depth)))
+    head = b"From: Ann <ann@example.org>\nTo: support@example.com\nMessage-ID: <n@example.org>\n"
+    return head + opening + b"Content-Type: text/plain\n\nhello" + closing
+
+
+def test_a_mail_nested_deeper_than_any_real_one_is_refused_unread() -> None:
+    # Parsing costs grow with the square of the nesting: 850 levels took seconds.
+    assert parse.parse_mail(_nested(20), channel().settings).text == "hello"
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="more than 100 multipart sections"):
+        parse.parse_mail(_nested(5000), channel().settings)
+    assert time.perf_counter() - started < 0.5
