@@ -78,7 +78,7 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
             found = await _look_before_sending(runtime, channel, part, index)
             if found is not None:
                 await runtime.store.record_part(
-                    payload.message_id, channel.name, index, found.provider_message_id
+                    payload.message_id, channel.name, index, found.provider_message_id, job=job
                 )
                 continue
         attachment = part.attachment
