@@ -22,7 +22,7 @@ import msgspec
 from aiohttp import web
 
 from . import __version__
-from .config import Config, load_config, parse_config
+from .config import Config, load_config, parse_config, register_config_secrets
 from .errors import ConfigError, HandledError
 from .plugins import Hooks, build_hooks
 
@@ -64,7 +64,9 @@ def _config_option(f: Any) -> Any:
 
 def _load(config_path: Path) -> tuple[Config, Hooks]:
     hooks = build_hooks()
-    return load_config(config_path, hooks.messenger_types()), hooks
+    config = load_config(config_path, hooks.messenger_types())
+    register_config_secrets(config, hooks.messenger_types())
+    return config, hooks
 
 
 # --- plugins, check, init ---------------------------------------------------------------------

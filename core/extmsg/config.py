@@ -7,13 +7,15 @@ the environment as ``${NAME}`` or ``${NAME:-default}``; secrets belong there.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -21,7 +23,8 @@ import msgspec
 
 from .errors import ConfigError
 from .fetch import IPNetwork, parse_networks
-from .models import Channel, MessengerType, Recipient, Secret
+from .logsafe import MIN_SECRET_LENGTH, register_secrets
+from .models import Channel, MessengerType, Recipient, Secret, is_secret
 
 __all__ = [
     "ChannelConfig",
@@ -32,6 +35,8 @@ __all__ = [
     "UnbluConfig",
     "load_config",
     "parse_config",
+    "register_config_secrets",
+    "secret_values",
 ]
 
 S = TypeVar("S", bound=msgspec.Struct)
@@ -256,9 +261,57 @@ def parse_config(
             settings[name] = value
 
     if problems:
-        raise ConfigError(problems, source or "config")
+        # A problem line never quotes a value today; should one ever, a secret stays out of it.
+        secrets = secret_values(data, messengers)
+        raise ConfigError([_without(p, secrets) for p in problems], source or "config")
     config = msgspec.convert(data, Config)
     return msgspec.structs.replace(config, source=source, channel_settings=settings)
+
+
+def secret_values(data: Mapping[str, Any], messengers: Mapping[str, MessengerType]) -> list[str]:
+    """Every :data:`~extmsg.models.Secret` value of a config document (parsed TOML, valid
+    or not): the sections' secrets, each channel's ``webhook_secret`` and the settings its
+    messenger declares secret; for a URL (a DSN) its password too."""
+    found: list[Any] = []
+    for field in msgspec.structs.fields(Config):
+        section = data.get(field.encode_name)
+        if isinstance(field.type, type) and issubclass(field.type, _Section):
+            found += _secret_fields(section, field.type)
+    for ch in data.get("channels") or []:
+        if not isinstance(ch, dict):
+            continue
+        found += _secret_fields(ch, ChannelConfig)
+        messenger = ch.get("messenger")
+        mtype = messengers.get(messenger) if isinstance(messenger, str) else None
+        if mtype is not None:
+            found += _secret_fields(ch.get("settings"), mtype.settings)
+    values = [v for v in found if isinstance(v, str) and v]
+    for value in list(values):
+        if "://" in value:
+            with contextlib.suppress(ValueError):
+                password = urllib.parse.urlsplit(value).password
+                if password:
+                    values += [password, urllib.parse.unquote(password)]
+    return values
+
+
+def register_config_secrets(config: Config, messengers: Mapping[str, MessengerType]) -> None:
+    """Have the log filter redact every secret of ``config`` (see :mod:`extmsg.logsafe`)."""
+    register_secrets(secret_values(msgspec.to_builtins(config), messengers))
+
+
+def _secret_fields(data: Any, cls: type[msgspec.Struct]) -> list[Any]:
+    if not isinstance(data, Mapping):
+        return []
+    return [data.get(f.encode_name) for f in msgspec.structs.fields(cls) if is_secret(f.type)]
+
+
+def _without(text: str, secrets: Sequence[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) < MIN_SECRET_LENGTH:
+            break
+        text = text.replace(secret, "***")
+    return text
 
 
 def _expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[str]) -> Any:

@@ -9,7 +9,9 @@ line never costs more than a glance at its text.
 
 :class:`EscapeControlChars` is the logging filter ``extmsg serve`` puts on its log handler so
 that no value can start a line of its own; :func:`install_log_escaping` puts it on the
-handlers of an application that configures logging itself.
+handlers of an application that configures logging itself. The same filter replaces every
+secret of the loaded configuration (:func:`register_secrets`) and every credential a URL
+carries (``user:password@``, ``?access_token=…``) with ``***``: see :func:`redact`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 import re
 import traceback
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +29,8 @@ __all__ = [
     "install_log_escaping",
     "mask",
     "mask_address",
+    "redact",
+    "register_secrets",
 ]
 
 #: Most characters of one text :func:`mask` looks at; the rest is cut and counted.
@@ -145,6 +150,78 @@ def mask_address(address: str | None) -> str:
     return head + ("…" + value[-4:] if len(value) > 6 else "…")
 
 
+# -- secrets ---------------------------------------------------------------------------------
+
+#: Shortest secret :func:`redact` replaces: a shorter value (``"abc"``, ``"test"``) would mask
+#: common words all over the log, and is no secret worth the name anyway.
+MIN_SECRET_LENGTH = 6
+#: Most characters of one text :func:`redact` scans for secrets; longer texts are cut first.
+REDACT_LIMIT = 65536
+REDACTED = "***"
+
+_secrets: set[str] = set()
+_secret_re: re.Pattern[str] | None = None
+# A credential in a URL: the password of ``scheme://user:password@host`` and the value of a
+# query parameter whose name says it is one. Names are at most 40 characters and values stop at
+# the first separator, so each ``?``/``&``/``://`` is tried in bounded time: linear overall.
+_URL_PASSWORD = re.compile(r"(://[^\s:/?#@]{0,256}:)[^\s/?#@]{1,256}@")
+_QUERY_SECRET = re.compile(
+    r"([?&;][\w.-]{0,40}?(?:token|secret|password|passwd|pwd|key|signature|sig|auth)"
+    r"[\w.-]{0,40}=)[^&;#\s'\"]+",
+    re.IGNORECASE,
+)
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Add ``values`` to the secrets :func:`redact` replaces with ``***`` everywhere.
+
+    Values shorter than :data:`MIN_SECRET_LENGTH` characters are not registered. The runtime
+    registers every :data:`~extmsg.models.Secret` of the loaded configuration (Unblu password,
+    store DSN, each channel's ``webhook_secret`` and the secret settings its plugin declares).
+    """
+    global _secret_re
+    new = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH} - _secrets
+    if not new:
+        return
+    _secrets.update(new)
+    # Longest first, so that a secret containing another is replaced whole; one compiled
+    # alternation of literals is a single pass over the text.
+    ordered = sorted(_secrets, key=lambda v: (-len(v), v))
+    _secret_re = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def clear_secrets() -> None:
+    """Forget every registered secret (tests)."""
+    global _secret_re
+    _secrets.clear()
+    _secret_re = None
+
+
+def redact(text: str) -> str:
+    """``text`` with each registered secret and each credential in a URL replaced by ``***``.
+
+    Texts longer than :data:`REDACT_LIMIT` characters are cut there first (a log line that long
+    is a mistake anyway), so the cost of a line stays bounded.
+    """
+    if len(text) > REDACT_LIMIT:
+        text = f"{text[:REDACT_LIMIT]}…[+{len(text) - REDACT_LIMIT} chars]"
+    pattern = _secret_re
+    if pattern is not None:
+        text = pattern.sub(REDACTED, text)
+    if "://" in text:
+        text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+    if "=" in text:
+        text = _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+    return text
+
+
+def _clean(text: str) -> str:
+    """What the log filter writes for one text: secrets redacted, controls escaped."""
+    redacted = redact(text)
+    escaped = escape_control(redacted)
+    return text if escaped == text else escaped
+
+
 # -- control characters --------------------------------------------------------------------
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
@@ -173,10 +250,10 @@ def _escape_exception(te: traceback.TracebackException, seen: set[int]) -> None:
     seen.add(id(te))
     text = getattr(te, "_str", None)
     if isinstance(text, str):
-        te._str = escape_control(text)  # type: ignore[attr-defined]
+        te._str = _clean(text)  # type: ignore[attr-defined]
     notes = getattr(te, "__notes__", None)
     if isinstance(notes, list):
-        te.__notes__ = [escape_control(n) if isinstance(n, str) else n for n in notes]
+        te.__notes__ = [_clean(n) if isinstance(n, str) else n for n in notes]
     for linked in (te.__cause__, te.__context__, *(getattr(te, "exceptions", None) or ())):
         if linked is not None:
             _escape_exception(linked, seen)
@@ -187,10 +264,11 @@ ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None]
 
 def format_exception(exc_info: ExcInfo) -> str:
     """A traceback as :class:`logging.Formatter` writes it, with each exception's message
-    escaped: the traceback keeps its lines, a message cannot add one."""
+    escaped: the traceback keeps its lines, a message cannot add one. Secrets are redacted in
+    the messages and in the source lines the traceback quotes."""
     te = traceback.TracebackException(*exc_info)
     _escape_exception(te, set())
-    return "".join(te.format()).rstrip("\n")
+    return "\n".join(redact(line) for line in "".join(te.format()).rstrip("\n").split("\n"))
 
 
 # The attributes every LogRecord has; others come from ``extra=`` and are escaped too.
@@ -201,10 +279,11 @@ _RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))
 
 
 class EscapeControlChars(logging.Filter):
-    """A handler filter: the message, ``extra`` strings and exception texts of every record
-    are escaped with :func:`escape_control`; a traceback keeps its own lines.
+    """A handler filter: the message, ``extra`` strings, exception texts and tracebacks of
+    every record have their secrets redacted (:func:`redact`) and are escaped with
+    :func:`escape_control`; a traceback keeps its own lines.
 
-    A record whose message needs no escaping keeps its format string and arguments.
+    A record whose message needs neither keeps its format string and arguments.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -212,14 +291,18 @@ class EscapeControlChars(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken format: leave the record for logging to report
             return True
-        escaped = escape_control(message)
-        if escaped is not message:
-            record.msg, record.args = escaped, None
+        cleaned = _clean(message)
+        if cleaned is not message:
+            record.msg, record.args = cleaned, None
         for key, value in list(vars(record).items()):
             if key not in _RECORD_FIELDS and isinstance(value, str):
-                setattr(record, key, escape_control(value))
+                setattr(record, key, _clean(value))
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
             record.exc_text = format_exception(_exc_info(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = "\n".join(redact(line) for line in record.exc_text.split("\n"))
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 

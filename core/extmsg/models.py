@@ -7,6 +7,7 @@ plugins without copies or surprises. Plugins build them with keyword arguments.
 from __future__ import annotations
 
 import enum
+import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
@@ -363,7 +364,8 @@ def redacted(settings: msgspec.Struct) -> dict[str, Any]:
 
 
 def is_secret(annotation: Any) -> bool:
+    """Whether a field's type is :data:`Secret`, also as ``Secret | None``."""
     for meta in getattr(annotation, "__metadata__", ()):
         if isinstance(meta, msgspec.Meta) and (meta.extra or {}).get("secret"):
             return True
-    return False
+    return any(is_secret(arg) for arg in typing.get_args(annotation) if arg is not type(None))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .asyncutil import BackgroundTasks
-from .config import Config
+from .config import Config, register_config_secrets
 from .errors import RetryableError
 from .metrics import Metrics
 from .models import Channel, ErrorVerdict, InboundEvent, MessengerType
@@ -47,6 +47,7 @@ class Runtime:
         self.store = store if store is not None else open_store(config)
         self.metrics = Metrics()
         self.messengers: dict[str, MessengerType] = hooks.messenger_types()
+        register_config_secrets(config, self.messengers)  # before anything can log them
         self.channels: dict[str, Channel] = {ch.name: ch for ch in config.runtime_channels()}
         self.tasks = BackgroundTasks()
         self.engine: Engine | None = None
