@@ -128,6 +128,13 @@ def test_urls_lose_their_credentials(text: str, expected: str) -> None:
     assert redact(text) == expected
 
 
+def test_a_cut_never_shows_part_of_a_secret() -> None:
+    text = "x" * (logsafe.REDACT_LIMIT - 3) + TOKEN + "y" * 100
+    out = redact(text)
+    assert TOKEN[:3] not in out
+    assert out.endswith("x***…[+" + str(len(text) - logsafe.REDACT_LIMIT) + " chars]")
+
+
 def test_a_normal_log_line_stays_cheap() -> None:
     register_secrets(f"secret-value-{i:04d}" for i in range(200))
     line = (

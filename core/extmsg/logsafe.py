@@ -161,6 +161,7 @@ REDACTED = "***"
 
 _secrets: set[str] = set()
 _secret_re: re.Pattern[str] | None = None
+_longest = 0
 # A credential in a URL: the password of ``scheme://user:password@host`` and the value of a
 # query parameter whose name says it is one. Names are at most 40 characters and values stop at
 # the first separator, so each ``?``/``&``/``://`` is tried in bounded time: linear overall.
@@ -179,11 +180,12 @@ def register_secrets(values: Iterable[str | None]) -> None:
     registers every :data:`~extmsg.models.Secret` of the loaded configuration (Unblu password,
     store DSN, each channel's ``webhook_secret`` and the secret settings its plugin declares).
     """
-    global _secret_re
+    global _secret_re, _longest
     new = {v for v in values if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH} - _secrets
     if not new:
         return
     _secrets.update(new)
+    _longest = max(_longest, *map(len, new))
     # Longest first, so that a secret containing another is replaced whole; one compiled
     # alternation of literals is a single pass over the text.
     ordered = sorted(_secrets, key=lambda v: (-len(v), v))
@@ -192,19 +194,23 @@ def register_secrets(values: Iterable[str | None]) -> None:
 
 def clear_secrets() -> None:
     """Forget every registered secret (tests)."""
-    global _secret_re
+    global _secret_re, _longest
     _secrets.clear()
     _secret_re = None
+    _longest = 0
 
 
 def redact(text: str) -> str:
     """``text`` with each registered secret and each credential in a URL replaced by ``***``.
 
-    Texts longer than :data:`REDACT_LIMIT` characters are cut there first (a log line that long
-    is a mistake anyway), so the cost of a line stays bounded.
+    Texts longer than :data:`REDACT_LIMIT` characters are cut there (a log line that long is
+    a mistake anyway), so the cost of a line stays bounded; a secret across the cut is
+    redacted whole.
     """
-    if len(text) > REDACT_LIMIT:
-        text = f"{text[:REDACT_LIMIT]}…[+{len(text) - REDACT_LIMIT} chars]"
+    cut = len(text) - REDACT_LIMIT
+    if cut > 0:
+        # Redacted before the cut, with room for the longest secret: no cut shows half of one.
+        text = text[: REDACT_LIMIT + _longest + 256]
     pattern = _secret_re
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
@@ -212,7 +218,7 @@ def redact(text: str) -> str:
         text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
     if "=" in text:
         text = _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
-    return text
+    return f"{text[:REDACT_LIMIT]}…[+{cut} chars]" if cut > 0 else text
 
 
 def _clean(text: str) -> str:
