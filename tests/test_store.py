@@ -265,6 +265,32 @@ async def test_dead_jobs_do_not_block_their_lane(store: Store) -> None:
     assert await store.job_counts() == {"ready": 0, "running": 1, "done": 0, "dead": 1, "held": 0}
 
 
+# -- how long due work has waited (extmsg_oldest_ready_job_seconds) ---------------------------
+async def test_the_oldest_due_ready_job_is_the_one_waiting_longest(store: Store) -> None:
+    now = time.time()
+    assert await store.oldest_due_at(now) is None  # nothing waits
+    await store.intake([Intake(job=job("later", delay=600))])
+    assert await store.oldest_due_at(now) is None  # not due yet: it does not wait
+    before = time.time()
+    a1, a2, b1 = await enqueue(store, "a", "a", "b")
+    after = time.time()
+    due = await store.oldest_due_at(after + 5)
+    assert due is not None
+    assert before - 1 <= due <= after
+    # the running head no longer waits, the job behind it does (since it became due)
+    [head_a, head_b] = await store.claim_jobs(10, 30)
+    assert {head_a.id, head_b.id} == {a1, b1}
+    assert await store.oldest_due_at(after + 5) == due
+    # a job retrying later waits again only once it is due
+    await store.complete_job(a1)
+    await store.complete_job(b1)
+    [head] = await store.claim_jobs(10, 30)
+    assert head.id == a2
+    await store.reschedule_job(a2, after + 100, "Unblu answered 503")
+    assert await store.oldest_due_at(after + 5) is None
+    assert await store.oldest_due_at(after + 130) == after + 100
+
+
 # -- lanes held by a dead letter --------------------------------------------------------------
 async def _hold(store: Store, lane: str = "a") -> int:
     """The lane's head runs out of retries: a dead letter holding the lane; its id."""

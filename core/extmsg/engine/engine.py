@@ -578,6 +578,8 @@ class Engine:
         while True:
             try:
                 counts = await self.store.job_counts()
+                now = time.time()
+                due_at = await self.store.oldest_due_at(now)
             except Exception:
                 log.warning("reading job counts failed", exc_info=True)
             else:
@@ -585,6 +587,7 @@ class Engine:
                     metrics.queue_depth.labels(state).set(counts.get(state, 0))
                 metrics.dead_letters.set(counts.get("dead", 0))
                 metrics.lanes_held.set(counts.get("held", 0))
+                metrics.oldest_ready_job.set(0.0 if due_at is None else max(0.0, now - due_at))
             await asyncio.sleep(self._counts_interval)
 
 

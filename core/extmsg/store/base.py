@@ -499,3 +499,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def job_counts(self) -> dict[str, int]:
         """Number of jobs per state, and ``held``: dead letters holding their lanes."""
+
+    @abc.abstractmethod
+    async def oldest_due_at(self, now: float) -> float | None:
+        """When the longest-waiting ready job became due (the smallest ``next_at`` not after
+        ``now``), or None when no ready job is due; read from the index of ready jobs."""

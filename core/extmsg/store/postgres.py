@@ -1066,6 +1066,12 @@ class PostgresStore(Store):
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts
 
+    async def oldest_due_at(self, now: float) -> float | None:
+        value = await self._fetchval(
+            "SELECT MIN(next_at) FROM jobs WHERE state = 'ready' AND next_at <= $1", now
+        )
+        return float(value) if value is not None else None
+
 
 async def _intake(
     conn: asyncpg.Connection, items: Sequence[Intake], now: float

@@ -941,6 +941,14 @@ class SqliteStore(Store):
         counts.update({r[0]: int(r[1]) for r in rows})
         return counts
 
+    async def oldest_due_at(self, now: float) -> float | None:
+        row = await self._one(
+            "SELECT MIN(next_at) FROM jobs INDEXED BY jobs_runnable"
+            " WHERE state = 'ready' AND next_at <= ?",
+            (now,),
+        )
+        return float(row[0]) if row and row[0] is not None else None
+
 
 def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list[IntakeResult]:
     """Write a batch of intakes with a few multi-row statements (the transaction is open).
