@@ -6,10 +6,30 @@ applications (tests, the sandbox beside ``serve``) never share counters.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "call_outcome"]
+
+
+def call_outcome(error: BaseException | None) -> str:
+    """The ``outcome`` label of a call to a remote: ``ok``, ``not_found`` (Unblu answered 404),
+    ``retryable`` or ``permanent`` (as the error says of itself), or ``error`` (an error that
+    does not say; the plugin's ``extmsg_classify_error`` decides for the job later)."""
+    if error is None:
+        return "ok"
+    if getattr(error, "status", None) == 404:
+        return "not_found"
+    retryable: Any = getattr(error, "retryable", None)
+    if isinstance(retryable, bool):
+        return "retryable" if retryable else "permanent"
+    return "error"
 
 
 class Metrics:
@@ -95,6 +115,56 @@ class Metrics:
             ["channel", "encoding"],
             registry=r,
         )
+
+        self.remote_calls = Counter(
+            "extmsg_remote_calls_total",
+            "Calls extmsg made to Unblu and to providers, by remote (unblu or the messenger),"
+            " call and outcome (ok, not_found, retryable, permanent, error).",
+            ["remote", "call", "outcome"],
+            registry=r,
+        )
+        self.remote_call_seconds = Histogram(
+            "extmsg_remote_call_seconds",
+            "Time a call to Unblu or to a provider took, by remote and call.",
+            ["remote", "call"],
+            registry=r,
+        )
+        self.oldest_ready_job = Gauge(
+            "extmsg_oldest_ready_job_seconds",
+            "How long the oldest job that is due has waited to be run (0 when none waits).",
+            registry=r,
+        )
+        # Label children by key: a call to a remote is on the hot path of every message.
+        self._call_counters: dict[tuple[str, str, str], Any] = {}
+        self._call_timers: dict[tuple[str, str], Any] = {}
+
+    def observe_call(
+        self, remote: str, call: str, error: BaseException | None, seconds: float
+    ) -> None:
+        """Count one call to ``remote`` and time it; ``error`` is what it raised, if anything."""
+        key = (remote, call, call_outcome(error))
+        counter = self._call_counters.get(key)
+        if counter is None:
+            counter = self._call_counters[key] = self.remote_calls.labels(*key)
+        counter.inc()
+        timer = self._call_timers.get(key[:2])
+        if timer is None:
+            timer = self._call_timers[key[:2]] = self.remote_call_seconds.labels(remote, call)
+        timer.observe(seconds)
+
+    @contextmanager
+    def timed_call(self, remote: str, call: str) -> Iterator[None]:
+        """Count and time the call made in the ``with`` block; a cancelled one is not counted
+        (it was stopped here, the remote said nothing)."""
+        started = time.monotonic()
+        try:
+            yield
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.observe_call(remote, call, exc, time.monotonic() - started)
+            raise
+        self.observe_call(remote, call, None, time.monotonic() - started)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

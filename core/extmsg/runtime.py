@@ -13,6 +13,7 @@ Stop, in reverse: not ready → engine finishes or releases in-flight jobs → p
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -105,7 +106,12 @@ class Runtime:
             from .unblu.client import UnbluClient
 
             self.unblu = UnbluClient(
-                u.base_url, u.username, u.password, u.api_version, timeout=u.timeout
+                u.base_url,
+                u.username,
+                u.password,
+                u.api_version,
+                timeout=u.timeout,
+                observer=functools.partial(self.metrics.observe_call, "unblu"),
             )
         self.engine = Engine(
             self.store,

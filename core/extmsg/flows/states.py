@@ -121,7 +121,9 @@ async def report_state(runtime: Runtime, job: Job, payload: p.UnbluStateJob) -> 
 
 async def mark_read(runtime: Runtime, job: Job, payload: p.MarkReadJob) -> None:
     channel = runtime.channel(payload.channel)
-    if not await runtime.hooks.mark_read(channel, payload.provider_message_id):
+    with runtime.metrics.timed_call(channel.messenger, "mark_read"):
+        marked = await runtime.hooks.mark_read(channel, payload.provider_message_id)
+    if not marked:
         log.debug("channel %s has no read receipts", channel.name)
 
 

@@ -87,7 +87,8 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
             part = msgspec.structs.replace(part, attachment=attachment)
         assert runtime.engine is not None
         await runtime.engine.hold(job)
-        result = await runtime.hooks.send(channel, part)
+        with runtime.metrics.timed_call(channel.messenger, "send"):
+            result = await runtime.hooks.send(channel, part)
         await runtime.store.record_part(
             payload.message_id, channel.name, index, result.provider_message_id, job=job
         )
@@ -111,7 +112,8 @@ async def _look_before_sending(
     """
     where = (channel.name, part.id, index, mask_address(part.contact.address))
     try:
-        found = await runtime.hooks.find_sent(channel, part)
+        with runtime.metrics.timed_call(channel.messenger, "find_sent"):
+            found = await runtime.hooks.find_sent(channel, part)
     except Exception as exc:
         verdict = await runtime.hooks.classify_error(channel, exc)
         _count_doubt(runtime, channel, "lookup_failed")

@@ -150,7 +150,8 @@ async def _fetch_files(
             continue
         reason: str | None
         try:
-            fetched = await runtime.hooks.fetch_attachment(channel, attachment)
+            with runtime.metrics.timed_call(channel.messenger, "fetch_attachment"):
+                fetched = await runtime.hooks.fetch_attachment(channel, attachment)
         except DeliveryError as exc:
             if exc.retryable or exc.status == 401:
                 raise

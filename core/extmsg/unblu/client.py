@@ -11,12 +11,13 @@ All HTTP goes through :meth:`UnbluClient._call`, which maps failures to
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
 import re
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -34,17 +35,23 @@ from extmsg.unblu.wire import Channel, ContactIdentifierFieldType, Conversation,
 __all__ = [
     "MESSAGE_LOG_ROLE",
     "ApiVersion",
+    "CallObserver",
     "ChannelSpec",
     "ContactRef",
     "LookupAccess",
     "Recipient",
     "RecordedCall",
     "UnbluClient",
+    "call_name",
     "virtual_person_source_id",
 ]
 
 ApiVersion = Literal["v3", "v4"]
 T = TypeVar("T")
+
+CallObserver = Callable[[str, BaseException | None, float], None]
+"""Told of every call the client made: its :func:`call_name`, what it raised (None when it
+succeeded) and how long it took in seconds (the runtime counts them as metrics)."""
 
 log = logging.getLogger("extmsg.unblu")
 
@@ -187,6 +194,7 @@ class UnbluClient:
         session: aiohttp.ClientSession | None = None,
         recorder: list[RecordedCall] | None = None,
         record_limit: int = 1000,
+        observer: CallObserver | None = None,
     ) -> None:
         if api_version not in ("v3", "v4"):
             raise ValueError(f"api_version must be 'v3' or 'v4', got {api_version!r}")
@@ -203,6 +211,7 @@ class UnbluClient:
         self._owns_session = session is None
         self.recorder = recorder
         self._record_limit = record_limit
+        self._observer = observer
 
     # -- lifecycle -----------------------------------------------------------------------------
     @property
@@ -256,6 +265,35 @@ class UnbluClient:
         path_params: Mapping[str, str] | None = None,
         body: msgspec.Struct | None = None,
         query: Mapping[str, str | None] | None = None,
+    ) -> Any:
+        """Do one HTTP call (see :meth:`_exchange`), told to the observer by its call name."""
+        if self._observer is None:
+            return await self._exchange(method, path_template, path_params, body, query)
+        return await self._observed(
+            call_name(path_template),
+            self._exchange(method, path_template, path_params, body, query),
+        )
+
+    async def _observed(self, call: str, work: Awaitable[T]) -> T:
+        assert self._observer is not None
+        started = time.monotonic()
+        try:
+            result = await work
+        except asyncio.CancelledError:
+            raise  # stopped here: the remote said nothing
+        except BaseException as exc:
+            self._observer(call, exc, time.monotonic() - started)
+            raise
+        self._observer(call, None, time.monotonic() - started)
+        return result
+
+    async def _exchange(
+        self,
+        method: str,
+        path_template: str,
+        path_params: Mapping[str, str] | None,
+        body: msgspec.Struct | None,
+        query: Mapping[str, str | None] | None,
     ) -> Any:
         """Do one HTTP call; return the decoded JSON (``None`` for an empty answer).
 
@@ -1034,6 +1072,15 @@ class UnbluClient:
         max_bytes: int = 100 * 1024 * 1024,
         time_limit: float | None = None,
     ) -> tuple[bytes, str | None]:
+        """Fetch a file an agent sent; see :meth:`_download` (told to the observer as
+        ``download``)."""
+        if self._observer is None:
+            return await self._download(url, max_bytes, time_limit)
+        return await self._observed("download", self._download(url, max_bytes, time_limit))
+
+    async def _download(
+        self, url: str, max_bytes: int, time_limit: float | None
+    ) -> tuple[bytes, str | None]:
         """Fetch a file an agent sent (its WEB_API download link); return data and MIME type.
 
         Credentials only ever go to the origin of ``base_url``. A link to another origin whose
@@ -1098,6 +1145,13 @@ class UnbluClient:
                 retryable=True if fetched.status == 403 else None,
             )
         return fetched.data, fetched.content_type or None
+
+
+def call_name(path_template: str) -> str:
+    """A call's short, stable name for metrics: its path template without the path parameters,
+    e.g. ``/externalmessengers/{channelId}/sendMessage`` -> ``externalmessengers/sendMessage``
+    (the same name on web API v3 and v4)."""
+    return "/".join(part for part in path_template.split("/") if part and part[0] != "{")
 
 
 def _fill_path(template: str, params: Mapping[str, str]) -> str:
