@@ -11,6 +11,7 @@ Where requests enter:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -103,6 +104,9 @@ async def metrics(request: web.Request) -> web.Response:
         for state, count in counts.items():
             runtime.metrics.queue_depth.labels(state).set(count)
         runtime.metrics.dead_letters.set(counts.get("dead", 0))
+        runtime.metrics.lanes_held.set(counts.get("held", 0))
+        now = time.time()
+        runtime.metrics.set_oldest_due(await runtime.store.oldest_due_at(now), now)
     resp = web.Response(body=runtime.metrics.render())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp

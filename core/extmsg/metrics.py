@@ -166,5 +166,9 @@ class Metrics:
             raise
         self.observe_call(remote, call, None, time.monotonic() - started)
 
+    def set_oldest_due(self, due_at: float | None, now: float) -> None:
+        """Set ``extmsg_oldest_ready_job_seconds`` from the store's ``oldest_due_at(now)``."""
+        self.oldest_ready_job.set(0.0 if due_at is None else max(0.0, now - due_at))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

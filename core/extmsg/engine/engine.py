@@ -587,7 +587,7 @@ class Engine:
                     metrics.queue_depth.labels(state).set(counts.get(state, 0))
                 metrics.dead_letters.set(counts.get("dead", 0))
                 metrics.lanes_held.set(counts.get("held", 0))
-                metrics.oldest_ready_job.set(0.0 if due_at is None else max(0.0, now - due_at))
+                metrics.set_oldest_due(due_at, now)
             await asyncio.sleep(self._counts_interval)
 
 
