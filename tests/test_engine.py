@@ -757,3 +757,5 @@ async def test_held_lanes_are_counted(store: CountingStore, engines: list[Engine
     await until(lambda: metrics.lanes_held._value.get() == 2)
     assert metrics.dead_letters._value.get() == 2
     assert metrics.queue_depth.labels("ready")._value.get() == 1  # behind a's dead letter
+    # and that job has waited since it was due
+    await until(lambda: metrics.oldest_ready_job._value.get() > 0.1)
