@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import socket
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -14,6 +15,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
+from extmsg.metrics import Metrics
 from extmsg.unblu import (
     ApiVersion,
     Channel,
@@ -478,3 +480,45 @@ async def test_download_size_limit(make_client: MakeClient) -> None:
     with pytest.raises(UnbluError, match="larger than 4 bytes") as info:
         await client.download("/app/rest/v4/files/f1", max_bytes=4)
     assert not info.value.retryable
+
+
+# -- metrics -----------------------------------------------------------------------------------
+async def test_every_call_is_counted_by_name_and_outcome_and_a_cancelled_one_not(
+    make_client: MakeClient,
+) -> None:
+    answers = [error(503, "down"), error(403, "no role"), error(404, "gone")]
+    hang = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/hang/read"):
+            await hang.wait()
+        if answers:
+            return answers.pop(0)
+        return web.json_response(None)
+
+    metrics = Metrics()
+    client = await make_client(handler, observer=functools.partial(metrics.observe_call, "unblu"))
+    for _ in range(3):
+        with pytest.raises(UnbluError):
+            await client.get_conversation("c-123")
+    await client.message_read("ch-1", "conv-1", "msg-1")
+    task = asyncio.create_task(client.get_conversation("hang"))
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    hang.set()
+
+    def count(call: str, outcome: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "extmsg_remote_calls_total", {"remote": "unblu", "call": call, "outcome": outcome}
+        )
+        return value or 0.0
+
+    read = "conversations/read"
+    assert [count(read, o) for o in ("retryable", "permanent", "not_found", "ok")] == [1, 1, 1, 0]
+    assert count("externalmessengers/messageRead", "ok") == 1  # v4's {channelId} left out
+    timed = metrics.registry.get_sample_value(
+        "extmsg_remote_call_seconds_count", {"remote": "unblu", "call": read}
+    )
+    assert timed == 3  # the cancelled call is neither counted nor timed
