@@ -11,6 +11,7 @@ import pytest
 from extmsg import hookimpl
 from extmsg.errors import DeliveryError, FetchTooLarge, PermanentError, RetryableError
 from extmsg.flows.to_unblu import _fetch_files, _size, undelivered_note
+from extmsg.metrics import Metrics
 from extmsg.models import Attachment, Channel, Contact, InboundMessage
 from extmsg.plugins import build_hooks
 from extmsg.runtime import Runtime
@@ -47,7 +48,7 @@ FORM = Attachment("form.pdf", "application/pdf", url="media:2")
 
 async def _files(provider: Provider, message: InboundMessage) -> list[Attachment | str]:
     hooks = build_hooks(entry_points=False, extra=[provider], disabled=())
-    runtime = cast("Runtime", SimpleNamespace(hooks=hooks))
+    runtime = cast("Runtime", SimpleNamespace(hooks=hooks, metrics=Metrics()))
     channel: Any = make_channel()
     return await _fetch_files(runtime, channel, message)
 
