@@ -276,7 +276,9 @@ async def test_three_instances_one_frozen_past_its_leases(
             acks_while_frozen = sum(1 for t in traffic.ack_times if t > stopped_at + 1.0)
             frozen.proc.send_signal(signal.SIGCONT)
             await flowing
-            result = await traffic.settle()
+            # One at a time through the balancer, the agents' messages take a while on a busy
+            # machine: room to arrive, so that only a real loss fails the count.
+            result = await traffic.settle(limit=300)
             await asyncio.sleep(1.0)
             async with session.get(f"{cluster.bases[0]}/metrics") as resp:
                 metrics = await resp.text()
