@@ -4,6 +4,7 @@ value in a ``/metrics`` text."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -12,10 +13,12 @@ from typing import Any
 import aiohttp
 
 __all__ = [
+    "agent_writes",
     "first_seen",
     "inbound_by_contact",
     "metric_total",
     "sandbox_conversations",
+    "sandbox_drain",
     "sandbox_messages",
 ]
 
@@ -45,6 +48,23 @@ async def sandbox_messages(
     async with session.get(f"{url}/sandbox/api/conversations/{conversation_id}/messages") as resp:
         data = await resp.json()
     return list(data["messages"] if isinstance(data, dict) else data)
+
+
+async def agent_writes(
+    session: aiohttp.ClientSession, url: str, conversation_id: str, texts: Iterable[str]
+) -> None:
+    """An agent writes ``texts`` into a sandbox conversation, one after another."""
+    endpoint = f"{url}/sandbox/api/conversations/{conversation_id}/messages"
+    for text in texts:
+        async with session.post(endpoint, json={"text": text}) as resp:
+            assert resp.status == 201, await resp.text()
+        await asyncio.sleep(0.002)  # as a person types: other writers get their turn
+
+
+async def sandbox_drain(session: aiohttp.ClientSession, url: str, timeout: float = 10) -> None:  # noqa: ASYNC109
+    """Wait (up to ``timeout`` seconds) until the sandbox delivered what it has queued."""
+    async with session.post(f"{url}/sandbox/api/drain", json={"timeout": timeout}) as resp:
+        await resp.read()
 
 
 async def inbound_by_contact(session: aiohttp.ClientSession, url: str) -> dict[str, list[str]]:

@@ -21,7 +21,14 @@ from aiohttp import web
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 
 from extmsg.testing.helpers import free_port
-from extmsg.testing.tally import first_seen, inbound_by_contact, metric_total, sandbox_conversations
+from extmsg.testing.tally import (
+    agent_writes,
+    first_seen,
+    inbound_by_contact,
+    metric_total,
+    sandbox_conversations,
+    sandbox_drain,
+)
 from extmsg_sms_twilio.fake import FakeTwilio, inbound_params, new_sid
 
 __all__ = ["Balancer", "Tally", "Traffic", "metric_total", "serve_config", "tally"]
@@ -151,12 +158,8 @@ class Traffic:
             await self.text(contact(i), n)
 
     async def agent(self, i: int) -> None:
-        conversation = self.conversations[contact(i)]
-        url = f"{self.sandbox_url}/sandbox/api/conversations/{conversation}/messages"
-        for n in range(self.per_contact):
-            async with self.session.post(url, json={"text": f"out {i} {n}"}) as resp:
-                assert resp.status == 201, await resp.text()
-            await asyncio.sleep(0.002)
+        texts = (f"out {i} {n}" for n in range(self.per_contact))
+        await agent_writes(self.session, self.sandbox_url, self.conversations[contact(i)], texts)
 
     async def everyone(self) -> None:
         await asyncio.gather(
@@ -168,10 +171,7 @@ class Traffic:
         """Wait until everything acknowledged arrived; the final counts."""
         deadline = time.monotonic() + limit
         while True:
-            async with self.session.post(
-                f"{self.sandbox_url}/sandbox/api/drain", json={"timeout": 10}
-            ) as resp:
-                await resp.read()
+            await sandbox_drain(self.session, self.sandbox_url)
             result = await tally(self)
             if result.complete or time.monotonic() > deadline:
                 return result

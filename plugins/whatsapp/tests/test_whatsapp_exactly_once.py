@@ -52,10 +52,12 @@ from whatsapp_testkit import ACCESS_TOKEN, APP_SECRET, MAIN_NUMBER_ID, WEBHOOK_P
 from extmsg.sandbox import run_sandbox
 from extmsg.testing.helpers import ServeProcess, free_port
 from extmsg.testing.tally import (
+    agent_writes,
     first_seen,
     inbound_by_contact,
     metric_total,
     sandbox_conversations,
+    sandbox_drain,
     sandbox_messages,
 )
 from extmsg_whatsapp import fake as wa
@@ -198,13 +200,8 @@ class Run:
             await self.text(wa_id(i), n)
 
     async def agent(self, i: int) -> None:
-        url = (
-            f"{self.sandbox_url}/sandbox/api/conversations/{self.conversations[wa_id(i)]}/messages"
-        )
-        for n in range(PER_CONTACT):
-            async with self.session.post(url, json={"text": f"out {i} {n}"}) as resp:
-                assert resp.status == 201, await resp.text()
-            await asyncio.sleep(0.002)
+        texts = (f"out {i} {n}" for n in range(PER_CONTACT))
+        await agent_writes(self.session, self.sandbox_url, self.conversations[wa_id(i)], texts)
 
     async def everyone(self) -> None:
         await asyncio.gather(
@@ -215,10 +212,7 @@ class Run:
         """Wait until everything acknowledged or written arrived; what arrived."""
         deadline = time.monotonic() + limit
         while True:
-            async with self.session.post(
-                f"{self.sandbox_url}/sandbox/api/drain", json={"timeout": 10}
-            ) as resp:
-                await resp.read()
+            await sandbox_drain(self.session, self.sandbox_url)
             outcome = await self.outcome()
             if outcome.complete or time.monotonic() > deadline:
                 return outcome
