@@ -44,6 +44,35 @@ def test_init_writes_a_config_that_check_accepts(tmp_path: Path) -> None:
     checked = run("check", "--config", str(path), env=env)
     assert checked.returncode == 0, checked.stderr
     assert "1 channel(s): sms (sms_twilio)" in checked.stdout
+    # The example's addresses are still in it: check says so, without failing.
+    assert checked.stderr.splitlines() == [
+        "warning: server.public_url: connector.example.com is an example domain (as 'extmsg"
+        " init' wrote it); set the real address",
+        "warning: unblu.base_url: unblu.example.com is an example domain (as 'extmsg init'"
+        " wrote it); set the real address",
+    ]
+
+
+def test_init_writes_where_extmsg_config_points(tmp_path: Path) -> None:
+    target = tmp_path / "etc" / "extmsg.toml"
+    target.parent.mkdir()
+    result = CliRunner().invoke(main, ["init"], env={"EXTMSG_CONFIG": str(target)})
+    assert result.exit_code == 0, result.output
+    assert target.read_text().startswith("# extmsg configuration.")
+
+
+def test_an_unset_variable_is_reported_once(tmp_path: Path) -> None:
+    path = tmp_path / "extmsg.toml"
+    assert CliRunner().invoke(main, ["init", str(path)]).exit_code == 0
+    env = {"UNBLU_USERNAME": "u", "UNBLU_PASSWORD": "p", "SMS_WEBHOOK_SECRET": "s"}
+    env["TWILIO_AUTH_TOKEN"] = "t"
+    checked = run("check", "-c", str(path), env=env)
+    assert checked.returncode == 2
+    # Not also "account_sid: expected `str` matching regex" for the empty value.
+    assert checked.stderr.splitlines() == [
+        "error: channels[0].settings.account_sid: environment variable TWILIO_ACCOUNT_SID is"
+        " not set"
+    ]
 
 
 def test_check_prints_one_line_per_problem_and_exits_2(tmp_path: Path) -> None:

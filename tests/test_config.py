@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from extmsg.config import load_config, parse_config
+from extmsg.config import load_config, parse_config, placeholder_warnings
 from extmsg.errors import ConfigError
 from extmsg.plugins import build_hooks
 
@@ -147,3 +147,49 @@ def test_trusted_proxies() -> None:
     assert not parse_config({}, MESSENGERS).server.trusts_proxy("127.0.0.1")
     anyone = parse_config({"server": {"trusted_proxies": ["*"]}}, MESSENGERS)
     assert anyone.server.trusts_proxy("203.0.113.9")
+
+
+def test_an_unset_variable_is_one_problem_not_two() -> None:
+    # Its empty value would also miss the setting's pattern: that line would only mislead.
+    text = VALID.replace('mode = "a"', 'mode = "a"\naccount = "${ACCOUNT}"')
+    problems = _problems(text, env={"UNBLU_PASSWORD": "p", "TWILIO_TOKEN": "t"})
+    assert problems == ["channels[0].settings.account: environment variable ACCOUNT is not set"]
+    # A key whose variable is set is still checked.
+    problems = _problems(text, env={"UNBLU_PASSWORD": "p", "TWILIO_TOKEN": "t", "ACCOUNT": "x"})
+    assert [p.split(": ")[0] for p in problems] == ["channels[0].settings.account"]
+
+
+def test_an_enum_problem_lists_the_allowed_values() -> None:
+    text = VALID.replace('password = "${UNBLU_PASSWORD}"', 'password = "p"\napi_version = "v5"')
+    text = text.replace("[server]", '[server]\nlog_level = "LOUD"')
+    text = text.replace('type = "TEAM"', 'type = "GROUP"')
+    problems = _problems(text, env={"TWILIO_TOKEN": "t"})
+    assert problems == [
+        "server.log_level: invalid enum value 'LOUD'"
+        " (allowed: 'DEBUG', 'INFO', 'WARNING', 'ERROR')",
+        "unblu.api_version: invalid enum value 'v5' (allowed: 'v3', 'v4')",
+        "channels[0].recipient.type: invalid enum value 'GROUP'"
+        " (allowed: 'AGENT', 'TEAM', 'NAMED_AREA', 'ACCOUNT')",
+    ]
+
+
+def test_example_domains_left_in_the_config_are_named() -> None:
+    import tomllib
+
+    env = {"UNBLU_PASSWORD": "p", "TWILIO_TOKEN": "t"}
+    config = parse_config(tomllib.loads(VALID), MESSENGERS, env=env)
+    assert placeholder_warnings(config) == [
+        "server.public_url: connector.example.com is an example domain (as 'extmsg init'"
+        " wrote it); set the real address",
+        "unblu.base_url: unblu.example.com is an example domain (as 'extmsg init'"
+        " wrote it); set the real address",
+    ]
+    real = VALID.replace("connector.example.com", "connector.bank.ch").replace(
+        "unblu.example.com", "unblu.bank.ch"
+    )
+    assert placeholder_warnings(parse_config(tomllib.loads(real), MESSENGERS, env=env)) == []
+    # Named by host only: a DSN's password stays out of the line.
+    pg = real + '\n[store]\nbackend = "postgres"\ndsn = "postgresql://u:s3cret@db.example.org/x"\n'
+    [line] = placeholder_warnings(parse_config(tomllib.loads(pg), MESSENGERS, env=env))
+    assert line.startswith("store.dsn: db.example.org is an example domain")
+    assert "s3cret" not in line

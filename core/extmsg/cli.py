@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -22,13 +21,19 @@ import msgspec
 from aiohttp import web
 
 from . import __version__
-from .config import Config, load_config, parse_config, register_config_secrets
-from .errors import ConfigError, HandledError
+from .cli_options import CONTEXT_SETTINGS, config_option
+from .config import (
+    Config,
+    load_config,
+    parse_config,
+    placeholder_warnings,
+    register_config_secrets,
+)
+from .errors import ConfigError, HandledError, StoreMissing
 from .plugins import Hooks, build_hooks
 
 __all__ = ["main"]
 
-DEFAULT_CONFIG = "extmsg.toml"
 log = logging.getLogger("extmsg")
 
 
@@ -44,22 +49,10 @@ class _Group(click.Group):
             ctx.exit(exc.exit_code)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_Group, context_settings=CONTEXT_SETTINGS)
 @click.version_option(__version__, prog_name="extmsg")
 def main() -> None:
     """Connect text messengers (SMS, WhatsApp, email, your own) to Unblu."""
-
-
-def _config_option(f: Any) -> Any:
-    return click.option(
-        "--config",
-        "-c",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=lambda: os.environ.get("EXTMSG_CONFIG", DEFAULT_CONFIG),
-        show_default="extmsg.toml or $EXTMSG_CONFIG",
-        help="The configuration file.",
-    )(f)
 
 
 def _load(config_path: Path) -> tuple[Config, Hooks]:
@@ -89,7 +82,7 @@ def plugins(as_json: bool) -> None:
 
 
 @main.command()
-@_config_option
+@config_option()
 @click.option(
     "--unblu",
     "online",
@@ -103,6 +96,8 @@ def check(config_path: Path, online: bool) -> None:
         f"{config_path}: ok ({len(config.channels)} channel(s): "
         f"{', '.join(f'{c.name} ({c.messenger})' for c in config.channels) or 'none'})"
     )
+    for line in placeholder_warnings(config):
+        click.echo(f"warning: {line}", err=True)
     if online:
         _check_unblu(config)
 
@@ -140,11 +135,14 @@ def _check_unblu(config: Config) -> None:
 
 
 @main.command()
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG)
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@config_option("Where to write the configuration (or give PATH).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
-def init(path: Path, force: bool) -> None:
+def init(path: Path | None, config_path: Path, force: bool) -> None:
     """Write a commented example configuration to PATH."""
     from .example import EXAMPLE_CONFIG
+
+    path = path or config_path
 
     if path.exists() and not force:
         raise HandledError(f"{path} exists (use --force to overwrite)")
@@ -154,7 +152,7 @@ def init(path: Path, force: bool) -> None:
 
 # --- serve ------------------------------------------------------------------------------------
 @main.command()
-@_config_option
+@config_option()
 @click.option("--host", help="Listen address (overrides [server] host).")
 @click.option("--port", type=int, help="Listen port (overrides [server] port).")
 @click.option(
@@ -247,7 +245,7 @@ def channels() -> None:
 
 
 @channels.command("list")
-@_config_option
+@config_option()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def channels_list(config_path: Path, as_json: bool) -> None:
     """Show configured channels with their Unblu ids and webhook status."""
@@ -257,11 +255,17 @@ def channels_list(config_path: Path, as_json: bool) -> None:
         from .store import open_store
 
         store = open_store(config)
-        await store.open()
+        known = {}
         try:
-            known = {row.name: row for row in await store.list_channels()}
-        finally:
-            await store.close()
+            # Only looks: a store that is not there yet is not made here.
+            await store.open(create=False)
+        except StoreMissing as exc:
+            click.echo(f"note: {exc}; no channel is provisioned yet", err=True)
+        else:
+            try:
+                known = {row.name: row for row in await store.list_channels()}
+            finally:
+                await store.close()
         out = []
         for ch in config.channels:
             row = known.get(ch.name)
@@ -288,7 +292,7 @@ def channels_list(config_path: Path, as_json: bool) -> None:
 
 
 @channels.command("sync")
-@_config_option
+@config_option()
 def channels_sync(config_path: Path) -> None:
     """Create or update every channel in Unblu now."""
     config, hooks = _load(config_path)

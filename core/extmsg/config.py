@@ -14,6 +14,8 @@ import ipaddress
 import os
 import re
 import tomllib
+import types
+import typing
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ __all__ = [
     "UnbluConfig",
     "load_config",
     "parse_config",
+    "placeholder_warnings",
     "register_config_secrets",
     "secret_values",
 ]
@@ -225,6 +228,8 @@ def parse_config(
     """Validate an already parsed TOML document (see :func:`load_config`)."""
     problems: list[str] = []
     data = _expand_env(raw, os.environ if env is None else env, "", problems)
+    unset = {_key_of(p) for p in problems}
+    unset_lines = len(problems)
     assert isinstance(data, dict)
     data.pop("source", None)
     data.pop("channel_settings", None)
@@ -260,12 +265,51 @@ def parse_config(
         if value is not None and isinstance(name, str):
             settings[name] = value
 
+    # A key whose variable is unset has that one line, not a second one about its empty value.
+    problems = [
+        p for i, p in enumerate(problems) if i < unset_lines or not _under(_key_of(p), unset)
+    ]
     if problems:
         # A problem line never quotes a value today; should one ever, a secret stays out of it.
         secrets = secret_values(data, messengers)
         raise ConfigError([_without(p, secrets) for p in problems], source or "config")
     config = msgspec.convert(data, Config)
     return msgspec.structs.replace(config, source=source, channel_settings=settings)
+
+
+# The domains reserved for examples (RFC 2606), which ``extmsg init``'s file uses.
+_PLACEHOLDER = re.compile(
+    r"(?<![\w-])((?:[a-z0-9-]+\.)*example\.(?:com|net|org))(?![\w-])", re.IGNORECASE
+)
+
+
+def placeholder_warnings(config: Config) -> list[str]:
+    """One line per value that still names an example domain (``unblu.example.com`` as
+    ``extmsg init`` wrote it): such a server starts, but nothing reaches it or it reaches
+    nothing. Names only the host, never the value (it may be a DSN with a password)."""
+    data = msgspec.to_builtins(config)
+    data.pop("source", None)
+    data.pop("channel_settings", None)
+    found: list[str] = []
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, str):
+            hosts = dict.fromkeys(m.group(1).lower() for m in _PLACEHOLDER.finditer(value))
+            if hosts:
+                names = ", ".join(hosts)
+                found.append(
+                    f"{path}: {names} is an example domain (as 'extmsg init' wrote it);"
+                    " set the real address"
+                )
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, _join(path, key))
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+
+    walk(data, "")
+    return found
 
 
 def secret_values(data: Mapping[str, Any], messengers: Mapping[str, MessengerType]) -> list[str]:
@@ -334,6 +378,15 @@ def _expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[st
     return value
 
 
+def _key_of(problem: str) -> str:
+    return problem.split(": ", 1)[0]
+
+
+def _under(key: str, paths: set[str]) -> bool:
+    """Whether ``key`` is one of ``paths`` or inside one (``a.b[0]`` is inside ``a.b``)."""
+    return any(key == p or key.startswith((p + ".", p + "[")) for p in paths)
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -375,21 +428,67 @@ def _check_struct(data: Any, cls: type[S], path: str, problems: list[str]) -> S 
         try:
             msgspec.convert(data[key], field.type)
         except msgspec.ValidationError as exc:
-            problems.append(_validation_line(where, exc))
+            problems.append(_validation_line(where, exc, field.type))
     if len(problems) > before:
         return None
     try:
         return msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
-        problems.append(_validation_line(path or "<root>", exc))
+        problems.append(_validation_line(path or "<root>", exc, cls))
         return None
 
 
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.S)
+_STEP = re.compile(r"\.(\w+)|\[(\d+)\]|\[([^\]]*)\]")
 
 
-def _validation_line(where: str, exc: msgspec.ValidationError) -> str:
+def _validation_line(where: str, exc: msgspec.ValidationError, tp: Any) -> str:
     match = _AT.match(str(exc))
     assert match is not None
     msg, at = match.group("msg"), match.group("at") or ""
-    return f"{where}{at}: {msg[0].lower() + msg[1:] if msg else 'invalid'}"
+    line = f"{where}{at}: {msg[0].lower() + msg[1:] if msg else 'invalid'}"
+    if msg.startswith("Invalid enum value"):
+        allowed = _literal_values(tp, at)
+        if allowed:
+            line += f" (allowed: {', '.join(repr(v) for v in allowed)})"
+    return line
+
+
+def _literal_values(tp: Any, at: str) -> tuple[Any, ...]:
+    """The values of the ``Literal`` that ``at`` (msgspec's ``.field[0]`` path) leads to from
+    ``tp``, in their declared order; empty if it leads elsewhere."""
+    for step in _STEP.finditer(at):
+        tp = _unwrap(tp)
+        if step.group(1) is not None:
+            if not (isinstance(tp, type) and issubclass(tp, msgspec.Struct)):
+                return ()
+            hints = typing.get_type_hints(tp, include_extras=True)
+            names = {f.encode_name: f.name for f in msgspec.structs.fields(tp)}
+            tp = hints.get(names.get(step.group(1), ""))
+        else:
+            args = typing.get_args(tp)
+            if typing.get_origin(tp) in (list, tuple, set, frozenset) and args:
+                tp = args[0]
+            elif typing.get_origin(tp) is dict and len(args) == 2:
+                tp = args[1]
+            else:
+                return ()
+    tp = _unwrap(tp)
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    return ()
+
+
+def _unwrap(tp: Any) -> Any:
+    """``tp`` without ``Annotated`` metadata and, for an optional, without ``None``."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            rest = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(rest) != 1:
+                return tp
+            tp = rest[0]
+        else:
+            return tp

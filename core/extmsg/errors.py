@@ -23,6 +23,7 @@ __all__ = [
     "PluginError",
     "RetryableError",
     "SignatureError",
+    "StoreMissing",
 ]
 
 
@@ -43,6 +44,10 @@ class ConfigError(HandledError):
         self.problems = problems
         self.source = source
         super().__init__("\n".join(problems) if problems else f"invalid {source}")
+
+
+class StoreMissing(HandledError):
+    """A command that only reads the store found none (it would not create one)."""
 
 
 class PluginError(HandledError):

@@ -23,7 +23,8 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from ..errors import HandledError
+from ..cli_options import CONTEXT_SETTINGS, config_option
+from ..errors import HandledError, StoreMissing
 from ..store.base import Job, JobState, Store
 
 __all__ = ["outbox"]
@@ -48,24 +49,13 @@ def _parse_age(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return float(match.group(1)) * _AGE_UNITS[match.group(2).lower()]
 
 
-def _config_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default="extmsg.toml",
-        show_default=True,
-        help="The configuration file naming the store.",
-    )(fn)
-
-
-@click.group("outbox")
+@click.group("outbox", context_settings=CONTEXT_SETTINGS)
 def outbox() -> None:
     """Look into the delivery queue: jobs waiting, running and dead (given up)."""
 
 
 @outbox.command("list")
-@_config_option
+@config_option("The configuration file naming the store.")
 @click.option(
     "--state",
     type=click.Choice(["ready", "running", "dead", "done"]),
@@ -117,7 +107,7 @@ def list_jobs(config_path: Path, state: JobState | None, limit: int, as_json: bo
 
 
 @outbox.command("show")
-@_config_option
+@config_option("The configuration file naming the store.")
 @click.argument("job_id", type=int)
 def show_job(config_path: Path, job_id: int) -> None:
     """Show one job in full, with its payload."""
@@ -153,7 +143,7 @@ def show_job(config_path: Path, job_id: int) -> None:
 
 
 @outbox.command("retry")
-@_config_option
+@config_option("The configuration file naming the store.")
 @click.argument("job_ids", nargs=-1, type=int)
 @click.option("--all-dead", is_flag=True, help="Retry every dead job.")
 def retry_jobs(config_path: Path, job_ids: tuple[int, ...], all_dead: bool) -> None:
@@ -189,7 +179,7 @@ def retry_jobs(config_path: Path, job_ids: tuple[int, ...], all_dead: bool) -> N
 
 
 @outbox.command("skip")
-@_config_option
+@config_option("The configuration file naming the store.")
 @click.argument("job_ids", nargs=-1, type=int)
 @click.option("--all-held", is_flag=True, help="Release every held lane.")
 def skip_jobs(config_path: Path, job_ids: tuple[int, ...], all_held: bool) -> None:
@@ -239,7 +229,7 @@ async def _each(
 
 
 @outbox.command("purge")
-@_config_option
+@config_option("The configuration file naming the store.")
 @click.option(
     "--state",
     type=click.Choice(["done", "dead"]),
@@ -271,18 +261,13 @@ def _with_store(config_path: Path, action: Callable[[Store], Awaitable[T]]) -> T
 
     hooks = build_hooks()
     config = load_config(config_path, hooks.messenger_types())
-    if config.store.backend == "sqlite":
-        path = config.store_path()
-        if not path.exists():
-            raise HandledError(
-                f"there is no store at {path}: check store.path in {config_path}"
-                " ('extmsg serve' creates it)"
-            )
     store = open_store(config)
 
     async def run() -> T:
         try:
-            await store.open()
+            await store.open(create=False)
+        except StoreMissing as exc:
+            raise StoreMissing(f"{exc}: check store in {config_path}") from None
         except sqlite3.DatabaseError as exc:
             raise HandledError(f"cannot open the store: {exc}") from exc
         try:

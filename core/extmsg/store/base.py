@@ -214,8 +214,12 @@ class Store(abc.ABC):
 
     # -- lifecycle -----------------------------------------------------------------------------
     @abc.abstractmethod
-    async def open(self) -> None:
-        """Connect and apply pending migrations."""
+    async def open(self, *, create: bool = True) -> None:
+        """Connect and apply pending migrations.
+
+        :param create: make the store when there is none yet; with ``False`` (commands that
+            only look) raise :class:`~extmsg.errors.StoreMissing` instead.
+        """
 
     @abc.abstractmethod
     async def close(self) -> None:

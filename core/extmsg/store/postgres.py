@@ -44,7 +44,7 @@ from typing import Any
 
 import asyncpg
 
-from ..errors import HandledError, LeaseLost
+from ..errors import HandledError, LeaseLost, StoreMissing
 from ..models import MessageState
 from .base import (
     ChannelRow,
@@ -260,7 +260,7 @@ class PostgresStore(Store):
         return f"PostgresStore({describe_dsn(self.dsn)!r})"
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
         settings = {"search_path": self.schema} if self.schema else {}
         if self._idle_transaction_timeout:
             settings["idle_in_transaction_session_timeout"] = _ms(self._idle_transaction_timeout)
@@ -279,6 +279,12 @@ class PostgresStore(Store):
                 f"cannot connect to PostgreSQL at {describe_dsn(self.dsn)}: {exc}"
             ) from exc
         try:
+            if not create and await pool.fetchval("SELECT to_regclass('schema_version')") is None:
+                raise StoreMissing(
+                    f"there is no extmsg store in PostgreSQL at {describe_dsn(self.dsn)}"
+                    f"{f' (schema {self.schema})' if self.schema else ''}"
+                    " ('extmsg serve' creates it)"
+                )
             await self._migrate(pool)
         except asyncpg.PostgresError as exc:
             # Typically the user may not create tables there (PostgreSQL 15 and later no longer

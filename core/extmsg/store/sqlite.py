@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from ..errors import LeaseLost
+from ..errors import LeaseLost, StoreMissing
 from ..models import MessageState
 from .base import (
     ChannelRow,
@@ -155,7 +155,9 @@ class SqliteStore(Store):
         self._exclusive: dict[str, asyncio.Lock] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
-    async def open(self) -> None:
+    async def open(self, *, create: bool = True) -> None:
+        if not create and not self.path.is_file():
+            raise StoreMissing(f"there is no store at {self.path} ('extmsg serve' creates it)")
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self._migrate_file)
