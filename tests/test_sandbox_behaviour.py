@@ -279,6 +279,22 @@ async def test_messages_from_the_channel_and_internal_ones_are_not_sent_out(worl
     assert messages[0]["fromMessenger"] is True
 
 
+async def test_the_echo_switch_sends_a_messengers_message_back_before_answering(
+    world: World,
+) -> None:
+    ch, contact, conv = await world.setup()
+    assert await world.agent("POST", "/echo") == {"echo": True}
+    msg_id = await world.visitor_says(ch, contact, conv, "echo me")
+    # Already delivered when the post was answered: no drain needed.
+    (call,) = world.recorder.calls
+    assert call.body["conversationMessage"]["id"] == msg_id
+    assert call.body["conversationMessage"]["sourceId"] == "src-echo me"
+    assert await world.agent("DELETE", "/echo") == {"echo": False}
+    await world.visitor_says(ch, contact, conv, "not echoed")
+    await world.drain()
+    assert len(world.recorder.calls) == 1
+
+
 # -- message states ----------------------------------------------------------------------------
 async def test_states_reported_by_the_middleware_are_recorded(world: World) -> None:
     ch, contact, conv = await world.setup(messageStateHandledExternally=True)

@@ -47,6 +47,10 @@ Routes:
     makes those web API operations (method and the spec's path template) answer 403, as for
     an API user without the role they need; ``DELETE`` (optionally with ``operations``) allows
     them again. Answers ``{"operations": [...]}`` (the forbidden ones).
+``GET | POST | DELETE /sandbox/api/echo``
+    ``POST`` makes the sandbox deliver each message a messenger posts back to that messenger's
+    own channel, before it answers the post, as an Unblu whose loop prevention failed;
+    ``DELETE`` restores Unblu's behaviour. Answers ``{"echo": true | false}``.
 ``POST /sandbox/api/reset``
     Forget every channel, person, contact, conversation, message and delivery.
 ``GET  /sandbox/api/files/{messageId}``
@@ -412,6 +416,25 @@ async def permit(request: web.Request) -> web.Response:
     body = await _optional_body(request)
     sandbox.permit(body.opt_str_list("operations"))
     return web.json_response({"operations": sorted(sandbox.forbidden)})
+
+
+@routes.get("/echo")
+async def get_echo(request: web.Request) -> web.Response:
+    return web.json_response({"echo": sandbox_of(request).echo})
+
+
+@routes.post("/echo")
+async def start_echo(request: web.Request) -> web.Response:
+    sandbox = sandbox_of(request)
+    sandbox.echo = True
+    return web.json_response({"echo": True})
+
+
+@routes.delete("/echo")
+async def stop_echo(request: web.Request) -> web.Response:
+    sandbox = sandbox_of(request)
+    sandbox.echo = False
+    return web.json_response({"echo": False})
 
 
 @routes.post("/reset")

@@ -113,6 +113,7 @@ async def send_message(request: web.Request) -> web.Response:
         recipient_person_ids=body.opt_str_list("recipientPersonIds"),
         base_url=base_url(request),
     )
+    await sandbox.echoed(msg)
     return web.json_response(msg.action_id)
 
 

@@ -125,6 +125,7 @@ async def send_message(request: web.Request) -> web.Response:
         recipient_person_ids=body.opt_str_list("recipientPersonIds"),
         base_url=base_url(request),
     )
+    await sandbox.echoed(msg)
     return web.json_response({"$_type": "SendMessageResult", "messageId": msg.id})
 
 

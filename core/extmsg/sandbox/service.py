@@ -13,6 +13,8 @@ conversation that has already ended), 502 when a ping gets no valid answer from 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -47,6 +49,9 @@ DEFAULT_AGENT_ID = "sandbox-agent"
 FILES_PATH = "/app/rest/sandbox/files"
 
 
+_ECHO_WAIT = 30.0  # seconds a post waits for its echo (which has its own retries)
+
+
 class Sandbox:
     """An emulated Unblu server: state, behaviour, outbound deliveries and the outage switch."""
 
@@ -76,6 +81,10 @@ class Sandbox:
         )
         self._outage_until: float | None = None
         self._outage_forever = False
+        #: Deliver a messenger's messages back to its own channel, before answering the post
+        #: (see :meth:`echoed`): an Unblu whose loop prevention failed, for testing a
+        #: channel's own guard.
+        self.echo = False
         self.forbidden: set[str] = set()
         """Web API operations answered with 403, as ``"POST /conversationhistory/..."`` (the
         method and the spec's path template): an API user without the role they need."""
@@ -94,6 +103,7 @@ class Sandbox:
         self.deliverer.clear()
         self.state.clear()
         self.clear_outage()
+        self.echo = False
         self._add_default_agent()
 
     # -- outage switch ---------------------------------------------------------------------
@@ -609,8 +619,8 @@ class Sandbox:
         ch = self.state.channels.get(msg.channel_id)
         if ch is None or ch.webhook_status != "ACTIVE":
             return
-        if msg.origin_channel_id == ch.id:
-            return
+        if msg.origin_channel_id == ch.id and not self.echo:
+            return  # Unblu's loop prevention
         conv = self.state.conversations[msg.conversation_id]
         name, style, body = outbound.new_message(self.state, ch, conv, msg)
         self.deliverer.enqueue(
@@ -622,6 +632,16 @@ class Sandbox:
             on_success=self._new_message_delivered,
             on_failure=self._new_message_failed,
         )
+
+    async def echoed(self, msg: Message) -> None:
+        """With :attr:`echo` on, wait until ``msg`` went back to its own channel: the channel
+        sees its message again before it learns the message's id from the answer."""
+        if not self.echo or msg.origin_channel_id is None:
+            return
+        pending = [d.finished.wait() for d in self.deliverer.records if d.message_id == msg.id]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_ECHO_WAIT):
+                await asyncio.gather(*pending)
 
     def _new_message_delivered(self, d: Delivery) -> None:
         msg = self.state.messages.get(d.message_id or "")
