@@ -371,3 +371,29 @@ async def test_hook_extmsg_classify_error(
     assert reason in verdict.reason
     if isinstance(error, RetryableError):
         assert verdict.retry_after == 7
+
+
+async def test_hook_extmsg_listening(caplog: pytest.LogCaptureFixture) -> None:
+    from extmsg.models import RouteUrls
+
+    seen: list[str] = []
+
+    class Registers:
+        @hookimpl
+        async def extmsg_listening(
+            self, app: web.Application, config: Any, urls: RouteUrls
+        ) -> None:
+            seen.append(urls.of("loop", "inbound"))
+
+    class Fails:
+        @hookimpl(tryfirst=True)
+        def extmsg_listening(self, app: web.Application, config: Any, urls: RouteUrls) -> None:
+            raise RuntimeError("provider refused the webhook")
+
+    urls = RouteUrls(
+        base="https://x", channels={"loop": {"inbound": "https://x/channels/loop/inbound"}}
+    )
+    await hooks_with(Fails(), Registers()).listening(web.Application(), None, urls)  # type: ignore[arg-type]
+    assert seen == ["https://x/channels/loop/inbound"]  # a failing plugin does not stop the rest
+    assert "failed in extmsg_listening" in caplog.text
+    assert "provider refused the webhook" in caplog.text

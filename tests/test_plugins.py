@@ -58,10 +58,16 @@ def test_entry_point_plugin_is_listed_with_distribution_version_and_hooks(
 
 def test_disable_env_blocks_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _install(tmp_path, monkeypatch, "telegram", GOOD)
-    monkeypatch.setenv("EXTMSG_DISABLE_PLUGINS", " telegram , sms_twilio,whatsapp,email_smtp")
+    # Whatever else is installed: only the named plugin is blocked, spaces and all.
+    monkeypatch.setenv("EXTMSG_DISABLE_PLUGINS", " telegram ,extmsg.defaults.routing")
     hooks = build_hooks()
-    assert "telegram" not in {p.name for p in hooks.plugins()}
-    assert hooks.messenger_types() == {}
+    names = {p.name for p in hooks.plugins()}
+    assert "telegram" not in names
+    assert "extmsg.defaults.routing" not in names
+    assert "extmsg.defaults.contacts" in names
+    assert "telegram" not in hooks.messenger_types()
+    monkeypatch.setenv("EXTMSG_DISABLE_PLUGINS", "")
+    assert "telegram" in build_hooks().messenger_types()  # it is installed, and loads
 
 
 def test_module_plugins_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,9 +111,13 @@ def test_broken_plugin_is_one_clear_error_naming_it(
 def test_same_messenger_declared_twice() -> None:
     from . import loopback_plugin
 
-    hooks = build_hooks(entry_points=False, extra=[loopback_plugin, _Twin()])
-    with pytest.raises(PluginError, match="messenger type 'loopback' is declared twice"):
+    hooks = build_hooks(entry_points=False, extra=[loopback_plugin, _TWIN])
+    with pytest.raises(PluginError) as info:
         hooks.messenger_types()
+    assert str(info.value) == (
+        "messenger type 'loopback' is declared by both plugin 'tests.loopback_plugin' and "
+        f"plugin '{hooks.pm.get_name(_TWIN)}'"
+    )
 
 
 class _Twin:
@@ -120,3 +130,6 @@ class _Twin:
         from . import loopback_plugin
 
         return loopback_plugin.extmsg_messenger_types()
+
+
+_TWIN = _Twin()

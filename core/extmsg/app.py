@@ -21,13 +21,13 @@ from .config import Config
 from .flows.accept import provider_request
 from .media import serve_media
 from .metrics import CONTENT_TYPE_LATEST
-from .models import Route
-from .plugins import Hooks
+from .models import Route, RouteUrls
+from .plugins import Hooks, route_path
 from .runtime import RUNTIME, Runtime, runtime_context
 from .store import Store
 from .unblu.endpoint import unblu_request
 
-__all__ = ["create_app"]
+__all__ = ["announce_listening", "create_app", "route_urls"]
 
 
 def create_app(config: Config, hooks: Hooks, *, store: Store | None = None) -> web.Application:
@@ -47,16 +47,24 @@ def create_app(config: Config, hooks: Hooks, *, store: Store | None = None) -> w
 
 
 def _add_messenger_routes(app: web.Application, runtime: Runtime) -> None:
+    """Serve the routes of every messenger that has a channel.
+
+    Channel routes share one aiohttp route per method and path and are dispatched by the
+    channel's messenger, so two messengers may both call a route ``inbound``.
+    """
     used = {ch.messenger for ch in runtime.channels.values()}
+    by_path: dict[tuple[str, str], dict[str, Route]] = {}
     for mtype in runtime.messengers.values():
         if mtype.name not in used:
             continue
         for route in mtype.routes:
+            method, path = route.method.upper(), route_path(mtype.name, route)
             if route.scope == "channel":
-                path = f"/channels/{{channel}}/{route.path.lstrip('/')}"
+                by_path.setdefault((method, path), {})[mtype.name] = route
             else:
-                path = f"/messengers/{mtype.name}/{route.path.lstrip('/')}"
-            app.router.add_route(route.method, path, _provider_handler(mtype.name, route))
+                app.router.add_route(method, path, _provider_handler(mtype.name, route))
+    for (method, path), routes in by_path.items():
+        app.router.add_route(method, path, _channel_handler(runtime, routes))
 
 
 def _provider_handler(
@@ -67,6 +75,46 @@ def _provider_handler(
 
     handle.__name__ = f"{messenger}_{route.name}"
     return handle
+
+
+def _channel_handler(
+    runtime: Runtime, routes: dict[str, Route]
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["channel"]
+        channel = runtime.channels.get(name)
+        route = routes.get(channel.messenger) if channel is not None else None
+        if channel is None or route is None:
+            return web.json_response(
+                {"error": f"no channel named {name!r} has this route"}, status=404
+            )
+        return await provider_request(request, channel.messenger, route)
+
+    handle.__name__ = "channel_" + "_".join(sorted({r.name for r in routes.values()}))
+    return handle
+
+
+def route_urls(runtime: Runtime) -> RouteUrls:
+    """The public URLs of every provider route of the configured channels."""
+    base = runtime.config.server.base_url
+    channels: dict[str, dict[str, str]] = {}
+    messengers: dict[str, dict[str, str]] = {}
+    for channel in runtime.channels.values():
+        mtype = runtime.messengers.get(channel.messenger)
+        for route in mtype.routes if mtype is not None else ():
+            if route.scope == "channel":
+                url = channel.route_url(route.path.strip("/"))
+                channels.setdefault(channel.name, {})[route.name] = url
+            else:
+                url = base + route_path(channel.messenger, route)
+                messengers.setdefault(channel.messenger, {})[route.name] = url
+    return RouteUrls(base=base, channels=channels, messengers=messengers)
+
+
+async def announce_listening(app: web.Application) -> None:
+    """Call ``extmsg_listening`` once the server's listener is bound."""
+    runtime = app[RUNTIME]
+    await runtime.hooks.listening(app, runtime.config, route_urls(runtime))
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -195,7 +195,7 @@ def serve(
 async def _serve(
     raw: dict[str, Any], hooks: Hooks, source: str, sandbox: bool, sandbox_port: int
 ) -> None:
-    from .app import create_app
+    from .app import announce_listening, create_app
 
     _setup_logging("WARNING")  # the sandbox may log before the configuration is read
     stack = contextlib.AsyncExitStack()
@@ -215,6 +215,7 @@ async def _serve(
         site = web.TCPSite(runner, config.server.host, config.server.port)
         await site.start()
         log.info("listening on http://%s:%d", config.server.host, config.server.port)
+        await announce_listening(app)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

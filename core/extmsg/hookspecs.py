@@ -15,7 +15,8 @@ example ``return self._send(channel, message)``). ``async def`` implementations 
 hooks are rejected when the plugin is loaded, since a coroutine is never ``None``.
 
 **Messenger hooks** receive the channel (or the messenger name) and must return ``None`` for
-messengers that are not theirs.
+messengers that are not theirs. A :class:`extmsg.messenger.Messenger` unit is adapted into
+these hooks by the core, which checks the ownership once for all its methods.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         MessengerType,
         OutboundMessage,
         ProviderFake,
+        RouteUrls,
         Routing,
         SendResult,
     )
@@ -83,6 +85,26 @@ def extmsg_startup(app: web.Application, config: Config) -> Awaitable[None] | No
     :param app: the aiohttp application (store long-lived objects under an ``web.AppKey``).
     :param config: the validated configuration.
     :return: nothing; may be a coroutine. All implementations run; an exception stops start-up.
+    """
+
+
+@hookspec
+def extmsg_listening(
+    app: web.Application, config: Config, urls: RouteUrls
+) -> Awaitable[None] | None:
+    """Called once the server listens and every plugin started, with the public URLs of the
+    provider routes. Register webhooks with a provider here (Telegram's ``setWebhook``).
+
+    Called by ``extmsg serve`` (and :func:`extmsg.testing.helpers.running_extmsg`) right after
+    the listener is bound, so a provider that calls the URL back at once reaches it.
+
+    :param app: the aiohttp application.
+    :param config: the validated configuration.
+    :param urls: the :class:`~extmsg.models.RouteUrls` of every configured channel and
+        messenger route.
+    :return: nothing; may be a coroutine. All implementations run; an exception is logged with
+        the plugin's name and the server keeps serving (the provider can still be set up by
+        hand).
     """
 
 

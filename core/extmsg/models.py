@@ -31,6 +31,7 @@ __all__ = [
     "ProviderFake",
     "Recipient",
     "Route",
+    "RouteUrls",
     "Routing",
     "Secret",
     "SendResult",
@@ -334,6 +335,24 @@ class ContactCheck(Struct, frozen=True):
     address: str = ""
     name: str | None = None
     error: str | None = None
+
+
+class RouteUrls(Struct, frozen=True):
+    """Where the listening server's provider routes are reached from outside, as
+    :func:`~extmsg.hookspecs.extmsg_listening` hands them over.
+
+    :ivar base: the server's public base URL (``server.public_url``, or the listener's address).
+    :ivar channels: channel name → route name → URL, for every channel route of every channel.
+    :ivar messengers: messenger name → route name → URL, for messenger routes.
+    """
+
+    base: str
+    channels: Mapping[str, Mapping[str, str]] = msgspec.field(default_factory=dict)
+    messengers: Mapping[str, Mapping[str, str]] = msgspec.field(default_factory=dict)
+
+    def of(self, channel: str, route: str) -> str:
+        """The URL of ``channel``'s route named ``route`` (``KeyError`` when it has none)."""
+        return self.channels[channel][route]
 
 
 class ProviderFake(Struct, frozen=True):

@@ -23,6 +23,7 @@ import pluggy
 from . import hookspecs
 from .asyncutil import await_me_maybe
 from .errors import PluginError
+from .messenger import hookimpls_for, is_unit, units_in_module
 from .models import (
     Attachment,
     Channel,
@@ -36,6 +37,8 @@ from .models import (
     MessengerType,
     OutboundMessage,
     ProviderFake,
+    Route,
+    RouteUrls,
     Routing,
     SendResult,
 )
@@ -136,9 +139,9 @@ def build_hooks(
         _register(pm, module, modname)
 
     for plugin in extra:
-        name = getattr(plugin, "__name__", None) or type(plugin).__name__
-        _register(pm, plugin, None)
-        dists.setdefault(pm.get_name(plugin) or name, (None, None))
+        for registered in _register(pm, plugin, None):
+            name = pm.get_name(registered) or type(registered).__name__
+            dists.setdefault(name, (None, None))
 
     try:
         pm.check_pending()
@@ -152,13 +155,53 @@ def build_hooks(
     return Hooks(pm, dists)
 
 
-def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:
+def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> list[object]:
+    """Register ``plugin``: a module or object with raw hooks, a :class:`~extmsg.messenger.
+    Messenger` unit (class or instance), or a module defining unit classes. Returns what was
+    registered with pluggy (a unit becomes an adapter object)."""
+    if is_unit(plugin):
+        unit_name = name or _qualname(plugin)
+        return [_register_one(pm, _adapt(plugin, unit_name), unit_name)]
+    units = units_in_module(plugin) if inspect.ismodule(plugin) else []
+    if not units:
+        return [_register_one(pm, plugin, name)]
+    base = name or getattr(plugin, "__name__", None) or repr(plugin)
+    registered: list[object] = []
+    if _has_raw_hooks(plugin):
+        registered.append(_register_one(pm, plugin, f"{base}:hooks"))
+    for i, cls in enumerate(units):
+        unit_name = base if i == 0 else f"{base}:{cls.__name__}"
+        registered.append(_register_one(pm, _adapt(cls, unit_name), unit_name))
+    return registered
+
+
+def _adapt(unit: Any, name: str) -> object:
+    try:
+        return hookimpls_for(unit)
+    except PluginError as exc:
+        raise PluginError(f"plugin {name!r}: {exc}") from exc
+
+
+def _qualname(obj: object) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _has_raw_hooks(module: object) -> bool:
+    return any(
+        callable(value) and hasattr(value, f"{hookspecs.PROJECT}_impl")
+        for value in vars(module).values()
+    )
+
+
+def _register_one(pm: pluggy.PluginManager, plugin: object, name: str | None) -> object:
     try:
         pm.register(plugin, name=name)
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"plugin {name or exc.plugin!r}: {_one_line(exc)}") from exc
     except ValueError as exc:
         raise PluginError(f"plugin {name or plugin!r}: {_one_line(exc)}") from exc
+    return plugin
 
 
 def _one_line(exc: Exception) -> str:
@@ -181,6 +224,42 @@ def _check_async_firstresult(pm: pluggy.PluginManager) -> None:
                 )
 
 
+def _check_routes(mtype: MessengerType, plugin: str) -> None:
+    """A messenger's routes must each take requests of their own.
+
+    Channel routes of different messengers never collide (a request is dispatched by its
+    channel's messenger), so only one messenger's own routes can clash with each other.
+    """
+    seen: dict[tuple[str, str, str], Route] = {}
+    for route in mtype.routes:
+        path = route.path.strip("/")
+        if not path or any(c in path for c in "{}"):
+            raise PluginError(
+                f"plugin {plugin!r}: messenger {mtype.name!r} route {route.name!r} has the "
+                f"path {route.path!r}; use a non-empty path without '{{' or '}}'"
+            )
+        if route.kind == "handler" and route.handler is None:
+            raise PluginError(
+                f"plugin {plugin!r}: messenger {mtype.name!r} route {route.name!r} is a "
+                "handler route without a handler"
+            )
+        key = (route.method.upper(), route.scope, path)
+        if key in seen:
+            raise PluginError(
+                f"plugin {plugin!r}: messenger {mtype.name!r} routes {seen[key].name!r} and "
+                f"{route.name!r} both take {key[0]} {route_path(mtype.name, route)}"
+            )
+        seen[key] = route
+
+
+def route_path(messenger: str, route: Route) -> str:
+    """Where ``route`` of ``messenger`` is served (the pattern aiohttp matches)."""
+    path = route.path.strip("/")
+    if route.scope == "channel":
+        return f"/channels/{{channel}}/{path}"
+    return f"/messengers/{messenger}/{path}"
+
+
 def _version(dist: str) -> str | None:
     try:
         return metadata.version(dist)
@@ -198,6 +277,7 @@ class Hooks:
         self._dists = dists
         self._h: Any = pm.hook
         self._messengers: dict[str, MessengerType] | None = None
+        self._owners: dict[str, str] = {}
 
     # -- introspection -----------------------------------------------------------------------
     def plugins(self) -> list[PluginInfo]:
@@ -220,22 +300,39 @@ class Hooks:
 
     # -- registration --------------------------------------------------------------------------
     def messenger_types(self) -> dict[str, MessengerType]:
-        """Every declared messenger type by name (computed once)."""
+        """Every declared messenger type by name (computed once).
+
+        :raises PluginError: two plugins declare one messenger name, or two routes of a
+            messenger would take the same requests (one line naming the plugins).
+        """
         if self._messengers is None:
             found: dict[str, MessengerType] = {}
-            for result in self._h.extmsg_messenger_types():
+            owners: dict[str, str] = {}
+            for impl in self._h.extmsg_messenger_types.get_hookimpls():
+                result = impl.function()
                 items = [result] if isinstance(result, MessengerType) else list(result or ())
                 for item in items:
                     if not isinstance(item, MessengerType):
                         raise PluginError(
-                            f"extmsg_messenger_types returned {type(item).__name__}, "
-                            "expected MessengerType"
+                            f"plugin {impl.plugin_name!r}: extmsg_messenger_types returned "
+                            f"{type(item).__name__}, expected MessengerType"
                         )
                     if item.name in found:
-                        raise PluginError(f"messenger type {item.name!r} is declared twice")
+                        raise PluginError(
+                            f"messenger type {item.name!r} is declared by both plugin "
+                            f"{owners[item.name]!r} and plugin {impl.plugin_name!r}"
+                        )
+                    _check_routes(item, impl.plugin_name)
                     found[item.name] = item
+                    owners[item.name] = impl.plugin_name
             self._messengers = found
+            self._owners = owners
         return self._messengers
+
+    def messenger_plugin(self, messenger: str) -> str | None:
+        """The name of the plugin that declares ``messenger``."""
+        self.messenger_types()
+        return self._owners.get(messenger)
 
     def provider_fakes(self) -> list[ProviderFake]:
         return [fake for result in self._h.extmsg_provider_fakes() for fake in result or ()]
@@ -244,6 +341,15 @@ class Hooks:
     async def startup(self, app: web.Application, config: Config) -> None:
         for result in self._h.extmsg_startup(app=app, config=config):
             await await_me_maybe(result)
+
+    async def listening(self, app: web.Application, config: Config, urls: RouteUrls) -> None:
+        # A plugin that cannot register its webhook does not take the others down with it.
+        for impl in reversed(self._h.extmsg_listening.get_hookimpls()):
+            kwargs = {"app": app, "config": config, "urls": urls}
+            try:
+                await await_me_maybe(impl.function(*(kwargs[a] for a in impl.argnames)))
+            except Exception:
+                log.exception("plugin %s failed in extmsg_listening", impl.plugin_name)
 
     async def shutdown(self, app: web.Application, config: Config) -> None:
         # Every implementation gets its turn even when an earlier one fails.

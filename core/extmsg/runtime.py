@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .appkeys import RUNTIME
 from .asyncutil import BackgroundTasks
 from .config import Config, register_config_secrets
 from .errors import RetryableError
@@ -221,9 +222,6 @@ class Runtime:
         from .flows import on_dead
 
         await on_dead(self, job, verdict)
-
-
-RUNTIME = web.AppKey("extmsg.runtime", Runtime)
 
 
 async def runtime_context(app: web.Application) -> AsyncIterator[None]:

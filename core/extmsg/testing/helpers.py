@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from ..app import create_app
+from ..app import announce_listening, create_app
 from ..config import parse_config
 from ..plugins import Hooks
 from ..runtime import RUNTIME, Runtime
@@ -160,6 +160,7 @@ async def running_extmsg(
     await runner.setup()
     try:
         await web.TCPSite(runner, "127.0.0.1", port).start()
+        await announce_listening(app)
         async with aiohttp.ClientSession() as session:
 
             async def provisioned() -> dict[str, str] | None:

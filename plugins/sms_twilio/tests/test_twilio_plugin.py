@@ -64,7 +64,6 @@ async def test_other_messengers_are_declined(hooks: Hooks) -> None:
 
 
 async def test_mark_read_is_unsupported(hooks: Hooks) -> None:
-    assert plugin.extmsg_mark_read(make_channel(), "SM1") is False
     assert await hooks.mark_read(make_channel(), "SM1") is False
 
 
