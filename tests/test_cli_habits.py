@@ -64,7 +64,10 @@ def _arguments(command: click.Command) -> list[str]:
 
 
 @pytest.mark.parametrize("path", LEAVES, ids=" ".join)
-def test_dash_c_and_extmsg_config_name_the_file(path: tuple[str, ...], tmp_path: Path) -> None:
+def test_dash_c_and_extmsg_config_name_the_file(
+    path: tuple[str, ...], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # a command that ignored both would use ./extmsg.toml here
     command = command_at(path)
     names = {p.name for p in command.params}
     if path[-1] in NO_CONFIG:
