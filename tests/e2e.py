@@ -101,8 +101,11 @@ async def serving(
     aiohttp_server: Any,
     *,
     max_attempts: int = 20,
+    channel_settings: str = "",
+    lease_seconds: float = 60.0,
 ) -> AsyncIterator[World]:
-    """``extmsg serve`` (Unblu API ``version``) between the sandbox and a loopback provider."""
+    """``extmsg serve`` (Unblu API ``version``) between the sandbox and a loopback provider;
+    ``channel_settings``: TOML lines added to the channel's table."""
     provider = LoopbackProvider()
     provider_server = await aiohttp_server(provider.app)
     port = free_port()
@@ -113,7 +116,10 @@ async def serving(
             unblu=unblu_sandbox.base_url,
             version=version,
             provider=str(provider_server.make_url("")).rstrip("/"),
-        ).replace("max_attempts = 20", f"max_attempts = {max_attempts}")
+        )
+        .replace("max_attempts = 20", f"max_attempts = {max_attempts}")
+        .replace("[channels.settings]", f"{channel_settings}\n[channels.settings]")
+        .replace("[engine]\n", f"[engine]\nlease_seconds = {lease_seconds}\n")
     )
     proc = ServeProcess(config, env={"EXTMSG_PLUGINS": "tests.loopback_plugin"})
     proc.start()

@@ -155,6 +155,16 @@ class ChannelConfig(_Section, frozen=True):
     topic: str | None = None
     #: Refuse provider and Unblu calls with a bad signature. Off only for local development.
     verify_signatures: bool = True
+    #: Sent to the contact when Unblu ends the conversation; unset: nothing is sent.
+    ended_text: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    #: A message that is one of these words opts its contact out (no more sends to them);
+    #: unset: the messenger's default (Twilio: STOP, STOPALL, UNSUBSCRIBE, …); [] turns it off.
+    opt_out_keywords: list[str] | None = None
+    #: A message that is one of these words opts the contact back in; unset: the messenger's.
+    opt_in_keywords: list[str] | None = None
+    #: Sent back to confirm an opt-out / opt-in; unset: the messenger's default, "": none.
+    opt_out_reply: str | None = None
+    opt_in_reply: str | None = None
     settings: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -184,6 +194,13 @@ class Config(_Section, frozen=True):
                 topic=ch.topic,
                 verify_signatures=ch.verify_signatures,
                 fetch_allowed_networks=tuple(self.server.fetch_allowed_networks),
+                ended_text=ch.ended_text,
+                opt_out_keywords=(
+                    None if ch.opt_out_keywords is None else tuple(ch.opt_out_keywords)
+                ),
+                opt_in_keywords=None if ch.opt_in_keywords is None else tuple(ch.opt_in_keywords),
+                opt_out_reply=ch.opt_out_reply,
+                opt_in_reply=ch.opt_in_reply,
             )
             for ch in self.channels
         ]

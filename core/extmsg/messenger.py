@@ -145,6 +145,9 @@ class Messenger:
         :data:`~extmsg.models.Secret`); its instance is ``channel.settings``.
     :cvar routes: the provider's webhook routes (``Route(name="inbound", path="inbound")``);
         handler routes are declared with :func:`handler_route` on a method.
+    :cvar opt_out_keywords: the default of a channel's ``opt_out_keywords`` (the core applies
+        them, :mod:`extmsg.optout`); likewise ``opt_in_keywords``, ``opt_out_reply`` and
+        ``opt_in_reply`` (None: no confirmation, e.g. where the provider sends one itself).
     """
 
     name: ClassVar[str]
@@ -155,6 +158,10 @@ class Messenger:
     routes: ClassVar[Sequence[Route]] = ()
     max_text_length: ClassVar[int | None] = None
     media_by_url: ClassVar[bool] = False
+    opt_out_keywords: ClassVar[frozenset[str] | tuple[str, ...]] = ()
+    opt_in_keywords: ClassVar[frozenset[str] | tuple[str, ...]] = ()
+    opt_out_reply: ClassVar[str | None] = None
+    opt_in_reply: ClassVar[str | None] = None
 
     # Every hook method below is optional; the ones a subclass leaves out are not registered.
     def messenger_type(self) -> MessengerType:
@@ -172,6 +179,10 @@ class Messenger:
             routes=(*self.routes, *handlers),
             max_text_length=self.max_text_length,
             media_by_url=self.media_by_url,
+            opt_out_keywords=self.opt_out_keywords,
+            opt_in_keywords=self.opt_in_keywords,
+            opt_out_reply=self.opt_out_reply,
+            opt_in_reply=self.opt_in_reply,
         )
 
     def provider_fakes(self) -> Sequence[ProviderFake]:

@@ -152,6 +152,12 @@ class MessengerType(Struct, frozen=True):
         messenger's renderer.
     :ivar media_by_url: the provider fetches files from a URL: the core publishes an agent's
         file at a signed, expiring link of its own and puts it in ``attachment.url``.
+    :ivar opt_out_keywords: the default of a channel's ``opt_out_keywords``: a message that is
+        one of these words (any case) opts its contact out (see :mod:`extmsg.optout`).
+    :ivar opt_in_keywords: the default of ``opt_in_keywords``: opts the contact back in.
+    :ivar opt_out_reply: the default confirmation sent for an opt-out (None: none, e.g. where
+        the provider confirms by itself).
+    :ivar opt_in_reply: the default confirmation sent for an opt-in.
     """
 
     name: str
@@ -162,6 +168,10 @@ class MessengerType(Struct, frozen=True):
     routes: Sequence[Route] = ()
     max_text_length: int | None = None
     media_by_url: bool = False
+    opt_out_keywords: frozenset[str] | tuple[str, ...] = ()
+    opt_in_keywords: frozenset[str] | tuple[str, ...] = ()
+    opt_out_reply: str | None = None
+    opt_in_reply: str | None = None
 
 
 class Recipient(Struct, frozen=True):
@@ -178,6 +188,10 @@ class Channel(Struct, frozen=True):
     :ivar public_url: the URL under which this channel's routes are reachable from outside.
     :ivar fetch_allowed_networks: non-public networks a provider's file URL may point into
         (``[server] fetch_allowed_networks``); pass it to :func:`extmsg.fetch.fetch`.
+    :ivar ended_text: sent to the contact when Unblu ends the conversation (None: nothing).
+    :ivar opt_out_keywords: words that opt a contact out; None: the messenger's default
+        (:mod:`extmsg.optout`). Likewise ``opt_in_keywords``, ``opt_out_reply`` and
+        ``opt_in_reply`` (an empty reply: none).
     """
 
     name: str
@@ -192,6 +206,11 @@ class Channel(Struct, frozen=True):
     topic: str | None = None
     verify_signatures: bool = True
     fetch_allowed_networks: tuple[str, ...] = ()
+    ended_text: str | None = None
+    opt_out_keywords: tuple[str, ...] | None = None
+    opt_in_keywords: tuple[str, ...] | None = None
+    opt_out_reply: str | None = None
+    opt_in_reply: str | None = None
 
     def route_url(self, path: str) -> str:
         return f"{self.public_url.rstrip('/')}/channels/{self.name}/{path.lstrip('/')}"

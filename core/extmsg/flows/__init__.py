@@ -4,6 +4,7 @@
 * :mod:`.to_unblu` — a contact's message is posted into its Unblu conversation
   (:mod:`.posted`: after a crash, only the parts Unblu does not have yet);
 * :mod:`.to_messenger` — an agent's message is rendered and sent to the contact;
+* :mod:`.notices` — texts extmsg sends on its own (``ended_text``, opt-out confirmations);
 * :mod:`.states` — delivery states in both directions, forward only.
 
 Unblu's own calls enter through :mod:`extmsg.unblu.endpoint`.
@@ -18,6 +19,7 @@ from ..models import Channel, ErrorVerdict, MessageState
 from ..runtime import Runtime
 from ..store.base import Intake, Job
 from . import payloads as p
+from .notices import deliver_notice
 from .states import apply_contact_update, apply_provider_status, mark_read, report_state
 from .to_messenger import deliver_to_messenger, report_state_job
 from .to_unblu import deliver_to_unblu
@@ -31,6 +33,7 @@ _HANDLERS: dict[type[Any], Callable[[Runtime, Job, Any], Awaitable[None]]] = {
     p.UnbluStateJob: report_state,
     p.MarkReadJob: mark_read,
     p.ContactJob: apply_contact_update,
+    p.NoticeJob: deliver_notice,
 }
 
 
@@ -60,6 +63,10 @@ def channel_of_job(runtime: Runtime, job: Job) -> Channel | None:
 async def on_dead(runtime: Runtime, job: Job, verdict: ErrorVerdict) -> None:
     """A job gave up. An agent message is reported to Unblu as failed, with the reason."""
     payload = p.decode(job.payload)
+    if isinstance(payload, p.NoticeJob):
+        # No agent wrote it: nothing to report; the dead letter shows why.
+        await runtime.store.advance_state(payload.message_id, MessageState.FAILED, verdict.reason)
+        return
     if not isinstance(payload, p.OutboundMessageJob):
         return
     await runtime.store.advance_state(payload.message_id, MessageState.FAILED, verdict.reason)

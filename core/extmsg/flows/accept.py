@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Literal
 
 import msgspec
 from aiohttp import web
 
+from .. import optout
 from ..errors import BadInbound, SignatureError
 from ..models import (
     Channel,
@@ -100,16 +102,30 @@ async def accept_events(
     than its limit refuses the whole batch (:class:`BadInbound`) before anything is stored.
     """
     names = {ch.name for ch in channels}
+    default = channels[0].name if len(channels) == 1 else None
+    rules = {ch.name: optout.rules(ch, runtime.messengers.get(ch.messenger)) for ch in channels}
+    events = optout.add_keyword_updates(rules, [scrub(e) for e in events], default)
     items: list[Intake] = []
-    for event in map(scrub, events):
-        channel = event.channel or (channels[0].name if len(channels) == 1 else None)
+    notices: list[Intake] = []
+    previous: InboundEvent | None = None
+    for event in events:
+        channel = event.channel or default
         if channel is None or channel not in names:
             raise BadInbound(f"event for unknown channel {event.channel!r}")
         items.append(_intake(channel, event))
+        if (
+            isinstance(event, InboundMessage)
+            and isinstance(previous, ContactUpdate)
+            and previous.address == event.contact.address
+        ):
+            notice = _confirmation(channel, rules[channel], previous, event)
+            if notice is not None:
+                notices.append(notice)
+        previous = event
     if not items:
         return []
     assert runtime.engine is not None
-    results = await runtime.engine.intake(items)
+    results = (await runtime.engine.intake(items + notices))[: len(items)]
     for event, result in zip(events, results, strict=True):
         runtime.metrics.inbound_events.labels(
             event.channel or channels[0].name,
@@ -150,6 +166,44 @@ def _intake(channel: str, event: InboundEvent) -> Intake:
         contact_job = p.ContactJob(channel=channel, update=event)
         return Intake(job=_job(contact_job, p.lane(channel, event.address)))
     raise BadInbound(f"unsupported event {type(event).__name__}")
+
+
+def _confirmation(
+    channel: str, rules: optout.OptOutRules, update: ContactUpdate, message: InboundMessage
+) -> Intake | None:
+    """The reply confirming an opt-out or opt-in, once per keyword message (its provider id
+    is the key): stored with the message, so a redelivered webhook adds no second one."""
+    text = rules.opt_out_reply if update.opted_out else rules.opt_in_reply
+    if not text:
+        return None
+    cause: Literal["opt_out", "opt_in"] = "opt_out" if update.opted_out else "opt_in"
+    message_id = p.new_id()
+    thread = message.thread_id
+    job = p.NoticeJob(
+        channel=channel,
+        message_id=message_id,
+        text=text,
+        cause=cause,
+        contact_address=update.address,
+        thread=thread,
+        despite_opt_out=True,
+    )
+    return Intake(
+        message=NewMessage(
+            id=message_id,
+            channel=channel,
+            direction="out",
+            thread=thread,
+            unblu_message_id=p.notice_key(cause, message.provider_message_id),
+        ),
+        # The contact's own lane: after the opt-out or opt-in itself is recorded.
+        job=NewJob(
+            kind=p.kind(job),
+            lane=p.lane(channel, update.address),
+            payload=p.encode(job),
+            message_id=message_id,
+        ),
+    )
 
 
 def _check_lengths(event: InboundEvent) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "ContactJob",
     "JobPayload",
     "MarkReadJob",
+    "NoticeJob",
     "OutboundMessageJob",
     "ProviderStatusJob",
     "ReportedState",
@@ -25,8 +26,10 @@ __all__ = [
     "UnbluStateJob",
     "decode",
     "encode",
+    "is_notice",
     "lane",
     "new_id",
+    "notice_key",
     "reported_state",
 ]
 
@@ -93,8 +96,44 @@ class ContactJob(_Payload, frozen=True, tag="contact.update"):
     update: ContactUpdate
 
 
+#: How a notice's key starts: the key takes the place of the Unblu message id in the notice's
+#: message row (unique per channel and direction), so a notice is stored once per cause.
+NOTICE_PREFIX = "extmsg-notice:"
+
+
+class NoticeJob(_Payload, frozen=True, tag="to_messenger.notice"):
+    """A text extmsg itself sends a contact: ``ended_text`` when Unblu ended the conversation,
+    or the reply confirming an opt-out or opt-in. No agent wrote it, so Unblu hears nothing of
+    it; ``despite_opt_out`` lets an opt-out's confirmation through."""
+
+    message_id: str
+    text: str
+    cause: Literal["ended", "opt_out", "opt_in"]
+    conversation_id: str | None = None
+    contact_address: str | None = None
+    thread: str | None = None
+    despite_opt_out: bool = False
+
+
+def notice_key(cause: str, ref: str) -> str:
+    """The dedup key of the notice ``cause`` for ``ref`` (a conversation id, a provider
+    message id): stored as the notice's ``unblu_message_id``."""
+    return f"{NOTICE_PREFIX}{cause}:{ref}"
+
+
+def is_notice(unblu_message_id: str | None) -> bool:
+    """Whether a message row is a notice extmsg sent (no Unblu message behind it)."""
+    return bool(unblu_message_id) and str(unblu_message_id).startswith(NOTICE_PREFIX)
+
+
 JobPayload = (
-    ToUnbluJob | OutboundMessageJob | ProviderStatusJob | UnbluStateJob | MarkReadJob | ContactJob
+    ToUnbluJob
+    | OutboundMessageJob
+    | ProviderStatusJob
+    | UnbluStateJob
+    | MarkReadJob
+    | ContactJob
+    | NoticeJob
 )
 
 _encoder = msgspec.json.Encoder()

@@ -63,8 +63,8 @@ async def apply_provider_status(runtime: Runtime, job: Job, payload: p.ProviderS
         # unmatched status: the message is ours, and it ends sent or failed, either of which
         # settles this status.
         raise NotYet("the message is still being sent and has no part of this id yet")
-    if outcome.state is None:
-        return
+    if outcome.state is None or p.is_notice(row.unblu_message_id):
+        return  # a notice extmsg sent on its own: Unblu has no message to mark
     report = p.UnbluStateJob(
         channel=payload.channel,
         message_id=row.id,

@@ -16,7 +16,7 @@ import logging
 
 import msgspec
 
-from .. import media
+from .. import media, optout
 from ..errors import PermanentError
 from ..logsafe import mask_address
 from ..models import Attachment, Channel, Contact, MessageState, OutboundMessage, SendResult
@@ -25,7 +25,7 @@ from ..store.base import Intake, Job, NewJob
 from ..unblu.calls import AgentMessage
 from . import payloads as p
 
-__all__ = ["deliver_to_messenger", "report_state_job"]
+__all__ = ["deliver_to_messenger", "report_state_job", "send_rendered"]
 
 log = logging.getLogger("extmsg.to_messenger")
 
@@ -45,9 +45,11 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
     contact_row = await runtime.store.get_contact(channel.name, address)
     if contact_row is not None and contact_row.opted_out:
         reason = f" ({contact_row.opted_out_reason})" if contact_row.opted_out_reason else ""
+        word = optout.rules(channel, runtime.messengers.get(channel.messenger)).first_opt_in
+        how = f" (e.g. reply {word})" if word else ""
         raise PermanentError(
             f"Not sent: the customer opted out of messages on this channel{reason}. "
-            "They have to opt in again (e.g. reply START) before they can be reached here."
+            f"They have to opt in again{how} before they can be reached here."
         )
     message = OutboundMessage(
         id=payload.message_id,
@@ -62,10 +64,23 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
         last_inbound_at=await runtime.store.last_inbound_at(channel.name, thread),
         accepted_at=job.created_at or None,
     )
+    await send_rendered(runtime, job, channel, message)
+    # SENT, or further when the provider reported on every part before the last was
+    # recorded; FAILED when it reported one failed.
+    settled = await runtime.store.complete_message(payload.message_id, job=job)
+    if settled is not None:
+        await _enqueue_report(runtime, payload, settled.state, settled.error)
+
+
+async def send_rendered(
+    runtime: Runtime, job: Job, channel: Channel, message: OutboundMessage
+) -> None:
+    """Render ``message`` for the channel and send the parts not recorded yet, each recorded
+    as soon as the provider accepted it; in doubt, the provider is asked first."""
     parts = await runtime.hooks.render_outbound(channel, message)
     if not parts:
         raise PermanentError("the message has nothing this channel can send")
-    done = await runtime.store.sent_parts(payload.message_id)
+    done = await runtime.store.sent_parts(message.id)
     by_url = runtime.messengers[channel.messenger].media_by_url
     in_doubt = job.in_doubt
     for index, part in enumerate(parts):
@@ -78,7 +93,7 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
             found = await _look_before_sending(runtime, channel, part, index)
             if found is not None:
                 await runtime.store.record_part(
-                    payload.message_id, channel.name, index, found.provider_message_id, job=job
+                    message.id, channel.name, index, found.provider_message_id, job=job
                 )
                 continue
         attachment = part.attachment
@@ -90,13 +105,8 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
         with runtime.metrics.timed_call(channel.messenger, "send"):
             result = await runtime.hooks.send(channel, part)
         await runtime.store.record_part(
-            payload.message_id, channel.name, index, result.provider_message_id, job=job
+            message.id, channel.name, index, result.provider_message_id, job=job
         )
-    # SENT, or further when the provider reported on every part before the last was
-    # recorded; FAILED when it reported one failed.
-    settled = await runtime.store.complete_message(payload.message_id, job=job)
-    if settled is not None:
-        await _enqueue_report(runtime, payload, settled.state, settled.error)
 
 
 async def _look_before_sending(

@@ -21,16 +21,16 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 
 from ..unblu.signing import sign_headers
-from .state import Channel, new_id, now_ms
+from .state import new_id, now_ms
 
-__all__ = ["Attempt", "Deliverer", "Delivery", "DeliveryStyle"]
+__all__ = ["Attempt", "Deliverer", "Delivery", "DeliveryStyle", "Target", "Targets"]
 
 log = logging.getLogger("extmsg.sandbox.delivery")
 
@@ -39,6 +39,42 @@ DeliveryState = Literal["pending", "delivered", "failed", "dropped"]
 
 USER_AGENT = "Unblu-Hookshot"
 _MAX_RESPONSE_BYTES = 1_000_000
+
+
+class Target(Protocol):
+    """Where deliveries go: a channel's ``webhookEndpoint`` or a webhook registration's."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def webhook_endpoint(self) -> str: ...
+
+    @property
+    def webhook_secret(self) -> str | None: ...
+
+    @property
+    def outbound_timeout_millis(self) -> int: ...
+
+
+class Targets(Mapping[str, Target]):
+    """Several id → target tables read as one (channels and webhook registrations)."""
+
+    def __init__(self, *tables: Mapping[str, Target]) -> None:
+        self._tables = tables
+
+    def __getitem__(self, key: str) -> Target:
+        for table in self._tables:
+            if key in table:
+                return table[key]
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        for table in self._tables:
+            yield from table
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self._tables)
 
 
 @dataclass
@@ -101,11 +137,12 @@ class Delivery:
 
 
 class Deliverer:
-    """Per-channel ordered delivery with retries; ``channels`` is read at every attempt."""
+    """Per-target ordered delivery with retries; ``channels`` (channels and webhook
+    registrations by id) is read at every attempt."""
 
     def __init__(
         self,
-        channels: Mapping[str, Channel],
+        channels: Mapping[str, Target],
         *,
         retries: int = 5,
         backoff: float = 1.0,
@@ -168,7 +205,7 @@ class Deliverer:
     # -- queueing --------------------------------------------------------------------------
     def _new(
         self,
-        channel: Channel,
+        channel: Target,
         name: str,
         style: DeliveryStyle,
         body: dict[str, Any],
@@ -204,7 +241,7 @@ class Deliverer:
 
     def enqueue(
         self,
-        channel: Channel,
+        channel: Target,
         name: str,
         style: DeliveryStyle,
         body: dict[str, Any],
@@ -230,7 +267,7 @@ class Deliverer:
         return d
 
     async def call(
-        self, channel: Channel, name: str, style: DeliveryStyle, body: dict[str, Any]
+        self, channel: Target, name: str, style: DeliveryStyle, body: dict[str, Any]
     ) -> Delivery:
         """Send once, now, outside the queue (used for pings, whose caller waits)."""
         d = self._new(channel, name, style, body, None)
@@ -297,7 +334,7 @@ class Deliverer:
         if d.on_failure is not None:
             d.on_failure(d)
 
-    async def _attempt(self, channel: Channel, d: Delivery, retry_no: int) -> Attempt:
+    async def _attempt(self, channel: Target, d: Delivery, retry_no: int) -> Attempt:
         d.url = channel.webhook_endpoint
         headers = d.headers_for(retry_no, channel.webhook_secret)
         timeout = aiohttp.ClientTimeout(total=max(channel.outbound_timeout_millis, 1) / 1000)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .state import FileContent, Participant, Recipient
 
-__all__ = ["ChannelFields", "MessageContent", "NewConversation", "PersonFields"]
+__all__ = ["ChannelFields", "MessageContent", "NewConversation", "PersonFields", "WebhookFields"]
 
 
 @dataclass
@@ -33,6 +33,19 @@ class ChannelFields:
     contact_identifier_field_type: str | None = None
     contact_identifier_translations: dict[str, dict[str, str]] | None = None
     supports_multiple_conversations_per_contact: bool | None = None
+
+
+@dataclass
+class WebhookFields:
+    """Writable properties of a ``WebhookRegistration``."""
+
+    name: str
+    endpoint: str
+    api_version: str
+    events: list[str]
+    status: str | None = None
+    description: str | None = None
+    secret: str | None = None
 
 
 @dataclass

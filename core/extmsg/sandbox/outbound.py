@@ -9,23 +9,26 @@ webhook events (``ExternalMessengerNewMessageEvent``, ``ExternalMessengerMessage
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from . import render
 from .delivery import DeliveryStyle
-from .state import Channel, Conversation, Message, SandboxState, now_ms
+from .state import Channel, Conversation, Message, SandboxState, WebhookRegistration, now_ms
 
 __all__ = [
+    "CONVERSATION_ENDED_EVENT",
     "MESSAGE_STATE_EVENT",
     "MESSAGE_STATE_REQUEST",
     "NEW_MESSAGE_EVENT",
     "NEW_MESSAGE_REQUEST",
     "PING_EVENT",
     "PING_REQUEST",
+    "conversation_ended",
     "message_state",
     "new_message",
     "ping_event",
     "ping_request",
+    "registration_ping_event",
 ]
 
 NEW_MESSAGE_REQUEST = "outbound.external_messenger.new_message"
@@ -34,8 +37,10 @@ PING_REQUEST = "outbound.ping"
 NEW_MESSAGE_EVENT = "external_messenger.new_message"
 MESSAGE_STATE_EVENT = "external_messenger.message_state"
 PING_EVENT = "ping"
+CONVERSATION_ENDED_EVENT = "conversation.ended"
 
 Outbound = tuple[str, DeliveryStyle, dict[str, Any]]
+ApiVersion = Literal["v3", "v4"]
 
 
 def new_message(state: SandboxState, ch: Channel, conv: Conversation, msg: Message) -> Outbound:
@@ -133,3 +138,33 @@ def ping_event(account_id: str, ch: Channel) -> Outbound:
         "webhookConfiguration": registration,
     }
     return PING_EVENT, "event", body
+
+
+def conversation_ended(state: SandboxState, conv: Conversation, api: ApiVersion) -> dict[str, Any]:
+    """``ConversationEndedEvent`` (callback ``conversation.ended`` of
+    ``webhookRegistrationsCreate``), the conversation rendered for the registration's API."""
+    body: dict[str, Any] = {
+        "$_type": "ConversationEndedEvent",
+        "timestamp": now_ms(),
+        "eventType": CONVERSATION_ENDED_EVENT,
+        "accountId": state.account_id,
+        "conversation": render.conversation(state, conv, api),
+    }
+    if conv.end_reason is not None:
+        body["endReason"] = conv.end_reason
+    return body
+
+
+def registration_ping_event(account_id: str, w: WebhookRegistration) -> Outbound:
+    """A registration's ping: a ``WebhookPingEvent`` describing it."""
+    return (
+        PING_EVENT,
+        "event",
+        {
+            "$_type": "WebhookPingEvent",
+            "timestamp": now_ms(),
+            "eventType": PING_EVENT,
+            "accountId": account_id,
+            "webhookConfiguration": render.webhook(w),
+        },
+    )

@@ -19,6 +19,7 @@ from .state import (
     Person,
     Recipient,
     SandboxState,
+    WebhookRegistration,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "message",
     "person",
     "recipient",
+    "webhook",
 ]
 
 ApiVersion = Literal["v3", "v4"]
@@ -269,3 +271,24 @@ def history_message(m: Message, api: ApiVersion) -> dict[str, Any]:
     if api == "v4":
         body["externalMessageId"] = m.external_message_id
     return _clean(body)
+
+
+def webhook(w: WebhookRegistration) -> dict[str, Any]:
+    """A ``WebhookRegistration`` (the same in v3 and v4)."""
+    return _clean(
+        {
+            "$_type": "WebhookRegistration",
+            "id": w.id,
+            "creationTimestamp": w.creation_timestamp,
+            "modificationTimestamp": w.modification_timestamp,
+            "version": w.version,
+            "accountId": w.account_id,
+            "name": w.name,
+            "status": w.status,
+            "description": w.description,
+            "endpoint": w.endpoint,
+            "apiVersion": w.api_version,
+            "secret": w.secret,
+            "events": list(w.events),
+        }
+    )

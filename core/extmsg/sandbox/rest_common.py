@@ -20,7 +20,7 @@ from aiohttp import web
 from ..constant_time import equal
 from .bodies import Body
 from .errors import ApiError, error_response
-from .inputs import ChannelFields, MessageContent, PersonFields
+from .inputs import ChannelFields, MessageContent, PersonFields, WebhookFields
 from .service import SANDBOX_KEY, Sandbox
 from .state import Conversation, FileContent, Message
 
@@ -35,6 +35,7 @@ __all__ = [
     "parse_channel_fields",
     "parse_person_fields",
     "parse_post_message_data",
+    "parse_webhook_fields",
     "sandbox_of",
 ]
 
@@ -375,6 +376,26 @@ def result(
 # -- channels --------------------------------------------------------------------------------
 _API_VERSIONS = ("V1", "V2", "V3", "V4")
 _STATUSES = ("ACTIVE", "INACTIVE", "INACTIVE_UNAVAILABLE")
+
+
+def parse_webhook_fields(body: Body, api: str) -> WebhookFields:
+    """A ``WebhookRegistration`` body (same component in v3 and v4)."""
+    body.type_tag("WebhookRegistration")
+    events = body.opt_str_list("events")
+    if not events or not all(e.strip() for e in events):
+        raise ApiError.bad_request("events: is required (the names of the webhook events)")
+    fields = WebhookFields(
+        name=body.req_str("name", max_len=250),
+        endpoint=body.req_str("endpoint", max_len=4000),
+        api_version=body.opt_enum("apiVersion", _API_VERSIONS) or api.upper(),
+        events=events,
+        status=body.opt_enum("status", _STATUSES),
+        description=body.opt_str("description", max_len=500),
+        secret=body.opt_str("secret", max_len=4000),
+    )
+    if not fields.endpoint.startswith(("http://", "https://")):
+        raise ApiError.bad_request("endpoint: must be an http(s) URL")
+    return fields
 
 
 def parse_channel_fields(body: Body, api: str) -> ChannelFields:

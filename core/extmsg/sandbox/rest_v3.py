@@ -37,6 +37,7 @@ from .rest_common import (
     result,
     sandbox_of,
 )
+from .rest_webhooks import v3_routes
 from .state import Participant, Recipient
 
 __all__ = ["create_v3_app"]
@@ -324,4 +325,5 @@ def create_v3_app() -> web.Application:
     """The v3 sub-application (mount it at ``/app/rest/v3``)."""
     app = web.Application(middlewares=[api_middleware])
     app.add_routes(routes)
+    app.add_routes(v3_routes)
     return app

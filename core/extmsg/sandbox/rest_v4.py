@@ -36,6 +36,7 @@ from .rest_common import (
     result,
     sandbox_of,
 )
+from .rest_webhooks import v4_routes
 from .state import Contact, Participant, Recipient
 
 __all__ = ["create_v4_app"]
@@ -387,4 +388,5 @@ def create_v4_app() -> web.Application:
     """The v4 sub-application (mount it at ``/app/rest/v4``)."""
     app = web.Application(middlewares=[api_middleware])
     app.add_routes(routes)
+    app.add_routes(v4_routes)
     return app

@@ -17,15 +17,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
 from . import outbound
-from .delivery import Deliverer, Delivery
+from .delivery import Deliverer, Delivery, Targets
 from .errors import ApiError
-from .inputs import ChannelFields, MessageContent, NewConversation, PersonFields
+from .inputs import ChannelFields, MessageContent, NewConversation, PersonFields, WebhookFields
 from .state import (
     Channel,
     Contact,
@@ -34,6 +34,7 @@ from .state import (
     Participant,
     Person,
     SandboxState,
+    WebhookRegistration,
     new_id,
     now_ms,
 )
@@ -74,7 +75,7 @@ class Sandbox:
         self.public_url = public_url.rstrip("/") if public_url else None
         self.state = SandboxState(account_id=account_id)
         self.deliverer = Deliverer(
-            self.state.channels,
+            Targets(self.state.channels, self.state.webhooks),
             retries=delivery_retries,
             backoff=retry_backoff,
             backoff_max=retry_backoff_max,
@@ -304,6 +305,83 @@ class Sandbox:
         self.deliverer.forget_channel(ch.id)
         log.info("sandbox: channel %s (%s) deleted", ch.id, ch.name)
 
+    # -- webhook registrations -------------------------------------------------------------
+    def webhook(self, registration_id: str) -> WebhookRegistration:
+        w = self.state.webhooks.get(registration_id)
+        if w is None:
+            raise ApiError.not_found(f"no webhook registration with id {registration_id!r}")
+        return w
+
+    def webhook_by_name(self, name: str) -> WebhookRegistration | None:
+        return next((w for w in self.state.webhooks.values() if w.name == name), None)
+
+    def create_webhook(self, f: WebhookFields) -> WebhookRegistration:
+        if self.webhook_by_name(f.name) is not None:
+            raise ApiError.conflict(f"name: a webhook registration named {f.name!r} exists")
+        now = now_ms()
+        w = WebhookRegistration(
+            id=new_id(),
+            account_id=self.account_id,
+            name=f.name,
+            endpoint=f.endpoint,
+            api_version=f.api_version,
+            version=1,
+            creation_timestamp=now,
+            modification_timestamp=now,
+        )
+        self._apply_webhook_fields(w, f)
+        self.state.webhooks[w.id] = w
+        log.info("sandbox: webhook registration %s (%s) created", w.id, w.name)
+        return w
+
+    def update_webhook(
+        self, registration_id: str, version: int, account_id: str, f: WebhookFields
+    ) -> WebhookRegistration:
+        w = self.webhook(registration_id)
+        if account_id != w.account_id:
+            raise ApiError.bad_request(
+                f"accountId: must be the registration's account {w.account_id!r}"
+            )
+        if version != w.version:
+            raise ApiError.conflict(
+                f"version: {version} is stale, the registration is at version {w.version}"
+            )
+        other = self.webhook_by_name(f.name)
+        if other is not None and other.id != w.id:
+            raise ApiError.conflict(f"name: a webhook registration named {f.name!r} exists")
+        w.name = f.name
+        w.endpoint = f.endpoint
+        w.api_version = f.api_version
+        self._apply_webhook_fields(w, f)
+        w.version += 1
+        w.modification_timestamp = now_ms()
+        return w
+
+    @staticmethod
+    def _apply_webhook_fields(w: WebhookRegistration, f: WebhookFields) -> None:
+        w.events = list(f.events)
+        w.status = f.status or "ACTIVE"
+        w.description = f.description
+        w.secret = f.secret
+
+    def delete_webhook(self, registration_id: str) -> None:
+        w = self.webhook(registration_id)
+        del self.state.webhooks[w.id]
+        self.deliverer.forget_channel(w.id)
+        log.info("sandbox: webhook registration %s (%s) deleted", w.id, w.name)
+
+    def ping_webhook(self, registration_id: str) -> Delivery:
+        """``sendPing`` (v4) / ``ping`` (v3): queue a ``WebhookPingEvent`` to the endpoint."""
+        w = self.webhook(registration_id)
+        name, style, body = outbound.registration_ping_event(self.account_id, w)
+        return self.deliverer.enqueue(w, name, style, body)
+
+    def _emit(self, event: str, build: Callable[[WebhookRegistration], dict[str, Any]]) -> None:
+        """Queue ``event`` to every active registration that subscribed to it."""
+        for w in list(self.state.webhooks.values()):
+            if w.status == "ACTIVE" and event in w.events:
+                self.deliverer.enqueue(w, event, "event", build(w))
+
     # -- persons and contacts --------------------------------------------------------------
     def _add_default_agent(self) -> None:
         self.add_agent("Sandbox Agent", person_id=DEFAULT_AGENT_ID)
@@ -490,6 +568,10 @@ class Sandbox:
         for p in conv.participants:
             p.state = "ENDED"
         self.state.conversation_ended(conv)
+        self._emit(
+            outbound.CONVERSATION_ENDED_EVENT,
+            lambda w: outbound.conversation_ended(self.state, conv, w.api),
+        )
 
     def _await(self, conv: Conversation, who: str) -> None:
         if conv.awaited_person_type != who:

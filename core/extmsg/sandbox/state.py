@@ -24,6 +24,7 @@ __all__ = [
     "Person",
     "Recipient",
     "SandboxState",
+    "WebhookRegistration",
     "new_id",
     "now_ms",
 ]
@@ -78,6 +79,43 @@ class Channel:
     def uses_outbound_requests(self) -> bool:
         """V4 channels get ORM requests; V1 to V3 channels get the legacy webhook events."""
         return self.webhook_api_version == "V4"
+
+
+@dataclass
+class WebhookRegistration:
+    """A ``WebhookRegistration``: Unblu POSTs its ``events`` to ``endpoint``, signed with
+    ``secret`` and serialized for ``api_version``. The ``webhook_*`` properties let the
+    deliverer treat it like a channel."""
+
+    id: str
+    account_id: str
+    name: str
+    endpoint: str
+    api_version: str
+    version: int
+    creation_timestamp: int
+    modification_timestamp: int
+    events: list[str] = field(default_factory=list)
+    status: str = "ACTIVE"
+    description: str | None = None
+    secret: str | None = None
+
+    @property
+    def webhook_endpoint(self) -> str:
+        return self.endpoint
+
+    @property
+    def webhook_secret(self) -> str | None:
+        return self.secret
+
+    @property
+    def outbound_timeout_millis(self) -> int:
+        return 10_000
+
+    @property
+    def api(self) -> ApiVersion:
+        """How its events are serialized: V4 as web API v4, V1 to V3 as v3."""
+        return "v4" if self.api_version == "V4" else "v3"
 
 
 @dataclass
@@ -302,6 +340,7 @@ class SandboxState:
 
     account_id: str
     channels: dict[str, Channel] = field(default_factory=dict)
+    webhooks: dict[str, WebhookRegistration] = field(default_factory=dict)
     persons: dict[str, Person] = field(default_factory=dict)
     contacts: dict[str, Contact] = field(default_factory=dict)
     conversations: dict[str, Conversation] = field(default_factory=dict)
@@ -335,6 +374,7 @@ class SandboxState:
     def clear(self) -> None:
         for table in (
             self.channels,
+            self.webhooks,
             self.persons,
             self.contacts,
             self.conversations,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from extmsg.unblu.calls import (
     AgentMessage,
     ChannelCall,
+    ConversationEnded,
     CreateContact,
     CreateConversation,
     MalformedCall,
@@ -41,6 +42,7 @@ from extmsg.unblu.client import (
     Recipient,
     RecordedCall,
     UnbluClient,
+    WebhookSpec,
     virtual_person_source_id,
 )
 from extmsg.unblu.errors import UnbluError, UnbluNotFound
@@ -55,6 +57,7 @@ __all__ = [
     "Contact",
     "ContactRef",
     "Conversation",
+    "ConversationEnded",
     "CreateContact",
     "CreateConversation",
     "LookupAccess",
@@ -70,6 +73,7 @@ __all__ = [
     "UnbluClient",
     "UnbluError",
     "UnbluNotFound",
+    "WebhookSpec",
     "contact_create_response",
     "contact_error_response",
     "contact_invalid_identifier_response",

@@ -9,6 +9,9 @@ Two families reach a channel's ``webhookEndpoint``:
 * **v3 webhook events** (Unblu 6/7), named by the body's ``eventType`` (or the ``x-unblu-event``
   header): ``external_messenger.new_message``, ``external_messenger.message_state``, ``ping``.
   Any 200 acknowledges them.
+* **``conversation.ended``** (``ConversationEndedEvent``, v3 and v4), from the webhook
+  registration extmsg keeps for a channel with an ``ended_text`` (see
+  :mod:`extmsg.unblu.provisioning`); any 200 acknowledges it.
 
 :func:`decode_call` is independent of the web framework; it checks no signature (see
 :mod:`extmsg.unblu.signing`) and raises :class:`MalformedCall` (answer 400) with a message that
@@ -32,6 +35,7 @@ __all__ = [
     "SERVICE_HEADER",
     "AgentMessage",
     "ChannelCall",
+    "ConversationEnded",
     "CreateContact",
     "CreateConversation",
     "MalformedCall",
@@ -66,6 +70,7 @@ CREATE_CONVERSATION = "outbound.external_messenger.create_conversation"
 EVENT_NEW_MESSAGE = "external_messenger.new_message"
 EVENT_MESSAGE_STATE = "external_messenger.message_state"
 EVENT_PING = "ping"
+EVENT_CONVERSATION_ENDED = "conversation.ended"
 
 
 class MalformedCall(ValueError):
@@ -192,10 +197,22 @@ class CreateConversation(_Call, frozen=True, kw_only=True):
     metadata: dict[str, str] | None = None
 
 
-ChannelCall = Ping | NewMessage | MessageState | CreateContact | CreateConversation
+class ConversationEnded(_Call, frozen=True, kw_only=True):
+    """A conversation ended (all participants finished offboarding). Sent for every
+    conversation of the account: ``channel_id`` says whether it is one of a channel's."""
+
+    conversation_id: str
+    channel_id: str | None = None
+    source_id: str | None = None
+    end_reason: str | None = None
+
+
+ChannelCall = (
+    Ping | NewMessage | MessageState | CreateContact | CreateConversation | ConversationEnded
+)
 
 _SERVICES = {PING, NEW_MESSAGE, MESSAGE_STATE, CREATE_CONTACT, CREATE_CONVERSATION}
-_EVENTS = {EVENT_NEW_MESSAGE, EVENT_MESSAGE_STATE, EVENT_PING}
+_EVENTS = {EVENT_NEW_MESSAGE, EVENT_MESSAGE_STATE, EVENT_PING, EVENT_CONVERSATION_ENDED}
 
 
 def decode_call(headers: Mapping[str, str], body: bytes) -> ChannelCall:
@@ -226,6 +243,16 @@ def decode_call(headers: Mapping[str, str], body: bytes) -> ChannelCall:
         return Ping(service=event, account_id=ping.account_id, ping_id=ping.ping_id)
     if event == EVENT_NEW_MESSAGE:
         return _new_message(event, _decode(body, wire.NewMessageBody, event))
+    if event == EVENT_CONVERSATION_ENDED:
+        ended = _decode(body, wire.ConversationEndedBody, event)
+        return ConversationEnded(
+            service=event,
+            account_id=ended.account_id,
+            conversation_id=ended.conversation.id,
+            channel_id=ended.conversation.channel_id,
+            source_id=ended.conversation.source_id,
+            end_reason=ended.end_reason or ended.conversation.end_reason,
+        )
     return _message_state(event, _decode(body, wire.MessageStateBody, event))
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "Recipient",
     "RecordedCall",
     "UnbluClient",
+    "WebhookSpec",
     "call_name",
     "virtual_person_source_id",
 ]
@@ -102,6 +103,25 @@ class ChannelSpec(msgspec.Struct, frozen=True, kw_only=True):
         return (
             f"ChannelSpec(name={self.name!r}, webhook_endpoint={self.webhook_endpoint!r}, "
             f"webhook_secret={secret}, outbound_supported={self.outbound_supported!r})"
+        )
+
+
+class WebhookSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """The desired state of a webhook registration (``WebhookRegistration``): Unblu POSTs the
+    ``events`` to ``endpoint``, signed with ``secret``, serialized for the client's API
+    version."""
+
+    name: str
+    endpoint: str
+    events: tuple[str, ...]
+    secret: str | None = None
+    description: str | None = None
+
+    def __repr__(self) -> str:
+        secret = "None" if self.secret is None else "'***'"
+        return (
+            f"WebhookSpec(name={self.name!r}, endpoint={self.endpoint!r}, secret={secret}, "
+            f"events={self.events!r})"
         )
 
 
@@ -541,6 +561,101 @@ class UnbluClient:
                 )
                 fields["contact_identifier_translations"] = current.contact_identifier_translations
         return wire.CustomExternalMessengerChannel(**fields)
+
+    # -- webhook registrations -------------------------------------------------------------
+    async def get_webhook_by_name(self, name: str) -> wire.WebhookRegistrationIn | None:
+        """The webhook registration called ``name``, or None (v4 answers 404, v3 ``null``)."""
+        path = "/webhookregistrations/getByName"
+        try:
+            data = await self._call("GET", path, query={"name": name})
+        except UnbluNotFound:
+            return None
+        if data is None:
+            return None
+        return self._decode(data, wire.WebhookRegistrationIn, f"GET {path}")
+
+    async def provision_webhook(self, spec: WebhookSpec) -> wire.WebhookRegistrationIn:
+        """Make sure a registration matching ``spec`` exists; idempotent by name, like
+        :meth:`provision_channel` (``webhookRegistrationsCreate`` / ``…Update``): created when
+        absent, updated only when a managed field differs, else left alone."""
+        current = await self.get_webhook_by_name(spec.name)
+        wanted = self._webhook_body(spec, current)
+        if current is None:
+            path = "/webhookregistrations/create"
+            data = await self._call("POST", path, body=wanted)
+            created = self._decode(data, wire.WebhookRegistrationIn, f"POST {path}")
+            log.info("unblu webhook registration %r created (id %s)", spec.name, created.id)
+            return created
+        differing = self.webhook_differences(current, spec)
+        if not differing:
+            log.debug("unblu webhook registration %r up to date (id %s)", spec.name, current.id)
+            return current
+        path = "/webhookregistrations/update"
+        data = await self._call("POST", path, body=wanted)
+        updated = self._decode(data, wire.WebhookRegistrationIn, f"POST {path}")
+        log.info(
+            "unblu webhook registration %r updated (id %s): %s",
+            spec.name,
+            updated.id,
+            ", ".join(differing),
+        )
+        return updated
+
+    async def remove_webhook(self, name: str) -> bool:
+        """Delete the registration called ``name`` if there is one; True when one was deleted
+        (``webhookRegistrationsDelete``: v4 takes the id in the path, v3 as ``?id=``)."""
+        current = await self.get_webhook_by_name(name)
+        if current is None:
+            return False
+        try:
+            if self._v4:
+                await self._call(
+                    "DELETE",
+                    "/webhookregistrations/{registrationId}/delete",
+                    {"registrationId": current.id},
+                )
+            else:
+                await self._call("DELETE", "/webhookregistrations/delete", query={"id": current.id})
+        except UnbluNotFound:
+            return False
+        log.info("unblu webhook registration %r deleted (id %s)", name, current.id)
+        return True
+
+    def webhook_differences(
+        self, current: wire.WebhookRegistrationIn, spec: WebhookSpec
+    ) -> list[str]:
+        """JSON names of the managed fields where ``current`` differs from ``spec``."""
+        wanted = self._webhook_fields(spec)
+        diffs = [
+            _camel(attr)
+            for attr, value in wanted.items()
+            if attr != "events" and value is not None and getattr(current, attr) != value
+        ]
+        if sorted(current.events or []) != sorted(spec.events):
+            diffs.append("events")
+        return diffs
+
+    def _webhook_fields(self, spec: WebhookSpec) -> dict[str, Any]:
+        return {
+            "status": "ACTIVE",
+            "description": spec.description,
+            "endpoint": spec.endpoint,
+            "api_version": "V4" if self._v4 else "V3",
+            "secret": spec.secret,
+            "events": list(spec.events),
+        }
+
+    def _webhook_body(
+        self, spec: WebhookSpec, current: wire.WebhookRegistrationIn | None
+    ) -> wire.WebhookRegistration:
+        fields = self._webhook_fields(spec)
+        fields["name"] = spec.name
+        if current is not None:
+            fields.update(id=current.id, version=current.version, account_id=current.account_id)
+            for attr in ("description", "secret"):
+                if fields[attr] is None:
+                    fields[attr] = getattr(current, attr)
+        return wire.WebhookRegistration(**fields)
 
     # -- contacts ------------------------------------------------------------------------------
     async def ensure_contact(

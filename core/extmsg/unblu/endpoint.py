@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ..errors import BadInbound
 from ..flows import payloads as p
+from ..flows.notices import ended_notice
 from ..models import Channel, MessageState
 from ..runtime import RUNTIME, Runtime
 from ..sanitize import MAX_ADDRESS, MAX_ID, check_length
@@ -73,6 +74,9 @@ def _check_lengths(call: calls.ChannelCall) -> None:
         check_length("sourceId", call.source_id, MAX_ADDRESS)
     elif isinstance(call, calls.CreateContact):
         check_length("contactIdentifier", call.contact_identifier, MAX_ADDRESS)
+    elif isinstance(call, calls.ConversationEnded):
+        check_length("conversation.id", call.conversation_id, MAX_ID)
+        check_length("conversation.sourceId", call.source_id, MAX_ADDRESS)
 
 
 async def _dispatch(runtime: Runtime, channel: Channel, call: calls.ChannelCall) -> web.Response:
@@ -86,6 +90,9 @@ async def _dispatch(runtime: Runtime, channel: Channel, call: calls.ChannelCall)
         return _answer(channel, call, calls.message_state_response())
     if isinstance(call, calls.CreateContact):
         return _answer(channel, call, await _create_contact(runtime, channel, call))
+    if isinstance(call, calls.ConversationEnded):
+        await _accept_conversation_ended(runtime, channel, call)
+        return web.Response(status=200)
     return _answer(channel, call, await _create_conversation(runtime, channel, call))
 
 
@@ -175,6 +182,51 @@ async def _accept_message_state(
             )
         ]
     )
+
+
+async def _accept_conversation_ended(
+    runtime: Runtime, channel: Channel, call: calls.ConversationEnded
+) -> None:
+    """Unblu ended a conversation: the channel's ``ended_text`` goes to the contact, once.
+
+    The registration reports every conversation of the account; only this channel's count.
+    The notice is stored with its job before the answer, keyed by the conversation, so
+    Unblu repeating the event stores nothing more. A conversation the customer's side closed
+    (``EXTERNAL_CHANNEL_CLOSED``) gets no text.
+    """
+    conversation = await runtime.store.find_conversation(call.conversation_id)
+    ours = runtime.unblu_channel_ids.get(channel.name)
+    if conversation is not None:
+        if conversation.channel != channel.name:
+            return
+    elif not call.channel_id or call.channel_id != ours:
+        return
+    await runtime.store.end_conversation(call.conversation_id)
+    if not channel.ended_text or call.end_reason == "EXTERNAL_CHANNEL_CLOSED":
+        return
+    address = conversation.contact_address if conversation else call.source_id
+    thread = conversation.thread if conversation else call.source_id
+    if not address:
+        log.warning(
+            "conversation %s on %s ended, but it names no contact: no ended text sent",
+            call.conversation_id,
+            channel.name,
+        )
+        return
+    assert runtime.engine is not None
+    [result] = await runtime.engine.intake(
+        [
+            ended_notice(
+                channel.name,
+                channel.ended_text,
+                call.conversation_id,
+                contact_address=address,
+                thread=thread,
+            )
+        ]
+    )
+    if not result.accepted:
+        log.info("repeated conversation.ended for %s ignored", call.conversation_id)
 
 
 async def _create_contact(runtime: Runtime, channel: Channel, call: calls.CreateContact) -> bytes:

@@ -3,6 +3,12 @@
 Idempotent by name, so ``serve`` can run it at every start and ``extmsg channels sync`` by
 hand. The Unblu channel id is kept in the store.
 
+A channel with an ``ended_text`` also gets a webhook registration in Unblu (``WebhookRegistration``
+via ``/webhookregistrations/create|update``, idempotent by name like the channel): Unblu POSTs
+``conversation.ended`` to the channel's own endpoint, signed with the channel's webhook secret,
+so the event is checked like every other call to it. Without an ``ended_text`` a registration
+left from before is deleted.
+
 Once per cluster: instances sharing a store provision in turn (:meth:`Store.exclusive`), so
 two started together never both create a channel (Unblu refuses the second: "name not
 unique"); the later one finds the channel by name, unchanged, and takes its id.
@@ -16,12 +22,20 @@ from typing import TYPE_CHECKING
 
 from ..models import Channel
 from ..store.base import ChannelRow
-from .client import ChannelSpec
+from .calls import EVENT_CONVERSATION_ENDED
+from .client import ChannelSpec, WebhookSpec
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["channel_spec", "endpoint_url", "load_channel_ids", "provision_channels"]
+__all__ = [
+    "channel_spec",
+    "ended_webhook_name",
+    "ended_webhook_spec",
+    "endpoint_url",
+    "load_channel_ids",
+    "provision_channels",
+]
 
 log = logging.getLogger("extmsg.unblu")
 
@@ -44,6 +58,23 @@ def channel_spec(runtime: Runtime, channel: Channel) -> ChannelSpec:
         contact_identifier_field_name=mtype.contact_identifier_name,
         contact_identifier_field_type=mtype.contact_identifier_type,
         metadata={"extmsg.messenger": channel.messenger},
+    )
+
+
+def ended_webhook_name(channel: Channel) -> str:
+    """The name of the channel's ``conversation.ended`` registration (unique like the
+    channel's own name)."""
+    return f"{channel.name} {EVENT_CONVERSATION_ENDED}"
+
+
+def ended_webhook_spec(channel: Channel) -> WebhookSpec:
+    return WebhookSpec(
+        name=ended_webhook_name(channel),
+        endpoint=endpoint_url(channel),
+        events=(EVENT_CONVERSATION_ENDED,),
+        secret=channel.webhook_secret,
+        description=f"extmsg: tells the customers of channel {channel.name} that their "
+        "conversation ended",
     )
 
 
@@ -80,4 +111,14 @@ async def _provision(runtime: Runtime, channel: Channel) -> str:
     )
     runtime.unblu_channel_ids[channel.name] = remote.id
     log.info("channel %s is Unblu channel %s", channel.name, remote.id)
+    client = runtime.unblu_client()
+    if channel.ended_text:
+        registration = await client.provision_webhook(ended_webhook_spec(channel))
+        log.info(
+            "channel %s hears of ended conversations (webhook registration %s)",
+            channel.name,
+            registration.id,
+        )
+    else:
+        await client.remove_webhook(ended_webhook_name(channel))
     return remote.id

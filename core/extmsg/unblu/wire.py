@@ -30,6 +30,7 @@ __all__ = [
     "ConversationCreationExternalParticipantData",
     "ConversationCreationRecipientData",
     "ConversationData",
+    "ConversationEndedBody",
     "ConversationRecipientRef",
     "ConversationsEndBody",
     "CreateContactRequest",
@@ -85,6 +86,8 @@ __all__ = [
     "SendTimestampMessageExportFilter",
     "SourceIdExternalMessengerContactSearchFilter",
     "TextPostMessageData",
+    "WebhookRegistration",
+    "WebhookRegistrationIn",
 ]
 
 ConversationState = Literal[
@@ -173,6 +176,49 @@ class Channel(_Received):
             f"type={self.type!r}, webhook_endpoint={self.webhook_endpoint!r}, "
             f"webhook_api_version={self.webhook_api_version!r}, webhook_secret={secret}, "
             f"webhook_status={self.webhook_status!r})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Webhook registrations (/webhookregistrations/create, /update, /getByName, both dialects)
+# ---------------------------------------------------------------------------------------------
+
+
+class WebhookRegistration(_Tagged, tag="WebhookRegistration"):
+    """``WebhookRegistration`` body for create/update (the same component in v3 and v4)."""
+
+    id: str | None = None
+    version: int | None = None
+    account_id: str | None = None
+    name: str | None = None
+    status: str | None = None
+    description: str | None = None
+    endpoint: str | None = None
+    api_version: Literal["V3", "V4"] | None = None
+    secret: str | None = None
+    events: list[str] | None = None
+
+
+class WebhookRegistrationIn(_Received):
+    """A ``WebhookRegistration`` as Unblu returns it."""
+
+    id: str
+    name: str | None = None
+    version: int | None = None
+    account_id: str | None = None
+    status: str | None = None
+    description: str | None = None
+    endpoint: str | None = None
+    api_version: str | None = None
+    secret: str | None = None
+    events: list[str] | None = None
+
+    def __repr__(self) -> str:
+        secret = "None" if self.secret is None else "'***'"
+        return (
+            f"WebhookRegistrationIn(id={self.id!r}, name={self.name!r}, "
+            f"status={self.status!r}, endpoint={self.endpoint!r}, secret={secret}, "
+            f"events={self.events!r})"
         )
 
 
@@ -594,6 +640,15 @@ class MessageStateBody(_Received):
     source_id: str | None = None
     external_messenger_channel_id: str | None = None
     conversation_id: str | None = None
+    account_id: str | None = None
+
+
+class ConversationEndedBody(_Received):
+    """``ConversationEndedEvent`` (event ``conversation.ended``, v3 and v4): ``conversation``
+    is a ``ConversationData``; ``endReason`` an ``EConversationEndReason``."""
+
+    conversation: Conversation
+    end_reason: str | None = None
     account_id: str | None = None
 
 

@@ -43,7 +43,9 @@ __all__ = [
 
 log = logging.getLogger("extmsg.sms_twilio")
 
-#: Twilio's default opt-out, opt-in and help keywords (single-word, case-insensitive).
+#: Twilio's default opt-out, opt-in and help keywords (single-word, case-insensitive). The
+#: first two are a Twilio channel's default ``opt_out_keywords`` / ``opt_in_keywords``, which
+#: the core applies (:mod:`extmsg.optout`).
 OPT_OUT_KEYWORDS = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPTOUT"}
 )
@@ -99,21 +101,13 @@ def _required(params: Mapping[str, str], name: str, *fallbacks: str) -> str:
     raise BadInbound(f"the Twilio request has no {name} parameter")
 
 
-def _keyword(params: Mapping[str, str], body: str) -> str | None:
-    """``STOP``, ``START`` or ``HELP`` when the message is a keyword, else ``None``.
-
-    ``OptOutType`` (Advanced Opt-Out, custom keywords included) wins over the built-in list.
-    """
+def _keyword(params: Mapping[str, str]) -> str | None:
+    """``STOP``, ``START`` or ``HELP`` when Twilio says the message is one (``OptOutType``,
+    Advanced Opt-Out: its custom keywords included), else ``None``. The channel's keyword
+    lists are the core's to apply."""
     opt_out_type = params.get("OptOutType", "").strip().upper()
     if opt_out_type in ("STOP", "START", "HELP"):
         return opt_out_type
-    word = body.strip().upper()
-    if word in OPT_OUT_KEYWORDS:
-        return "STOP"
-    if word in OPT_IN_KEYWORDS:
-        return "START"
-    if word in HELP_KEYWORDS:
-        return "HELP"
     return None
 
 
@@ -150,7 +144,8 @@ def _location_text(params: Mapping[str, str]) -> str | None:
 
 
 def parse_message(params: Mapping[str, str]) -> list[InboundEvent]:
-    """An incoming SMS/MMS, preceded by a ``ContactUpdate`` when it is STOP or START."""
+    """An incoming SMS/MMS, preceded by a ``ContactUpdate`` when Twilio marked it as an opt-out
+    or opt-in (``OptOutType``)."""
     sid = _required(params, "MessageSid", "SmsMessageSid", "SmsSid")
     sender = _required(params, "From")
     address = normalize_inbound(sender)
@@ -159,7 +154,7 @@ def parse_message(params: Mapping[str, str]) -> list[InboundEvent]:
     attachments = _attachments(params)
     text = body or _location_text(params)
     events: list[InboundEvent] = []
-    keyword = _keyword(params, body)
+    keyword = _keyword(params)
     if keyword in ("STOP", "START"):
         opted_out = keyword == "STOP"
         word = body.strip().upper()

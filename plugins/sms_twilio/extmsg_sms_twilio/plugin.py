@@ -41,6 +41,9 @@ class Twilio(Messenger):
     routes = (Route(name="inbound", path="inbound"), Route(name="status", path="status"))
     max_text_length = TWILIO_MAX_BODY
     media_by_url = True
+    # Twilio's own keywords; Twilio answers them itself, so extmsg sends no reply.
+    opt_out_keywords = inbound.OPT_OUT_KEYWORDS
+    opt_in_keywords = inbound.OPT_IN_KEYWORDS
 
     def provider_fakes(self) -> list[ProviderFake]:
         return [

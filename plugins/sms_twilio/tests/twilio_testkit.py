@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode
 import msgspec
 import pytest
 
+from extmsg import optout
 from extmsg.errors import BadInbound, SignatureError
 from extmsg.fetch import LOOPBACK
 from extmsg.models import Channel, InboundRequest
@@ -141,7 +142,8 @@ def build_request(case: dict[str, Any]) -> InboundRequest:
 
 
 async def deliver(hooks: Hooks, channel: Channel, request: InboundRequest) -> dict[str, Any]:
-    """What the core does with a provider request on an ``events`` route, as status + events."""
+    """What the core does with a provider request on an ``events`` route, as status + events
+    (the channel's opt-out keywords applied, as the core's intake does)."""
     try:
         await hooks.verify_inbound(channel.messenger, request, [channel])
         events = await hooks.parse_inbound(channel.messenger, request, [channel])
@@ -150,6 +152,8 @@ async def deliver(hooks: Hooks, channel: Channel, request: InboundRequest) -> di
     except BadInbound as exc:
         return {"status": 400, "error": str(exc)}
     assert events is not None
+    rules = optout.rules(channel, hooks.messenger_types().get(channel.messenger))
+    events = optout.add_keyword_updates(rules, events)
     reply = await hooks.render_ack(channel.messenger, request, events)
     return {
         "status": reply.status,

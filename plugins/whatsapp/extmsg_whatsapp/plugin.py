@@ -78,6 +78,11 @@ def extmsg_messenger_types() -> MessengerType:
             ),
         ),
         max_text_length=outbound.TEXT_LIMIT,
+        # WhatsApp has no keywords of its own: the usual words, confirmed by extmsg.
+        opt_out_keywords=("STOP", "UNSUBSCRIBE"),
+        opt_in_keywords=("START",),
+        opt_out_reply="You will get no more messages from us here. Reply START to get them again.",
+        opt_in_reply="You will get our messages here again. Reply STOP to stop them.",
     )
 
 

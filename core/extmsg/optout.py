@@ -1,0 +1,114 @@
+"""Opt-out and opt-in keywords: a contact who writes ``STOP`` gets no more messages.
+
+The rule is the core's, for every messenger; the words are channel settings
+(``opt_out_keywords``, ``opt_in_keywords``) whose defaults each messenger declares on its
+:class:`~extmsg.models.MessengerType` (Twilio: its own keyword lists; none for a messenger that
+declares none). A message whose whole text, trimmed and in any case, is one of the words is
+preceded by a :class:`~extmsg.models.ContactUpdate`; the message itself still reaches the agent,
+who sees why later replies fail. A plugin may report an opt-out of its own (Twilio's
+``OptOutType``): then no second update is added.
+
+``opt_out_reply`` / ``opt_in_reply`` are the confirmations extmsg sends back (empty: none; the
+default is the messenger's, e.g. none for Twilio, which confirms by itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import msgspec
+
+from .models import Channel, ContactUpdate, InboundEvent, InboundMessage, MessengerType
+
+__all__ = ["OptOutRules", "add_keyword_updates", "rules"]
+
+
+class OptOutRules(msgspec.Struct, frozen=True):
+    """A channel's opt-out settings, its messenger's defaults filled in."""
+
+    opt_out: frozenset[str] = frozenset()
+    opt_in: frozenset[str] = frozenset()
+    opt_out_reply: str | None = None
+    opt_in_reply: str | None = None
+
+    def keyword(self, text: str | None) -> tuple[str, bool] | None:
+        """``(WORD, opted_out)`` when ``text`` is one of the keywords, else None."""
+        if not text:
+            return None
+        word = text.strip().upper()
+        if word in self.opt_out:
+            return word, True
+        if word in self.opt_in:
+            return word, False
+        return None
+
+    @property
+    def first_opt_in(self) -> str | None:
+        """The opt-in word to name to an agent (the shortest, then alphabetically)."""
+        return min(self.opt_in, key=lambda w: (len(w), w)) if self.opt_in else None
+
+
+def _words(values: Iterable[str]) -> frozenset[str]:
+    return frozenset(w.strip().upper() for w in values if w.strip())
+
+
+def rules(channel: Channel, messenger: MessengerType | None) -> OptOutRules:
+    """The opt-out rules of ``channel``: its own settings, else its messenger's defaults."""
+    out: Iterable[str] = channel.opt_out_keywords or ()
+    if channel.opt_out_keywords is None:
+        out = messenger.opt_out_keywords if messenger else ()
+    opt_in: Iterable[str] = channel.opt_in_keywords or ()
+    if channel.opt_in_keywords is None:
+        opt_in = messenger.opt_in_keywords if messenger else ()
+    out_reply = channel.opt_out_reply
+    if out_reply is None:
+        out_reply = messenger.opt_out_reply if messenger else None
+    in_reply = channel.opt_in_reply
+    if in_reply is None:
+        in_reply = messenger.opt_in_reply if messenger else None
+    return OptOutRules(
+        opt_out=_words(out),
+        opt_in=_words(opt_in),
+        opt_out_reply=out_reply or None,
+        opt_in_reply=in_reply or None,
+    )
+
+
+def add_keyword_updates(
+    rules_of: OptOutRules | Mapping[str, OptOutRules],
+    events: Sequence[InboundEvent],
+    default_channel: str | None = None,
+) -> list[InboundEvent]:
+    """``events`` with a :class:`ContactUpdate` in front of each message that is a keyword,
+    unless the plugin already put one for the same contact right before it.
+
+    ``rules_of``: one channel's rules, or rules per channel name (events name their channel
+    on messenger-wide routes; ``default_channel`` stands in for those that do not).
+    """
+    out: list[InboundEvent] = []
+    for event in events:
+        if isinstance(event, InboundMessage) and not event.attachments:
+            channel = event.channel or default_channel
+            if isinstance(rules_of, OptOutRules):
+                rules_: OptOutRules | None = rules_of
+            else:
+                rules_ = rules_of.get(channel) if channel else None
+            found = rules_.keyword(event.text) if rules_ is not None else None
+            previous = out[-1] if out else None
+            already = (
+                isinstance(previous, ContactUpdate)
+                and previous.address == event.contact.address
+                and previous.channel == event.channel
+            )
+            if found is not None and not already:
+                word, opted_out = found
+                out.append(
+                    ContactUpdate(
+                        address=event.contact.address,
+                        opted_out=opted_out,
+                        reason=f"the customer texted {word}",
+                        channel=event.channel,
+                    )
+                )
+        out.append(event)
+    return out
