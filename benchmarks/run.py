@@ -79,6 +79,9 @@ port = {port}
 public_url = "http://127.0.0.1:{port}"
 shutdown_timeout = 5.0
 
+[admin]
+listen = "127.0.0.1:{admin_port}"
+
 [store]
 path = "{store}"
 
@@ -255,12 +258,13 @@ def profiled(run: Run, proc: Proc, name: str) -> Iterator[None]:
         sampler.wait(30)
 
 
-def quiesce(proc: Proc, base: str, limit: float = 600.0) -> float:
-    """Wait until extmsg has no ready or running job left; answer the seconds waited."""
+def quiesce(proc: Proc, admin: str, limit: float = 600.0) -> float:
+    """Wait until extmsg has no ready or running job left (its admin listener's ``/metrics``
+    says); answer the seconds waited."""
     started = time.monotonic()
     pattern = re.compile(r'^extmsg_jobs\{state="(ready|running)"\} (\S+)$', re.MULTILINE)
     while time.monotonic() - started < limit:
-        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"{admin}/metrics", timeout=10) as resp:  # noqa: S310
             text = resp.read().decode()
         if sum(float(v) for _, v in pattern.findall(text)) == 0:
             return time.monotonic() - started
@@ -334,6 +338,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     sizes = run.sizes
     out: dict[str, Any] = {}
     sandbox_port, twilio_port, port = free_port(), free_port(), free_port()
+    admin_port = free_port()
     cb = ["--status-callbacks"] if run.status_callbacks else []
     sandbox = run.start(
         "sandbox", [PY, str(BENCH / "peers.py"), "sandbox", "--port", str(sandbox_port)]
@@ -350,6 +355,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     config.write_text(
         CONFIG.format(
             port=port,
+            admin_port=admin_port,
             store=run.workdir / "extmsg.sqlite3",
             unblu=f"{sandbox_url}/app/rest",
             user=SANDBOX_USER,
@@ -363,6 +369,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
         )
     )
     base = f"http://127.0.0.1:{port}"
+    admin = f"http://127.0.0.1:{admin_port}"
     serve = run.start(
         "serve",
         [PY, "-m", "extmsg", "serve", "--config", str(config)],
@@ -380,7 +387,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     )
     wait_http(
         serve,
-        f"{base}/readyz",
+        f"{admin}/readyz",
         limit=60,
         ok=lambda body: bool(body["channels"][CHANNEL]["unblu_channel_id"]),
     )
@@ -389,7 +396,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     def phase(spec: dict[str, Any]) -> dict[str, Any]:
         """One generator run, then wait until extmsg finished every job it caused."""
         result = loadgen(spec, watch)
-        result["drain_seconds"] = quiesce(serve, base)
+        result["drain_seconds"] = quiesce(serve, admin)
         return result
 
     inbound = {
@@ -517,7 +524,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     ]
     cpu_before = {p.name: cpu_seconds(p.pid) for p in watch}
     results = [collect(p) for p in streams]
-    quiesce(serve, base)
+    quiesce(serve, admin)
     elapsed = time.monotonic() - started
     time.sleep(2.0)
     out["rss_after_kib"] = rss_kib(serve.pid)

@@ -60,6 +60,11 @@ class World:
     channel_id: str
     version: str
 
+    @property
+    def admin(self) -> str:
+        """The admin listener: ``/metrics``, the detailed ``/readyz``."""
+        return self.proc.admin_url
+
     async def inbound(self, payload: dict[str, Any], token: str = "tok") -> int:
         body, headers = signed(token, payload)
         async with self.session.post(
@@ -129,7 +134,7 @@ async def serving(
             await proc.wait_ready(base)
 
             async def provisioned() -> str | None:
-                async with session.get(f"{base}/readyz") as resp:
+                async with session.get(f"{proc.admin_url}/readyz") as resp:
                     body = await resp.json()
                 channel_id: str | None = body["channels"]["loop"]["unblu_channel_id"]
                 return channel_id

@@ -131,3 +131,18 @@ def test_plugins_lists_installed_messengers_with_versions() -> None:
     assert infos["extmsg.defaults.rendering"]["builtin"] is True
     disabled = run("plugins", "--json", env={"EXTMSG_DISABLE_PLUGINS": "whatsapp"})
     assert "whatsapp" not in {p["name"] for p in json.loads(disabled.stdout)}
+
+
+def test_check_warns_about_an_admin_listener_open_to_the_network(tmp_path: Path) -> None:
+    path = tmp_path / "extmsg.toml"
+    path.write_text('[admin]\nlisten = "0.0.0.0:9100"\nallow_unauthenticated = true\n')
+    result = run("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(
+        "warning: admin.listen: 0.0.0.0:9100 serves /metrics, /-/plugins and the detailed "
+        "/readyz without a token"
+    )
+    path.write_text('[admin]\nlisten = "0.0.0.0:9100"\n')
+    refused = run("check", "--config", str(path))
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: admin.token: required when listen (0.0.0.0:9100)")

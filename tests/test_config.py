@@ -193,3 +193,41 @@ def test_example_domains_left_in_the_config_are_named() -> None:
     [line] = placeholder_warnings(parse_config(tomllib.loads(pg), MESSENGERS, env=env))
     assert line.startswith("store.dsn: db.example.org is an example domain")
     assert "s3cret" not in line
+
+
+def test_admin_listener_is_loopback_by_default_and_needs_a_token_elsewhere() -> None:
+    default = parse_config({}, MESSENGERS).admin
+    assert default.address == ("127.0.0.1", 8081)
+    assert default.loopback
+    assert parse_config({"admin": {"listen": "[::1]:0"}}, MESSENGERS).admin.address == ("::1", 0)
+
+    [problem] = _problems('[admin]\nlisten = "0.0.0.0:9100"\n')
+    assert problem.startswith("admin.token: required when listen (0.0.0.0:9100) is not a loopback")
+    # a name other than localhost may resolve to any interface
+    assert _problems('[admin]\nlisten = "metrics.internal:9100"\n')[0].startswith("admin.token:")
+    token = "t" * 16
+    exposed = parse_config({"admin": {"listen": "0.0.0.0:9100", "token": token}}, MESSENGERS)
+    assert exposed.admin.token == token
+    opted_out = {"listen": "0.0.0.0:9100", "allow_unauthenticated": True}
+    assert not parse_config({"admin": opted_out}, MESSENGERS).admin.token
+
+
+def test_admin_listen_and_token_errors_name_the_key() -> None:
+    assert _problems('[admin]\nlisten = "8081"\n') == [
+        "admin.listen: '8081' is not host:port, e.g. 127.0.0.1:8081"
+    ]
+    assert _problems('[admin]\nlisten = "::1:8081"\n')[0].startswith(
+        "admin.listen: '::1:8081': write an IPv6 address in brackets"
+    )
+    [short] = _problems('[admin]\ntoken = "${T}"\n', {"T": "shorter-than-16"})
+    assert short.startswith("admin.token: at least 16 characters")
+    assert "shorter-than-16" not in short
+    # an unset variable with an empty default: no token, allowed on loopback
+    assert not parse_config({"admin": {"token": "${T:-}"}}, MESSENGERS, env={}).admin.token
+
+
+def test_admin_token_is_a_secret_of_the_config() -> None:
+    from extmsg.config import secret_values
+
+    token = "admin-token-0123456789"
+    assert token in secret_values({"admin": {"token": token}}, MESSENGERS)

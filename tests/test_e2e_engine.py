@@ -14,7 +14,7 @@ __all__ = ["world"]  # the fixture
 
 
 async def _metric(world: World, name: str) -> float:
-    async with world.session.get(f"{world.base}/metrics") as resp:
+    async with world.session.get(f"{world.admin}/metrics") as resp:
         text = await resp.text()
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
     assert match, f"{name} not in /metrics"
@@ -111,7 +111,7 @@ async def test_late_statuses_never_move_a_state_backwards(world: World) -> None:
 
 async def _jobs_done(world: World, kind: str) -> float | None:
     """How many jobs of ``kind`` finished; None while none has."""
-    async with world.session.get(f"{world.base}/metrics") as resp:
+    async with world.session.get(f"{world.admin}/metrics") as resp:
         text = await resp.text()
     name = f'extmsg_jobs_finished_total{{kind="{kind}",outcome="done"}}'
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)

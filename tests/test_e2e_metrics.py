@@ -15,7 +15,7 @@ _SAMPLE = re.compile(r"^(\w+)(?:\{([^}]*)\})? (\S+)$", re.M)
 
 async def _samples(world: World, name: str, **labels: str) -> float:
     """The sum of ``name``'s samples whose labels include ``labels``."""
-    async with world.session.get(f"{world.base}/metrics") as resp:
+    async with world.session.get(f"{world.admin}/metrics") as resp:
         text = await resp.text()
     total = 0.0
     for metric, raw_labels, value in _SAMPLE.findall(text):
@@ -57,7 +57,7 @@ async def test_an_unblu_outage_shows_as_failing_calls_and_waiting_work(world: Wo
     assert ok_after > ok_before
     assert await _samples(world, "extmsg_oldest_ready_job_seconds") == 0.0
     # a call's name is its path without ids: bounded labels
-    text = await (await world.session.get(f"{world.base}/metrics")).text()
+    text = await (await world.session.get(f"{world.admin}/metrics")).text()
     assert 'call="conversations/create"' in text
     assert "{" not in "".join(re.findall(r'call="([^"]*)"', text))
 

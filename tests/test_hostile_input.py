@@ -36,6 +36,7 @@ class World:
     sandbox: Any
     session: aiohttp.ClientSession
     channel_id: str
+    admin: str  # the admin listener: /metrics
 
     async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, str]:
         async with self.session.post(self.base + path, data=body, headers=headers) as resp:
@@ -63,7 +64,7 @@ class World:
         return await eventually(arrived)
 
     async def accepted(self) -> float:
-        async with self.session.get(self.base + "/metrics") as resp:
+        async with self.session.get(self.admin + "/metrics") as resp:
             text = await resp.text()
         pattern = r'extmsg_inbound_events_total\{[^}]*outcome="accepted"[^}]*\} (\S+)'
         return sum(float(v) for v in re.findall(pattern, text))
@@ -86,7 +87,9 @@ async def world(tmp_path: Path, unblu_sandbox: Any) -> AsyncIterator[World]:
         ],
     }
     async with running_extmsg(raw, hooks) as extmsg:
-        yield World(extmsg.base, unblu_sandbox, extmsg.session, extmsg.channel_ids["loop"])
+        yield World(
+            extmsg.base, unblu_sandbox, extmsg.session, extmsg.channel_ids["loop"], extmsg.admin
+        )
 
 
 def deep(levels: int) -> bytes:

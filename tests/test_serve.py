@@ -1,4 +1,5 @@
-"""``extmsg serve`` as a user runs it: health, readiness, metrics, plugins, graceful stop."""
+"""``extmsg serve`` as a user runs it: health, readiness, metrics, plugins (on the admin
+listener), graceful stop."""
 
 from __future__ import annotations
 
@@ -44,11 +45,13 @@ def serve(tmp_path: Path):  # type: ignore[no-untyped-def]
 async def test_serve_answers_health_ready_metrics_and_plugins(serve) -> None:  # type: ignore[no-untyped-def]
     proc, base = serve
     await proc.wait_ready(base)
+    admin = proc.admin_url
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{base}/healthz") as resp:
-            assert resp.status == 200
-            assert await resp.json() == {"status": "ok"}
-        async with session.get(f"{base}/readyz") as resp:
+        for url in (base, admin):
+            async with session.get(f"{url}/healthz") as resp:
+                assert resp.status == 200
+                assert await resp.json() == {"status": "ok"}
+        async with session.get(f"{admin}/readyz") as resp:
             body = await resp.json()
             assert body["status"] == "ready"
             assert body["checks"] == {
@@ -57,12 +60,12 @@ async def test_serve_answers_health_ready_metrics_and_plugins(serve) -> None:  #
                 "channels": True,
                 "engine": True,
             }
-        async with session.get(f"{base}/metrics") as resp:
+        async with session.get(f"{admin}/metrics") as resp:
             assert resp.headers["Content-Type"].startswith("text/plain")
             text = await resp.text()
             assert 'extmsg_jobs{state="dead"} 0.0' in text
             assert "extmsg_dead_letters 0.0" in text
-        async with session.get(f"{base}/-/plugins") as resp:
+        async with session.get(f"{admin}/-/plugins") as resp:
             listing = await resp.json()
             names = {p["name"] for p in listing["plugins"]}
             assert {"tests.loopback_plugin", "extmsg.defaults.routing"} <= names

@@ -582,7 +582,8 @@ async def test_serve_runs_on_postgres(schema: str, tmp_path: Path) -> None:
     try:
         base = f"http://127.0.0.1:{port}"
         await proc.wait_ready(base)
-        async with aiohttp.ClientSession() as session, session.get(f"{base}/readyz") as resp:
+        readyz = f"{proc.admin_url}/readyz"
+        async with aiohttp.ClientSession() as session, session.get(readyz) as resp:
             body: dict[str, Any] = await resp.json()
         assert body["checks"]["store"] is True
         assert proc.terminate() == 0

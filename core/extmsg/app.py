@@ -6,21 +6,21 @@ Where requests enter:
   (messenger plugins' routes), handled by :func:`extmsg.flows.accept.provider_request`;
 * ``POST /unblu/{channel}`` — Unblu's outbound requests and webhook events for a channel,
   handled by :mod:`extmsg.unblu.endpoint`;
-* ``/healthz``, ``/readyz``, ``/metrics``, ``/-/plugins`` — operations.
+* ``/healthz`` and a bare ``/readyz`` (status only) — probes and load balancers.
+
+Nothing else answers here: ``/metrics``, ``/-/plugins`` and the detailed readiness are on the
+admin listener (:mod:`extmsg.admin`), apart from this port the internet calls.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
-import msgspec
 from aiohttp import web
 
 from .config import Config
 from .flows.accept import provider_request
 from .media import serve_media
-from .metrics import CONTENT_TYPE_LATEST
 from .models import Route, RouteUrls
 from .plugins import Hooks, route_path
 from .runtime import RUNTIME, Runtime, runtime_context
@@ -31,14 +31,13 @@ __all__ = ["announce_listening", "create_app", "route_urls"]
 
 
 def create_app(config: Config, hooks: Hooks, *, store: Store | None = None) -> web.Application:
-    """Build the application for ``config``; starting it opens the store and starts the engine."""
+    """Build the public application for ``config``; starting it opens the store and starts the
+    engine. Serve :func:`extmsg.admin.create_admin_app` of its runtime beside it."""
     app = web.Application(client_max_size=config.server.max_body_bytes)
     runtime = Runtime(config, hooks, store)
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/-/plugins", plugins)
     app.router.add_post("/unblu/{channel}", unblu_request)
     app.router.add_get("/media/{channel}/{id}", serve_media)
     _add_messenger_routes(app, runtime)
@@ -123,50 +122,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to take traffic: store open, plugins started, every channel known in Unblu (the
-    engine takes no jobs before), engine running."""
-    runtime = request.app[RUNTIME]
-    checks = {
-        "store": runtime.store.is_open,
-        "plugins": runtime.plugins_started,
-        "channels": runtime.channels_known,
-        "engine": runtime.engine is not None and runtime.engine.running,
-    }
-    ok = runtime.ready and all(checks.values())
-    body = {
-        "status": "ready" if ok else "not ready",
-        "checks": checks,
-        "channels": {
-            name: {"unblu_channel_id": runtime.unblu_channel_ids.get(name)}
-            for name in runtime.channels
-        },
-    }
-    return web.json_response(body, status=200 if ok else 503)
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format."""
-    runtime = request.app[RUNTIME]
-    if runtime.store.is_open:
-        counts = await runtime.store.job_counts()
-        for state, count in counts.items():
-            runtime.metrics.queue_depth.labels(state).set(count)
-        runtime.metrics.dead_letters.set(counts.get("dead", 0))
-        runtime.metrics.lanes_held.set(counts.get("held", 0))
-        now = time.time()
-        runtime.metrics.set_oldest_due(await runtime.store.oldest_due_at(now), now)
-    resp = web.Response(body=runtime.metrics.render())
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return resp
-
-
-async def plugins(request: web.Request) -> web.Response:
-    """The loaded plugins with their distributions, versions and hooks."""
-    runtime = request.app[RUNTIME]
-    body = msgspec.json.encode(
-        {
-            "plugins": runtime.hooks.plugins(),
-            "messengers": sorted(runtime.messengers),
-        }
-    )
-    return web.Response(body=body, content_type="application/json")
+    """Ready to take traffic, or 503; for load balancers, so nothing but the status (the
+    checks are on the admin listener, :mod:`extmsg.admin`)."""
+    ok, _ = request.app[RUNTIME].readiness()
+    return web.json_response({"status": "ready" if ok else "not ready"}, status=200 if ok else 503)

@@ -98,8 +98,21 @@ def check(config_path: Path, online: bool) -> None:
     )
     for line in placeholder_warnings(config):
         click.echo(f"warning: {line}", err=True)
+    warning = _admin_warning(config)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
     if online:
         _check_unblu(config)
+
+
+def _admin_warning(config: Config) -> str | None:
+    admin = config.admin
+    if admin.token or admin.loopback:
+        return None
+    return (
+        f"admin.listen: {admin.listen} serves /metrics, /-/plugins and the detailed /readyz "
+        "without a token (allow_unauthenticated): only the network keeps others away from it"
+    )
 
 
 def _check_unblu(config: Config) -> None:
@@ -161,8 +174,19 @@ def init(path: Path | None, config_path: Path, force: bool) -> None:
     help="Run the Unblu sandbox and the provider fakes in-process and use them.",
 )
 @click.option("--sandbox-port", type=int, default=8091, show_default=True)
+@click.option(
+    "--admin-listen",
+    metavar="HOST:PORT",
+    help="Where /metrics, /-/plugins and the detailed /readyz are served "
+    "(overrides [admin] listen).",
+)
 def serve(
-    config_path: Path, host: str | None, port: int | None, sandbox: bool, sandbox_port: int
+    config_path: Path,
+    host: str | None,
+    port: int | None,
+    sandbox: bool,
+    sandbox_port: int,
+    admin_listen: str | None,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C."""
     hooks = build_hooks()
@@ -189,13 +213,17 @@ def serve(
         server["host"] = host
     if port is not None:
         server["port"] = port
+    if admin_listen is not None:
+        raw["admin"] = {**(raw.get("admin") or {}), "listen": admin_listen}
     asyncio.run(_serve(raw, hooks, str(config_path), sandbox, sandbox_port))
 
 
 async def _serve(
     raw: dict[str, Any], hooks: Hooks, source: str, sandbox: bool, sandbox_port: int
 ) -> None:
+    from .admin import create_admin_app
     from .app import announce_listening, create_app
+    from .runtime import RUNTIME
 
     _setup_logging("WARNING")  # the sandbox may log before the configuration is read
     stack = contextlib.AsyncExitStack()
@@ -206,15 +234,29 @@ async def _serve(
             raw = await start_sandbox(stack, raw, hooks, sandbox_port)
         config = parse_config(raw, hooks.messenger_types(), source=source)
         _setup_logging(config.server.log_level)
+        warning = _admin_warning(config)
+        if warning:
+            log.warning("%s", warning)
         app = create_app(config, hooks)
+        # The admin port first: one that is taken stops the start before anything runs.
+        admin = web.AppRunner(create_admin_app(app[RUNTIME]), access_log=None)
+        await admin.setup()
+        stack.push_async_callback(admin.cleanup)
+        admin_url = await _listen(admin, *config.admin.address, key="admin.listen")
         runner = web.AppRunner(
             app, shutdown_timeout=config.server.shutdown_timeout, access_log=None
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
-        log.info("listening on http://%s:%d", config.server.host, config.server.port)
+        public_url = await _listen(runner, config.server.host, config.server.port, key="server")
+        log.info(
+            "listening on %s; admin (/metrics, /readyz, /-/plugins) on %s", public_url, admin_url
+        )
+        if sandbox:
+            print(
+                f"extmsg: {public_url}  admin (/metrics, /readyz, /-/plugins): {admin_url}",
+                flush=True,
+            )
         await announce_listening(app)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -222,6 +264,18 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down")
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int, *, key: str) -> str:
+    """Start a site for ``runner`` on ``host:port``; its URL (with the port taken for 0)."""
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        raise HandledError(
+            f"{key}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from None
+    bound = runner.addresses[-1][1]
+    return f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
 
 
 def _setup_logging(level: str) -> None:

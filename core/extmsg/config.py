@@ -29,6 +29,7 @@ from .logsafe import MIN_SECRET_LENGTH, register_secrets
 from .models import Channel, MessengerType, Recipient, Secret, is_secret
 
 __all__ = [
+    "AdminConfig",
     "ChannelConfig",
     "Config",
     "EngineConfig",
@@ -110,6 +111,68 @@ def _peer_trusted(entries: tuple[str, ...], peer: str | None) -> bool:
     return any(address in network for network in _networks(entries))
 
 
+#: Shortest ``[admin] token`` accepted: a bearer token is guessed online, so make it long.
+MIN_ADMIN_TOKEN_LENGTH = 16
+
+
+class AdminConfig(_Section, frozen=True):
+    """The admin listener: ``/metrics``, ``/-/plugins``, the detailed ``/readyz``. It is kept
+    off the public port, which the providers and Unblu call from the internet."""
+
+    #: ``host:port`` (``[::1]:8081`` for IPv6); port 0 takes a free port (logged at start).
+    listen: str = "127.0.0.1:8081"
+    #: When set, every admin request needs ``Authorization: Bearer <token>``.
+    token: Secret = ""
+    #: Serve a listener on an address other than loopback without a token: only where the
+    #: network alone keeps everyone but the scraper away from the port.
+    allow_unauthenticated: bool = False
+
+    def __post_init__(self) -> None:
+        host = self.address[0]  # raises for a malformed address
+        if self.token and len(self.token) < MIN_ADMIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"token: at least {MIN_ADMIN_TOKEN_LENGTH} characters "
+                "(e.g. from: openssl rand -hex 32)"
+            )
+        if not self.token and not self.allow_unauthenticated and not is_loopback(host):
+            raise ValueError(
+                f"token: required when listen ({self.listen}) is not a loopback address "
+                '(e.g. token = "${EXTMSG_ADMIN_TOKEN}"), or set allow_unauthenticated = true '
+                "if only the network guards the port"
+            )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """``listen`` as (host, port)."""
+        return parse_listen(self.listen)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.address[0])
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6-address]:port`` as (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"listen: {value!r}: write an IPv6 address in brackets, e.g. [::1]:8081")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"listen: {value!r} is not host:port, e.g. 127.0.0.1:8081")
+    return host, int(port_text)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine's loopback interface only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve to anything
+
+
 class StoreConfig(_Section, frozen=True):
     #: ``sqlite`` (embedded, one instance) or ``postgres`` (several instances).
     backend: Literal["sqlite", "postgres"] = "sqlite"
@@ -170,6 +233,7 @@ class ChannelConfig(_Section, frozen=True):
 
 class Config(_Section, frozen=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     unblu: UnbluConfig = msgspec.field(default_factory=UnbluConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
@@ -451,7 +515,13 @@ def _check_struct(data: Any, cls: type[S], path: str, problems: list[str]) -> S 
     try:
         return msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:  # cross-field checks in __post_init__
-        problems.append(_validation_line(path or "<root>", exc, cls))
+        line = _validation_line(path or "<root>", exc, cls)
+        # "server: trusted_proxies: ..." names the key as "server.trusted_proxies: ..."
+        rest = line.partition(": ")[2]
+        key, colon, reason = rest.partition(": ")
+        if colon and key in names:
+            line = f"{_join(path, key)}: {reason}"
+        problems.append(line)
         return None
 
 

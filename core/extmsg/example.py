@@ -22,6 +22,17 @@ log_level = "INFO"
 # Networks listed here are allowed too, e.g. a media proxy inside your network:
 # fetch_allowed_networks = ["10.20.0.0/16"]
 
+[admin]
+# /metrics (Prometheus), /-/plugins and the detailed /readyz are served on this listener only,
+# apart from the port above that the providers and Unblu call (which answers /healthz and a
+# bare /readyz for load balancers). Port 0 takes a free port and logs it.
+listen = "127.0.0.1:8081"
+# With a token, every admin request needs "Authorization: Bearer <token>" (16+ characters,
+# e.g. from `openssl rand -hex 32`). Required when listen is not a loopback address
+# (e.g. "0.0.0.0:8081" for a scraper on another host), unless allow_unauthenticated = true
+# says that only the network keeps others away from the port.
+# token = "${EXTMSG_ADMIN_TOKEN}"
+
 [store]
 # Embedded SQLite (WAL); a relative path is relative to this file.
 backend = "sqlite"

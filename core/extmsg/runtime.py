@@ -154,6 +154,18 @@ class Runtime:
             await self.store.close()
         log.info("extmsg stopped")
 
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        """Whether this instance takes traffic (started, not stopping, every check holds),
+        and each check by name: store open, plugins started, every channel known in Unblu
+        (the engine takes no jobs before), engine running."""
+        checks = {
+            "store": self.store.is_open,
+            "plugins": self.plugins_started,
+            "channels": self.channels_known,
+            "engine": self.engine is not None and self.engine.running,
+        }
+        return self.ready and all(checks.values()), checks
+
     @property
     def channels_known(self) -> bool:
         """Every channel has its Unblu id, or none is provisioned here: jobs can run."""

@@ -18,6 +18,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from ..admin import create_admin_app
 from ..app import announce_listening, create_app
 from ..config import parse_config
 from ..plugins import Hooks
@@ -134,9 +135,11 @@ async def raw_request(
 
 
 class RunningExtmsg(msgspec.Struct, frozen=True, kw_only=True):
-    """The core's application serving on ``base``, every channel provisioned in Unblu."""
+    """The core's application serving on ``base``, every channel provisioned in Unblu; its
+    admin listener (``/metrics``, ``/-/plugins``, the detailed ``/readyz``) on ``admin``."""
 
     base: str
+    admin: str
     channel_ids: dict[str, str]
     session: aiohttp.ClientSession
     runtime: Runtime
@@ -149,30 +152,41 @@ async def running_extmsg(
     raw: dict[str, Any], hooks: Hooks, *, port: int | None = None
 ) -> AsyncIterator[RunningExtmsg]:
     """Serve extmsg for the config ``raw`` (a TOML-shaped dict) on ``127.0.0.1:port`` (a free
-    port by default; ``server.public_url`` defaults to it) until every channel has its Unblu id.
+    port by default; ``server.public_url`` defaults to it) and its admin listener on another
+    free port, until every channel has its Unblu id.
     """
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     server = {"public_url": base, **raw.get("server", {}), "port": port}
-    config = parse_config({**raw, "server": server}, hooks.messenger_types())
+    admin_port = free_port()
+    admin_raw = {**raw.get("admin", {}), "listen": f"127.0.0.1:{admin_port}"}
+    config = parse_config({**raw, "server": server, "admin": admin_raw}, hooks.messenger_types())
     app = create_app(config, hooks)
     runner = web.AppRunner(app)
+    admin_runner = web.AppRunner(create_admin_app(app[RUNTIME]))
+    await admin_runner.setup()
     await runner.setup()
     try:
+        await web.TCPSite(admin_runner, "127.0.0.1", admin_port).start()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         await announce_listening(app)
+        admin = f"http://127.0.0.1:{admin_port}"
+        headers = {"Authorization": f"Bearer {config.admin.token}"} if config.admin.token else {}
         async with aiohttp.ClientSession() as session:
 
             async def provisioned() -> dict[str, str] | None:
-                async with session.get(f"{base}/readyz") as resp:
+                async with session.get(f"{admin}/readyz", headers=headers) as resp:
                     body = await resp.json()
                 ids = {name: ch["unblu_channel_id"] for name, ch in body["channels"].items()}
                 return ids if resp.status == 200 and all(ids.values()) else None
 
             ids = await eventually(provisioned)
-            yield RunningExtmsg(base=base, channel_ids=ids, session=session, runtime=app[RUNTIME])
+            yield RunningExtmsg(
+                base=base, admin=admin, channel_ids=ids, session=session, runtime=app[RUNTIME]
+            )
     finally:
         await runner.cleanup()
+        await admin_runner.cleanup()
 
 
 class CutOffSends:
@@ -245,7 +259,12 @@ def in_doubt_after_send() -> Iterator[CutOffSends]:
 
 class ServeProcess:
     """``python -m extmsg serve`` in a process of its own, its output kept beside the config
-    (``<config>.log``): for tests that kill, freeze or restart the server."""
+    (``<config>.log``): for tests that kill, freeze or restart the server.
+
+    Its admin listener (``/metrics``, ``/-/plugins``, the detailed ``/readyz``) is on
+    ``admin_url``: the config's ``[admin] listen`` when it names one, else a free loopback
+    port (passed as ``--admin-listen``), so that servers started side by side do not collide.
+    """
 
     def __init__(
         self,
@@ -258,6 +277,11 @@ class ServeProcess:
         self.config = config
         self.log_path = config.with_suffix(".log")
         self.env = {**os.environ, **(env or {})}
+        listen = _admin_listen(config)
+        if listen is None:
+            listen = f"127.0.0.1:{free_port()}"
+            args = ("--admin-listen", listen, *args)
+        self.admin_url = f"http://{listen}"
         self.args = args
         self.cwd = cwd or config.parent
         self.proc: subprocess.Popen[bytes] | None = None
@@ -304,3 +328,16 @@ class ServeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _admin_listen(config: Path) -> str | None:
+    """``[admin] listen`` of a config file, if it names one."""
+    import tomllib
+
+    try:
+        raw = tomllib.loads(config.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # serve reports that
+    admin = raw.get("admin")
+    listen = admin.get("listen") if isinstance(admin, dict) else None
+    return listen if isinstance(listen, str) else None

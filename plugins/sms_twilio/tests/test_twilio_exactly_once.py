@@ -280,7 +280,7 @@ async def test_three_instances_one_frozen_past_its_leases(
             # machine: room to arrive, so that only a real loss fails the count.
             result = await traffic.settle(limit=300)
             await asyncio.sleep(1.0)
-            async with session.get(f"{cluster.bases[0]}/metrics") as resp:
+            async with session.get(f"{cluster.procs[0].admin_url}/metrics") as resp:
                 metrics = await resp.text()
             if result.problems():
                 print("\n" + await _diagnose(session, sandbox.url, dsn, schema))

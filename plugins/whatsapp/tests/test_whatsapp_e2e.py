@@ -46,6 +46,7 @@ class World:
     sandbox: Any
     session: aiohttp.ClientSession
     channel_ids: dict[str, str]  # phone_number_id → Unblu channel id
+    admin: str  # the admin listener: /metrics
 
     @property
     def webhook_url(self) -> str:
@@ -174,7 +175,15 @@ async def _world(
                 SUPPORT_NUMBER_ID: extmsg.channel_ids["wa-support"],
             }
             assert channel_ids[MAIN_NUMBER_ID] != channel_ids[SUPPORT_NUMBER_ID]
-            yield World(base, fake_url, fake_app[FAKE], unblu_sandbox, extmsg.session, channel_ids)
+            yield World(
+                base,
+                fake_url,
+                fake_app[FAKE],
+                unblu_sandbox,
+                extmsg.session,
+                channel_ids,
+                extmsg.admin,
+            )
     finally:
         await fake_server.close()
 
@@ -348,7 +357,7 @@ async def test_a_body_nested_too_deep_is_a_400(world: World) -> None:
 
 
 async def _metric(world: World, name: str) -> float:
-    async with world.session.get(f"{world.base}/metrics") as resp:
+    async with world.session.get(f"{world.admin}/metrics") as resp:
         text = await resp.text()
     for line in text.splitlines():
         if line.startswith(name + " "):

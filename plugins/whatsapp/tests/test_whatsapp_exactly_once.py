@@ -316,8 +316,8 @@ class Lifetimes:
         ]
 
 
-async def _in_doubt_metric(session: aiohttp.ClientSession, base: str) -> float:
-    async with session.get(f"{base}/metrics") as resp:
+async def _in_doubt_metric(session: aiohttp.ClientSession, admin: str) -> float:
+    async with session.get(f"{admin}/metrics") as resp:
         assert resp.status == 200
         return metric_total(await resp.text(), IN_DOUBT_METRIC, IN_DOUBT_LABELS)
 
@@ -371,7 +371,7 @@ async def test_kill_9_whatsapp_doubles_are_all_counted(tmp_path: Path, sandbox: 
             flowing = asyncio.get_running_loop().create_task(run.everyone())
             for _ in range(KILLS):
                 await asyncio.sleep(rng.uniform(0.5, 2.5))
-                scraped.append(await _in_doubt_metric(session, base))
+                scraped.append(await _in_doubt_metric(session, lifetimes.proc.admin_url))
                 lifetimes.proc.kill()
                 lifetimes.start()
                 await lifetimes.proc.wait_ready(base, limit=30)
@@ -379,7 +379,7 @@ async def test_kill_9_whatsapp_doubles_are_all_counted(tmp_path: Path, sandbox: 
             await flowing
             outcome = await run.settle()
             elapsed = time.monotonic() - started
-            scraped.append(await _in_doubt_metric(session, base))
+            scraped.append(await _in_doubt_metric(session, lifetimes.proc.admin_url))
             conversation_messages = {
                 m["text"]: m["id"]
                 for conv in run.conversations.values()
