@@ -341,7 +341,7 @@ async def test_serve_runs_two_messengers_with_an_inbound_route_and_announces_the
                 headers={"x-relay-token": "relay-token"},
             ) as resp:
                 assert (resp.status, await resp.read()) == (200, relay_messenger.ACK)
-            async with session.get(f"{base}/metrics") as resp:
+            async with session.get(f"{proc.admin_url}/metrics") as resp:
                 metrics = await resp.text()
         for channel in ("loop", "relay"):
             assert (
