@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from extmsg.sandbox.inputs import NewConversation, PersonFields
+from extmsg.sandbox.state import Participant
 from extmsg.testing.helpers import eventually
 from extmsg.unblu import signing
 
@@ -106,6 +108,23 @@ async def test_ending_a_conversation_sends_the_ended_text_once(world: World) -> 
     unsigned = {k: v for k, v in headers.items() if not k.startswith("x-unblu-signature")}
     async with world.session.post(f"{world.base}/unblu/loop", data=raw, headers=unsigned) as r:
         assert r.status == 403
+    # A conversation of no channel of ours ends too: the registration hears of it, no text.
+    sandbox = world.sandbox.sandbox
+    person = sandbox.upsert_virtual_person(PersonFields(source_id="web:1", person_type="VISITOR"))
+    other = sandbox.create_conversation(
+        NewConversation(
+            channel_id=None,
+            source_id="+41790000099",
+            initial_engagement_type="CHAT_REQUEST",
+            participants=[Participant(person.id, "CONTEXT_PERSON")],
+        )
+    )
+    await world.agent(f"conversations/{other.id}/end", "POST")
+
+    async def both_delivered() -> bool:
+        return sum(d["state"] == "delivered" for d in await ended_deliveries(world)) >= 2
+
+    await eventually(both_delivered)
     await asyncio.sleep(0.5)
     assert len(sent(world, ENDED)) == 1
 

@@ -16,7 +16,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from extmsg.sandbox import WebhookRecorder, create_sandbox_app
+from extmsg.sandbox.inputs import NewConversation, PersonFields
+from extmsg.sandbox.service import SANDBOX_KEY
+from extmsg.sandbox.state import Participant
 from extmsg.testing.openapi import SpecUnavailable, UnbluSpec, load_spec
+from extmsg.unblu import signing
 
 AUTH = {"Authorization": "Basic " + base64.b64encode(b"admin:admin").decode()}
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
@@ -585,3 +589,90 @@ async def test_recorder_default_answers_match_the_spec() -> None:
         "outbound.ping",
     ):
         spec.validate_callback_response(name, recorder.default_answer(name, {"pingId": "p1"}))
+
+
+@pytest.mark.parametrize("version", ["v4", "v3"])
+async def test_webhook_registrations_and_the_ended_event_match_the_spec(
+    client: Client, endpoint: tuple[WebhookRecorder, str], version: str
+) -> None:
+    spec = spec_or_skip(version)
+    api = Api(client, spec)
+    recorder, url = endpoint
+    v4 = version == "v4"
+
+    created = await api(
+        "POST",
+        "/webhookregistrations/create",
+        {
+            "$_type": "WebhookRegistration",
+            "name": "sms conversation.ended",
+            "status": "ACTIVE",
+            "description": "ended texts",
+            "endpoint": url,
+            "apiVersion": version.upper(),
+            "secret": "hook-s3cret",
+            "events": ["conversation.ended"],
+        },
+    )
+    wid = created["id"]
+    assert created["version"] == 1
+    named = await api("GET", "/webhookregistrations/getByName", params={"name": created["name"]})
+    assert named == created
+    if v4:
+        assert await api("GET", f"/webhookregistrations/{wid}/read") == created
+        listed = await api("POST", "/webhookregistrations/readMultiple", [wid, "nope"])
+        assert [w["id"] for w in listed["items"]] == [wid]
+    else:
+        assert await api("GET", "/webhookregistrations/read", params={"id": wid}) == created
+        listed = await api("POST", "/webhookregistrations/readMultiple", [wid, "nope"])
+        assert [w["id"] for w in listed] == [wid]
+        # v3 answers an unknown name with null ("or null if none exists").
+        async with client.get(
+            "/app/rest/v3/webhookregistrations/getByName", params={"name": "x"}, headers=AUTH
+        ) as resp:
+            assert (resp.status, await resp.json()) == (200, None)
+    found = await api(
+        "POST", "/webhookregistrations/search", {"$_type": "WebhookRegistrationQuery"}
+    )
+    assert [w["id"] for w in found["items"]] == [wid]
+    updated = await api(
+        "POST", "/webhookregistrations/update", {**created, "description": "changed"}
+    )
+    assert (updated["version"], updated["description"]) == (2, "changed")
+    if v4:
+        await api("POST", f"/webhookregistrations/{wid}/sendPing", status=204)
+    else:
+        await api("POST", "/webhookregistrations/ping", {"id": wid}, status=204)
+    await drain(client)
+    (ping,) = recorder.named("ping")
+    spec.validate_callback_request("ping", ping.body)
+    assert ping.body["webhookConfiguration"]["id"] == wid
+
+    # An agent ends a conversation: the registration gets conversation.ended, signed.
+    sandbox = client.server.app[SANDBOX_KEY]
+    person = sandbox.upsert_virtual_person(PersonFields(source_id="v:1", person_type="VISITOR"))
+    conv = sandbox.create_conversation(
+        NewConversation(
+            channel_id=None,
+            source_id="thread-1",
+            initial_engagement_type="CHAT_REQUEST",
+            participants=[Participant(person.id, "CONTEXT_PERSON")],
+        )
+    )
+    await agent(client, "POST", f"/conversations/{conv.id}/end", {"reason": "ENDED_BY_PARTICIPANT"})
+    await drain(client)
+    (ended,) = recorder.named("conversation.ended")
+    spec.validate_callback_request("conversation.ended", ended.body)
+    assert ended.body["eventType"] == "conversation.ended"
+    assert ended.body["conversation"]["id"] == conv.id
+    assert ended.body["conversation"]["state"] == "ENDED"
+    assert ended.body["endReason"] == "ENDED_BY_PARTICIPANT"
+    assert signing.verify("hook-s3cret", ended.raw, ended.headers) is None
+    assert ended.headers["x-unblu-event"] == "conversation.ended"
+
+    if v4:
+        await api("DELETE", f"/webhookregistrations/{wid}/delete", status=204)
+        await api("DELETE", f"/webhookregistrations/{wid}/delete", status=404)
+    else:
+        await api("DELETE", "/webhookregistrations/delete", params={"id": wid}, status=204)
+        await api("DELETE", "/webhookregistrations/delete", params={"id": wid}, status=404)

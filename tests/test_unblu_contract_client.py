@@ -27,6 +27,7 @@ from extmsg.unblu import (
     RecordedCall,
     UnbluClient,
     UnbluError,
+    WebhookSpec,
     wire,
 )
 from extmsg.unblu.wire import RecipientType
@@ -187,7 +188,13 @@ class FakeUnblu:
                 "/conversationhistory/{conversationId}/exportMessageLog",
                 self.export_message_log,
             ),
+            ("GET", "/webhookregistrations/getByName", self.webhook_by_name),
+            ("POST", "/webhookregistrations/create", self.create_webhook),
+            ("POST", "/webhookregistrations/update", self.update_webhook),
+            ("DELETE", "/webhookregistrations/{registrationId}/delete", self.delete_webhook),
+            ("DELETE", "/webhookregistrations/delete", self.delete_webhook),
         ]
+        self.webhooks: dict[str, dict[str, Any]] = {}
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}{next(self.ids)}"
@@ -380,6 +387,33 @@ class FakeUnblu:
             "items": chunk,
         }
 
+    def webhook_by_name(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        for webhook in self.webhooks.values():
+            if webhook["name"] == query["name"]:
+                return 200, webhook
+        return 404, error_body(404, "Webhook registration not found")
+
+    def create_webhook(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        self.writes.append("create webhook")
+        webhook = {**body, "id": self.new_id("wh"), "version": 1, "accountId": ACCOUNT}
+        self.webhooks[webhook["id"]] = webhook
+        return 200, webhook
+
+    def update_webhook(self, body: Any, query: dict[str, str]) -> tuple[int, Any]:
+        self.writes.append("update webhook")
+        current = self.webhooks[body["id"]]
+        assert body["version"] == current["version"]
+        webhook = {**current, **body, "version": current["version"] + 1}
+        self.webhooks[webhook["id"]] = webhook
+        return 200, webhook
+
+    def delete_webhook(
+        self, body: Any, query: dict[str, str], registrationId: str | None = None
+    ) -> tuple[int, Any]:
+        self.writes.append("delete webhook")
+        del self.webhooks[registrationId or query["id"]]
+        return 204, None
+
     def send_ping(self, body: Any, query: dict[str, str], channelId: str) -> tuple[int, Any]:
         return 200, {"$_type": "PingResponse", "pingId": "ping-1"}
 
@@ -567,6 +601,38 @@ async def test_every_client_call_matches_the_spec(
         },
     }[version]
     assert expected <= {c.path for c in calls}
+
+
+async def test_webhook_registration_is_idempotent_and_matches_the_spec(
+    unblu: tuple[FakeUnblu, UnbluClient], spec: UnbluSpec, version: ApiVersion
+) -> None:
+    fake, client = unblu
+    wanted = WebhookSpec(
+        name="sms-main conversation.ended",
+        endpoint="https://extmsg.example.com/unblu/sms-main",
+        events=("conversation.ended",),
+        secret="hook-secret",
+        description="ended texts",
+    )
+    created = await client.provision_webhook(wanted)
+    assert created.endpoint == wanted.endpoint
+    assert created.events == ["conversation.ended"]
+    assert created.api_version == version.upper()
+    assert created.secret == "hook-secret"
+    assert (await client.provision_webhook(wanted)).version == created.version  # no write
+    moved = msgspec.structs.replace(wanted, endpoint="https://new.example.com/unblu/sms-main")
+    updated = await client.provision_webhook(moved)
+    assert (updated.endpoint, updated.version) == (moved.endpoint, 2)
+    assert await client.remove_webhook(wanted.name) is True
+    assert await client.remove_webhook(wanted.name) is False
+    assert fake.writes == ["create webhook", "update webhook", "delete webhook"]
+    for call in client.recorder or []:
+        check_call(spec, call)
+    expected = {
+        "v4": "/webhookregistrations/{registrationId}/delete",
+        "v3": "/webhookregistrations/delete",
+    }[version]
+    assert expected in {c.path for c in client.recorder or []}
 
 
 async def test_version_specific_fields(
