@@ -10,7 +10,7 @@ from typing import Any
 from extmsg.app import create_app
 from extmsg.config import parse_config
 from extmsg.plugins import build_hooks
-from extmsg.store.base import Intake, MediaRow, NewJob
+from extmsg.store.base import PURGED_PREFIX, Intake, MediaRow, NewJob, purged_payload
 from extmsg.store.sqlite import SqliteStore
 
 from . import loopback_plugin
@@ -52,5 +52,42 @@ async def test_finished_jobs_and_expired_media_are_purged(
         assert dead.id == second.id
         assert await check.get_media("kept") is not None
         assert await check.purge_media(now) == 0  # "gone" was purged already
+    finally:
+        await check.close()
+
+
+async def test_retention_empties_finished_payloads_and_keeps_the_jobs(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    path = tmp_path / "store.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    text = b'{"kind":"to_unblu.message","channel":"loop","text":"my account number is 42"}'
+    await store.intake([Intake(job=NewJob(kind="k", lane=lane, payload=text)) for lane in "ab"])
+    [first, second] = await store.claim_jobs(10, 60)
+    await store.bury_job(first.id, "a dead letter")
+    await store.close()
+    await asyncio.sleep(0.2)  # older than the retention below
+
+    hooks = build_hooks(entry_points=False, extra=[loopback_plugin], disabled=())
+    config = parse_config(
+        {"store": {"path": str(path), "retention_days": 0.1 / 86400}}, hooks.messenger_types()
+    )
+    await aiohttp_client(create_app(config, hooks))
+    check = SqliteStore(path)
+    await check.open()
+    try:
+        for _ in range(100):
+            dead = await check.get_job(first.id)
+            if dead is not None and dead.payload.startswith(PURGED_PREFIX):
+                break
+            await asyncio.sleep(0.02)
+        assert dead is not None
+        assert dead.state == "dead"
+        assert b"account number" not in dead.payload
+        assert dead.payload == purged_payload("loop", "retention")
+        unfinished = await check.get_job(second.id)  # released at shutdown, or still ready
+        assert unfinished is not None
+        assert unfinished.payload == text
     finally:
         await check.close()

@@ -403,8 +403,12 @@ def sandbox_cmd(host: str, port: int, username: str, password: str) -> None:
 
 def _register_optional_commands() -> None:
     from .engine.cli import outbox
+    from .forget import contacts
+    from .store.backup import store
 
     main.add_command(outbox)
+    main.add_command(contacts)
+    main.add_command(store)
 
 
 _register_optional_commands()

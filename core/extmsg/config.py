@@ -180,6 +180,9 @@ class StoreConfig(_Section, frozen=True):
     path: str = "extmsg.sqlite3"
     #: The PostgreSQL connection URI (``postgres``), e.g. ``postgresql://user:pw@host/db``.
     dsn: Secret | None = None
+    #: Days after which the texts and files in finished (done or dead) jobs' payloads are
+    #: removed; the jobs stay with their ids, states and counts. 0 keeps them.
+    retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
 
 
 class UnbluConfig(_Section, frozen=True):

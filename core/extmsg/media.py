@@ -32,8 +32,12 @@ def _signature(channel: Channel, media_id: str, expires: int) -> str:
     return hmac.new(channel.webhook_secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-async def publish(runtime: Runtime, channel: Channel, attachment: Attachment) -> Attachment:
-    """Store the attachment's bytes and return it with a signed, expiring ``url``."""
+async def publish(
+    runtime: Runtime, channel: Channel, attachment: Attachment, message_id: str | None = None
+) -> Attachment:
+    """Store the attachment's bytes and return it with a signed, expiring ``url``.
+
+    ``message_id``: the message it is sent with, so erasing its contact removes it too."""
     assert attachment.data is not None
     media_id = uuid.uuid4().hex
     expires = int(time.time() + LINK_TTL)
@@ -45,6 +49,7 @@ async def publish(runtime: Runtime, channel: Channel, attachment: Attachment) ->
             mime_type=attachment.mime_type,
             data=attachment.data,
             expires_at=float(expires),
+            message_id=message_id,
         )
     )
     query = urlencode({"expires": expires, "signature": _signature(channel, media_id, expires)})

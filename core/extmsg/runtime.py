@@ -207,17 +207,26 @@ class Runtime:
             return
 
     async def _housekeeping(self, every: float = 600.0) -> None:
-        """Drop published files whose links have expired, and finished jobs past keeping."""
+        """Drop published files whose links have expired, finished jobs past keeping, and the
+        contents of finished jobs past ``[store] retention_days``."""
         keep = self.config.engine.keep_done_hours * 3600
+        retention = self.config.store.retention_days * 86400
         while True:
             try:
                 media = await self.store.purge_media(time.time())
                 jobs = await self.store.purge_jobs(("done",), older_than=keep)
+                contents = await self.store.purge_payloads(retention) if retention else 0
             except Exception:
                 log.exception("housekeeping failed; trying again later")
             else:
-                if media or jobs:
-                    log.info("purged %d expired media file(s), %d finished job(s)", media, jobs)
+                if media or jobs or contents:
+                    log.info(
+                        "purged %d expired media file(s), %d finished job(s), the contents of"
+                        " %d finished job(s) past retention",
+                        media,
+                        jobs,
+                        contents,
+                    )
             await asyncio.sleep(every)
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..errors import PermanentError
 from ..models import Channel, ErrorVerdict, MessageState
 from ..runtime import Runtime
 from ..store.base import Intake, Job
@@ -48,7 +49,12 @@ def _bind(
     runtime: Runtime, handler: Callable[[Runtime, Job, Any], Awaitable[None]]
 ) -> Callable[[Job], Awaitable[None]]:
     async def run(job: Job) -> None:
-        await handler(runtime, job, p.decode(job.payload))
+        payload = p.decode(job.payload)
+        if isinstance(payload, p.PurgedJob):
+            raise PermanentError(
+                f"this job's content was removed ({payload.reason}); there is nothing to run"
+            )
+        await handler(runtime, job, payload)
 
     return run
 
@@ -66,6 +72,10 @@ async def on_dead(runtime: Runtime, job: Job, verdict: ErrorVerdict) -> None:
     if isinstance(payload, p.NoticeJob):
         # No agent wrote it: nothing to report; the dead letter shows why.
         await runtime.store.advance_state(payload.message_id, MessageState.FAILED, verdict.reason)
+        return
+    if isinstance(payload, p.PurgedJob) and job.message_id is not None:
+        # A purged agent message retried by hand: it stays failed, as it was.
+        await runtime.store.advance_state(job.message_id, MessageState.FAILED, verdict.reason)
         return
     if not isinstance(payload, p.OutboundMessageJob):
         return

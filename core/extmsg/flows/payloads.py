@@ -21,9 +21,11 @@ __all__ = [
     "NoticeJob",
     "OutboundMessageJob",
     "ProviderStatusJob",
+    "PurgedJob",
     "ReportedState",
     "ToUnbluJob",
     "UnbluStateJob",
+    "contact_refs",
     "decode",
     "encode",
     "is_notice",
@@ -126,6 +128,14 @@ def is_notice(unblu_message_id: str | None) -> bool:
     return bool(unblu_message_id) and str(unblu_message_id).startswith(NOTICE_PREFIX)
 
 
+class PurgedJob(_Payload, frozen=True, tag="purged"):
+    """What is left of a finished job whose content was removed (``store.purged_payload``):
+    by ``extmsg contacts forget`` (``erasure``) or after ``[store] retention_days``
+    (``retention``). The job row keeps its kind and state; run again, it fails for good."""
+
+    reason: str = "retention"
+
+
 JobPayload = (
     ToUnbluJob
     | OutboundMessageJob
@@ -134,6 +144,7 @@ JobPayload = (
     | MarkReadJob
     | ContactJob
     | NoticeJob
+    | PurgedJob
 )
 
 _encoder = msgspec.json.Encoder()
@@ -147,6 +158,24 @@ def encode(payload: JobPayload) -> bytes:
 def decode(data: bytes) -> JobPayload:
     payload: JobPayload = _decoder.decode(data)
     return payload
+
+
+def contact_refs(data: bytes) -> tuple[set[str], set[str]]:
+    """The threads and Unblu conversation ids a job's payload names for its contact (for
+    erasing a contact: a mail thread may be known only from its first message's job)."""
+    try:
+        payload = decode(data)
+    except msgspec.DecodeError:
+        return set(), set()
+    if isinstance(payload, ToUnbluJob):
+        return {payload.message.thread_id}, set()
+    if isinstance(payload, OutboundMessageJob):
+        threads = {t for t in (payload.thread, payload.contact_address) if t}
+        return threads, {payload.message.conversation_id}
+    if isinstance(payload, NoticeJob):
+        threads = {t for t in (payload.thread, payload.contact_address) if t}
+        return threads, {payload.conversation_id} if payload.conversation_id else set()
+    return set(), set()
 
 
 def kind_of(payload_type: type[_Payload]) -> str:

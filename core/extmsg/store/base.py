@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Literal
 
 import msgspec
@@ -24,9 +24,11 @@ import msgspec
 from ..models import MessageState
 
 __all__ = [
+    "PURGED_PREFIX",
     "ChannelRow",
     "ContactRow",
     "ConversationRow",
+    "Erasure",
     "Intake",
     "IntakeResult",
     "Job",
@@ -35,10 +37,12 @@ __all__ = [
     "MessageRow",
     "NewJob",
     "NewMessage",
+    "PayloadRefs",
     "StatusOutcome",
     "Store",
     "fence_of",
     "parts_state",
+    "purged_payload",
     "status_target",
 ]
 
@@ -164,6 +168,8 @@ class MediaRow(_Row, frozen=True):
     mime_type: str
     data: bytes
     expires_at: float
+    message_id: str | None = None
+    """The message the file was sent with (erased with its contact)."""
 
 
 class StatusOutcome(_Row, frozen=True):
@@ -175,6 +181,51 @@ class StatusOutcome(_Row, frozen=True):
     part). Nothing changed; apply it again later."""
     state: MessageState | None = None
     """The message's new state when the status moved it forward; None when it stayed."""
+
+
+class Erasure(_Row, frozen=True):
+    """What :meth:`Store.forget_contact` found of a contact, and whether it removed it.
+
+    The Unblu ids are listed because Unblu keeps its own copy of the person and the
+    conversations: erasing the contact there is a separate step.
+    """
+
+    channel: str
+    addresses: tuple[str, ...]
+    contact_rows: int = 0
+    unblu_person_ids: tuple[str, ...] = ()
+    unblu_contact_ids: tuple[str, ...] = ()
+    conversations: tuple[str, ...] = ()
+    """The Unblu ids of the contact's conversations."""
+    threads: int = 0
+    messages: int = 0
+    parts: int = 0
+    jobs: int = 0
+    """Jobs whose payloads are (or would be) erased; their rows stay, for the counts."""
+    pending: tuple[int, ...] = ()
+    """Jobs still to run (ready, or waiting behind a dead letter): cancelled only on request."""
+    running: tuple[int, ...] = ()
+    """Jobs running right now: nothing is erased while one does."""
+    media: int = 0
+    thread_meta: int = 0
+    applied: bool = False
+    """True once everything listed was removed (in one transaction); False for a dry run or a
+    refusal (running jobs, or pending ones without ``cancel_pending``)."""
+
+
+PayloadRefs = Callable[[bytes], tuple[Collection[str], Collection[str]]]
+"""Given a job payload that names the contact, the threads and the Unblu conversation ids it
+names (see :func:`extmsg.flows.payloads.contact_refs`)."""
+
+#: How a payload whose content was removed begins (see :func:`purged_payload`).
+PURGED_PREFIX = b'{"kind":"purged"'
+
+
+def purged_payload(channel: str, reason: Literal["erasure", "retention"]) -> bytes:
+    """What stays of a job's payload once its content is removed: the job still counts, shows
+    in ``extmsg outbox`` and fails cleanly if retried (see ``extmsg.flows.payloads.PurgedJob``).
+    """
+    return msgspec.json.encode({"kind": "purged", "channel": channel, "reason": reason})
 
 
 def parts_state(parts: Iterable[MessageState]) -> MessageState:
@@ -508,3 +559,31 @@ class Store(abc.ABC):
     async def oldest_due_at(self, now: float) -> float | None:
         """When the longest-waiting ready job became due (the smallest ``next_at`` not after
         ``now``), or None when no ready job is due; read from the index of ready jobs."""
+
+    # -- erasure and retention -----------------------------------------------------------------
+    @abc.abstractmethod
+    async def forget_contact(
+        self,
+        channel: str,
+        addresses: Sequence[str],
+        refs: PayloadRefs,
+        *,
+        apply: bool,
+        cancel_pending: bool = False,
+    ) -> Erasure:
+        """Find everything stored of the contact known by ``addresses`` on ``channel`` and,
+        with ``apply``, remove it in one transaction: the contact row, its conversations,
+        threads' remembered values, messages and their parts, published files, and the
+        payloads of its jobs (the job rows stay with an empty payload and a neutral lane, so
+        counts hold; a dead letter holding a lane releases it).
+
+        Jobs are the contact's when their payload names one of the addresses (``refs`` then
+        says which threads and conversations it names), or their lane or message is one of
+        the contact's. Nothing is removed while one of them runs, nor while one is still to
+        run unless ``cancel_pending`` (they become dead letters with an empty payload)."""
+
+    @abc.abstractmethod
+    async def purge_payloads(self, older_than: float) -> int:
+        """Replace the payloads of done and dead jobs last changed more than ``older_than``
+        seconds ago by :func:`purged_payload` (message texts and files go, the job rows and
+        their ids, states and counts stay); return how many were purged now."""

@@ -188,6 +188,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE message_parts ADD COLUMN error TEXT;
         """,
     ),
+    Migration(
+        11,
+        "what erasing a contact needs: its conversations and outbound messages found by index,"
+        " and the message a published file belongs to",
+        """
+        CREATE INDEX conversations_contact ON conversations (channel, contact_address);
+        CREATE INDEX messages_outbound_thread
+            ON messages (channel, thread) WHERE direction = 'out';
+        ALTER TABLE media ADD COLUMN message_id TEXT;
+        """,
+    ),
 )
 
 # Times are epoch seconds (DOUBLE PRECISION) as in SQLite, so both stores hand out the same rows
@@ -339,6 +350,17 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         """
         ALTER TABLE message_parts ADD COLUMN state INTEGER NOT NULL DEFAULT 1;
         ALTER TABLE message_parts ADD COLUMN error TEXT;
+        """,
+    ),
+    Migration(
+        8,
+        "what erasing a contact needs: its conversations and outbound messages found by index,"
+        " and the message a published file belongs to",
+        """
+        CREATE INDEX conversations_contact ON conversations (channel, contact_address);
+        CREATE INDEX messages_outbound_thread
+            ON messages (channel, thread) WHERE direction = 'out';
+        ALTER TABLE media ADD COLUMN message_id TEXT;
         """,
     ),
 )

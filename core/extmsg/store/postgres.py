@@ -47,22 +47,27 @@ import asyncpg
 from ..errors import HandledError, LeaseLost, StoreMissing
 from ..models import MessageState
 from .base import (
+    PURGED_PREFIX,
     ChannelRow,
     ContactRow,
     ConversationRow,
     Direction,
+    Erasure,
     Intake,
     IntakeResult,
     Job,
     JobState,
     MediaRow,
     MessageRow,
+    PayloadRefs,
     StatusOutcome,
     Store,
     fence_of,
     parts_state,
+    purged_payload,
     status_target,
 )
+from .erasure import CANCELLED, Found, needles, payload_channel
 from .migrations import POSTGRES_MIGRATIONS
 from .rows import (
     JOB_COLUMNS,
@@ -1032,14 +1037,15 @@ class PostgresStore(Store):
 
     async def put_media(self, row: MediaRow) -> None:
         await self._execute(
-            "INSERT INTO media (id, channel, file_name, mime_type, data, expires_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO media (id, channel, file_name, mime_type, data, expires_at, message_id)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7)",
             row.id,
             row.channel,
             row.file_name,
             row.mime_type,
             row.data,
             row.expires_at,
+            row.message_id,
         )
 
     async def get_media(self, media_id: str) -> MediaRow | None:
@@ -1077,6 +1083,47 @@ class PostgresStore(Store):
             "SELECT MIN(next_at) FROM jobs WHERE state = 'ready' AND next_at <= $1", now
         )
         return float(value) if value is not None else None
+
+    # -- erasure and retention -----------------------------------------------------------------
+    async def forget_contact(
+        self,
+        channel: str,
+        addresses: Sequence[str],
+        refs: PayloadRefs,
+        *,
+        apply: bool,
+        cancel_pending: bool = False,
+    ) -> Erasure:
+        found = Found(channel, tuple(dict.fromkeys(addresses)))
+        async with self._tx() as conn:
+            await _look_up(conn, found, refs, lock=apply)
+            if not apply or found.refusal(cancel_pending):
+                return found.report(applied=False)
+            await _erase(conn, found, time.time())
+        return found.report(applied=True)
+
+    async def purge_payloads(self, older_than: float) -> int:
+        cutoff = time.time() - older_than
+        purged = 0
+        while True:  # in chunks, each its own short transaction
+            async with self._tx() as conn:
+                rows = await conn.fetch(
+                    "SELECT id, payload FROM jobs WHERE state IN ('done', 'dead')"
+                    " AND updated_at < $1 AND substring(payload from 1 for $2) <> $3"
+                    " LIMIT 1000 FOR UPDATE SKIP LOCKED",
+                    cutoff,
+                    len(PURGED_PREFIX),
+                    PURGED_PREFIX,
+                )
+                if not rows:
+                    return purged
+                await conn.executemany(
+                    "UPDATE jobs SET payload = $1 WHERE id = $2",
+                    [(purged_payload(payload_channel(r[1]), "retention"), r[0]) for r in rows],
+                )
+            purged += len(rows)
+            if len(rows) < 1000:
+                return purged
 
 
 async def _intake(
@@ -1240,3 +1287,131 @@ async def _set_state(
         message_id,
     )
     return message_row(row)
+
+
+# -- erasure -------------------------------------------------------------------------------------
+async def _look_up(
+    conn: asyncpg.Connection, found: Found, refs: PayloadRefs, *, lock: bool
+) -> None:
+    """Fill ``found`` with the contact's rows; with ``lock``, its jobs are locked as read, so
+    no claim takes one between the look-up and the erasure."""
+    channel = found.channel
+    addresses = list(found.addresses)
+    for row in await conn.fetch(
+        "SELECT unblu_person_id, unblu_contact_id FROM contacts"
+        " WHERE channel = $1 AND address = ANY($2::text[])",
+        channel,
+        addresses,
+    ):
+        found.contact_rows += 1
+        found.person_ids.update(v for v in (row[0],) if v)
+        found.contact_ids.update(v for v in (row[1],) if v)
+    for row in await conn.fetch(
+        "SELECT unblu_conversation_id, thread FROM conversations"
+        " WHERE channel = $1 AND contact_address = ANY($2::text[])",
+        channel,
+        addresses,
+    ):
+        found.conversations.add(row[0])
+        found.threads.add(row[1])
+    for row in await conn.fetch(
+        "SELECT id, payload FROM jobs WHERE starts_with(lane, $1) AND EXISTS ("
+        " SELECT 1 FROM unnest($2::bytea[]) AS n WHERE position(n IN payload) > 0)",
+        found.lane_prefix(),
+        needles(found.addresses),
+    ):
+        threads, conversations = refs(bytes(row[1]))
+        found.jobs[int(row[0])] = ("", "", False)
+        found.threads.update(threads)
+        found.conversations.update(conversations)
+    for row in await conn.fetch(
+        "SELECT thread FROM conversations"
+        " WHERE channel = $1 AND unblu_conversation_id = ANY($2::text[])",
+        channel,
+        sorted(found.conversations),
+    ):
+        found.threads.add(row[0])
+        found.seen_threads.add(row[0])
+    threads = found.all_threads()
+    for row in await conn.fetch(
+        "SELECT id, provider_message_id, thread FROM messages"
+        " WHERE channel = $1 AND direction = 'in' AND thread = ANY($2::text[])"
+        " UNION ALL SELECT id, provider_message_id, thread FROM messages"
+        " WHERE channel = $1 AND direction = 'out' AND thread = ANY($2::text[])",
+        channel,
+        threads,
+    ):
+        found.messages.add(row[0])
+        found.seen_threads.add(row[2])
+        if row[1]:
+            found.provider_ids.add(row[1])
+    messages = sorted(found.messages)
+    for row in await conn.fetch(
+        "SELECT provider_message_id FROM message_parts WHERE message_id = ANY($1::text[])",
+        messages,
+    ):
+        found.parts += 1
+        found.provider_ids.add(row[0])
+    for row in await conn.fetch(
+        "SELECT id FROM jobs WHERE lane = ANY($1::text[]) OR message_id = ANY($2::text[])",
+        found.lanes(),
+        messages,
+    ):
+        found.jobs[int(row[0])] = ("", "", False)
+    # As they are now, and locked: a claim that came first shows as running.
+    current = (
+        "SELECT id, state, lane, holds_lane FROM jobs WHERE id = ANY($1::bigint[]) ORDER BY id"
+    )
+    rows = await conn.fetch(current + " FOR UPDATE" if lock else current, sorted(found.jobs))
+    found.jobs = {int(r[0]): (str(r[1]), str(r[2]), bool(r[3])) for r in rows}
+    found.media = int(
+        await conn.fetchval(
+            "SELECT COUNT(*) FROM media WHERE message_id = ANY($1::text[])", messages
+        )
+    )
+    found.thread_meta = int(
+        await conn.fetchval(
+            "SELECT COUNT(*) FROM thread_meta WHERE channel = $1 AND thread = ANY($2::text[])",
+            channel,
+            threads,
+        )
+    )
+
+
+async def _erase(conn: asyncpg.Connection, found: Found, now: float) -> None:
+    """Remove what ``found`` lists, in the open transaction."""
+    channel = found.channel
+    messages = sorted(found.messages)
+    await conn.execute(
+        "DELETE FROM contacts WHERE channel = $1 AND address = ANY($2::text[])",
+        channel,
+        list(found.addresses),
+    )
+    await conn.execute(
+        "DELETE FROM conversations WHERE channel = $1 AND unblu_conversation_id = ANY($2::text[])",
+        channel,
+        sorted(found.conversations),
+    )
+    await conn.execute("DELETE FROM message_parts WHERE message_id = ANY($1::text[])", messages)
+    await conn.execute("DELETE FROM messages WHERE id = ANY($1::text[])", messages)
+    await conn.execute("DELETE FROM media WHERE message_id = ANY($1::text[])", messages)
+    await conn.execute(
+        "DELETE FROM thread_meta WHERE channel = $1 AND thread = ANY($2::text[])",
+        channel,
+        found.all_threads(),
+    )
+    # The job rows stay for the counts, with nothing left that names the contact; one still to
+    # run becomes a dead letter that says why.
+    await conn.execute(
+        "UPDATE jobs SET payload = $1, lane = $2, message_id = NULL, in_doubt = FALSE,"
+        " holds_lane = FALSE, lease_until = NULL,"
+        " last_error = CASE WHEN state = 'ready' THEN $3 END,"
+        " updated_at = CASE WHEN state = 'ready' THEN $4 ELSE updated_at END,"
+        " state = CASE WHEN state = 'ready' THEN 'dead' ELSE state END"
+        " WHERE id = ANY($5::bigint[])",
+        purged_payload(channel, "erasure"),
+        found.erased_lane,
+        CANCELLED,
+        now,
+        sorted(found.jobs),
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import sqlite3
@@ -33,10 +34,12 @@ import aiosqlite
 from ..errors import LeaseLost, StoreMissing
 from ..models import MessageState
 from .base import (
+    PURGED_PREFIX,
     ChannelRow,
     ContactRow,
     ConversationRow,
     Direction,
+    Erasure,
     Intake,
     IntakeResult,
     Job,
@@ -44,12 +47,15 @@ from .base import (
     MediaRow,
     MessageRow,
     NewMessage,
+    PayloadRefs,
     StatusOutcome,
     Store,
     fence_of,
     parts_state,
+    purged_payload,
     status_target,
 )
+from .erasure import CANCELLED, Found, needles, payload_channel
 from .migrations import MIGRATIONS
 from .rows import (
     JOB_COLUMNS,
@@ -909,9 +915,17 @@ class SqliteStore(Store):
 
     async def put_media(self, row: MediaRow) -> None:
         await self._write(
-            "INSERT INTO media (id, channel, file_name, mime_type, data, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (row.id, row.channel, row.file_name, row.mime_type, row.data, row.expires_at),
+            "INSERT INTO media (id, channel, file_name, mime_type, data, expires_at, message_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                row.id,
+                row.channel,
+                row.file_name,
+                row.mime_type,
+                row.data,
+                row.expires_at,
+                row.message_id,
+            ),
         )
 
     async def get_media(self, media_id: str) -> MediaRow | None:
@@ -950,6 +964,73 @@ class SqliteStore(Store):
             (now,),
         )
         return float(row[0]) if row and row[0] is not None else None
+
+    # -- erasure and retention -----------------------------------------------------------------
+    async def forget_contact(
+        self,
+        channel: str,
+        addresses: Sequence[str],
+        refs: PayloadRefs,
+        *,
+        apply: bool,
+        cancel_pending: bool = False,
+    ) -> Erasure:
+        if self._writer is None:
+            raise RuntimeError("the store is not open")
+        # The look-up reads every job once (payloads and lanes): on a snapshot in a thread,
+        # without the write lock. Under the lock only what came since, or may have changed,
+        # is read again, so the server's writes wait for milliseconds, not for a table scan.
+        first = Found(channel, tuple(dict.fromkeys(addresses)))
+        seen = await asyncio.to_thread(self._look_up_snapshot, first, refs)
+        if not apply:
+            return first.report(applied=False)
+
+        def forget(db: sqlite3.Connection) -> Erasure:
+            found = first.seeded()
+            _look_up(db, found, refs, after_id=seen)
+            if found.refusal(cancel_pending):
+                return found.report(applied=False)
+            # Every job of the contact's lanes is the contact's: no lane is left to go on.
+            _erase(db, found, time.time())
+            return found.report(applied=True)
+
+        return await self._run(forget)
+
+    def _look_up_snapshot(self, found: Found, refs: PayloadRefs) -> int:
+        db = self._connect_plain()
+        try:
+            db.execute("BEGIN")  # one read snapshot for every statement
+            try:
+                return _look_up(db, found, refs, after_id=0)
+            finally:
+                db.execute("ROLLBACK")
+        finally:
+            db.close()
+
+    async def purge_payloads(self, older_than: float) -> int:
+        if self._background is None:
+            raise RuntimeError("the store is not open")
+        cutoff = time.time() - older_than
+        purged = 0
+        # A chunk per transaction in the background connection's thread, like other purges;
+        # ``updated_at`` stays, so finished jobs are still deleted when their time comes.
+        while True:
+            rows = list(
+                await self._background.execute_fetchall(
+                    "SELECT id, payload FROM jobs WHERE state IN ('done', 'dead')"
+                    " AND updated_at < ? AND substr(payload, 1, ?) != ? LIMIT ?",
+                    (cutoff, len(PURGED_PREFIX), PURGED_PREFIX, _DELETE_CHUNK),
+                )
+            )
+            if not rows:
+                return purged
+            await self._background.executemany(
+                "UPDATE jobs SET payload = ? WHERE id = ?",
+                [(purged_payload(payload_channel(r[1]), "retention"), r[0]) for r in rows],
+            )
+            purged += len(rows)
+            if len(rows) < _DELETE_CHUNK:
+                return purged
 
 
 def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list[IntakeResult]:
@@ -1157,3 +1238,155 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 def _statements(sql: str) -> list[str]:
     return [s.strip() for s in sql.split(";") if s.strip()]
+
+
+# -- erasure -------------------------------------------------------------------------------------
+def _values(values: Collection[Any]) -> str:
+    """A list as one parameter, read back with ``IN (SELECT value FROM json_each(?))``."""
+    return json.dumps(sorted(values))
+
+
+def _look_up(db: sqlite3.Connection, found: Found, refs: PayloadRefs, *, after_id: int) -> int:
+    """Fill ``found`` with the contact's rows; read jobs only past ``after_id`` (besides those
+    ``found`` holds and the unfinished ones of its lanes). Answer the last job id read."""
+    channel = found.channel
+    addresses = _values(found.addresses)
+    for _, person, contact in db.execute(
+        "SELECT address, unblu_person_id, unblu_contact_id FROM contacts"
+        " WHERE channel = ? AND address IN (SELECT value FROM json_each(?))",
+        (channel, addresses),
+    ):
+        found.contact_rows += 1
+        found.person_ids.update(v for v in (person,) if v)
+        found.contact_ids.update(v for v in (contact,) if v)
+    for conversation, thread in db.execute(
+        "SELECT unblu_conversation_id, thread FROM conversations"
+        " WHERE channel = ? AND contact_address IN (SELECT value FROM json_each(?))",
+        (channel, addresses),
+    ):
+        found.conversations.add(conversation)
+        found.threads.add(thread)
+    last = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM jobs").fetchone()[0])
+    prefix = found.lane_prefix()
+    names = needles(found.addresses)
+    named = " OR ".join(["instr(payload, ?) > 0"] * len(names))
+    for job_id, payload in db.execute(
+        "SELECT id, payload FROM jobs WHERE id > ? AND id <= ?"  # noqa: S608
+        f" AND substr(lane, 1, ?) = ? AND ({named})",
+        (after_id, last, len(prefix), prefix, *names),
+    ):
+        threads, conversations = refs(bytes(payload))
+        found.jobs[job_id] = ("", "", False)
+        found.threads.update(threads)
+        found.conversations.update(conversations)
+    for _, thread in db.execute(
+        "SELECT unblu_conversation_id, thread FROM conversations"
+        " WHERE channel = ? AND unblu_conversation_id IN (SELECT value FROM json_each(?))",
+        (channel, _values(found.conversations)),
+    ):
+        found.threads.add(thread)
+        found.seen_threads.add(thread)
+    threads = _values(found.all_threads())
+    for direction in ("in", "out"):  # a literal: each direction has its own partial index
+        for message_id, provider_id, thread in db.execute(
+            "SELECT id, provider_message_id, thread FROM messages"  # noqa: S608
+            f" WHERE channel = ? AND direction = '{direction}'"
+            " AND thread IN (SELECT value FROM json_each(?))",
+            (channel, threads),
+        ):
+            found.messages.add(message_id)
+            found.seen_threads.add(thread)
+            if provider_id:
+                found.provider_ids.add(provider_id)
+    messages = _values(found.messages)
+    for (provider_id,) in db.execute(
+        "SELECT provider_message_id FROM message_parts"
+        " WHERE message_id IN (SELECT value FROM json_each(?))",
+        (messages,),
+    ):
+        found.parts += 1
+        found.provider_ids.add(provider_id)
+    lanes = set(found.lanes())
+    for job_id, lane, message_id in db.execute(
+        "SELECT id, lane, message_id FROM jobs WHERE id > ? AND id <= ? AND substr(lane, 1, ?) = ?",
+        (after_id, last, len(prefix), prefix),
+    ):
+        if lane in lanes or message_id in found.messages:
+            found.jobs[job_id] = ("", "", False)
+    lane_values = _values(lanes)
+    for (job_id,) in db.execute(
+        "SELECT id FROM jobs INDEXED BY jobs_unfinished"
+        " WHERE lane IN (SELECT value FROM json_each(?)) AND state IN ('ready', 'running')"
+        " UNION SELECT id FROM jobs INDEXED BY jobs_held"
+        " WHERE lane IN (SELECT value FROM json_each(?)) AND holds_lane = 1",
+        (lane_values, lane_values),
+    ):
+        found.jobs[job_id] = ("", "", False)
+    # The jobs as they are now (one may have finished, or been purged, since it was found).
+    rows = db.execute(
+        "SELECT id, state, lane, holds_lane FROM jobs WHERE id IN (SELECT value FROM json_each(?))",
+        (_values(found.jobs),),
+    ).fetchall()
+    found.jobs = {int(r[0]): (str(r[1]), str(r[2]), bool(r[3])) for r in rows}
+    found.media = int(
+        db.execute(
+            "SELECT COUNT(*) FROM media WHERE message_id IN (SELECT value FROM json_each(?))",
+            (messages,),
+        ).fetchone()[0]
+    )
+    found.thread_meta = int(
+        db.execute(
+            "SELECT COUNT(*) FROM thread_meta"
+            " WHERE channel = ? AND thread IN (SELECT value FROM json_each(?))",
+            (channel, threads),
+        ).fetchone()[0]
+    )
+    return last
+
+
+def _erase(db: sqlite3.Connection, found: Found, now: float) -> None:
+    """Remove what ``found`` lists (the transaction is open)."""
+    channel = found.channel
+    messages = _values(found.messages)
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        (
+            "DELETE FROM contacts"
+            " WHERE channel = ? AND address IN (SELECT value FROM json_each(?))",
+            (channel, _values(found.addresses)),
+        ),
+        (
+            "DELETE FROM conversations"
+            " WHERE channel = ? AND unblu_conversation_id IN (SELECT value FROM json_each(?))",
+            (channel, _values(found.conversations)),
+        ),
+        (
+            "DELETE FROM message_parts WHERE message_id IN (SELECT value FROM json_each(?))",
+            (messages,),
+        ),
+        ("DELETE FROM messages WHERE id IN (SELECT value FROM json_each(?))", (messages,)),
+        ("DELETE FROM media WHERE message_id IN (SELECT value FROM json_each(?))", (messages,)),
+        (
+            "DELETE FROM thread_meta"
+            " WHERE channel = ? AND thread IN (SELECT value FROM json_each(?))",
+            (channel, _values(found.all_threads())),
+        ),
+        # The job rows stay for the counts, with nothing left that names the contact; one
+        # still to run becomes a dead letter that says why.
+        (
+            "UPDATE jobs SET payload = ?, lane = ?, message_id = NULL, in_doubt = 0,"
+            " holds_lane = 0, head = 0, lease_until = NULL,"
+            " last_error = CASE WHEN state = 'ready' THEN ? END,"
+            " updated_at = CASE WHEN state = 'ready' THEN ? ELSE updated_at END,"
+            " state = CASE WHEN state = 'ready' THEN 'dead' ELSE state END"
+            " WHERE id IN (SELECT value FROM json_each(?))",
+            (
+                purged_payload(channel, "erasure"),
+                found.erased_lane,
+                CANCELLED,
+                now,
+                _values(found.jobs),
+            ),
+        ),
+    ]
+    for sql, params in statements:
+        db.execute(sql, params)

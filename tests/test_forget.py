@@ -1,0 +1,350 @@
+"""Erasing a contact (``Store.forget_contact``, on SQLite and PostgreSQL): afterwards no row,
+payload or file of that contact is left in any table, everything else is as it was, and the
+job counts hold. Pending and running jobs, dry runs, and retention of finished payloads."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from extmsg.flows import payloads as p
+from extmsg.flows.to_messenger import report_state_job
+from extmsg.models import Contact, ContactUpdate, InboundMessage, StatusUpdate
+from extmsg.store.base import (
+    PURGED_PREFIX,
+    ContactRow,
+    ConversationRow,
+    Intake,
+    MediaRow,
+    NewJob,
+    NewMessage,
+    Store,
+)
+from extmsg.store.postgres import PostgresStore
+from extmsg.store.sqlite import SqliteStore
+from extmsg.unblu.calls import AgentMessage
+
+from . import pg
+
+ALICE = "+41791110001"
+BOB = "+41791110002"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "store.sqlite3")
+        await s.open()
+        yield s
+        await s.close()
+        return
+    async with pg.fresh_schema() as schema:
+        p_store = pg.store_in(schema)
+        await p_store.open()
+        try:
+            yield p_store
+        finally:
+            await p_store.close()
+
+
+async def dump(store: Store) -> list[str]:
+    """Every row of every table, each as one string (bytes decoded), as the database has it."""
+    out: list[str] = []
+    if isinstance(store, SqliteStore):
+        db = sqlite3.connect(store.path)
+        try:
+            tables = [
+                r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            ]
+            for table in tables:
+                for row in db.execute(f"SELECT * FROM {table}"):  # noqa: S608
+                    out.append(f"{table}: {_text(row)}")
+        finally:
+            db.close()
+        return sorted(out)
+    assert isinstance(store, PostgresStore)
+    async with store._p.acquire() as conn:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+        assert tables
+        for (table,) in tables:
+            for row in await conn.fetch(f"SELECT * FROM {table}"):  # noqa: S608
+                out.append(f"{table}: {_text(tuple(row))}")
+    return sorted(out)
+
+
+def _text(row: tuple[object, ...]) -> str:
+    return repr(
+        tuple(v.decode("utf-8", "replace") if isinstance(v, bytes | memoryview) else v for v in
+              (bytes(x) if isinstance(x, memoryview) else x for x in row))
+    )  # fmt: skip
+
+
+def _job(payload: p.JobPayload, lane: str, message_id: str | None = None) -> NewJob:
+    return NewJob(kind=p.kind(payload), lane=lane, payload=p.encode(payload), message_id=message_id)
+
+
+async def seed(store: Store, channel: str, address: str, tag: str) -> None:
+    """A contact's life: a message in, a reply out (sent in one part, with a file, a status and
+    a read), a STOP, remembered thread values; and a mail-style thread known only from its
+    jobs: a dead letter holding its lane with a second message waiting behind it."""
+    lane = p.lane
+    inbound = InboundMessage(
+        provider_message_id=f"SM{tag}in",
+        contact=Contact(address=address, name=f"Name {tag}"),
+        text=f"hello from {tag}",
+    )
+    agent = AgentMessage(
+        id=f"unblu-{tag}-out", conversation_id=f"conv-{tag}", type="TEXT", text=f"reply to {tag}"
+    )
+    token = f"t{tag}token"
+    held = [
+        InboundMessage(
+            provider_message_id=f"<{n}.{tag}@mail>",
+            contact=Contact(address=address),
+            text=f"mail {n} from {tag}",
+            thread=token,
+        )
+        for n in (1, 2)
+    ]
+    await store.intake(
+        [
+            Intake(
+                message=NewMessage(
+                    id=f"{tag}-in",
+                    channel=channel,
+                    direction="in",
+                    thread=address,
+                    provider_message_id=f"SM{tag}in",
+                ),
+                job=_job(
+                    p.ToUnbluJob(channel=channel, message_id=f"{tag}-in", message=inbound),
+                    lane(channel, address),
+                ),
+            ),
+            Intake(
+                message=NewMessage(
+                    id=f"{tag}-out",
+                    channel=channel,
+                    direction="out",
+                    thread=address,
+                    unblu_message_id=agent.id,
+                    conversation_id=agent.conversation_id,
+                ),
+                job=_job(
+                    p.OutboundMessageJob(
+                        channel=channel,
+                        message_id=f"{tag}-out",
+                        message=agent,
+                        contact_address=address,
+                        thread=address,
+                    ),
+                    lane(channel, f"conversation:{agent.conversation_id}"),
+                ),
+            ),
+            Intake(
+                job=_job(
+                    p.ProviderStatusJob(
+                        channel=channel,
+                        update=StatusUpdate(state="delivered", provider_message_id=f"SM{tag}out"),
+                    ),
+                    lane(channel, f"status:SM{tag}out"),
+                )
+            ),
+            Intake(
+                job=report_state_job(
+                    p.UnbluStateJob(channel=channel, message_id=f"{tag}-out", state="delivered")
+                )
+            ),
+            Intake(
+                job=_job(
+                    p.MarkReadJob(channel=channel, provider_message_id=f"SM{tag}in"),
+                    lane(channel, f"read:SM{tag}in"),
+                )
+            ),
+            Intake(
+                job=_job(
+                    p.ContactJob(
+                        channel=channel,
+                        update=ContactUpdate(address=address, opted_out=True, reason=f"STOP {tag}"),
+                    ),
+                    lane(channel, address),
+                )
+            ),
+            *(
+                Intake(
+                    message=NewMessage(
+                        id=f"{tag}-mail{n}",
+                        channel=channel,
+                        direction="in",
+                        thread=token,
+                        provider_message_id=m.provider_message_id,
+                    ),
+                    job=_job(
+                        p.ToUnbluJob(channel=channel, message_id=f"{tag}-mail{n}", message=m),
+                        lane(channel, token),
+                    ),
+                )
+                for n, m in enumerate(held, 1)
+            ),
+        ]
+    )
+    await store.upsert_contact(
+        ContactRow(
+            channel=channel,
+            address=address,
+            name=f"Name {tag}",
+            unblu_person_id=f"person-{tag}",
+            unblu_contact_id=f"contact-{tag}",
+        )
+    )
+    await store.add_conversation(
+        ConversationRow(
+            channel=channel,
+            thread=address,
+            contact_address=address,
+            unblu_conversation_id=f"conv-{tag}",
+        )
+    )
+    await store.update_message(
+        f"{tag}-in", unblu_message_id=f"unblu-{tag}-in", conversation_id=f"conv-{tag}"
+    )
+    await store.record_part(f"{tag}-out", channel, 0, f"SM{tag}out")
+    await store.put_thread_meta(channel, address, {"subject": f"subject {tag}"})
+    await store.put_media(
+        MediaRow(
+            id=f"media-{tag}",
+            channel=channel,
+            file_name=f"{tag}.jpg",
+            mime_type="image/jpeg",
+            data=f"bytes of {tag}".encode(),
+            expires_at=time.time() + 3600,
+            message_id=f"{tag}-out",
+        )
+    )
+
+
+async def run_all(store: Store, held_tags: set[str]) -> None:
+    """Run every job to its end; the first mail of each tag in ``held_tags`` dies holding its
+    lane (the second waits behind it)."""
+    while claimed := await store.claim_jobs(100, 60):
+        for job in claimed:
+            token_lane = any(job.lane.endswith(f"/t{tag}token") for tag in held_tags)
+            if token_lane:
+                await store.bury_job(job.id, f"Unblu refused it for {job.lane}", hold=True)
+            else:
+                await store.complete_job(job.id)
+
+
+async def test_forget_leaves_nothing_of_the_contact_and_everything_else(store: Store) -> None:
+    await seed(store, "sms", ALICE, "alice")
+    await seed(store, "sms", BOB, "bob")
+    await seed(store, "wa", ALICE, "carol")  # the same address on another channel
+    await run_all(store, {"alice", "bob"})
+    before = await dump(store)
+    counts = await store.job_counts()
+    assert counts["held"] == 2
+    assert counts["ready"] == 2
+
+    erased = await store.forget_contact("sms", [ALICE], p.contact_refs, apply=True,
+                                        cancel_pending=True)  # fmt: skip
+
+    assert erased.applied
+    assert erased.contact_rows == 1
+    assert erased.unblu_person_ids == ("person-alice",)
+    assert erased.unblu_contact_ids == ("contact-alice",)
+    assert erased.conversations == ("conv-alice",)
+    assert erased.messages == 4
+    assert erased.parts == 1
+    assert erased.media == 1
+    assert erased.thread_meta == 1
+    assert erased.jobs == 8
+    assert len(erased.pending) == 1
+    assert not erased.running
+    after = await dump(store)
+    # Nothing of Alice on this channel, in any table, any column.
+    assert [row for row in after if "alice" in row] == []
+    assert [row for row in after if ALICE in row and "carol" not in row] == []
+    # Everything else as it was: rows that never were Alice's are untouched.
+    kept = [row for row in before if "alice" not in row]
+    assert Counter(row for row in after if PURGED_PREFIX.decode() not in row) == Counter(kept)
+    # Her jobs stay, emptied, so the counts hold (her waiting mail is now a dead letter).
+    erased_jobs = [row for row in after if PURGED_PREFIX.decode() in row]
+    assert len(erased_jobs) == 8
+    now = await store.job_counts()
+    assert now["done"] == counts["done"]
+    assert (now["ready"], now["dead"], now["held"]) == (1, counts["dead"] + 1, 1)
+    assert sum(now[s] for s in ("ready", "running", "done", "dead")) == sum(
+        counts[s] for s in ("ready", "running", "done", "dead")
+    )
+    # Bob's held lane still waits for its dead letter; Alice's lane is gone with her.
+    claimed = await store.claim_jobs(10, 60)
+    assert claimed == []
+
+
+async def test_a_dry_run_changes_nothing(store: Store) -> None:
+    await seed(store, "sms", ALICE, "alice")
+    await run_all(store, set())
+    before = await dump(store)
+    found = await store.forget_contact("sms", [ALICE], p.contact_refs, apply=False)
+    assert not found.applied
+    assert found.messages == 4
+    assert found.contact_rows == 1
+    assert found.jobs == 8
+    assert await dump(store) == before
+
+
+async def test_jobs_still_to_run_refuse_unless_cancelled(store: Store) -> None:
+    await seed(store, "sms", ALICE, "alice")
+    await run_all(store, {"alice"})
+    before = await dump(store)
+    found = await store.forget_contact("sms", [ALICE], p.contact_refs, apply=True)
+    assert not found.applied
+    assert len(found.pending) == 1
+    assert await dump(store) == before
+
+
+async def test_a_running_job_refuses_even_with_cancelling(store: Store) -> None:
+    await seed(store, "sms", ALICE, "alice")
+    [first, *rest] = await store.claim_jobs(100, 60)
+    for job in rest:
+        await store.complete_job(job.id)
+    before = await dump(store)
+    found = await store.forget_contact("sms", [ALICE], p.contact_refs, apply=True,
+                                       cancel_pending=True)  # fmt: skip
+    assert not found.applied
+    assert found.running == (first.id,)
+    assert await dump(store) == before
+
+
+async def test_an_unknown_contact_finds_nothing(store: Store) -> None:
+    await seed(store, "sms", BOB, "bob")
+    await run_all(store, set())
+    before = await dump(store)
+    found = await store.forget_contact("sms", [ALICE], p.contact_refs, apply=True)
+    assert found.applied
+    assert (found.contact_rows, found.messages, found.jobs, found.media) == (0, 0, 0, 0)
+    assert await dump(store) == before
+
+
+async def test_retention_empties_old_finished_payloads_only(store: Store) -> None:
+    await seed(store, "sms", ALICE, "alice")
+    await run_all(store, {"alice"})
+    assert await store.purge_payloads(3600) == 0  # all of them are recent
+    purged = await store.purge_payloads(-1)  # "older than a second from now": all finished
+    jobs = {j.id: j for j in await store.list_jobs(("ready", "running", "done", "dead"), 100)}
+    finished = [j for j in jobs.values() if j.state in ("done", "dead")]
+    assert purged == len(finished) == 7
+    for job in finished:
+        assert job.payload.startswith(PURGED_PREFIX)
+        assert p.decode(job.payload) == p.PurgedJob(channel="sms", reason="retention")
+    [waiting] = [j for j in jobs.values() if j.state == "ready"]
+    assert b"mail 2 from alice" in waiting.payload  # not finished: kept whole
+    assert await store.purge_payloads(-1) == 0  # once is enough
+    assert (await store.get_message("alice-in")) is not None  # ids and states stay
