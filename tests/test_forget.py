@@ -4,6 +4,7 @@ job counts hold. Pending and running jobs, dry runs, and retention of finished p
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from collections import Counter
@@ -11,7 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 
+from extmsg.cli import main
 from extmsg.flows import payloads as p
 from extmsg.flows.to_messenger import report_state_job
 from extmsg.models import Contact, ContactUpdate, InboundMessage, StatusUpdate
@@ -348,3 +351,95 @@ async def test_retention_empties_old_finished_payloads_only(store: Store) -> Non
     assert b"mail 2 from alice" in waiting.payload  # not finished: kept whole
     assert await store.purge_payloads(-1) == 0  # once is enough
     assert (await store.get_message("alice-in")) is not None  # ids and states stay
+
+
+# -- the command ---------------------------------------------------------------------------------
+TWILIO = """
+[store]
+path = "store.sqlite3"
+
+[[channels]]
+name = "sms"
+messenger = "sms_twilio"
+webhook_secret = "s"
+[channels.settings]
+account_sid = "AC00000000000000000000000000000000"
+auth_token = "t"
+from_number = "+15005550006"
+"""
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A Twilio channel whose store knows Alice (with a mail waiting behind a dead letter)
+    and Bob."""
+    path = tmp_path / "extmsg.toml"
+    path.write_text(TWILIO)
+
+    async def fill() -> None:
+        s = SqliteStore(tmp_path / "store.sqlite3")
+        await s.open()
+        await seed(s, "sms", ALICE, "alice")
+        await seed(s, "sms", BOB, "bob")
+        await run_all(s, {"alice"})
+        await s.close()
+
+    asyncio.run(fill())
+    return path
+
+
+def forget(config: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["contacts", "forget", "-c", str(config), *args])
+
+
+def rows_of(config: Path, tag: str) -> list[str]:
+    return [row for row in asyncio.run(_dump_file(config)) if tag in row]
+
+
+async def _dump_file(config: Path) -> list[str]:
+    return await dump(SqliteStore(config.parent / "store.sqlite3"))
+
+
+def test_the_address_as_a_person_writes_it(config: Path) -> None:
+    bob = rows_of(config, "bob")
+    dry = forget(config, "sms", "+41 79 111 00 01", "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would remove what is stored of +41791110001 on channel sms" in dry.output
+    assert "Unblu ids: person-alice, contact-alice" in dry.output
+    assert "dry run: nothing was changed" in dry.output
+    assert rows_of(config, "alice")
+    refused = forget(config, "sms", "0041 79 111 00 01")
+    assert refused.exit_code == 2
+    assert refused.output.strip().splitlines()[-1] == (
+        "error: job 8 of +41791110001 on channel sms is still to run (messages not delivered"
+        " yet); nothing was removed: wait for them, or give --force to cancel them"
+    )
+    assert rows_of(config, "alice")
+    done = forget(config, "sms", "+41 (0)79 111 00 01", "--force")
+    assert done.exit_code == 0, done.output
+    assert "removed what is stored of +41791110001 on channel sms" in done.output
+    assert "cancelled job 8" in done.output
+    assert "Unblu keeps its own copy" in done.output
+    assert rows_of(config, "alice") == []
+    assert rows_of(config, ALICE) == []
+    assert rows_of(config, "bob") == bob
+    again = forget(config, "sms", ALICE)
+    assert again.exit_code == 0
+    assert again.output.strip() == f"nothing is stored of {ALICE} on channel sms"
+
+
+def test_unknown_channel_and_missing_store_are_one_line_errors(
+    config: Path, tmp_path: Path
+) -> None:
+    unknown = forget(config, "whatsapp", ALICE)
+    assert unknown.exit_code == 2
+    assert unknown.output.strip() == (
+        f"error: there is no channel 'whatsapp' in {config} (channels: sms)"
+    )
+    other = tmp_path / "elsewhere" / "extmsg.toml"
+    other.parent.mkdir()
+    other.write_text(TWILIO)
+    missing = forget(other, "sms", ALICE)
+    assert missing.exit_code == 2
+    assert "there is no store" in missing.output
+    assert not (other.parent / "store.sqlite3").exists()

@@ -112,8 +112,8 @@ def _report(found: Erasure, *, dry_run: bool) -> None:
     who = f"{', '.join(found.addresses)} on channel {found.channel}"
     if found.running and not dry_run:
         raise HandledError(
-            f"{_ids(found.running)} of {who} running now; nothing was removed: try again in a"
-            " moment"
+            f"{_jobs(found.running)} of {who} {_are(found.running)} running now; nothing was"
+            " removed: try again in a moment"
         )
     empty = (
         not (
@@ -138,18 +138,24 @@ def _report(found: Erasure, *, dry_run: bool) -> None:
     lines.append(f"  messages:           {found.messages} ({found.parts} part(s) sent)")
     lines.append(
         f"  job payloads:       {found.jobs} (the jobs stay, emptied, so counts hold)"
-        + (f"; {len(found.pending)} still to run" if found.pending else "")
+        + (
+            f"; {len(found.pending)} {'cancelled' if found.applied else 'still to run'}"
+            if found.pending
+            else ""
+        )
         + (f"; {len(found.running)} running now" if found.running else "")
     )
     lines.append(f"  published files:    {found.media}")
     click.echo("\n".join(lines))
     if found.pending and not found.applied and not dry_run:
         raise HandledError(
-            f"{_ids(found.pending)} of {who} still to run (messages not delivered yet); nothing"
-            " was removed: wait for them, or give --force to cancel them"
+            f"{_jobs(found.pending)} of {who} {_are(found.pending)} still to run (messages not"
+            " delivered yet); nothing was removed: wait for them, or give --force to cancel them"
         )
     if found.pending and found.applied:
-        click.echo(f"cancelled {_ids(found.pending)}: they stay as dead letters with no content")
+        click.echo(
+            f"cancelled {_jobs(found.pending)}: left as dead letters with no content, which say why"
+        )
     if dry_run:
         click.echo("dry run: nothing was changed")
         return
@@ -160,6 +166,10 @@ def _report(found: Erasure, *, dry_run: bool) -> None:
         )
 
 
-def _ids(ids: tuple[int, ...]) -> str:
+def _jobs(ids: tuple[int, ...]) -> str:
     shown = ", ".join(map(str, ids[:20])) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
-    return f"job{'s' if len(ids) > 1 else ''} {shown} {'are' if len(ids) > 1 else 'is'}"
+    return f"job{'s' if len(ids) > 1 else ''} {shown}"
+
+
+def _are(ids: tuple[int, ...]) -> str:
+    return "are" if len(ids) > 1 else "is"

@@ -98,7 +98,7 @@ async def send_rendered(
                 continue
         attachment = part.attachment
         if by_url and attachment is not None and attachment.data is not None and not attachment.url:
-            attachment = await media.publish(runtime, channel, attachment, payload.message_id)
+            attachment = await media.publish(runtime, channel, attachment, message.id)
             part = msgspec.structs.replace(part, attachment=attachment)
         assert runtime.engine is not None
         await runtime.engine.hold(job)
