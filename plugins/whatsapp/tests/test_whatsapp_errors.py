@@ -11,7 +11,7 @@ from whatsapp_testkit import MAIN_NUMBER_ID, case_ids, load_cases, make_channel
 from extmsg.errors import RetryableError
 from extmsg.plugins import Hooks
 from extmsg_whatsapp import errors
-from extmsg_whatsapp.plugin import validate_contact
+from extmsg_whatsapp.contact import validate_contact
 
 CASES = load_cases("errors.json")
 CONTACTS = load_cases("validate_contact.json")
