@@ -42,11 +42,7 @@ async def arrived(world: World, text: str) -> list[dict[str, Any]]:
 async def message(world: World, conv_id: str, text: str, state: str) -> dict[str, Any]:
     async def check() -> dict[str, Any] | None:
         return next(
-            (
-                m
-                for m in await world.messages(conv_id)
-                if m["text"] == text and m["state"] == state
-            ),
+            (m for m in await world.messages(conv_id) if m["text"] == text and m["state"] == state),
             None,
         )
 
