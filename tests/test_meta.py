@@ -59,3 +59,15 @@ def test_every_hook_is_documented_with_its_signature(hook: str) -> None:
     spec = getattr(hookspecs, hook)
     firstresult = spec.extmsg_spec["firstresult"]
     assert ("*First result.*" in section) == firstresult, f"{hook}: first-result flag"
+
+
+def test_every_unit_method_is_documented_in_the_unit_table() -> None:
+    """A hook a messenger unit can implement is in the guide's table of unit methods, named
+    with its hook."""
+    from extmsg.messenger import HOOK_METHODS
+
+    text = DOC.read_text(encoding="utf-8")
+    section = text[text.index("## The messenger unit") : text.index("## The rules")]
+    for method in HOOK_METHODS:
+        row = next((line for line in section.splitlines() if line.startswith(f"| `{method}(")), "")
+        assert f"[extmsg_{method}](#extmsg_{method})" in row, f"unit method {method} undocumented"

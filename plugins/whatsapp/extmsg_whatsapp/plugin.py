@@ -84,9 +84,7 @@ class WhatsApp(Messenger):
     ) -> Awaitable[Attachment] | None:
         if not (attachment.url or "").startswith(MEDIA_SCHEME):
             return None
-        return api.fetch_media(
-            graph, channel.settings, attachment, channel.fetch_allowed_networks
-        )
+        return api.fetch_media(graph, channel.settings, attachment, channel.fetch_allowed_networks)
 
     def validate_contact(self, channel: Channel, identifier: str) -> ContactCheck:
         return validate_contact(identifier)
