@@ -76,6 +76,16 @@ engagement_type = "CHAT_REQUEST"
 # What the customer sees before an agent's text; {sender} is the agent's name.
 sender_prefix = "{sender}: "
 sender_fallback = "Support"
+# Sent to the customer when the conversation is ended in Unblu (unset: nothing is sent).
+# ended_text = "Thanks for writing to us. Reply any time to start a new conversation."
+# A message that is just one of these words opts its sender out of (or back into) messages on
+# this channel. Unset: the messenger's default (Twilio: its own STOP/START words); [] turns it off.
+# opt_out_keywords = ["STOP", "UNSUBSCRIBE"]
+# opt_in_keywords = ["START"]
+# The confirmation sent back; unset: the messenger's default (none for Twilio, which answers
+# its keywords itself); "" sends none.
+# opt_out_reply = "You will get no more messages from us here. Reply START to get them again."
+# opt_in_reply = "You will get our messages here again."
 
 [channels.settings]
 account_sid = "${TWILIO_ACCOUNT_SID}"
