@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from .cli_config import config_option
+from .cli_options import CONTEXT_SETTINGS, config_option
 from .errors import HandledError
 from .models import Channel
 from .plugins import Hooks
@@ -35,13 +35,13 @@ from .store.base import Erasure
 __all__ = ["contacts"]
 
 
-@click.group("contacts")
+@click.group("contacts", context_settings=CONTEXT_SETTINGS)
 def contacts() -> None:
     """The contacts the store knows."""
 
 
 @contacts.command("forget")
-@config_option
+@config_option()
 @click.argument("channel")
 @click.argument("address")
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; change nothing.")
@@ -75,7 +75,7 @@ def forget(config_path: Path, channel: str, address: str, dry_run: bool, force: 
         normalized, note = await _normalize(hooks, target, address)
         store = open_store(config)
         try:
-            await store.open()
+            await store.open(create=False)
         except sqlite3.DatabaseError as exc:
             raise HandledError(f"cannot open the store: {exc}") from exc
         try:

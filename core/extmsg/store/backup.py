@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import click
 
-from ..cli_config import config_option
+from ..cli_options import CONTEXT_SETTINGS, config_option
 from ..errors import HandledError
 
 __all__ = ["Backup", "backup_sqlite", "store"]
@@ -74,13 +74,13 @@ def backup_sqlite(source: Path, target: Path) -> Backup:
     )
 
 
-@click.group("store")
+@click.group("store", context_settings=CONTEXT_SETTINGS)
 def store() -> None:
     """The store: backups."""
 
 
 @store.command("backup")
-@config_option
+@config_option()
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 def backup(config_path: Path, path: Path, force: bool) -> None:
