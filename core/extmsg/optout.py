@@ -42,14 +42,18 @@ class OptOutRules(msgspec.Struct, frozen=True):
             return word, False
         return None
 
-    @property
-    def first_opt_in(self) -> str | None:
-        """The opt-in word to name to an agent (the shortest, then alphabetically)."""
-        return min(self.opt_in, key=lambda w: (len(w), w)) if self.opt_in else None
+    first_opt_in: str | None = None
+    """The opt-in word to name to an agent: the first one configured (of a set, the first in
+    alphabetical order)."""
 
 
 def _words(values: Iterable[str]) -> frozenset[str]:
     return frozenset(w.strip().upper() for w in values if w.strip())
+
+
+def _first(values: Iterable[str]) -> str | None:
+    ordered = sorted(values) if isinstance(values, (set, frozenset)) else list(values)
+    return next((w.strip().upper() for w in ordered if w.strip()), None)
 
 
 def rules(channel: Channel, messenger: MessengerType | None) -> OptOutRules:
@@ -71,6 +75,7 @@ def rules(channel: Channel, messenger: MessengerType | None) -> OptOutRules:
         opt_in=_words(opt_in),
         opt_out_reply=out_reply or None,
         opt_in_reply=in_reply or None,
+        first_opt_in=_first(opt_in),
     )
 
 
@@ -87,7 +92,7 @@ def add_keyword_updates(
     """
     out: list[InboundEvent] = []
     for event in events:
-        if isinstance(event, InboundMessage) and not event.attachments:
+        if isinstance(event, InboundMessage):
             channel = event.channel or default_channel
             if isinstance(rules_of, OptOutRules):
                 rules_: OptOutRules | None = rules_of
