@@ -10,12 +10,16 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from extmsg.cli import main
+from extmsg.errors import PermanentError
 from extmsg.flows import payloads as p
+from extmsg.flows import register_jobs
 from extmsg.flows.to_messenger import report_state_job
 from extmsg.models import Contact, ContactUpdate, InboundMessage, StatusUpdate
 from extmsg.store.base import (
@@ -23,10 +27,12 @@ from extmsg.store.base import (
     ContactRow,
     ConversationRow,
     Intake,
+    Job,
     MediaRow,
     NewJob,
     NewMessage,
     Store,
+    purged_payload,
 )
 from extmsg.store.postgres import PostgresStore
 from extmsg.store.sqlite import SqliteStore
@@ -443,3 +449,27 @@ def test_unknown_channel_and_missing_store_are_one_line_errors(
     assert missing.exit_code == 2
     assert "there is no store" in missing.output
     assert not (other.parent / "store.sqlite3").exists()
+
+
+async def test_an_emptied_job_run_again_fails_for_good() -> None:
+    """A dead letter whose content was erased or purged, retried by hand, ends at once as a
+    permanent failure (its lane goes on), instead of sending an empty message."""
+    handlers: dict[str, Any] = {}
+
+    class Engine:
+        def register(self, kind: str, handler: Any) -> None:
+            handlers[kind] = handler
+
+    register_jobs(SimpleNamespace(engine=Engine()))  # type: ignore[arg-type]
+    for kind in (p.kind_of(p.ToUnbluJob), p.kind_of(p.OutboundMessageJob)):
+        job = Job(
+            id=1,
+            kind=kind,
+            lane="sms/erased",
+            payload=purged_payload("sms", "erasure"),
+            state="running",
+            attempts=0,
+            next_at=0.0,
+        )
+        with pytest.raises(PermanentError, match=r"content was removed \(erasure\)"):
+            await handlers[kind](job)

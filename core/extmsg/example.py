@@ -41,6 +41,10 @@ path = "var/extmsg.sqlite3"
 # (needs: pip install 'extmsg[postgres]'); they apply its migrations on start.
 # backend = "postgres"
 # dsn = "${EXTMSG_DATABASE_URL}"  # e.g. postgresql://extmsg:secret@db.example.com/extmsg
+# Days after which the message texts and files in finished jobs (done, and dead letters) are
+# removed; the jobs stay with their ids and states. 0 keeps them. See docs/data.md, which also
+# covers `extmsg contacts forget` (erasing one contact) and `extmsg store backup`.
+retention_days = 30
 
 [unblu]
 # The web API prefix without the version.
