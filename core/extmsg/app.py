@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from . import logcontext
 from .config import Config
 from .flows.accept import provider_request
 from .media import serve_media
@@ -33,7 +34,9 @@ __all__ = ["announce_listening", "create_app", "route_urls"]
 def create_app(config: Config, hooks: Hooks, *, store: Store | None = None) -> web.Application:
     """Build the public application for ``config``; starting it opens the store and starts the
     engine. Serve :func:`extmsg.admin.create_admin_app` of its runtime beside it."""
-    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes, middlewares=[request_id_middleware]
+    )
     runtime = Runtime(config, hooks, store)
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
@@ -74,6 +77,27 @@ def _provider_handler(
 
     handle.__name__ = f"{messenger}_{route.name}"
     return handle
+
+
+@web.middleware
+async def request_id_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Give the request an id (the caller's ``X-Request-Id`` when sane, else a new one) that
+    its log lines and the jobs it stores carry, and answer with it."""
+    rid = (
+        logcontext.sane_request_id(request.headers.get(logcontext.REQUEST_ID_HEADER))
+        or logcontext.new_request_id()
+    )
+    with logcontext.bind(request_id=rid):
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers[logcontext.REQUEST_ID_HEADER] = rid
+            raise
+    if not response.prepared:
+        response.headers[logcontext.REQUEST_ID_HEADER] = rid
+    return response
 
 
 def _channel_handler(

@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import signal
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import click
 import msgspec
 from aiohttp import web
 
-from . import __version__
+from . import __version__, logsafe
 from .cli_options import CONTEXT_SETTINGS, config_option
 from .config import (
     Config,
@@ -180,6 +179,11 @@ def init(path: Path | None, config_path: Path, force: bool) -> None:
     help="Where /metrics, /-/plugins and the detailed /readyz are served "
     "(overrides [admin] listen).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="Log as text lines or JSON lines (overrides [server] log_format).",
+)
 def serve(
     config_path: Path,
     host: str | None,
@@ -187,6 +191,7 @@ def serve(
     sandbox: bool,
     sandbox_port: int,
     admin_listen: str | None,
+    log_format: str | None,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C."""
     hooks = build_hooks()
@@ -215,6 +220,8 @@ def serve(
         server["port"] = port
     if admin_listen is not None:
         raw["admin"] = {**(raw.get("admin") or {}), "listen": admin_listen}
+    if log_format is not None and isinstance(server, dict):
+        server["log_format"] = log_format
     asyncio.run(_serve(raw, hooks, str(config_path), sandbox, sandbox_port))
 
 
@@ -225,7 +232,10 @@ async def _serve(
     from .app import announce_listening, create_app
     from .runtime import RUNTIME
 
-    _setup_logging("WARNING")  # the sandbox may log before the configuration is read
+    # The sandbox may log before the configuration is read: in the format asked for already.
+    server = raw.get("server")
+    early = server.get("log_format") if isinstance(server, dict) else None
+    _setup_logging("WARNING", early if early in ("text", "json") else "text")
     stack = contextlib.AsyncExitStack()
     async with stack:
         if sandbox:
@@ -233,7 +243,8 @@ async def _serve(
 
             raw = await start_sandbox(stack, raw, hooks, sandbox_port)
         config = parse_config(raw, hooks.messenger_types(), source=source)
-        _setup_logging(config.server.log_level)
+        _setup_logging(config.server.log_level, config.server.log_format)
+        logsafe.log_message_text(config.server.log_message_text)
         warning = _admin_warning(config)
         if warning:
             log.warning("%s", warning)
@@ -278,19 +289,12 @@ async def _listen(runner: web.AppRunner, host: str, port: int, *, key: str) -> s
     return f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
 
 
-def _setup_logging(level: str) -> None:
-    """One line per record on stderr, control characters escaped (see
-    :class:`extmsg.logsafe.EscapeControlChars`), also on handlers configured before us."""
-    from .logsafe import install_log_escaping
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    """One line per record on stderr, text or JSON, secrets redacted and control characters
+    escaped (see :mod:`extmsg.logformat`)."""
+    from .logformat import configure_logging
 
-    root = logging.getLogger()
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        root.addHandler(handler)
-    install_log_escaping()
-    root.setLevel(level)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    configure_logging(level, "json" if fmt == "json" else "text")
 
 
 # --- channels ---------------------------------------------------------------------------------

@@ -62,6 +62,12 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * 1024 * 1024
     shutdown_timeout: Positive = 20.0
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``text`` (one line per record for people) or ``json`` (one JSON object per line, with
+    #: the request id, channel, job, message and conversation ids as fields).
+    log_format: Literal["text", "json"] = "text"
+    #: Whether log lines may quote what contacts and agents write (masked, cut); off, only
+    #: its length is logged. For debugging a test system, never for customers' data.
+    log_message_text: bool = False
     #: Networks files named by providers may be fetched from although they are not public
     #: (e.g. ``["10.20.0.0/16"]``); see :mod:`extmsg.fetch`. The sandbox allows loopback.
     fetch_allowed_networks: list[str] = msgspec.field(default_factory=list)

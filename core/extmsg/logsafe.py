@@ -23,12 +23,16 @@ from collections.abc import Iterable
 from types import TracebackType
 from typing import Any
 
+from .logcontext import LogContext, scrub_texts
+
 __all__ = [
     "EscapeControlChars",
     "escape_control",
     "install_log_escaping",
+    "log_message_text",
     "mask",
     "mask_address",
+    "message_text",
     "redact",
     "register_secrets",
 ]
@@ -201,7 +205,9 @@ def clear_secrets() -> None:
 
 
 def redact(text: str) -> str:
-    """``text`` with each registered secret and each credential in a URL replaced by ``***``.
+    """``text`` with each registered secret and each credential in a URL replaced by ``***``,
+    and the text of the message being worked on by ``[message text]``
+    (:func:`~extmsg.logcontext.scrub_texts`).
 
     Texts longer than :data:`REDACT_LIMIT` characters are cut there (a log line that long is
     a mistake anyway), so the cost of a line stays bounded; a secret across the cut is
@@ -218,6 +224,8 @@ def redact(text: str) -> str:
         text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
     if "=" in text:
         text = _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+    if not _log_message_text:
+        text = scrub_texts(text)
     return f"{text[:REDACT_LIMIT]}…[+{cut} chars]" if cut > 0 else text
 
 
@@ -317,7 +325,37 @@ def _exc_info(info: Any) -> ExcInfo:
 
 
 def install_log_escaping(*handlers: logging.Handler) -> None:
-    """Put :class:`EscapeControlChars` on ``handlers`` (by default: the root logger's), once."""
+    """Put :class:`EscapeControlChars` on ``handlers`` (by default: the root logger's), once,
+    with :class:`~extmsg.logcontext.LogContext` before it: the request id and the other
+    fields of the work running are on each record, and cleaned like its ``extra`` fields."""
     for handler in handlers or tuple(logging.getLogger().handlers):
+        if not any(isinstance(f, LogContext) for f in handler.filters):
+            handler.filters.insert(0, LogContext())
         if not any(isinstance(f, EscapeControlChars) for f in handler.filters):
             handler.addFilter(EscapeControlChars())
+
+
+# -- message text ------------------------------------------------------------------------------
+
+_log_message_text = False
+#: Most characters of a message's text written when ``[server] log_message_text`` is on.
+TEXT_LIMIT = 200
+
+
+def log_message_text(enabled: bool) -> None:
+    """Whether :func:`message_text` shows message texts (``[server] log_message_text``)."""
+    global _log_message_text
+    _log_message_text = bool(enabled)
+
+
+def message_text(text: str | None) -> str:
+    """What a log line may say about a message's text: by default only its length
+    (``[42 chars]``), so that what customers and agents write stays out of logs; with
+    ``[server] log_message_text = true`` the text itself, quoted, addresses and numbers
+    masked and cut at :data:`TEXT_LIMIT` characters."""
+    if text is None:
+        return "-"
+    if not _log_message_text:
+        return f"[{len(text)} chars]"
+    shown = mask(text[:TEXT_LIMIT])
+    return repr(shown) + (f"…[+{len(text) - TEXT_LIMIT} chars]" if len(text) > TEXT_LIMIT else "")

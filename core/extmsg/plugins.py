@@ -150,8 +150,9 @@ def build_hooks(
         raise PluginError(f"plugin {culprit!r}: {_one_line(exc)}") from exc
     _check_async_firstresult(pm)
     if os.environ.get(TRACE_ENV):
-        pm.trace.root.setwriter(lambda msg: log.debug("hook %s", msg))
-        pm.enable_tracing()
+        from .hooktrace import enable_hook_tracing
+
+        enable_hook_tracing(pm)
     return Hooks(pm, dists)
 
 

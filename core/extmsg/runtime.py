@@ -13,6 +13,7 @@ Stop, in reverse: not ready → engine finishes or releases in-flight jobs → p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -120,6 +121,7 @@ class Runtime:
             classify=self._classify,
             on_dead=self._on_dead,
             metrics=self.metrics,
+            log_context=self._log_context,
         )
         register_jobs(self)
         await self.hooks.startup(app, self.config)
@@ -238,6 +240,11 @@ class Runtime:
         from .flows import channel_of_job
 
         return await self.hooks.classify_error(channel_of_job(self, job), error)
+
+    def _log_context(self, job: Job) -> contextlib.AbstractContextManager[None]:
+        from .flows import job_log_context
+
+        return job_log_context(job)
 
     async def _on_dead(self, job: Job, verdict: ErrorVerdict) -> None:
         from .flows import on_dead

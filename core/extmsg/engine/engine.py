@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 import msgspec
 
+from .. import logcontext
 from ..config import EngineConfig
 from ..errors import LeaseLost, NotYet
 from ..logsafe import mask
@@ -42,11 +43,14 @@ from ..store.base import Intake, IntakeResult, Job, Store
 from .group_commit import GroupCommit
 from .retry import RetryPolicy
 
-__all__ = ["Classifier", "DeadLetterHandler", "Engine", "JobHandler"]
+__all__ = ["Classifier", "DeadLetterHandler", "Engine", "JobHandler", "LogContext"]
 
 log = logging.getLogger("extmsg.engine")
 
 JobHandler = Callable[[Job], Awaitable[None]]
+#: What a job's log lines carry beyond its id (channel, request id, texts to keep out): a
+#: context manager from :func:`extmsg.logcontext.bind`.
+LogContext = Callable[[Job], contextlib.AbstractContextManager[None]]
 Classifier = Callable[[Job, BaseException], Awaitable[ErrorVerdict]]
 DeadLetterHandler = Callable[[Job, ErrorVerdict], Awaitable[None]]
 
@@ -83,6 +87,8 @@ class Engine:
         late it notices work it was not told about (other processes, expired leases).
     :param intake_max_batch: items after which a group commit is written without waiting.
     :param counts_interval: how often queue depth metrics are refreshed from the store.
+    :param log_context: binds what a job's log lines carry (its handler's included), besides
+        its id and message id.
     """
 
     def __init__(
@@ -98,6 +104,7 @@ class Engine:
         intake_max_batch: int = 256,
         counts_interval: float = 15.0,
         rng: random.Random | None = None,
+        log_context: LogContext | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -108,6 +115,7 @@ class Engine:
         self._clock = clock
         self._poll = max(poll_interval, 0.001)
         self._counts_interval = counts_interval
+        self._log_context = log_context
         self._handlers: dict[str, JobHandler] = {}
         self._runs: dict[int, _Run] = {}
         self._workers: set[asyncio.Task[None]] = set()
@@ -354,6 +362,18 @@ class Engine:
 
     # -- running one job ------------------------------------------------------------------------
     async def _work(self, run: _Run) -> None:
+        # Bound here, so that the handler's task inherits them and the engine's own lines
+        # about the job (retry, dead letter) carry them too.
+        context: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self._log_context is not None:
+            try:
+                context = self._log_context(run.job)
+            except Exception:
+                log.debug("job %d: its log fields cannot be read", run.job.id, exc_info=True)
+        with logcontext.bind(job_id=run.job.id, message_id=run.job.message_id), context:
+            await self._run_job(run)
+
+    async def _run_job(self, run: _Run) -> None:
         job = run.job
         try:
             if job.attempts >= self.policy.max_attempts:

@@ -12,9 +12,11 @@ Unblu's own calls enter through :mod:`extmsg.unblu.endpoint`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .. import logcontext
 from ..errors import PermanentError
 from ..models import Channel, ErrorVerdict, MessageState
 from ..runtime import Runtime
@@ -25,7 +27,7 @@ from .states import apply_contact_update, apply_provider_status, mark_read, repo
 from .to_messenger import deliver_to_messenger, report_state_job
 from .to_unblu import deliver_to_unblu
 
-__all__ = ["channel_of_job", "on_dead", "register_jobs"]
+__all__ = ["channel_of_job", "job_log_context", "on_dead", "register_jobs"]
 
 _HANDLERS: dict[type[Any], Callable[[Runtime, Job, Any], Awaitable[None]]] = {
     p.ToUnbluJob: deliver_to_unblu,
@@ -57,6 +59,32 @@ def _bind(
         await handler(runtime, job, payload)
 
     return run
+
+
+def job_log_context(job: Job) -> contextlib.AbstractContextManager[None]:
+    """What a job's log lines carry (see :mod:`extmsg.logcontext`): its channel, message,
+    request and (for an agent's message) Unblu conversation; and the message's text, which
+    no line may quote (a provider's error may echo it)."""
+    payload = p.decode(job.payload)
+    message_id = conversation_id = None
+    texts: tuple[str | None, ...] = ()
+    if isinstance(payload, p.ToUnbluJob):
+        message_id = payload.message_id
+        texts = (payload.message.text, *(a.caption for a in payload.message.attachments))
+    elif isinstance(payload, p.OutboundMessageJob):
+        message_id = payload.message_id
+        conversation_id = payload.message.conversation_id
+        agent = payload.message
+        texts = (agent.text, agent.fallback_text, agent.caption)
+    elif isinstance(payload, p.UnbluStateJob):
+        message_id = payload.message_id
+    return logcontext.bind(
+        channel=payload.channel,
+        request_id=payload.request_id,
+        message_id=message_id,
+        conversation_id=conversation_id,
+        texts=texts,
+    )
 
 
 def channel_of_job(runtime: Runtime, job: Job) -> Channel | None:

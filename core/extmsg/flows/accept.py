@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
-from .. import optout
+from .. import logcontext, optout
 from ..errors import BadInbound, SignatureError
 from ..models import (
     Channel,
@@ -100,7 +100,18 @@ async def accept_events(
 
     Every string is scrubbed of lone surrogates first, and an id, address or thread longer
     than its limit refuses the whole batch (:class:`BadInbound`) before anything is stored.
+    The jobs carry the request id bound now; events that did not come over HTTP (a mail from
+    the SMTP listener, say) get a new one.
     """
+    if logcontext.request_id() is None:
+        with logcontext.bind(request_id=logcontext.new_request_id()):
+            return await _accept_events(runtime, channels, events)
+    return await _accept_events(runtime, channels, events)
+
+
+async def _accept_events(
+    runtime: Runtime, channels: Sequence[Channel], events: Sequence[InboundEvent]
+) -> list[IntakeResult]:
     names = {ch.name for ch in channels}
     default = channels[0].name if len(channels) == 1 else None
     rules = {ch.name: optout.rules(ch, runtime.messengers.get(ch.messenger)) for ch in channels}

@@ -11,6 +11,7 @@ from typing import Literal
 
 import msgspec
 
+from .. import logcontext
 from ..models import ContactUpdate, InboundMessage, MessageState, StatusUpdate
 from ..unblu.calls import AgentMessage
 
@@ -38,6 +39,8 @@ __all__ = [
 
 class _Payload(msgspec.Struct, frozen=True, kw_only=True, tag_field="kind"):
     channel: str
+    #: The request that created the job (see :mod:`extmsg.logcontext`): its worker logs it.
+    request_id: str | None = None
 
 
 class ToUnbluJob(_Payload, frozen=True, tag="to_unblu.message"):
@@ -152,6 +155,11 @@ _decoder = msgspec.json.Decoder(JobPayload)
 
 
 def encode(payload: JobPayload) -> bytes:
+    """The payload as stored; a job made while a request or job runs carries its request id."""
+    if payload.request_id is None:
+        rid = logcontext.request_id()
+        if rid is not None:
+            payload = msgspec.structs.replace(payload, request_id=rid)
     return _encoder.encode(payload)
 
 

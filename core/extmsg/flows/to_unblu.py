@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
+from .. import logcontext
 from ..errors import DeliveryError, FetchTooLarge
 from ..models import Attachment, Channel, Contact, InboundMessage, MessageState
 from ..runtime import Runtime
@@ -39,6 +40,7 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
     files = await _fetch_files(runtime, channel, message)
     ref = await _contact_ref(runtime, channel, contact)
     conversation_id = await _conversation(runtime, channel, contact, ref, message)
+    logcontext.set_field("conversation_id", conversation_id)
     posted = await already_posted(
         runtime, job, channel.name, conversation_id, payload.message_id, message
     )
@@ -54,6 +56,7 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
         log.info("conversation %s ended in Unblu; opening a new one", conversation_id)
         await runtime.store.end_conversation(conversation_id)
         conversation_id = await _conversation(runtime, channel, contact, ref, message)
+        logcontext.set_field("conversation_id", conversation_id)
         await runtime.engine.hold(job)
         unblu_id = await _post(
             runtime, channel, conversation_id, ref, payload.message_id, message, files, {}

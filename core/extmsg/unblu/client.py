@@ -26,6 +26,7 @@ import aiohttp
 import msgspec
 import yarl
 
+from extmsg import logcontext
 from extmsg.errors import FetchRefused, FetchTooLarge, RetryableError
 from extmsg.fetch import fetch
 from extmsg.unblu import wire
@@ -331,6 +332,9 @@ class UnbluClient:
         }
         if payload is not None:
             headers["Content-Type"] = "application/json"
+        request_id = logcontext.request_id()
+        if request_id is not None:
+            headers[logcontext.REQUEST_ID_HEADER] = request_id
         started = time.monotonic()
         status: int | None = None
         data: Any = None

@@ -12,6 +12,7 @@ import logging
 
 from aiohttp import web
 
+from .. import logcontext
 from ..errors import BadInbound
 from ..flows import payloads as p
 from ..flows.notices import ended_notice
@@ -39,6 +40,7 @@ async def unblu_request(request: web.Request) -> web.Response:
         if channel is None:
             status = 404
             return _error(404, f"no channel named {name!r}")
+        logcontext.set_field("channel", channel.name)
         body = await request.read()
         if channel.verify_signatures:
             problem = signing.verify(channel.webhook_secret, body, request.headers)
@@ -53,6 +55,8 @@ async def unblu_request(request: web.Request) -> web.Response:
             status = 400
             return _error(400, str(exc))
         call_name = call.service
+        if isinstance(call, calls.NewMessage):
+            logcontext.set_field("conversation_id", call.message.conversation_id)
         response = await _dispatch(runtime, channel, call)
         status = response.status
         return response
@@ -113,6 +117,7 @@ async def _accept_agent_message(
     if address is None and call.receiving_contacts:
         address = call.receiving_contacts[0].source_id
     message_id = p.new_id()
+    logcontext.set_field("message_id", message_id)
     job = p.OutboundMessageJob(
         channel=channel.name,
         message_id=message_id,

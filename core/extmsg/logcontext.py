@@ -1,0 +1,148 @@
+"""Which message a log line is about: fields every record carries while work on it runs.
+
+A request id is born where a message enters (a provider's webhook, Unblu's call, a mail): an
+incoming ``X-Request-Id`` is kept when it is sane (:func:`sane_request_id`), otherwise one is
+made. It is stored in the payload of every job the request creates, and the engine binds it
+again (with the job id, channel and message id) while the job runs, so the worker that calls
+Unblu or the provider minutes later logs the same id; calls to Unblu carry it as
+``X-Request-Id``.
+
+The fields live in :mod:`contextvars`, so they follow a request or a job through its awaits
+and the tasks it starts, and never leak into another. :class:`LogContext` copies them onto
+each log record; the JSON log format writes them as fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+
+__all__ = [
+    "FIELDS",
+    "REQUEST_ID_HEADER",
+    "LogContext",
+    "bind",
+    "current",
+    "new_request_id",
+    "request_id",
+    "sane_request_id",
+    "scrub_texts",
+    "set_field",
+]
+
+REQUEST_ID_HEADER = "X-Request-Id"
+#: The fields a record can carry, in the order the JSON format writes them.
+FIELDS = ("request_id", "channel", "job_id", "message_id", "conversation_id")
+#: Longest incoming request id kept; longer ones are replaced by one of ours.
+MAX_REQUEST_ID = 128
+_SANE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+=/-]*")
+
+_vars: dict[str, contextvars.ContextVar[str | None]] = {
+    name: contextvars.ContextVar(f"extmsg_{name}", default=None) for name in FIELDS
+}
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex digits."""
+    return uuid.uuid4().hex
+
+
+def sane_request_id(value: str | None) -> str | None:
+    """``value`` when it can be a request id as it is: at most :data:`MAX_REQUEST_ID`
+    characters of letters, digits and ``._:+=/-`` (nothing that can forge a log line or
+    smuggle markup); otherwise None."""
+    if not value or len(value) > MAX_REQUEST_ID or not _SANE.fullmatch(value):
+        return None
+    return value
+
+
+def request_id() -> str | None:
+    """The request id of the work running now, if any."""
+    return _vars["request_id"].get()
+
+
+def current() -> dict[str, str]:
+    """The fields bound now (unset ones left out)."""
+    out = {}
+    for name, var in _vars.items():
+        value = var.get()
+        if value is not None:
+            out[name] = value
+    return out
+
+
+#: What people wrote in the message the running work is about: no log line may quote it.
+_texts: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("extmsg_texts", default=())
+#: Shortest text (or line of one) kept out of log lines by :func:`scrub_texts`: shorter ones
+#: ("ok", "yes") are common words, and would blot out whatever else a line says.
+MIN_TEXT = 6
+TEXT_SHOWN = "[message text]"
+
+
+def _pieces(texts: Iterable[str | None]) -> tuple[str, ...]:
+    out: set[str] = set()
+    for text in texts:
+        if not text:
+            continue
+        out.add(text.strip())
+        out.update(line.strip() for line in text.splitlines())
+    # Longest first, so that a text containing another is replaced whole.
+    return tuple(sorted((t for t in out if len(t) >= MIN_TEXT), key=len, reverse=True))
+
+
+def scrub_texts(line: str) -> str:
+    """``line`` with each text bound by ``bind(texts=…)`` (and each of its lines) written as
+    ``[message text]``: a provider's or Unblu's error that echoes the message stays out."""
+    texts = _texts.get()
+    for text in texts:
+        if text in line:
+            line = line.replace(text, TEXT_SHOWN)
+    return line
+
+
+@contextlib.contextmanager
+def bind(texts: Iterable[str | None] = (), **fields: str | int | None) -> Iterator[None]:
+    """Bind ``fields`` (names from :data:`FIELDS`; None leaves one as it is) and ``texts``
+    (see :func:`scrub_texts`) for the ``with`` block; tasks started inside inherit them.
+    Afterwards every field is back to its earlier value, also one :func:`set_field` set inside
+    the block (a keep-alive connection's next request starts clean)."""
+    unknown = set(fields) - set(_vars)
+    if unknown:
+        raise ValueError(f"unknown log fields: {', '.join(sorted(unknown))}")
+    tokens = []
+    pieces = _pieces(texts)
+    text_token = _texts.set(_texts.get() + pieces) if pieces else None
+    try:
+        for name, var in _vars.items():
+            value = fields.get(name)
+            tokens.append((var, var.set(var.get() if value is None else str(value))))
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            var.reset(token)
+        if text_token is not None:
+            _texts.reset(text_token)
+
+
+def set_field(name: str, value: str | int | None) -> None:
+    """Bind one field until the current task or ``with bind()`` block ends: for a value
+    learnt half-way through a request or job, such as the Unblu conversation it posts into."""
+    if value is not None:
+        _vars[name].set(str(value))
+
+
+class LogContext(logging.Filter):
+    """A handler filter that copies the bound fields onto each record (``record.request_id``
+    …) unless the call gave them itself (``extra={"channel": …}``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, var in _vars.items():
+            if name not in record.__dict__:
+                value = var.get()
+                if value is not None:
+                    setattr(record, name, value)
+        return True

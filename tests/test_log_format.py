@@ -1,0 +1,261 @@
+"""JSON log lines, the request id and the other fields a line carries, and what hook tracing
+and log lines may say about a message: one JSON object per record and line, secrets and
+control characters cleaned in every field, the id fields bound for a request or a job and
+nothing left over after it, message texts shown only when ``log_message_text`` asks."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from extmsg import logcontext, logsafe
+from extmsg.hooktrace import describe
+from extmsg.logformat import JsonFormatter
+from extmsg.logsafe import install_log_escaping, message_text, register_secrets
+from extmsg.models import Attachment, Channel, Contact, InboundMessage, InboundRequest
+from extmsg.unblu.client import UnbluClient
+
+TOKEN = "tok-7d3e1b9c2a"
+TEXT = "My card number is in the drawer"
+
+
+@pytest.fixture(autouse=True)
+def clean() -> Iterator[None]:
+    logsafe.clear_secrets()
+    register_secrets([TOKEN])
+    logsafe.log_message_text(False)
+    yield
+    logsafe.clear_secrets()
+    logsafe.log_message_text(False)
+
+
+def capture(formatter: logging.Formatter | None = None) -> tuple[logging.Logger, io.StringIO]:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter or JsonFormatter())
+    install_log_escaping(handler)
+    logger = logging.getLogger("extmsg.tests.format")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    return logger, out
+
+
+def records(out: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.getvalue().splitlines()]
+
+
+def test_a_record_is_one_json_line_with_time_level_logger_and_message() -> None:
+    logger, out = capture()
+    logger.info("job %d done", 7)
+    [line] = out.getvalue().splitlines()
+    record = json.loads(line)
+    assert record["level"] == "INFO"
+    assert record["logger"] == "extmsg.tests.format"
+    assert record["message"] == "job 7 done"
+    assert record["time"].endswith("Z")
+    assert record["time"][10] == "T"
+
+
+def test_bound_fields_are_json_fields_and_gone_after_the_block() -> None:
+    logger, out = capture()
+    with logcontext.bind(request_id="req-1", channel="sms", job_id=12, message_id="m1"):
+        logcontext.set_field("conversation_id", "conv-9")
+        logger.info("inside")
+    logger.info("outside")
+    inside, outside = records(out)
+    assert {k: inside[k] for k in logcontext.FIELDS} == {
+        "request_id": "req-1",
+        "channel": "sms",
+        "job_id": "12",
+        "message_id": "m1",
+        "conversation_id": "conv-9",
+    }
+    assert not set(logcontext.FIELDS) & set(outside)
+
+
+def test_secrets_and_control_characters_are_cleaned_in_every_field() -> None:
+    logger, out = capture()
+    with logcontext.bind(conversation_id=f"c-{TOKEN}"):
+        try:
+            raise ValueError(f"refused {TOKEN}\nsecond line")
+        except ValueError:
+            logger.exception("token %s\nforged", TOKEN, extra={"ref": f"x{TOKEN}"})
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1  # the traceback stays inside its field
+    [record] = records(out)
+    assert TOKEN not in lines[0]
+    assert record["message"] == "token ***\\nforged"
+    assert record["ref"] == "x***"
+    assert record["conversation_id"] == "c-***"
+    assert "ValueError: refused ***\\nsecond line" in record["exception"]
+    assert record["exception"].startswith("Traceback")
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("abc-123", True),
+        ("0f8fad5b-d9cb-469f-a165-70867728950e", True),
+        ("trace:1/2+3=4_5.6", True),
+        ("", False),
+        ("a" * 129, False),
+        ("bad id", False),
+        ("x\nERROR forged", False),
+        ('"quoted"', False),
+        ("-leading", False),
+    ],
+)
+def test_an_incoming_request_id_is_kept_only_when_sane(given: str, kept: bool) -> None:
+    assert (logcontext.sane_request_id(given) == given) is kept
+
+
+async def test_requests_get_an_id_answered_in_x_request_id() -> None:
+    seen: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        logcontext.set_field("channel", "set-during-the-request")
+        seen.append(logcontext.request_id())
+        return web.Response(text="ok")
+
+    from extmsg.app import request_id_middleware
+
+    app = web.Application(middlewares=[request_id_middleware])
+    app.router.add_get("/", handler)
+    async with TestClient(TestServer(app)) as client:
+        kept = await client.get("/", headers={"X-Request-Id": "abc-123"})
+        made = await client.get("/", headers={"X-Request-Id": "no good <b>"})
+        again = await client.get("/")
+    assert kept.headers["X-Request-Id"] == "abc-123"
+    assert len(made.headers["X-Request-Id"]) == 32
+    assert made.headers["X-Request-Id"] != again.headers["X-Request-Id"]
+    assert seen == ["abc-123", made.headers["X-Request-Id"], again.headers["X-Request-Id"]]
+    assert logcontext.current() == {}
+
+
+async def test_calls_to_unblu_carry_the_request_id() -> None:
+    headers: list[str | None] = []
+
+    async def channel(request: web.Request) -> web.Response:
+        headers.append(request.headers.get("X-Request-Id"))
+        return web.json_response({"id": "c1"})
+
+    app = web.Application()
+    app.router.add_get("/app/rest/v4/externalmessengers/{id}", channel)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        async with UnbluClient(str(server.make_url("/app/rest")), "u", "p", "v4") as client:
+            with logcontext.bind(request_id="req-unblu-1"):
+                await client._call("GET", "/externalmessengers/{id}", {"id": "c1"})
+            await client._call("GET", "/externalmessengers/{id}", {"id": "c1"})
+    finally:
+        await server.close()
+    assert headers == ["req-unblu-1", None]
+
+
+def test_a_bound_message_text_never_reaches_a_line() -> None:
+    logger, out = capture()
+    with logcontext.bind(texts=[f"{TEXT}\nand the code is 4711 x", None, "ok"]):
+        logger.warning("provider said: rejected %r", f"{TEXT}\nand the code is 4711 x")
+        logger.warning("provider quoted one line: and the code is 4711 x")
+        logger.warning("ok stays a word")
+    logger.warning("outside: %s", TEXT)
+    first, second, third, outside = records(out)
+    assert TEXT not in first["message"]
+    assert "[message text]" in first["message"]
+    assert second["message"] == "provider quoted one line: [message text]"
+    assert third["message"] == "ok stays a word"
+    assert outside["message"] == f"outside: {TEXT}"
+
+
+def test_message_text_shows_only_the_length_unless_asked() -> None:
+    assert message_text(TEXT) == f"[{len(TEXT)} chars]"
+    logsafe.log_message_text(True)
+    assert message_text("call +41791234567") == "'call +*********67'"
+
+
+def _channel() -> Channel:
+    return Channel(
+        name="sms",
+        messenger="sms_twilio",
+        settings={"auth_token": TOKEN},
+        public_url="https://x.example/channels/sms",
+        webhook_secret="whsec-12345678",
+    )
+
+
+def test_hook_tracing_describes_calls_without_texts_bodies_or_settings() -> None:
+    message = InboundMessage(
+        provider_message_id="SM0123456789abcdef",
+        contact=Contact(address="+41791234567", name="Jane Doe"),
+        text=TEXT,
+        attachments=(Attachment(file_name="a.jpg", caption=TEXT, url="https://h/x?sig=1"),),
+    )
+    request = InboundRequest(
+        method="POST",
+        url=f"https://x.example/channels/sms/inbound?token={TOKEN}",
+        path="/channels/sms/inbound",
+        route="inbound",
+        query=(("token", TOKEN),),
+        headers={"authorization": TOKEN},
+        body=f"Body={TEXT}".encode(),
+    )
+    shown = " ".join(describe(v) for v in (message, request, [_channel()], ValueError(TEXT)))
+    for leaked in (TEXT, TOKEN, "whsec-12345678", "Jane Doe", "+41791234567", "sig=1"):
+        assert leaked not in shown
+    assert "provider_message_id='SM0123456789abcdef'" in shown
+    assert f"text=[{len(TEXT)} chars]" in shown
+    assert "address=+417******67" in shown
+    assert "Channel(name='sms', messenger='sms_twilio'" in shown
+    assert "path='/channels/sms/inbound'" in shown
+    logsafe.log_message_text(True)
+    assert repr(TEXT) in describe(message)
+
+
+def test_hook_tracing_logs_calls_and_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    from extmsg.plugins import build_hooks
+
+    monkeypatch.setenv("EXTMSG_TRACE_HOOKS", "1")
+    hooks = build_hooks(entry_points=False)
+    logger = logging.getLogger("extmsg.plugins")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        contact = Contact(address="+41791234567", name="Jane Doe")
+        asyncio.run(hooks.map_contact(_channel(), contact))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+    text = out.getvalue()
+    assert "hook extmsg_map_contact(channel=Channel(name='sms'" in text
+    assert "hook extmsg_map_contact returned" in text
+    assert "Jane Doe" not in text
+    assert "+41791234567" not in text
+    assert TOKEN not in text
+
+
+def test_serve_logging_keeps_statement_parameters_out() -> None:
+    """aiosqlite's DEBUG lines quote each statement's parameters (addresses, texts)."""
+    from extmsg import logformat
+
+    root = logging.getLogger()
+    saved = (root.level, list(root.handlers))
+    try:
+        logformat.configure_logging("DEBUG", "text")
+        assert root.isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("aiosqlite").isEnabledFor(logging.DEBUG)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        logging.getLogger("aiosqlite").setLevel(logging.NOTSET)
