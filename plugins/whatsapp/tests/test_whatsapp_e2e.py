@@ -451,3 +451,33 @@ async def test_an_oversized_file_reaches_the_agent_as_a_note_beside_the_files_th
         "[Attachment statement.pdf could not be delivered: the file is larger than 1 MB]"
     )
     assert file["fileName"] == "form.pdf"
+
+
+async def test_stop_is_confirmed_and_blocks_replies_until_start(world: World) -> None:
+    """WhatsApp has no keywords of its own: the channel's defaults (STOP / START, confirmed by
+    extmsg) are applied by the core."""
+    _, conv_b = await _two_contacts(world)
+    await world.contact_writes(SUPPORT_NUMBER_ID, BOB, "stop")
+
+    async def texts_to_bob() -> list[str]:
+        return [
+            c["request"]["text"]["body"]
+            for c in await world.fake_calls()
+            if c["kind"] == "message" and c["request"].get("to") == BOB and "text" in c["request"]
+        ]
+
+    async def confirmed() -> list[str] | None:
+        found = await texts_to_bob()
+        return found or None
+
+    [confirmation] = await eventually(confirmed)
+    assert "Reply START" in confirmation
+
+    async def stop_shown() -> bool:  # the agent sees why later replies fail
+        return any(m.get("text") == "stop" for m in await world.messages(conv_b["id"]))
+
+    await eventually(stop_shown)
+    await world.reply(conv_b["id"], "Are you still there?")
+    failed = await world.message_in(conv_b["id"], "Are you still there?", "FAILED")
+    assert "texted STOP" in failed["failureText"]
+    assert len(await texts_to_bob()) == 1
