@@ -183,3 +183,27 @@ async def test_without_ended_text_nothing_is_registered_or_sent(
         assert unblu_sandbox.sandbox.state.webhooks == {}
         assert await ended_deliveries(world) == []
         assert world.provider.sends == []
+
+
+async def test_a_refused_registration_holds_back_no_message(
+    tmp_path: Path, unblu_sandbox: Any, aiohttp_server: Any
+) -> None:
+    """Unblu refusing the registration (an API user without the role) keeps the channel
+    working; provisioning tries again and registers once it is allowed."""
+    sandbox = unblu_sandbox.sandbox
+    sandbox.forbid(["POST /webhookregistrations/create"])
+    async with serving(
+        "v4",
+        tmp_path,
+        unblu_sandbox,
+        aiohttp_server,
+        channel_settings=f'ended_text = "{ENDED}"',
+    ) as world:
+        await open_conversation(world)  # messages flow meanwhile
+        assert sandbox.state.webhooks == {}
+        sandbox.permit()
+
+        async def registered() -> bool:
+            return bool(sandbox.state.webhooks)
+
+        await eventually(registered, timeout=15)

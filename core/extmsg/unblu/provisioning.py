@@ -95,6 +95,9 @@ async def provision_channels(runtime: Runtime) -> dict[str, str]:
         await load_channel_ids(runtime)
         for channel in runtime.channels.values():
             done[channel.name] = await _provision(runtime, channel)
+        # After every channel: a registration Unblu refuses holds back no channel's traffic.
+        for channel in runtime.channels.values():
+            await _sync_ended_webhook(runtime, channel)
     return done
 
 
@@ -111,6 +114,10 @@ async def _provision(runtime: Runtime, channel: Channel) -> str:
     )
     runtime.unblu_channel_ids[channel.name] = remote.id
     log.info("channel %s is Unblu channel %s", channel.name, remote.id)
+    return remote.id
+
+
+async def _sync_ended_webhook(runtime: Runtime, channel: Channel) -> None:
     client = runtime.unblu_client()
     if channel.ended_text:
         registration = await client.provision_webhook(ended_webhook_spec(channel))
@@ -121,4 +128,3 @@ async def _provision(runtime: Runtime, channel: Channel) -> str:
         )
     else:
         await client.remove_webhook(ended_webhook_name(channel))
-    return remote.id
