@@ -177,10 +177,13 @@ class World:
             f"conversations/{conversation_id}/messages", "POST", text=text, senderName="Anna"
         )
 
+    async def messages(self, conversation_id: str) -> list[dict[str, Any]]:
+        data = await self.agent(f"conversations/{conversation_id}/messages")
+        return list(data["messages"] if isinstance(data, dict) else data)
+
     async def state_of(self, conversation_id: str, text: str, states: set[str]) -> None:
         async def reached() -> bool:
-            data = await self.agent(f"conversations/{conversation_id}/messages")
-            messages = data["messages"] if isinstance(data, dict) else data
+            messages = await self.messages(conversation_id)
             return any(m.get("text") == text and m["state"] in states for m in messages)
 
         await eventually(reached)
@@ -282,6 +285,10 @@ async def _drive_every_flow(world: World, proc: ServeProcess) -> None:
     twilio.fail(CUSTOMER, refusal, times=1)
     await world.reply(sms, DEAD)
     await world.state_of(sms, DEAD, {"FAILED"})
+    # The agent reads why; the token the refusal quoted is not part of it.
+    failed = [m for m in await world.messages(sms) if m.get("text") == DEAD]
+    assert "refused" in failed[0]["failureText"]
+    assert AUTH_TOKEN not in failed[0]["failureText"]
     # A forged webhook.
     forged = inbound_params(from_=CUSTOMER, to=FROM_NUMBER, body=FORGED, account_sid=ACCOUNT_SID)
     url = f"{world.base}/channels/sms/inbound"

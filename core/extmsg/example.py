@@ -18,6 +18,14 @@ public_url = "https://connector.example.com"
 # Empty: forwarded headers are ignored.
 trusted_proxies = []
 log_level = "INFO"
+# "text": one line per record for people; "json": one JSON object per line for a log shipper,
+# with time, level, logger, message and, where known, request_id (one id follows a message
+# from the webhook that brought it to the call that delivered it), channel, job_id,
+# message_id and conversation_id. `extmsg serve --log-format json` overrides it.
+log_format = "text"
+# What contacts and agents write never reaches a log line (only its length, "[42 chars]");
+# true lets hook tracing and error lines quote it (masked, cut): for a test system only.
+log_message_text = false
 # Files a provider names by URL (MMS media, ...) are only fetched from public addresses.
 # Networks listed here are allowed too, e.g. a media proxy inside your network:
 # fetch_allowed_networks = ["10.20.0.0/16"]

@@ -34,6 +34,7 @@ __all__ = [
     "mask_address",
     "message_text",
     "redact",
+    "redact_secrets",
     "register_secrets",
 ]
 
@@ -217,6 +218,16 @@ def redact(text: str) -> str:
     if cut > 0:
         # Redacted before the cut, with room for the longest secret: no cut shows half of one.
         text = text[: REDACT_LIMIT + _longest + 256]
+    text = redact_secrets(text)
+    if not _log_message_text:
+        text = scrub_texts(text)
+    return f"{text[:REDACT_LIMIT]}…[+{cut} chars]" if cut > 0 else text
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with each registered secret and each credential in a URL replaced by ``***``
+    (what :func:`redact` does, without cutting the text or touching message texts): for texts
+    that are stored or shown to people rather than logged, such as a failed job's reason."""
     pattern = _secret_re
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
@@ -224,9 +235,7 @@ def redact(text: str) -> str:
         text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
     if "=" in text:
         text = _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
-    if not _log_message_text:
-        text = scrub_texts(text)
-    return f"{text[:REDACT_LIMIT]}…[+{cut} chars]" if cut > 0 else text
+    return text
 
 
 def _clean(text: str) -> str:

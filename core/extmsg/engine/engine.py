@@ -36,7 +36,7 @@ import msgspec
 from .. import logcontext
 from ..config import EngineConfig
 from ..errors import LeaseLost, NotYet
-from ..logsafe import mask
+from ..logsafe import mask, redact_secrets
 from ..metrics import Metrics
 from ..models import ErrorVerdict
 from ..store.base import Intake, IntakeResult, Job, Store
@@ -487,7 +487,9 @@ class Engine:
                 job.kind,
             )
             verdict = ErrorVerdict(retryable=True, reason=f"{type(error).__name__}: {_str(error)}")
-        reason, code = _truncate(verdict.reason), verdict.code
+        # Stored, shown by 'extmsg outbox' and reported to Unblu: without the secrets a
+        # provider's error may quote (a URL with its token, the auth token itself).
+        reason, code = _truncate(redact_secrets(verdict.reason)), verdict.code
         if code is not None and len(code) > _MAX_CODE:
             code = code[: _MAX_CODE - 1] + "…"
         if reason is verdict.reason and code is verdict.code:
