@@ -473,3 +473,47 @@ async def test_an_emptied_job_run_again_fails_for_good() -> None:
         )
         with pytest.raises(PermanentError, match=r"content was removed \(erasure\)"):
             await handlers[kind](job)
+
+
+async def test_sqlite_erases_what_arrived_while_it_looked(tmp_path: Path) -> None:
+    """On SQLite the look-up reads a snapshot without the write lock; a message of the contact
+    committed after that snapshot is found and erased under the lock all the same."""
+    store = SqliteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    try:
+        await seed(store, "sms", ALICE, "alice")
+        await run_all(store, set())
+        snapshot = store._look_up_snapshot
+
+        def then_more(found: Any, refs: Any) -> int:
+            seen = snapshot(found, refs)
+            late = InboundMessage(
+                provider_message_id="SMlate", contact=Contact(address=ALICE), text="late alice"
+            )
+            db = sqlite3.connect(store.path)
+            db.execute(
+                "INSERT INTO messages (id, channel, direction, thread, provider_message_id,"
+                " state, created_at, updated_at) VALUES ('late', 'sms', 'in', ?, 'SMlate', 0,"
+                " 0, 0)",
+                (ALICE,),
+            )
+            db.execute(
+                "INSERT INTO jobs (kind, lane, payload, message_id, state, next_at, created_at,"
+                " updated_at) VALUES (?, ?, ?, 'late', 'done', 0, 0, 0)",
+                (
+                    p.kind_of(p.ToUnbluJob),
+                    p.lane("sms", ALICE),
+                    p.encode(p.ToUnbluJob(channel="sms", message_id="late", message=late)),
+                ),
+            )
+            db.commit()
+            db.close()
+            return seen
+
+        store._look_up_snapshot = then_more  # type: ignore[method-assign]
+        erased = await store.forget_contact("sms", [ALICE], p.contact_refs, apply=True)
+        assert erased.applied
+        assert erased.messages == 5
+        assert [row for row in await dump(store) if "alice" in row or ALICE in row] == []
+    finally:
+        await store.close()

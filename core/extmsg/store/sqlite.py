@@ -1287,9 +1287,12 @@ def _look_up(db: sqlite3.Connection, found: Found, refs: PayloadRefs, *, after_i
         found.threads.add(thread)
         found.seen_threads.add(thread)
     threads = _values(found.all_threads())
-    for direction in ("in", "out"):  # a literal: each direction has its own partial index
+    # A literal direction: each has its own partial index, named (the planner would rather
+    # walk the whole channel in the Unblu id index).
+    by_direction = (("in", "messages_inbound_thread"), ("out", "messages_outbound_thread"))
+    for direction, index in by_direction:
         for message_id, provider_id, thread in db.execute(
-            "SELECT id, provider_message_id, thread FROM messages"  # noqa: S608
+            f"SELECT id, provider_message_id, thread FROM messages INDEXED BY {index}"  # noqa: S608
             f" WHERE channel = ? AND direction = '{direction}'"
             " AND thread IN (SELECT value FROM json_each(?))",
             (channel, threads),
