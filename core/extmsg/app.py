@@ -21,10 +21,11 @@ from aiohttp import web
 from . import logcontext
 from .config import Config
 from .flows.accept import provider_request
+from .lifecycle import runtime_context
 from .media import serve_media
 from .models import Route, RouteUrls
 from .plugins import Hooks, route_path
-from .runtime import RUNTIME, Runtime, runtime_context
+from .runtime import RUNTIME, Runtime
 from .store import Store
 from .unblu.endpoint import unblu_request
 
