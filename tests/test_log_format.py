@@ -12,6 +12,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -20,7 +21,14 @@ from extmsg import logcontext, logsafe
 from extmsg.hooktrace import describe
 from extmsg.logformat import JsonFormatter
 from extmsg.logsafe import install_log_escaping, message_text, register_secrets
-from extmsg.models import Attachment, Channel, Contact, InboundMessage, InboundRequest
+from extmsg.models import (
+    Attachment,
+    Channel,
+    Contact,
+    InboundMessage,
+    InboundRequest,
+    OutboundMessage,
+)
 from extmsg.unblu.client import UnbluClient
 
 TOKEN = "tok-7d3e1b9c2a"
@@ -259,3 +267,59 @@ def test_serve_logging_keeps_statement_parameters_out() -> None:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
         logging.getLogger("aiosqlite").setLevel(logging.NOTSET)
+
+
+async def test_calls_to_providers_carry_the_request_id() -> None:
+    from extmsg_sms_twilio import outbound
+    from extmsg_sms_twilio.settings import TwilioSettings
+    from extmsg_whatsapp.graph import Graph
+    from extmsg_whatsapp.settings import WhatsAppSettings
+
+    seen: list[tuple[str, str | None]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("X-Request-Id")))
+        return web.json_response({"sid": "SM" + "0" * 32, "id": "1"}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", answer)
+    server = TestServer(app)
+    await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
+    twilio = Channel(
+        name="sms",
+        messenger="sms_twilio",
+        settings=TwilioSettings(
+            account_sid="AC" + "1" * 32,
+            auth_token=TOKEN,
+            from_number="+15005550006",
+            api_base_url=base,
+        ),
+        public_url=base,
+        webhook_secret="whsec-12345678",
+    )
+    message = OutboundMessage(
+        id="m1",
+        unblu_message_id="u1",
+        conversation_id="c1",
+        contact=Contact(address="+41791234567"),
+        text="hello",
+    )
+    wa_settings = WhatsAppSettings(
+        phone_number_id="106540352242922",
+        access_token=TOKEN,
+        app_secret="app-secret-1",
+        verify_token="verify-1",
+        api_base_url=base,
+    )
+    graph = Graph()
+    try:
+        async with aiohttp.ClientSession() as session:
+            with logcontext.bind(request_id="req-provider-1"):
+                await outbound.send(session, twilio, message)
+                await graph.call(wa_settings, "POST", f"{base}/v25.0/1/messages", json_body={})
+            await outbound.send(session, twilio, message)
+    finally:
+        await graph.close()
+        await server.close()
+    assert [rid for _, rid in seen] == ["req-provider-1", "req-provider-1", None]

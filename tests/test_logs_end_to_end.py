@@ -386,3 +386,9 @@ def _assert_json_with_request_ids(log: str) -> None:
     assert {r["message_id"] for r in lines if "message_id" in r} == {sent[0]["message_id"]}
     # Ids of different messages differ.
     assert rid != INBOUND_REQUEST_ID
+
+    # A mail has no HTTP request: its id is born at the listener and reaches Unblu too.
+    [received] = [r for r in records if r["message"].startswith("email mail: mail from ")]
+    mail_lines = [r for r in records if r.get("request_id") == received["request_id"]]
+    assert any("sendMessage" in r["message"] for r in mail_lines)
+    assert {r.get("channel") for r in mail_lines} == {"mail"}

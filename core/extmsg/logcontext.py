@@ -28,6 +28,7 @@ __all__ = [
     "bind",
     "current",
     "new_request_id",
+    "outgoing_headers",
     "request_id",
     "sane_request_id",
     "scrub_texts",
@@ -63,6 +64,13 @@ def sane_request_id(value: str | None) -> str | None:
 def request_id() -> str | None:
     """The request id of the work running now, if any."""
     return _vars["request_id"].get()
+
+
+def outgoing_headers() -> dict[str, str]:
+    """``{"X-Request-Id": …}`` for a call made on behalf of the running request or job (empty
+    outside one): the remote, or a proxy on the way, can log the same id."""
+    rid = request_id()
+    return {REQUEST_ID_HEADER: rid} if rid is not None else {}
 
 
 def current() -> dict[str, str]:

@@ -332,9 +332,7 @@ class UnbluClient:
         }
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        request_id = logcontext.request_id()
-        if request_id is not None:
-            headers[logcontext.REQUEST_ID_HEADER] = request_id
+        headers.update(logcontext.outgoing_headers())
         started = time.monotonic()
         status: int | None = None
         data: Any = None

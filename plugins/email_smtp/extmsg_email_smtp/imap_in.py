@@ -19,6 +19,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from extmsg import logcontext
 from extmsg.models import Channel
 
 from .inbound import MailIntake, UnreadableMail
@@ -136,20 +137,29 @@ class ImapPoller:
             if fetched is None:
                 continue  # gone meanwhile (another client moved it)
             raw, truncated = fetched
-            try:
-                await self.intake.deliver(self.channel, raw, truncated=truncated)
-            except UnreadableMail as exc:
-                log.warning(
-                    "email %s: a mail cannot be parsed and stays in %s: %s",
-                    self.channel.name,
-                    self.settings.imap_folder,
-                    exc,
-                )
-                self._skip.add(uid)
+            # One mail, one request id: its log lines here and its jobs' later share it.
+            with logcontext.bind(request_id=logcontext.new_request_id(), channel=self.channel.name):
+                stored = await self._deliver(uid, raw, truncated)
+            if not stored:
                 continue
             await asyncio.to_thread(self._move, uid)
             done += 1
         return done
+
+    async def _deliver(self, uid: str, raw: bytes, truncated: bool) -> bool:
+        """Store one mail; False (and skipped from now on) when it cannot be parsed."""
+        try:
+            await self.intake.deliver(self.channel, raw, truncated=truncated)
+        except UnreadableMail as exc:
+            log.warning(
+                "email %s: a mail cannot be parsed and stays in %s: %s",
+                self.channel.name,
+                self.settings.imap_folder,
+                exc,
+            )
+            self._skip.add(uid)
+            return False
+        return True
 
     # -- blocking parts (worker thread) --------------------------------------------------------
     def _open(self) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from extmsg import logcontext
 from extmsg.models import Channel
 
 from . import addresses
@@ -184,6 +185,11 @@ class Listener:
     async def _store(self, channel: Channel, data: bytes, rcpts: Sequence[str]) -> str:
         if len(data) > self._settings(channel).max_message_bytes:
             return TOO_BIG
+        # One mail, one request id: its log lines here and its jobs' later share it.
+        with logcontext.bind(request_id=logcontext.new_request_id(), channel=channel.name):
+            return await self._deliver(channel, data, rcpts)
+
+    async def _deliver(self, channel: Channel, data: bytes, rcpts: Sequence[str]) -> str:
         try:
             await self.intake.deliver(channel, data, rcpts)
         except UnreadableMail as exc:

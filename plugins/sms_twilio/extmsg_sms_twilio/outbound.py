@@ -9,6 +9,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 
+from extmsg import logcontext
 from extmsg.errors import DeliveryError, PermanentError, RetryableError
 from extmsg.logsafe import mask_address as mask
 from extmsg.models import Channel, OutboundMessage, SendResult
@@ -162,6 +163,7 @@ async def send(
     headers = {
         "Accept": "application/json",
         "Authorization": basic_auth(settings.account_sid, settings.auth_token),
+        **logcontext.outgoing_headers(),
     }
     timeout = aiohttp.ClientTimeout(total=settings.timeout)
     try:

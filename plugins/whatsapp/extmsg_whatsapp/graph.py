@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from extmsg import logcontext
 from extmsg.errors import DeliveryError, FetchTooLarge, PermanentError, RetryableError
 from extmsg.fetch import fetch
 
@@ -92,7 +93,7 @@ class Graph:
                 json=json_body,
                 data=form,
                 params=params,
-                headers=_auth(settings),
+                headers={**_auth(settings), **logcontext.outgoing_headers()},
                 timeout=timeout,
             ) as resp:
                 raw = await resp.read()
