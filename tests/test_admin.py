@@ -118,6 +118,7 @@ async def test_a_taken_admin_port_stops_serve_with_one_line(tmp_path: Path) -> N
         assert proc.proc.wait(30) == 2
     [line] = proc.log().strip().splitlines()[-1:]
     assert line.startswith(f"error: admin.listen: cannot listen on 127.0.0.1:{port}: ")
+    assert line.endswith("(choose another with --admin-listen HOST:PORT)")
     assert "Traceback" not in proc.log()
 
 

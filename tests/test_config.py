@@ -231,3 +231,17 @@ def test_admin_token_is_a_secret_of_the_config() -> None:
 
     token = "admin-token-0123456789"
     assert token in secret_values({"admin": {"token": token}}, MESSENGERS)
+
+
+def test_admin_listener_on_the_servers_port_is_refused() -> None:
+    assert _problems("[server]\nport = 8081\n") == [
+        "admin.listen: 127.0.0.1:8081 (the default) is on the server's port 8081; the admin "
+        "listener needs a port of its own"
+    ]
+    clash = '[server]\nhost = "0.0.0.0"\nport = 9000\n[admin]\nlisten = "127.0.0.1:9000"\n'
+    assert _problems(clash)[0].startswith("admin.listen: 127.0.0.1:9000 is on the server's port")
+    # other addresses, same port: two listeners that do not meet
+    apart = {"server": {"host": "10.0.0.1", "port": 9000}, "admin": {"listen": "127.0.0.1:9000"}}
+    assert parse_config(apart, MESSENGERS).admin.address == ("127.0.0.1", 9000)
+    both_free = {"server": {"port": 0}, "admin": {"listen": "127.0.0.1:0"}}
+    assert parse_config(both_free, MESSENGERS).admin.address == ("127.0.0.1", 0)

@@ -253,13 +253,17 @@ async def _serve(
         admin = web.AppRunner(create_admin_app(app[RUNTIME]), access_log=None)
         await admin.setup()
         stack.push_async_callback(admin.cleanup)
-        admin_url = await _listen(admin, *config.admin.address, key="admin.listen")
+        admin_url = await _listen(
+            admin, *config.admin.address, key="admin.listen", hint="--admin-listen HOST:PORT"
+        )
         runner = web.AppRunner(
             app, shutdown_timeout=config.server.shutdown_timeout, access_log=None
         )
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        public_url = await _listen(runner, config.server.host, config.server.port, key="server")
+        public_url = await _listen(
+            runner, config.server.host, config.server.port, key="server", hint="--port"
+        )
         log.info(
             "listening on %s; admin (/metrics, /readyz, /-/plugins) on %s", public_url, admin_url
         )
@@ -277,13 +281,14 @@ async def _serve(
         log.info("shutting down")
 
 
-async def _listen(runner: web.AppRunner, host: str, port: int, *, key: str) -> str:
+async def _listen(runner: web.AppRunner, host: str, port: int, *, key: str, hint: str) -> str:
     """Start a site for ``runner`` on ``host:port``; its URL (with the port taken for 0)."""
     try:
         await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         raise HandledError(
-            f"{key}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            f"{key}: cannot listen on {host}:{port}: {exc.strerror or exc} (choose another "
+            f"with {hint})"
         ) from None
     bound = runner.addresses[-1][1]
     return f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"

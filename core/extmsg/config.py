@@ -54,9 +54,14 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
     pass
 
 
+SERVER_HOST = "127.0.0.1"
+SERVER_PORT = 8080
+ADMIN_LISTEN = "127.0.0.1:8081"
+
+
 class ServerConfig(_Section, frozen=True):
-    host: str = "127.0.0.1"
-    port: Port = 8080
+    host: str = SERVER_HOST
+    port: Port = SERVER_PORT
     #: How providers and Unblu reach this server (behind a proxy: the proxy's URL).
     public_url: str | None = None
     max_body_bytes: Annotated[int, msgspec.Meta(gt=0)] = 4 * 1024 * 1024
@@ -126,7 +131,7 @@ class AdminConfig(_Section, frozen=True):
     off the public port, which the providers and Unblu call from the internet."""
 
     #: ``host:port`` (``[::1]:8081`` for IPv6); port 0 takes a free port (logged at start).
-    listen: str = "127.0.0.1:8081"
+    listen: str = ADMIN_LISTEN
     #: When set, every admin request needs ``Authorization: Bearer <token>``.
     token: Secret = ""
     #: Serve a listener on an address other than loopback without a token: only where the
@@ -327,6 +332,7 @@ def parse_config(
     store = data.get("store")
     if isinstance(store, dict) and store.get("backend") == "postgres" and not store.get("dsn"):
         problems.append('store.dsn: required when store.backend is "postgres"')
+    problems += _admin_port_clash(data)
 
     settings: dict[str, Any] = {}
     seen: set[str] = set()
@@ -400,6 +406,32 @@ def placeholder_warnings(config: Config) -> list[str]:
 
     walk(data, "")
     return found
+
+
+_ANY_HOST = ("", "0.0.0.0", "::")  # noqa: S104 - names of "every interface", compared with
+
+
+def _admin_port_clash(data: Mapping[str, Any]) -> list[str]:
+    """The admin listener on the public listener's port and address: a problem line."""
+    server, admin = data.get("server"), data.get("admin")
+    server = server if isinstance(server, dict) else {}
+    admin = admin if isinstance(admin, dict) else {}
+    listen = str(admin.get("listen", ADMIN_LISTEN))
+    try:
+        host, port = parse_listen(listen)
+    except ValueError:
+        return []  # reported with the section
+    server_host = server.get("host", SERVER_HOST)
+    server_port = server.get("port", SERVER_PORT)
+    if port == 0 or port != server_port:
+        return []
+    if host != server_host and host not in _ANY_HOST and server_host not in _ANY_HOST:
+        return []
+    default = "" if "listen" in admin else " (the default)"
+    return [
+        f"admin.listen: {listen}{default} is on the server's port {port}; the admin listener "
+        "needs a port of its own"
+    ]
 
 
 def secret_values(data: Mapping[str, Any], messengers: Mapping[str, MessengerType]) -> list[str]:
