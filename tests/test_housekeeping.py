@@ -63,7 +63,8 @@ async def test_retention_empties_finished_payloads_and_keeps_the_jobs(
     store = SqliteStore(path)
     await store.open()
     text = b'{"kind":"to_unblu.message","channel":"loop","text":"my account number is 42"}'
-    await store.intake([Intake(job=NewJob(kind="k", lane=lane, payload=text)) for lane in "ab"])
+    lanes = ("loop/+41790000001", "loop/+41790000002")
+    await store.intake([Intake(job=NewJob(kind="k", lane=lane, payload=text)) for lane in lanes])
     [first, second] = await store.claim_jobs(10, 60)
     await store.bury_job(first.id, "a dead letter")
     await store.close()

@@ -16,14 +16,13 @@ A contact's data is reached from its addresses on a channel:
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable
 
 import msgspec
 
 from .base import Erasure
 
-__all__ = ["CANCELLED", "Found", "needles", "payload_channel"]
+__all__ = ["CANCELLED", "Found", "lane_channel", "needles"]
 
 #: The last error of a job cancelled because its contact was erased.
 CANCELLED = "cancelled: the contact's data was erased before this job ran"
@@ -120,11 +119,7 @@ class Found:
         )
 
 
-def payload_channel(payload: bytes) -> str:
-    """The channel a job's payload names ("" when it names none)."""
-    try:
-        value = json.loads(payload)
-    except ValueError:
-        return ""
-    channel = value.get("channel") if isinstance(value, dict) else None
-    return channel if isinstance(channel, str) else ""
+def lane_channel(lane: str) -> str:
+    """The channel of a job, from its lane (``{channel}/{key}``, see
+    :func:`extmsg.flows.payloads.lane`)."""
+    return lane.split("/", 1)[0]

@@ -67,7 +67,7 @@ from .base import (
     purged_payload,
     status_target,
 )
-from .erasure import CANCELLED, Found, needles, payload_channel
+from .erasure import CANCELLED, Found, lane_channel, needles
 from .migrations import POSTGRES_MIGRATIONS
 from .rows import (
     JOB_COLUMNS,
@@ -1105,22 +1105,25 @@ class PostgresStore(Store):
     async def purge_payloads(self, older_than: float) -> int:
         cutoff = time.time() - older_than
         purged = 0
+        after = 0  # each chunk goes on where the last one stopped
         while True:  # in chunks, each its own short transaction
             async with self._tx() as conn:
                 rows = await conn.fetch(
-                    "SELECT id, payload FROM jobs WHERE state IN ('done', 'dead')"
+                    "SELECT id, lane FROM jobs WHERE id > $4 AND state IN ('done', 'dead')"
                     " AND updated_at < $1 AND substring(payload from 1 for $2) <> $3"
-                    " LIMIT 1000 FOR UPDATE SKIP LOCKED",
+                    " ORDER BY id LIMIT 1000 FOR UPDATE SKIP LOCKED",
                     cutoff,
                     len(PURGED_PREFIX),
                     PURGED_PREFIX,
+                    after,
                 )
                 if not rows:
                     return purged
                 await conn.executemany(
                     "UPDATE jobs SET payload = $1 WHERE id = $2",
-                    [(purged_payload(payload_channel(r[1]), "retention"), r[0]) for r in rows],
+                    [(purged_payload(lane_channel(r[1]), "retention"), r[0]) for r in rows],
                 )
+            after = int(rows[-1][0])
             purged += len(rows)
             if len(rows) < 1000:
                 return purged

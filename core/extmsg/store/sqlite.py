@@ -55,7 +55,7 @@ from .base import (
     purged_payload,
     status_target,
 )
-from .erasure import CANCELLED, Found, needles, payload_channel
+from .erasure import CANCELLED, Found, lane_channel, needles
 from .migrations import MIGRATIONS
 from .rows import (
     JOB_COLUMNS,
@@ -1012,22 +1012,32 @@ class SqliteStore(Store):
             raise RuntimeError("the store is not open")
         cutoff = time.time() - older_than
         purged = 0
+        after = 0  # each chunk goes on where the last one stopped, in id order ("+state":
+        # not through the index of states, which would sort the whole set for every chunk)
         # A chunk per transaction in the background connection's thread, like other purges;
         # ``updated_at`` stays, so finished jobs are still deleted when their time comes.
         while True:
             rows = list(
                 await self._background.execute_fetchall(
-                    "SELECT id, payload FROM jobs WHERE state IN ('done', 'dead')"
-                    " AND updated_at < ? AND substr(payload, 1, ?) != ? LIMIT ?",
-                    (cutoff, len(PURGED_PREFIX), PURGED_PREFIX, _DELETE_CHUNK),
+                    "SELECT id, lane FROM jobs WHERE id > ? AND +state IN ('done', 'dead')"
+                    " AND updated_at < ? AND substr(payload, 1, ?) != ? ORDER BY id LIMIT ?",
+                    (after, cutoff, len(PURGED_PREFIX), PURGED_PREFIX, _DELETE_CHUNK),
                 )
             )
             if not rows:
                 return purged
-            await self._background.executemany(
-                "UPDATE jobs SET payload = ? WHERE id = ?",
-                [(purged_payload(payload_channel(r[1]), "retention"), r[0]) for r in rows],
-            )
+            # One transaction per chunk, not one per row.
+            await self._background.execute("BEGIN IMMEDIATE")
+            try:
+                await self._background.executemany(
+                    "UPDATE jobs SET payload = ? WHERE id = ?",
+                    [(purged_payload(lane_channel(r[1]), "retention"), r[0]) for r in rows],
+                )
+            except BaseException:
+                await self._background.execute("ROLLBACK")
+                raise
+            await self._background.execute("COMMIT")
+            after = int(rows[-1][0])
             purged += len(rows)
             if len(rows) < _DELETE_CHUNK:
                 return purged
