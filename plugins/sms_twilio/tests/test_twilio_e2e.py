@@ -447,3 +447,41 @@ async def test_mms_whose_media_is_gone_reaches_the_agent_with_a_note(world: Worl
     assert note.startswith("[Attachment ")
     assert "could not be delivered: the customer's file" in note
     assert "is no longer available at Twilio" in note
+
+
+async def test_an_erased_contact_takes_its_published_files_along(
+    tmp_path: Path, unblu_sandbox: Any
+) -> None:
+    """An agent's file published for Twilio to fetch belongs to the message it went with:
+    erasing the contact removes it from the store, and its link stops working."""
+    from extmsg.flows.payloads import contact_refs
+
+    async with _world("v4", tmp_path, unblu_sandbox) as world:
+        await world.text("Can you send me the form?")
+        conv = await world.conversation()
+        data = base64.b64encode(b"%PDF-1.4 private form").decode()
+        await world.agent(
+            f"conversations/{conv['id']}/messages",
+            "POST",
+            file={"name": "form.pdf", "mimeType": "application/pdf", "data": data},
+        )
+
+        async def delivered() -> bool | None:
+            states = [m["state"] for m in await world.messages(conv["id"]) if m["type"] == "FILE"]
+            return True if states == ["DELIVERED"] else None
+
+        await eventually(delivered)
+        [sent] = world.fake.messages
+        [url] = sent["media_urls"]
+        store = world.runtime.store
+
+        async def settled() -> bool | None:
+            found = await store.forget_contact("sms", [CUSTOMER], contact_refs, apply=False)
+            return None if found.pending or found.running else True
+
+        await eventually(settled)
+        erased = await store.forget_contact("sms", [CUSTOMER], contact_refs, apply=True)
+        assert erased.applied
+        assert erased.media == 1
+        async with world.session.get(url) as resp:
+            assert resp.status == 404
