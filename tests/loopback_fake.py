@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +23,9 @@ class LoopbackProvider:
         #: or an HTTP status to fail with
         self.lookup: str | int = "answer"
         self.finds: list[dict[str, Any]] = []
+        #: called with (provider id, body) before a send is answered: a receipt that outruns
+        #: the send's answer
+        self.before_answer: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
         self.app = web.Application()
         self.app.router.add_post("/send", self._send)
         self.app.router.add_post("/read", self._read)
@@ -36,7 +40,10 @@ class LoopbackProvider:
         if status:
             return web.json_response({"error": f"recipient refused ({status})"}, status=status)
         self.sends.append(body)
-        return web.json_response({"id": f"lp-{len(self.sends)}"})
+        provider_id = f"lp-{len(self.sends)}"
+        if self.before_answer is not None:
+            await self.before_answer(provider_id, body)
+        return web.json_response({"id": provider_id})
 
     async def _find(self, request: web.Request) -> web.Response:
         """A send with this ``ref`` and ``text``: ``{"id": …}``, 404 when there is none."""

@@ -223,3 +223,37 @@ async def test_an_early_parts_status_does_not_end_a_message_still_being_sent(
     await eventually(lambda: in_state("DELIVERED"))
     await asyncio.sleep(0.3)
     assert [s["text"] for s in world.provider.sends] == ["Bo: part one", "part two"]
+
+
+async def test_a_receipt_that_outruns_its_send_ends_right_without_a_warning(
+    world: World,
+) -> None:
+    """The provider reports the message delivered before it answers the send: the receipt is
+    stored, waits for the send's record (retried at DEBUG level), and then delivers it."""
+    assert await world.say("p1", "Hi") == 200
+    [conv] = await eventually(world.conversations)
+
+    async def receipt_first(provider_id: str, body: dict[str, Any]) -> None:
+        status = {"state": "delivered", "id": provider_id}
+        assert await world.inbound({"statuses": [status]}) == 200
+        # The receipt's job runs while the send is not recorded, longer than its first few
+        # attempts take with this test's short backoff.
+        await asyncio.sleep(1.0)
+
+    world.provider.before_answer = receipt_first
+    await world.agent(f"conversations/{conv['id']}/messages", "POST", text="Quick")
+
+    async def delivered() -> bool:
+        return any(
+            m.get("text") == "Quick" and m["state"] == "DELIVERED"
+            for m in await world.messages(conv["id"])
+        )
+
+    await eventually(delivered)
+    log = world.proc.log()
+    alarming = [
+        line
+        for line in log.splitlines()
+        if ("WARNING" in line or "ERROR" in line) and "status" in line
+    ]
+    assert alarming == []
