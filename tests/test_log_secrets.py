@@ -122,6 +122,13 @@ def test_a_client_error_url_keeps_its_credentials_out() -> None:
         ("https://h/m/1?sig=abc&exp=9", "https://h/m/1?sig=***&exp=9"),
         ("postgresql://extmsg:p%40ss@db/extmsg", "postgresql://extmsg:***@db/extmsg"),
         ("https://h/x?page=2&sort=name", "https://h/x?page=2&sort=name"),
+        (
+            "headers=<CIMultiDictProxy('Authorization': 'Basic QUM6dG9r', 'Accept': '*/*')>",
+            "headers=<CIMultiDictProxy('Authorization': 'Basic ***', 'Accept': '*/*')>",
+        ),
+        ('{"authorization": "Bearer EAAB-x"}', '{"authorization": "Bearer ***"}'),
+        ("Authorization: token-1 and more", "Authorization: *** and more"),
+        ("authorization=xyz&a=1", "authorization=***&a=1"),
     ],
 )
 def test_urls_lose_their_credentials(text: str, expected: str) -> None:
@@ -153,7 +160,7 @@ def test_redaction_is_linear_on_hostile_text(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(logsafe, "REDACT_LIMIT", 10**8)
     register_secrets(f"secret-value-{i:04d}" for i in range(200))
     hostile = ("?" + "a" * 10**6, "&token" * 200_000, "://" + "a:" * 500_000)
-    hostile += ("secret-value-" * 80_000,)
+    hostile += ("secret-value-" * 80_000, "authorization: " * 20_000)
     for text in hostile:
         started = time.perf_counter()
         redact(text)

@@ -178,6 +178,16 @@ _QUERY_SECRET = re.compile(
 )
 
 
+# An ``Authorization`` header's credentials wherever a header map is shown (a repr of an
+# aiohttp request's headers, a debugging line): Basic credentials are base64, not the
+# registered secret, so the value is cut by its place. The scheme word is at most 20
+# characters and the value stops at the first quote, comma or space: linear.
+_AUTH_HEADER = re.compile(
+    r"((?:[Aa]uthorization|AUTHORIZATION)['\"]?\s{0,4}[:=]\s{0,4}['\"]?(?:[A-Za-z-]{1,20}\s)?)"
+    r"[^\s'\",;}>&]{1,4096}"
+)
+
+
 def register_secrets(values: Iterable[str | None]) -> None:
     """Add ``values`` to the secrets :func:`redact` replaces with ``***`` everywhere.
 
@@ -191,10 +201,41 @@ def register_secrets(values: Iterable[str | None]) -> None:
         return
     _secrets.update(new)
     _longest = max(_longest, *map(len, new))
-    # Longest first, so that a secret containing another is replaced whole; one compiled
-    # alternation of literals is a single pass over the text.
-    ordered = sorted(_secrets, key=lambda v: (-len(v), v))
-    _secret_re = re.compile("|".join(re.escape(v) for v in ordered))
+    _secret_re = re.compile(_trie_pattern(_secrets))
+
+
+def _trie_pattern(values: Iterable[str]) -> str:
+    """One pattern matching each of ``values``, the longest where one starts another.
+
+    Written as a trie (``ab(?:c|d(?:e)?)``) rather than an alternation of the values: at each
+    position of a text the engine follows one branch, instead of trying every secret that
+    shares a first character with it (200 secrets over a text of their common prefix cost a
+    second as an alternation, milliseconds as a trie).
+    """
+    trie: dict[str, Any] = {}
+    for value in values:
+        node = trie
+        for char in value:
+            node = node.setdefault(char, {})
+        node[""] = {}
+    return _emit(trie)
+
+
+def _emit(node: dict[str, Any]) -> str:
+    branches = []
+    for char, child in sorted(node.items()):
+        if not char:
+            continue
+        chain = re.escape(char)
+        while len(child) == 1 and "" not in child:  # a run without a fork: one literal
+            ((char, child),) = child.items()
+            chain += re.escape(char)
+        branches.append(chain + _emit(child))
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    # A value that ends here but goes on in a longer one: the longer one first (greedy).
+    return f"(?:{body})?" if "" in node else body
 
 
 def clear_secrets() -> None:
@@ -235,6 +276,8 @@ def redact_secrets(text: str) -> str:
         text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
     if "=" in text:
         text = _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+    if "uthorization" in text or "UTHORIZATION" in text:
+        text = _AUTH_HEADER.sub(rf"\1{REDACTED}", text)
     return text
 
 
