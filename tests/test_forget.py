@@ -517,3 +517,50 @@ async def test_sqlite_erases_what_arrived_while_it_looked(tmp_path: Path) -> Non
         assert [row for row in await dump(store) if "alice" in row or ALICE in row] == []
     finally:
         await store.close()
+
+
+async def test_postgres_erases_beside_an_instance_that_works_the_queue() -> None:
+    """Another instance claims and runs jobs meanwhile; a job it runs writes the contact back
+    as the real ones do. The erasure refuses while one runs and otherwise locks the contact's
+    jobs: once it reports success, nothing of the contact is left or comes back."""
+    async with pg.fresh_schema() as schema:
+        server, operator = pg.store_in(schema), pg.store_in(schema)
+        await server.open()
+        await operator.open()
+        try:
+            for n in range(5):
+                await seed(server, "sms", ALICE, f"alice{n}")
+            await seed(server, "sms", BOB, "bob")
+            stop = asyncio.Event()
+
+            async def work() -> None:
+                while not stop.is_set():
+                    for job in await server.claim_jobs(4, 60):
+                        payload = p.decode(job.payload)
+                        if isinstance(payload, p.ToUnbluJob):
+                            contact = payload.message.contact
+                            await server.upsert_contact(
+                                ContactRow(channel="sms", address=contact.address, name="again")
+                            )
+                        await asyncio.sleep(0.01)
+                        await server.complete_job(job.id)
+
+            worker = asyncio.create_task(work())
+            refused = 0
+            while True:
+                erased = await operator.forget_contact(
+                    "sms", [ALICE], p.contact_refs, apply=True, cancel_pending=True
+                )
+                if erased.applied:
+                    break
+                refused += 1
+                await asyncio.sleep(0.005)
+            await asyncio.sleep(0.2)  # the worker would have written by now
+            stop.set()
+            await worker
+            assert [row for row in await dump(server) if "alice" in row or ALICE in row] == []
+            assert await server.get_contact("sms", BOB) is not None
+        finally:
+            stop.set()
+            await server.close()
+            await operator.close()
