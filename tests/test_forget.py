@@ -39,6 +39,7 @@ from extmsg.store.sqlite import SqliteStore
 from extmsg.unblu.calls import AgentMessage
 
 from . import pg
+from .conftest import make_channel
 
 ALICE = "+41791110001"
 BOB = "+41791110002"
@@ -564,3 +565,20 @@ async def test_postgres_erases_beside_an_instance_that_works_the_queue() -> None
             stop.set()
             await server.close()
             await operator.close()
+
+
+@pytest.mark.parametrize(
+    ("messenger", "given", "stored"),
+    [
+        ("email_smtp", "  Alice Example <Alice@Example.COM> ", "alice@example.com"),
+        ("whatsapp", "+41 79 111 00 01", "41791110001"),
+    ],
+)
+async def test_an_address_is_normalized_as_its_messenger_keys_contacts(
+    messenger: str, given: str, stored: str
+) -> None:
+    from extmsg.forget import _normalize
+    from extmsg.plugins import build_hooks
+
+    channel = make_channel("c", messenger)  # Twilio's, with its settings: the command's test
+    assert await _normalize(build_hooks(), channel, given) == (stored, "")
