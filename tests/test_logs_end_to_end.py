@@ -86,6 +86,7 @@ CONFIG = """
 port = {port}
 public_url = "http://127.0.0.1:{port}"
 log_level = "DEBUG"
+log_format = "text"  # `--log-format json` overrides it
 fetch_allowed_networks = ["127.0.0.0/8"]
 
 [store]
@@ -245,7 +246,8 @@ async def test_no_secret_and_no_message_text_reaches_the_log(
             **globals(),
         )
     )
-    proc = ServeProcess(config, env={"EXTMSG_TRACE_HOOKS": "1"}, args=("--log-format", log_format))
+    args = ("--log-format", "json") if log_format == "json" else ()
+    proc = ServeProcess(config, env={"EXTMSG_TRACE_HOOKS": "1"}, args=args)
     proc.start()
     try:
         await proc.wait_ready(base)
@@ -392,3 +394,43 @@ def _assert_json_with_request_ids(log: str) -> None:
     mail_lines = [r for r in records if r.get("request_id") == received["request_id"]]
     assert any("sendMessage" in r["message"] for r in mail_lines)
     assert {r.get("channel") for r in mail_lines} == {"mail"}
+
+
+async def test_message_texts_are_logged_only_when_the_setting_asks(
+    tmp_path: Path, servers: tuple[Any, Any, Any, Any, FakeMailServer]
+) -> None:
+    """``log_message_text = true`` (and ``log_format = "json"`` from the file, no flag)."""
+    sandbox, twilio, graph, _, mail = servers
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = tmp_path / "extmsg.toml"
+    text = CONFIG.replace('log_format = "text"', 'log_format = "json"\nlog_message_text = true')
+    config.write_text(
+        text.format(
+            port=port,
+            unblu=sandbox.base_url,
+            twilio=str(twilio.make_url("")).rstrip("/"),
+            graph=str(graph.make_url("")).rstrip("/"),
+            smtp_port=mail.smtp_port,
+            listen_port=free_port(),
+            **globals(),
+        )
+    )
+    proc = ServeProcess(config, env={"EXTMSG_TRACE_HOOKS": "1"})
+    proc.start()
+    try:
+        await proc.wait_ready(base)
+        async with aiohttp.ClientSession() as session:
+            world = World(
+                base, sandbox, twilio.app[TWILIO_FAKE], graph.app[wa.FAKE], mail, 0, session
+            )
+            params = inbound_params(
+                from_=CUSTOMER, to=FROM_NUMBER, body=SMS_IN, account_sid=ACCOUNT_SID
+            )
+            assert await world.twilio_inbound(params) == 200
+            await world.conversation(CUSTOMER)
+    finally:
+        proc.kill()
+    records = [json.loads(line) for line in proc.log().splitlines()]
+    assert any(repr(SMS_IN) in r["message"] for r in records)
+    assert not any(secret in proc.log() for secret in SECRETS)
