@@ -71,3 +71,27 @@ def test_every_unit_method_is_documented_in_the_unit_table() -> None:
     for method in HOOK_METHODS:
         row = next((line for line in section.splitlines() if line.startswith(f"| `{method}(")), "")
         assert f"[extmsg_{method}](#extmsg_{method})" in row, f"unit method {method} undocumented"
+
+
+def test_every_model_field_and_error_is_in_the_reference() -> None:
+    """The guide's reference names every field of the models a plugin meets, and every error."""
+    import msgspec
+
+    from extmsg import errors, models
+
+    text = DOC.read_text(encoding="utf-8")
+    reference = text[text.index("## Reference: models and errors") :]
+    for name in models.__all__:
+        model = getattr(models, name)
+        if not (isinstance(model, type) and issubclass(model, msgspec.Struct)):
+            continue
+        if name in ("MessengerType", "ProviderFake", "Route"):
+            continue  # documented with the hook that declares them
+        assert f"**`{name}`**" in reference, f"model {name} is not in the reference"
+        for field in msgspec.structs.fields(model):
+            assert f"`{field.name}`" in reference, f"{name}.{field.name} is not in the reference"
+    for name in ("SignatureError", "BadInbound", "RetryableError", "PermanentError", "NotYet"):
+        assert f"`{name}(" in reference, f"{name} is not in the reference"
+    for attribute in ("message", "status", "code", "retry_after", "retryable"):
+        assert hasattr(errors.RetryableError("x"), attribute)
+        assert f"`{attribute}`" in reference
