@@ -24,3 +24,12 @@ def make_channel(name: str = "sms", messenger: str = "sms_twilio", **kw: object)
     }
     fields.update(kw)
     return Channel(**fields)  # type: ignore[arg-type]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name the folder the browser tests saved their screenshots in."""
+    from .browser import SAVED
+
+    if SAVED:
+        terminalreporter.write_sep("-", "console screenshots")
+        terminalreporter.write_line(f"{len(SAVED)} PNG screenshots in {SAVED[0].parent}")

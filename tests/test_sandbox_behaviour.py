@@ -572,7 +572,16 @@ async def test_console_page_is_served(world: World) -> None:
     async with world.client.get("/sandbox/") as resp:
         assert resp.status == 200
         assert resp.content_type == "text/html"
+        assert "/sandbox/static/console.js" in await resp.text()
+    async with world.client.get("/sandbox/static/console.js") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "text/javascript"
         assert "/sandbox/api" in await resp.text()
+    async with world.client.get("/favicon.ico") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "image/svg+xml"
+    async with world.client.get("/sandbox/static/nothing.js") as resp:
+        assert resp.status == 404
 
 
 async def test_search_pages_and_single_conversation_channels(world: World) -> None:

@@ -586,9 +586,12 @@ async def test_recorder_default_answers_match_the_spec() -> None:
     for name in (
         "outbound.external_messenger.new_message",
         "outbound.external_messenger.message_state",
+        "outbound.external_messenger.create_contact",
+        "outbound.external_messenger.create_conversation",
         "outbound.ping",
     ):
-        spec.validate_callback_response(name, recorder.default_answer(name, {"pingId": "p1"}))
+        body = {"pingId": "p1", "contactIdentifier": "+1 415 555 0100"}
+        spec.validate_callback_response(name, recorder.default_answer(name, body))
 
 
 @pytest.mark.parametrize("version", ["v4", "v3"])

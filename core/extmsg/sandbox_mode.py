@@ -2,7 +2,8 @@
 
 The config's ``[unblu]`` section is pointed at the sandbox. Without channels in the config,
 one channel per messenger that ships a provider fake is added, talking to that fake, so a fresh
-clone has a complete system to play with and no account anywhere. The fakes listen on loopback
+clone has a complete system to play with and no account anywhere; the console shows each fake
+as that channel's customer. The fakes listen on loopback
 and hand out file URLs there, so loopback is added to ``[server] fetch_allowed_networks``.
 """
 
@@ -55,9 +56,11 @@ async def start_sandbox(
             await site.start()
             fake_port = runner.addresses[0][1]
             url = f"http://127.0.0.1:{fake_port}"
+            name = f"{fake.messenger.replace('_', '-')}-sandbox"
+            server.sandbox.customers.add(name, fake.messenger, fake.name, url)
             channels.append(
                 {
-                    "name": f"{fake.messenger.replace('_', '-')}-sandbox",
+                    "name": name,
                     "messenger": fake.messenger,
                     "webhook_secret": secrets.token_hex(16),
                     "settings": fake.channel_settings(url, fake_app),

@@ -51,6 +51,22 @@ Routes:
     ``POST`` makes the sandbox deliver each message a messenger posts back to that messenger's
     own channel, before it answers the post, as an Unblu whose loop prevention failed;
     ``DELETE`` restores Unblu's behaviour. Answers ``{"echo": true | false}``.
+``POST /sandbox/api/conversations/start``
+    ``{"channelId", "contactIdentifier", "name"?, "topic"?, "agentId"?}`` → 201 with the
+    conversation: an agent starts a conversation with a contact, as Unblu does it (v4: the
+    ``create_contact`` and ``create_conversation`` requests to the channel; see
+    :mod:`extmsg.sandbox.starting`). 422 with the channel's ``errorText`` when it refuses.
+``GET  /sandbox/api/customers``
+    The customers' side: per sandbox channel, the provider fake standing in for the
+    customer's phone or mailbox (channel, messenger, title, url).
+``GET  /sandbox/api/customers/{channel}/thread``
+    What that customer's device holds (the fake's ``GET /fake/thread``).
+``POST /sandbox/api/customers/{channel}/messages``
+    ``{"from"?, "text"?, "name"?, "subject"?, "in_reply_to"?, "files"?: [{"name", "mimeType",
+    "data"}]}``: write as the customer (the fake's ``POST /fake/inbound``).
+``GET  /sandbox/api/events``
+    Server-sent events for the console: what changed, as it changes (see
+    :mod:`extmsg.sandbox.live`).
 ``POST /sandbox/api/reset``
     Forget every channel, person, contact, conversation, message and delivery.
 ``GET  /sandbox/api/files/{messageId}``
@@ -73,13 +89,26 @@ from .bodies import Body, read_body
 from .delivery import Delivery
 from .errors import ApiError
 from .inputs import MessageContent
+from .live import LiveFeed, stream_events
 from .rest_common import END_REASONS, Handler, base_url, sandbox_of
 from .service import Sandbox
+from .starting import start_conversation
 from .state import Conversation, FileContent, Message
 
-__all__ = ["create_agent_api_app", "file_response"]
+__all__ = [
+    "LIVE_KEY",
+    "conversation_view",
+    "create_agent_api_app",
+    "delivery_view",
+    "file_response",
+    "message_view",
+    "outage_view",
+]
 
 routes = web.RouteTableDef()
+
+#: The console's live feed, on the sandbox's main application.
+LIVE_KEY: web.AppKey[LiveFeed] = web.AppKey("extmsg_sandbox_live", LiveFeed)
 
 
 def _token_ok(sandbox: Sandbox, request: web.Request) -> bool:
@@ -209,7 +238,7 @@ def delivery_view(d: Delivery) -> dict[str, Any]:
     }
 
 
-def _outage_view(sandbox: Sandbox) -> dict[str, Any]:
+def outage_view(sandbox: Sandbox) -> dict[str, Any]:
     left = sandbox.outage_remaining()
     return {
         "active": left is not None,
@@ -271,6 +300,21 @@ async def list_conversations(request: web.Request) -> web.Response:
         and ("sourceId" not in q or c.source_id == q["sourceId"])
     ]
     return web.json_response(out)
+
+
+@routes.post("/conversations/start")
+async def start(request: web.Request) -> web.Response:
+    sandbox = sandbox_of(request)
+    body = await read_body(request)
+    conv = await start_conversation(
+        sandbox,
+        body.req_str("channelId"),
+        body.req_str("contactIdentifier"),
+        name=body.opt_str("name"),
+        topic=body.opt_str("topic"),
+        agent_id=body.opt_str("agentId"),
+    )
+    return web.json_response(conversation_view(sandbox, conv), status=201)
 
 
 @routes.get("/conversations/{id}")
@@ -371,7 +415,7 @@ async def drain(request: web.Request) -> web.Response:
 
 @routes.get("/outage")
 async def get_outage(request: web.Request) -> web.Response:
-    return web.json_response(_outage_view(sandbox_of(request)))
+    return web.json_response(outage_view(sandbox_of(request)))
 
 
 @routes.post("/outage")
@@ -384,14 +428,14 @@ async def start_outage(request: web.Request) -> web.Response:
     ):
         raise ApiError.bad_request("seconds: must be a non-negative number")
     sandbox.set_outage(None if seconds is None else float(seconds))
-    return web.json_response(_outage_view(sandbox))
+    return web.json_response(outage_view(sandbox))
 
 
 @routes.delete("/outage")
 async def stop_outage(request: web.Request) -> web.Response:
     sandbox = sandbox_of(request)
     sandbox.clear_outage()
-    return web.json_response(_outage_view(sandbox))
+    return web.json_response(outage_view(sandbox))
 
 
 @routes.get("/forbidden")
@@ -435,6 +479,37 @@ async def stop_echo(request: web.Request) -> web.Response:
     sandbox = sandbox_of(request)
     sandbox.echo = False
     return web.json_response({"echo": False})
+
+
+@routes.get("/customers")
+async def list_customers(request: web.Request) -> web.Response:
+    sides = sandbox_of(request).customers.sides.values()
+    return web.json_response([side.view() for side in sides])
+
+
+@routes.get("/customers/{channel}/thread")
+async def customer_thread(request: web.Request) -> web.Response:
+    channel = request.match_info["channel"]
+    thread = await sandbox_of(request).customers.thread(channel)
+    if thread is None:
+        raise ApiError.not_found(f"the fake of channel {channel!r} shows no customer thread")
+    return web.json_response(thread)
+
+
+@routes.post("/customers/{channel}/messages")
+async def customer_writes(request: web.Request) -> web.Response:
+    sandbox = sandbox_of(request)
+    body = await read_body(request)
+    status, answer = await sandbox.customers.write(request.match_info["channel"], dict(body.data))
+    if status >= 400:
+        problem = answer.get("error") if isinstance(answer, dict) else answer
+        raise ApiError(502, f"the fake refused the message (HTTP {status}): {problem}")
+    return web.json_response(answer, status=201)
+
+
+@routes.get("/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    return await stream_events(request, request.config_dict[LIVE_KEY])
 
 
 @routes.post("/reset")

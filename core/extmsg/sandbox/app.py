@@ -3,7 +3,9 @@
 Layout: ``/app/rest/v4/...`` and ``/app/rest/v3/...`` (the emulated web API, basic auth; a
 client's base URL is ``http://host:port/app/rest``), ``/app/rest/sandbox/files/{messageId}``
 (file downloads, basic auth), ``/sandbox/api/...`` (agent API, see
-:mod:`extmsg.sandbox.agent_api`) and ``/sandbox/`` (a small console page).
+:mod:`extmsg.sandbox.agent_api`) and ``/sandbox/`` (the console: the customers' side and the
+agent's side on one page, its script and style under ``/sandbox/static/``, kept current by
+``/sandbox/api/events``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .agent_api import create_agent_api_app, file_response
+from .agent_api import LIVE_KEY, create_agent_api_app, file_response
+from .console_view import console_entities
+from .live import LiveFeed
 from .rest_common import api_middleware, sandbox_of
 from .rest_v3 import create_v3_app
 from .rest_v4 import create_v4_app
@@ -61,6 +65,11 @@ def create_sandbox_app(
     sandbox.forbid(forbidden)
     app = web.Application()
     app[SANDBOX_KEY] = sandbox
+    live = LiveFeed(lambda: console_entities(sandbox))
+    app[LIVE_KEY] = live
+    sandbox.deliverer.on_change = live.poke
+    app.on_response_prepare.append(_changed_by_request)
+    app.on_shutdown.append(_end_streams)
     app.add_subapp("/app/rest/v4", create_v4_app())
     app.add_subapp("/app/rest/v3", create_v3_app())
     files = web.Application(middlewares=[api_middleware])
@@ -69,6 +78,8 @@ def create_sandbox_app(
     app.add_subapp("/sandbox/api", create_agent_api_app())
     app.router.add_get("/sandbox/", _console)
     app.router.add_get("/sandbox", _to_console)
+    app.router.add_get("/sandbox/static/{name}", _static)
+    app.router.add_get("/favicon.ico", _favicon)
     app.cleanup_ctx.append(_lifecycle)
     return app
 
@@ -88,7 +99,42 @@ async def _to_console(request: web.Request) -> web.StreamResponse:
 
 async def _console(request: web.Request) -> web.Response:
     page = resources.files("extmsg.sandbox").joinpath("static/console.html")
-    return web.Response(text=page.read_text(encoding="utf-8"), content_type="text/html")
+    return web.Response(
+        text=page.read_text(encoding="utf-8"),
+        content_type="text/html",
+        headers={"Cache-Control": "no-cache"},
+    )
+
+
+_STATIC_TYPES = {
+    "console.js": "text/javascript",
+    "console.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
+
+
+async def _static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in _STATIC_TYPES:
+        raise web.HTTPNotFound
+    data = resources.files("extmsg.sandbox").joinpath(f"static/{name}").read_bytes()
+    return web.Response(
+        body=data, content_type=_STATIC_TYPES[name], headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def _favicon(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/sandbox/static/favicon.svg")
+
+
+async def _changed_by_request(request: web.Request, response: web.StreamResponse) -> None:
+    """Whatever a request may have changed reaches the open consoles right away."""
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        request.config_dict[LIVE_KEY].poke()
+
+
+async def _end_streams(app: web.Application) -> None:
+    await app[LIVE_KEY].close()
 
 
 @dataclass

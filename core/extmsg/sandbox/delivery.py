@@ -158,6 +158,12 @@ class Deliverer:
         self._queues: dict[str, asyncio.Queue[Delivery]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        #: Called whenever a delivery changed (queued, attempted, finished).
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # -- lifecycle -------------------------------------------------------------------------
     def _client(self) -> aiohttp.ClientSession:
@@ -225,6 +231,7 @@ class Deliverer:
         )
         self.records.append(d)
         self._trim()
+        self._changed()
         return d
 
     def _trim(self) -> None:
@@ -299,6 +306,7 @@ class Deliverer:
             finally:
                 d.finished.set()
                 queue.task_done()
+                self._changed()
 
     async def _deliver(self, d: Delivery) -> None:
         for retry_no in range(self.retries + 1):
@@ -358,6 +366,7 @@ class Deliverer:
             attempt.error = f"invalid endpoint {channel.webhook_endpoint!r}: {exc}"
         finally:
             attempt.duration_ms = (time.perf_counter() - started) * 1000
+            self._changed()
         return attempt
 
 

@@ -4,7 +4,8 @@ Useful in tests: serve :meth:`WebhookRecorder.app` with ``aiohttp_server``, crea
 whose ``webhookEndpoint`` points at it, then look at :attr:`WebhookRecorder.calls`. By default it
 answers like a well-behaved middleware: ``ExternalMessengerNewMessageResponse`` with a minted
 ``externalMessageId``, ``ExternalMessengerMessageStateResponse``, a ``PingResponse`` echoing the
-``pingId``, and an empty 200 to legacy webhook events. :meth:`fail_next` scripts failures.
+``pingId``, ``CREATE`` to ``create_contact`` (the identifier without blanks as ``sourceId``)
+and ``create_conversation``, and an empty 200 to legacy webhook events. :meth:`fail_next` scripts failures.
 """
 
 from __future__ import annotations
@@ -124,6 +125,22 @@ class WebhookRecorder:
             }
         if name == "outbound.external_messenger.message_state":
             return {"$_type": "ExternalMessengerMessageStateResponse"}
+        if name == "outbound.external_messenger.create_contact":
+            identifier = body.get("contactIdentifier") if isinstance(body, dict) else None
+            person = body.get("personData") if isinstance(body, dict) else None
+            return {
+                "$_type": "ExternalMessengerCreateContactCreateResponse",
+                "type": "CREATE",
+                "name": (person or {}).get("displayName") or identifier,
+                "sourceId": "".join(str(identifier or "contact").split()),
+            }
+        if name == "outbound.external_messenger.create_conversation":
+            self._minted += 1
+            return {
+                "$_type": "ExternalMessengerCreateConversationCreateResponse",
+                "type": "CREATE",
+                "sourceId": f"conversation-{self._minted}",
+            }
         if name == "outbound.ping":
             ping_id = body.get("pingId") if isinstance(body, dict) else None
             return {"$_type": "PingResponse", "pingId": ping_id}

@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from . import outbound
+from .customers import Customers
 from .delivery import Deliverer, Delivery, Targets
 from .errors import ApiError
 from .inputs import ChannelFields, MessageContent, NewConversation, PersonFields, WebhookFields
@@ -80,6 +81,8 @@ class Sandbox:
             backoff=retry_backoff,
             backoff_max=retry_backoff_max,
         )
+        self.customers = Customers()
+        """The customers' side: the provider fake behind each sandbox channel."""
         self._outage_until: float | None = None
         self._outage_forever = False
         #: Deliver a messenger's messages back to its own channel, before answering the post
@@ -94,6 +97,7 @@ class Sandbox:
     # -- lifecycle -------------------------------------------------------------------------
     async def close(self) -> None:
         await self.deliverer.close()
+        await self.customers.close()
 
     async def drain(self) -> None:
         """Wait until every queued delivery is finished (wrap in ``asyncio.timeout``)."""

@@ -12,8 +12,10 @@ beside it. Recipients script failures by their local part, like a real server wo
 on a free port when it starts, and offers
 
 - ``GET  /fake/messages``: every recorded mail, oldest first (headers, text, attachments);
-- ``POST /fake/inbound`` ``{"from": …, "subject": …, "text": …, "in_reply_to": …}``: write a
-  mail as a customer would, delivered by SMTP to the sandbox channel's listener.
+- ``POST /fake/inbound`` ``{"from": …, "subject": …, "text": …, "in_reply_to": …, "name"?: …,
+  "files"?: […]}``: write a mail as a customer would, delivered by SMTP to the sandbox
+  channel's listener;
+- ``GET  /fake/thread``: the customer's mailbox (:class:`extmsg.testing.customer.CustomerThread`).
 
 ``ProviderFake.channel_settings`` reads the started sink's ports from the fake's application.
 """
@@ -25,17 +27,26 @@ import asyncio
 import json
 import re
 import socket
+import time
 from collections.abc import AsyncIterator
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
-from email.utils import make_msgid
+from email.utils import formataddr, make_msgid, parseaddr, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
 from aiohttp import web
 from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from extmsg.testing.customer import (
+    CustomerThread,
+    ThreadEntry,
+    ThreadFile,
+    inbound_files,
+    now_ms,
+)
 
 from .smtp_in import quiet_aiosmtpd
 
@@ -114,6 +125,7 @@ class RecordingHandler:
                 return f"{code} {code[0]}.7.1 scripted failure at DATA"
         raw = envelope.original_content or b""
         info = {
+            "received_ms": time.time_ns() // 1_000_000,
             "mail_from": envelope.mail_from,
             "rcpt_tos": list(envelope.rcpt_tos),
             "auth": bool(session.authenticated),
@@ -133,6 +145,8 @@ class FakeMailServer:
 
     def __init__(self) -> None:
         self.handler = RecordingHandler()
+        #: Mails customers wrote through ``/fake/inbound``, for their side of the thread.
+        self.inbound: list[ThreadEntry] = []
         self.server: asyncio.AbstractServer | None = None
         self.smtp_port = 0
         self.listen_port = _free_port()
@@ -191,20 +205,101 @@ async def _messages(request: web.Request) -> web.Response:
 async def _inbound(request: web.Request) -> web.Response:
     sink = request.app[SERVER]
     body = await request.json()
+    try:
+        files = inbound_files(body)
+    except ValueError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    sender = str(body.get("from") or "Customer <customer@example.org>")
+    if body.get("name") and "<" not in sender:
+        sender = formataddr((str(body["name"]), sender))
     mail = EmailMessage()
-    mail["From"] = str(body.get("from") or "Customer <customer@example.org>")
+    mail["From"] = sender
     mail["To"] = str(body.get("to") or SANDBOX_ADDRESS)
     mail["Subject"] = str(body.get("subject") or "Hello")
     mail["Message-ID"] = make_msgid(domain="example.org")
-    if body.get("in_reply_to"):
-        mail["In-Reply-To"] = str(body["in_reply_to"])
-        mail["References"] = str(body["in_reply_to"])
+    parent = str(body.get("in_reply_to") or "")
+    if parent:
+        mail["In-Reply-To"] = parent
+        mail["References"] = " ".join(_references(sink, parent))
     mail.set_content(str(body.get("text") or ""))
+    for f in files:
+        main, _, sub = f.mime_type.partition("/")
+        mail.add_attachment(f.data, maintype=main, subtype=sub or "octet-stream", filename=f.name)
+    written = ThreadEntry(
+        id=str(mail["Message-ID"]),
+        sender="customer",
+        contact=parseaddr(sender)[1],
+        text=str(body.get("text") or ""),
+        subject=str(mail["Subject"]),
+        thread=_references(sink, parent)[0] if parent else str(mail["Message-ID"]),
+        timestamp=now_ms(),
+        state="sending",
+        files=[ThreadFile(name=f.name, mime_type=f.mime_type, size=len(f.data)) for f in files],
+    )
+    sink.inbound.append(written)
     try:
         await aiosmtplib.send(mail, hostname="127.0.0.1", port=sink.listen_port, timeout=10)
     except aiosmtplib.SMTPException as exc:
+        written.state, written.error = "failed", str(exc)
         return web.json_response({"error": str(exc)}, status=502)
+    written.state = "sent"
     return web.json_response({"message_id": mail["Message-ID"]})
+
+
+def _references(sink: FakeMailServer, parent: str) -> list[str]:
+    """The thread's message ids up to ``parent``, root first (as a mail client writes them)."""
+    for entry in _entries(sink):
+        if entry.id == parent and entry.thread and entry.thread != parent:
+            return [entry.thread, parent]
+    return [parent]
+
+
+def _entries(sink: FakeMailServer) -> list[ThreadEntry]:
+    entries = list(sink.inbound)
+    for raw, info in sink.handler.messages:
+        mail = read_mail(raw, info)
+        headers = mail["headers"]
+        refs = (headers.get("references") or headers.get("in-reply-to") or "").split()
+        message_id = headers.get("message-id") or f"<recorded-{len(entries)}>"
+        try:
+            at = int(parsedate_to_datetime(headers["date"]).timestamp() * 1000)
+        except (KeyError, TypeError, ValueError):
+            at = 0
+        entries.append(
+            ThreadEntry(
+                id=message_id,
+                sender="business",
+                contact=", ".join(mail.get("rcpt_tos") or []),
+                text=mail["text"] if mail["text"] is not None else mail["html"],
+                subject=headers.get("subject"),
+                thread=refs[0] if refs else message_id,
+                timestamp=max(at, info.get("received_ms", 0)),
+                state="delivered",
+                files=[
+                    ThreadFile(
+                        name=a["file_name"] or "attachment",
+                        mime_type=a["mime_type"],
+                        size=a["size"],
+                    )
+                    for a in mail["attachments"]
+                ],
+            )
+        )
+    entries.sort(key=lambda e: e.timestamp)
+    return entries
+
+
+async def _thread(request: web.Request) -> web.Response:
+    view = CustomerThread(
+        messenger="email",
+        kind="email",
+        business=SANDBOX_ADDRESS,
+        contact="customer@example.org",
+        entries=_entries(request.app[SERVER]),
+        subjects=True,
+        files=True,
+    )
+    return web.Response(body=view.encode(), content_type="application/json")
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -222,4 +317,5 @@ def create_email_fake(extmsg_url: str | None = None) -> web.Application:
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_get("/fake/messages", _messages)
     app.router.add_post("/fake/inbound", _inbound)
+    app.router.add_get("/fake/thread", _thread)
     return app

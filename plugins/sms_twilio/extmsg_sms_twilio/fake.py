@@ -24,7 +24,9 @@ Endpoints:
   for one destination (``times`` omitted: until cleared; ``"after": n``: the next ``n`` sends
   go through first, e.g. part two of a split message fails); ``DELETE /fake/failures`` clears
   them
-- ``POST /fake/inbound`` ``{"url": …, "params": {…}}``: deliver a signed inbound webhook
+- ``POST /fake/inbound`` ``{"url": …, "params": {…}}``: deliver a signed inbound webhook; the
+  generic shape of :mod:`extmsg.testing.customer` (``from``, ``text``, ``files``) works too
+- ``GET  /fake/thread``: the customer's phone, as :class:`extmsg.testing.customer.CustomerThread`
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from urllib.parse import urlencode
 import aiohttp
 import msgspec
 from aiohttp import web
+
+from extmsg.testing.customer import CustomerThread, ThreadEntry, ThreadFile, inbound_files
 
 from .segments import count_segments
 from .signature import compute_signature
@@ -249,6 +253,8 @@ class FakeTwilio:
         self.callback_delay = callback_delay
         self.callbacks_enabled = callbacks
         self.messages: list[dict[str, Any]] = []
+        #: What customers wrote through ``/fake/inbound``, for their side of the thread.
+        self.inbound: list[ThreadEntry] = []
         self.callbacks: list[dict[str, Any]] = []
         self.media: dict[str, tuple[bytes, str]] = {}
         self.storage_signatures: dict[str, str] = {}
@@ -553,7 +559,8 @@ class FakeTwilio:
         return web.json_response({"to": data["to"], "scenario": data["scenario"]})
 
     async def deliver_inbound(self, request: web.Request) -> web.Response:
-        """``{"url"?, "channel"?, "from"?, "body"?, "params"?}`` → a signed inbound SMS.
+        """``{"url"?, "channel"?, "from"?, "body"?, "params"?}`` → a signed inbound SMS (or MMS
+        with ``files``; ``text`` stands for ``body``).
 
         Without ``url`` the message goes to ``{extmsg_url}/channels/{channel}/inbound`` (the
         sandbox's channel by default); ``params`` override the generated parameters.
@@ -565,18 +572,70 @@ class FakeTwilio:
                 return web.json_response({"error": "give a url (no extmsg_url known)"}, status=400)
             channel = data.get("channel") or SANDBOX_CHANNEL
             url = f"{self.extmsg_url}/channels/{channel}/inbound"
+        try:
+            files = inbound_files(data)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        origin = str(request.url.origin())
+        media = [(origin + self.add_media(f.data, f.mime_type), f.mime_type) for f in files]
+        sender = str(data.get("from") or "+14155550123")
+        text = str(data.get("body") or data.get("text") or "")
         params = inbound_params(
-            from_=str(data.get("from") or "+14155550123"),
+            from_=sender,
             to=self.from_number,
-            body=str(data.get("body") or ""),
+            body=text,
             account_sid=self.account_sid,
+            media=media,
         )
         params.update({str(k): str(v) for k, v in dict(data.get("params") or {}).items()})
+        entry = ThreadEntry(
+            id=params["MessageSid"],
+            sender="customer",
+            contact=params.get("From", sender),
+            text=params.get("Body") or None,
+            timestamp=int(time.time() * 1000),
+            state="sending",
+            files=[ThreadFile(name=f.name, mime_type=f.mime_type, size=len(f.data)) for f in files],
+        )
+        self.inbound.append(entry)
         try:
             result = await self.send_inbound(str(url), params)
         except aiohttp.ClientError as exc:
+            entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"
             return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=502)
+        ok = 200 <= result.status < 300
+        entry.state = "sent" if ok else "failed"
+        entry.error = None if ok else f"HTTP {result.status}"
         return web.json_response(msgspec.to_builtins(result))
+
+    async def thread(self, request: web.Request) -> web.Response:
+        """The customer's phone: what they texted and what reached them."""
+        entries = list(self.inbound)
+        for m in self.messages:
+            failed = m["status"] in ("failed", "undelivered")
+            entries.append(
+                ThreadEntry(
+                    id=m["sid"],
+                    sender="business",
+                    contact=m["to"],
+                    text=m["body"] or None,
+                    timestamp=int(m["created_at"] * 1000),
+                    state=_THREAD_STATES.get(m["status"], "sending"),
+                    error=(m["error_message"] or "not delivered") if failed else None,
+                    files=[ThreadFile(name=u.rsplit("/", 1)[-1], url=u) for u in m["media_urls"]],
+                )
+            )
+        entries.sort(key=lambda e: e.timestamp)
+        view = CustomerThread(
+            messenger="sms_twilio",
+            kind="sms",
+            business=self.from_number,
+            contact="+14155550123",
+            entries=entries,
+            files=True,
+            page="/",
+        )
+        return web.Response(body=view.encode(), content_type="application/json")
 
     async def console(self, request: web.Request) -> web.Response:
         """A tiny page to text the sandbox as a customer would."""
@@ -643,6 +702,15 @@ class FakeTwilio:
         message["callbacks"].append(outcome)
         self.callbacks.append(outcome)
 
+
+#: Twilio's message statuses as the customer's phone shows them.
+_THREAD_STATES = {
+    "sent": "sent",
+    "delivered": "delivered",
+    "read": "read",
+    "failed": "failed",
+    "undelivered": "failed",
+}
 
 #: Where the media redirect points: the same server under another name (another origin).
 _OTHER_LOOPBACK_NAME = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}
@@ -777,5 +845,6 @@ def create_twilio_fake(
     app.router.add_post("/fake/failures", fake.script_failure)
     app.router.add_delete("/fake/failures", fake.script_failure)
     app.router.add_post("/fake/inbound", fake.deliver_inbound)
+    app.router.add_get("/fake/thread", fake.thread)
     app.router.add_get("/", fake.console)
     return app

@@ -10,7 +10,9 @@
   download, both behind the bearer token;
 * ``GET /fake/messages`` — everything sent, in order; ``POST /fake/media`` adds a contact's
   file; ``POST /fake/inbound`` signs and posts a contact's message to ``webhook_url``;
-  ``POST /fake/failures`` configures failures.
+  ``POST /fake/failures`` configures failures; ``GET /fake/thread`` is the contact's phone
+  (:class:`extmsg.testing.customer.CustomerThread`) and ``GET /fake/media/{id}`` opens a file
+  on it.
 
 The module also builds webhook payloads in Meta's shape and posts them signed
 (:func:`send_webhook`), so tests and the sandbox can play the contact's side. It shares no code
@@ -34,6 +36,7 @@ import aiohttp
 from aiohttp import web
 
 from extmsg.constant_time import equal
+from extmsg.testing.customer import CustomerThread, ThreadEntry, ThreadFile, inbound_files
 
 __all__ = [
     "FAKE",
@@ -358,6 +361,8 @@ class GraphFake:
     calls: list[dict[str, Any]] = field(default_factory=list)
     media: dict[str, StoredMedia] = field(default_factory=dict)
     failures: dict[str, Failure] = field(default_factory=dict)
+    #: What contacts wrote through ``/fake/inbound``, for their side of the thread.
+    inbound: list[ThreadEntry] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def fail(
@@ -447,6 +452,7 @@ async def _messages(request: web.Request) -> web.Response:
         "kind": "read" if body.get("status") == "read" else "message",
         "phone_number_id": phone_number_id,
         "request": body,
+        "at": time.time(),
     }
     fake.calls.append(record)
     if record["kind"] == "read":
@@ -454,6 +460,9 @@ async def _messages(request: web.Request) -> web.Response:
             record["status"] = 400
             return _graph_error(131009, details="message_id is not valid")
         record["status"] = 200
+        for entry in fake.inbound:
+            if entry.id == body.get("message_id") and entry.state != "failed":
+                entry.state = "read"
         return web.json_response({"success": True})
 
     recipient = str(body.get("to") or body.get("recipient") or "").lstrip("+")
@@ -526,8 +535,10 @@ async def _post_statuses(
     fake: GraphFake, phone_number_id: str, wamid: str, recipient: str, body: Mapping[str, Any]
 ) -> None:
     assert fake.webhook_url is not None
+    record = next((c for c in fake.calls if c.get("wamid") == wamid), {})
     for state in fake.auto_statuses:
         await asyncio.sleep(0.01)
+        record["delivery_status"] = state
         payload = webhook_payload(
             entry(
                 value(
@@ -648,7 +659,8 @@ async def _clear_failures(request: web.Request) -> web.Response:
 
 
 async def _inbound(request: web.Request) -> web.Response:
-    """Play a contact: ``{"phone_number_id", "from", "name", "text"}`` or a full ``payload``."""
+    """Play a contact: ``{"phone_number_id"?, "from", "name"?, "text", "files"?}`` or a full
+    ``payload``."""
     fake = request.app[FAKE]
     body = await request.json()
     target = body.get("webhook_url") or fake.webhook_url
@@ -656,21 +668,144 @@ async def _inbound(request: web.Request) -> web.Response:
         return web.json_response({"error": "no webhook_url configured"}, status=400)
     payload = body.get("payload")
     wamid = None
+    written: ThreadEntry | None = None
     if payload is None:
-        sender = str(body["from"]).lstrip("+")
-        message = text_message(sender, str(body.get("text", "")), reply_to=body.get("reply_to"))
+        try:
+            files = inbound_files(body)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        sender = str(body.get("from") or "14155550123").lstrip("+")
+        text = str(body.get("text", ""))
+        if files:
+            f = files[0]
+            media_id = fake.add_media(f.data, f.mime_type, f.name)
+            kind = "image" if f.mime_type.startswith("image/") else "document"
+            message = media_message(
+                sender,
+                kind,
+                media_id,
+                mime_type=f.mime_type,
+                caption=text or None,
+                filename=f.name if kind == "document" else None,
+                sha256=fake.media[media_id].sha256,
+                reply_to=body.get("reply_to"),
+            )
+            shown = [
+                ThreadFile(
+                    name=f.name,
+                    mime_type=f.mime_type,
+                    size=len(f.data),
+                    url=f"/fake/media/{media_id}",
+                )
+            ]
+        else:
+            message = text_message(sender, text, reply_to=body.get("reply_to"))
+            shown = []
         wamid = message["id"]
         payload = webhook_payload(
             entry(
                 value(
-                    str(body["phone_number_id"]),
+                    str(body.get("phone_number_id") or SANDBOX_PHONE_NUMBER_ID),
                     contacts=[contact(sender, body.get("name"))],
                     messages=[message],
                 )
             )
         )
+        written = ThreadEntry(
+            id=wamid,
+            sender="customer",
+            contact="+" + sender,
+            text=text or None,
+            timestamp=int(time.time() * 1000),
+            state="sending",
+            files=shown,
+        )
+        fake.inbound.append(written)
     status_code = await send_webhook(target, fake.app_secret, payload)
+    if written is not None:
+        ok = 200 <= status_code < 300
+        written.state = "sent" if ok else "failed"
+        written.error = None if ok else f"HTTP {status_code}"
     return web.json_response({"status": status_code, "wamid": wamid})
+
+
+async def _open_media(request: web.Request) -> web.Response:
+    """A file as the contact's phone shows it (no token: it is on the phone)."""
+    stored = request.app[FAKE].media.get(request.match_info["media_id"])
+    if stored is None:
+        return web.Response(status=404, text="Not Found")
+    return web.Response(body=stored.data, content_type=stored.mime_type.split(";")[0])
+
+
+_TICKS = {"sent": "sent", "delivered": "delivered", "read": "read", "failed": "failed"}
+
+
+def _shown(request_body: Mapping[str, Any]) -> tuple[str | None, str | None, list[ThreadFile]]:
+    """Text, template name and files of a message request, as the phone shows them."""
+    kind = str(request_body.get("type", "text"))
+    item = request_body.get(kind)
+    if not isinstance(item, Mapping):
+        return None, None, []
+    if kind == "text":
+        return str(item.get("body") or ""), None, []
+    if kind == "template":
+        language = item.get("language")
+        code = language.get("code") if isinstance(language, Mapping) else None
+        name = f"{item.get('name')}" + (f" ({code})" if code else "")
+        return None, name, []
+    if kind in _MEDIA_KINDS:
+        url = f"/fake/media/{item['id']}" if "id" in item else item.get("link")
+        name = str(item.get("filename") or kind)
+        return item.get("caption"), None, [ThreadFile(name=name, url=url)]
+    if kind == "reaction":
+        return str(item.get("emoji") or ""), None, []
+    return None, None, []
+
+
+async def _thread(request: web.Request) -> web.Response:
+    fake = request.app[FAKE]
+    entries = list(fake.inbound)
+    for n, call in enumerate(fake.calls):
+        if call["kind"] != "message":
+            continue
+        req = call["request"]
+        text, template, files = _shown(req)
+        ok = bool(call.get("wamid"))
+        state = _TICKS.get(str(call.get("delivery_status")), "sent") if ok else "failed"
+        for f in files:
+            media = fake.media.get((f.url or "").rsplit("/", 1)[-1])
+            if media is not None:
+                files = [
+                    ThreadFile(
+                        name=media.file_name or f.name,
+                        mime_type=media.mime_type,
+                        size=len(media.data),
+                        url=f.url,
+                    )
+                ]
+        entries.append(
+            ThreadEntry(
+                id=str(call.get("wamid") or f"refused-{n}"),
+                sender="business",
+                contact="+" + str(req.get("to") or "").lstrip("+"),
+                text=text,
+                template=template,
+                timestamp=int(call.get("at", 0) * 1000),
+                state=state,
+                error=None if ok else f"refused by the Cloud API (code {call.get('error_code')})",
+                files=files,
+            )
+        )
+    entries.sort(key=lambda e: e.timestamp)
+    view = CustomerThread(
+        messenger="whatsapp",
+        kind="chat",
+        business="+" + DEFAULT_DISPLAY_NUMBER,
+        contact="+14155550123",
+        entries=entries,
+        files=True,
+    )
+    return web.Response(body=view.encode(), content_type="application/json")
 
 
 async def _stop_tasks(app: web.Application) -> None:
@@ -724,6 +859,8 @@ def create_graph_fake(
     app.router.add_post("/fake/failures", _set_failure)
     app.router.add_delete("/fake/failures", _clear_failures)
     app.router.add_post("/fake/inbound", _inbound)
+    app.router.add_get("/fake/thread", _thread)
+    app.router.add_get("/fake/media/{media_id}", _open_media)
     app.router.add_get("/fake/download/{media_id}", _download)
     app.router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id:\d+}/messages", _messages)
     app.router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id:\d+}/media", _upload)
