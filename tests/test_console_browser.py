@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,6 +95,23 @@ def browser(server: Server) -> Iterator[Any]:
         driver.quit()
 
 
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real PNG (a blue square) the customer sends."""
+    width = 48
+    rows = b"".join(b"\x00" + b"\x2f\x5b\xd3" * width for _ in range(width))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, width, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+    path = tmp_path_factory.mktemp("files") / "parcel.png"
+    path.write_bytes(png + chunk(b"IEND", b""))
+    return path
+
+
 def wait_for(driver: Any, what: str, check: Callable[[], Any]) -> Any:
     deadline = time.monotonic() + WAIT
     while True:
@@ -146,7 +165,7 @@ ROUND_TRIPS = [
 
 
 @pytest.mark.parametrize(("channel", "tab", "delivered"), ROUND_TRIPS)
-def test_round_trip(browser: Any, channel: str, tab: str, delivered: str) -> None:
+def test_round_trip(browser: Any, picture: Path, channel: str, tab: str, delivered: str) -> None:
     d = browser
     slug = tab.lower()
     tag = uuid.uuid4().hex[:6]
@@ -165,6 +184,8 @@ def test_round_trip(browser: Any, channel: str, tab: str, delivered: str) -> Non
     if slug == "email":
         one(d, f"#subject-{channel}").send_keys(f"Parcel {tag}")
     one(d, f"#text-{channel}").send_keys(question)
+    if slug == "whatsapp":  # with a picture
+        one(d, f"#file-{channel}").send_keys(str(picture))
     one(d, f"#send-{channel}").click()
     wait_for(
         d, "the customer's message on their device", lambda: customer_entry(d, channel, question)
@@ -175,7 +196,12 @@ def test_round_trip(browser: Any, channel: str, tab: str, delivered: str) -> Non
     assert tab in item.text
     assert "1 message ·" in item.text  # one message, said so
     item.click()
-    wait_for(d, "the customer's message in the agent pane", lambda: agent_message(d, question))
+    asked = wait_for(
+        d, "the customer's message in the agent pane", lambda: agent_message(d, question)
+    )
+    if slug == "whatsapp":
+        wait_for(d, "the picture", lambda: asked.find_elements("css selector", "img"))
+        assert customer_entry(d, channel, question).find_elements("css selector", "img")
     assert one(d, "#reply").is_displayed()
     assert one(d, "#end").is_enabled()
     save_screenshot(d, f"{slug}-1-customer-wrote")
@@ -247,6 +273,10 @@ def test_agent_starts_a_conversation(browser: Any, server: Server) -> None:
     error = wait_for(d, "the channel's refusal", lambda: one(d, "#start-error").text)
     assert "not a number" in error or "valid" in error
     assert one(d, "#start-dialog").is_displayed()
+    # Chromium logs every 4xx answer as a failed load: this one, and nothing else, is expected
+    refusals = console_errors(d)
+    assert refusals, "the refusal was not a 4xx answer"
+    assert all("/conversations/start" in e and "422" in e for e in refusals), refusals
     one(d, "#start-contact").clear()
     one(d, "#start-contact").send_keys(number)
     one(d, "#start-name").send_keys("Rosa Diaz")

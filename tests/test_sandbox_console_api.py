@@ -105,9 +105,10 @@ async def test_start_asks_the_channel_for_contact_and_conversation(desk: Desk) -
 async def test_use_existing_conversation_opens_it(desk: Desk) -> None:
     channel = await desk.channel()
     first = await desk.start(channel, "+14155550101")  # the recorder answers CREATE
+    contact_id = first["participants"][0]["contactId"]
     desk.recorder.answer_next(
-        200, {"type": "USE_EXISTING", "externalMessengerContactId": first["participants"][0]["contactId"]}
-    )  # fmt: skip
+        200, {"type": "USE_EXISTING", "externalMessengerContactId": contact_id}
+    )
     desk.recorder.answer_next(200, {"type": "USE_EXISTING", "conversationId": first["id"]})
     again = await desk.start(channel, "+14155550101")
     assert again["id"] == first["id"]

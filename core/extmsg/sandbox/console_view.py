@@ -33,7 +33,11 @@ async def console_entities(sandbox: Sandbox) -> dict[str, Any]:
         visible = [m for m in messages if not m.internal]
         last = visible[-1] if visible else None
         view["lastText"] = (
-            (last.text if last.type == "TEXT" else (last.file.name if last.file else None))
+            (
+                last.text
+                if last.type == "TEXT"
+                else (last.file.caption or last.file.name if last.file else None)
+            )
             if last
             else None
         )

@@ -5,7 +5,8 @@ whose ``webhookEndpoint`` points at it, then look at :attr:`WebhookRecorder.call
 answers like a well-behaved middleware: ``ExternalMessengerNewMessageResponse`` with a minted
 ``externalMessageId``, ``ExternalMessengerMessageStateResponse``, a ``PingResponse`` echoing the
 ``pingId``, ``CREATE`` to ``create_contact`` (the identifier without blanks as ``sourceId``)
-and ``create_conversation``, and an empty 200 to legacy webhook events. :meth:`fail_next` scripts failures.
+and ``create_conversation``, and an empty 200 to legacy webhook events. :meth:`fail_next`
+scripts failures.
 """
 
 from __future__ import annotations
