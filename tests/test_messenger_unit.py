@@ -363,3 +363,31 @@ def test_every_hook_is_a_unit_method_or_named_raw_only() -> None:
     offered = {f"extmsg_{m}" for m in HOOK_METHODS} | lifecycle
     assert hooks == offered | set(RAW_ONLY_HOOKS)
     assert not offered & set(RAW_ONLY_HOOKS)
+
+
+async def test_a_module_may_hold_a_unit_and_raw_hooks() -> None:
+    """Raw hooks stay available beside a unit: both are registered from one module."""
+    import types
+
+    from extmsg import hookimpl
+
+    module = types.ModuleType("extmsg_mixed")
+
+    class Mixed(Messenger):
+        name = "mixed"
+        settings = _S
+
+    Mixed.__module__ = module.__name__
+
+    @hookimpl
+    def extmsg_map_contact(channel: Channel, contact: Contact) -> Contact:
+        return msgspec.structs.replace(contact, name="From the CRM")
+
+    module.Mixed = Mixed  # type: ignore[attr-defined]
+    module.extmsg_map_contact = extmsg_map_contact  # type: ignore[attr-defined]
+    hooks = build_hooks(entry_points=False, extra=[module], disabled=())
+    assert "mixed" in hooks.messenger_types()
+    names = {p.name for p in hooks.plugins()}
+    assert {"extmsg_mixed", "extmsg_mixed:hooks"} <= names
+    channel = make_channel("m", "mixed", settings=_S())
+    assert (await hooks.map_contact(channel, Contact(address="a"))).name == "From the CRM"
