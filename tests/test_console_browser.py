@@ -194,6 +194,7 @@ def test_round_trip(browser: Any, picture: Path, channel: str, tab: str, deliver
     # the conversation appears on the agent desk, with its channel
     item = wait_for(d, "the conversation on the agent desk", lambda: conversation_with(d, tag))
     assert tab in item.text
+    key = item.find_element("xpath", "..").get_attribute("data-key")
     assert "1 message ·" in item.text  # one message, said so
     item.click()
     asked = wait_for(
@@ -206,16 +207,17 @@ def test_round_trip(browser: Any, picture: Path, channel: str, tab: str, deliver
     assert one(d, "#end").is_enabled()
     save_screenshot(d, f"{slug}-1-customer-wrote")
 
-    # a draft and an opened delivery survive live updates
+    # the agent marks the message read (a draft survives the live updates)
     one(d, "#reply-text").send_keys("draft")
-    details = css(d, "#delivery-log details")
-    if details:
-        details[0].find_element("css selector", "summary").click()
-
-    # the agent marks the message read and answers
     mark = agent_message(d, question).find_element("css selector", "button")
     mark.click()
     wait_for(d, "the message read", lambda: "Read" in agent_message(d, question).text)
+    assert one(d, "#reply-text").get_attribute("value") == "draft", "a live update lost the draft"
+    # an opened delivery stays open while new ones arrive and it changes
+    opened = wait_for(d, "a delivery", lambda: css(d, "#delivery-log details"))[0]
+    opened.find_element("css selector", "summary").click()
+
+    # the agent answers
     one(d, "#reply-text").clear()
     one(d, "#reply-text").send_keys(answer)
     one(d, "#reply-send").click()
@@ -236,8 +238,7 @@ def test_round_trip(browser: Any, picture: Path, channel: str, tab: str, deliver
         "the answer's state on the agent side",
         lambda: any(s in agent_message(d, answer).text for s in ("Sent", "Delivered", "Read")),
     )
-    if details:
-        assert details[0].get_attribute("open") is not None, "an opened delivery collapsed"
+    assert opened.get_attribute("open") is not None, "an opened delivery collapsed"
     if slug == "whatsapp":
         # the agent's read receipt reached the customer's phone: blue ticks
         wait_for(
@@ -247,11 +248,28 @@ def test_round_trip(browser: Any, picture: Path, channel: str, tab: str, deliver
                 "css selector", ".ticks.read"
             ),
         )
+    if slug == "whatsapp":
+        # the agent sends a picture: it reaches the phone as media
+        one(d, "#reply-file").send_keys(str(picture))
+        one(d, "#reply-send").click()
+        wait_for(
+            d,
+            "the agent's picture on the customer's phone",
+            lambda: [
+                e
+                for e in css(d, f"#device-{channel} .thread li.bubble:not(.mine)")
+                if e.find_elements("css selector", "img")
+            ],
+        )
     save_screenshot(d, f"{slug}-2-answer-delivered")
 
     # the agent ends it: no reply form, nothing left to end
     one(d, "#end").click()
-    wait_for(d, "the conversation ended", lambda: "ENDED" in conversation_with(d, tag).text)
+    wait_for(
+        d,
+        "the conversation ended",
+        lambda: "ENDED" in one(d, f'#conversations li[data-key="{key}"]').text,
+    )
     wait_for(d, "the reply form hidden", lambda: not one(d, "#reply").is_displayed())
     assert not one(d, "#end").is_enabled()
     save_screenshot(d, f"{slug}-3-ended")
@@ -324,6 +342,12 @@ def test_fresh_console_is_clean(browser: Any, server: Server) -> None:
             control,
         )
         assert name, control.get_attribute("outerHTML")
+    # the outage switch is still there
+    one(d, "#outage-start").click()
+    wait_for(d, "the outage shown", lambda: "Unblu API down" in one(d, "#outage-state").text)
+    save_screenshot(d, "console-outage")
+    one(d, "#outage-stop").click()
+    wait_for(d, "the outage over", lambda: not one(d, "#outage-state").text)
     with urllib.request.urlopen(f"{server.url}/favicon.ico", timeout=5) as resp:  # noqa: S310
         assert resp.status == 200
     save_screenshot(d, "console-overview")

@@ -397,6 +397,7 @@ $("start-open").addEventListener("click", () => {
   $("start-contact").focus();
 });
 $("start-channel").addEventListener("change", updateStartLabel);
+$("start-contact").addEventListener("input", () => { $("start-error").textContent = ""; });
 $("start-cancel").addEventListener("click", () => $("start-dialog").close());
 $("start-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
