@@ -174,3 +174,17 @@ async def test_events_send_everything_once_then_only_what_changed(desk: Desk) ->
         assert f"conversation/{first['id']}" in changed
         assert f"channel/{channel}" not in changed  # unchanged: not sent again
         assert "outage" not in changed
+
+
+async def test_a_customer_who_wrote_before_is_the_person_the_agent_reaches(desk: Desk) -> None:
+    """As an agent picks them in Unblu's person search: the visitor with that number."""
+    channel = await desk.channel("V3")
+    body = {"sourceId": "someone-known", "phone": "+14155550106", "firstName": "Known"}
+    async with desk.client.post(
+        "/app/rest/v3/persons/createOrUpdateVirtual", json=body, headers=AUTH
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        known = (await resp.json())["id"]
+    conv = await desk.start(channel, "+14155550106")
+    visitor = next(p for p in conv["participants"] if p["viaMessenger"])
+    assert visitor["personId"] == known

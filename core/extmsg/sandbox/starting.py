@@ -10,6 +10,10 @@ V1 to V3 channels have no such requests: as with ``POST /conversations/create`` 
 v3, the conversation is created on the channel with the contact's address as its
 ``sourceId`` and the person connected via the external messenger; the agent's first message
 then reaches the channel as usual.
+
+The person the agent reaches is the visitor with that phone number or address when the sandbox
+knows one (a customer who wrote before, as an agent finds them in Unblu's person search), else
+a new virtual visitor.
 """
 
 from __future__ import annotations
@@ -48,18 +52,7 @@ async def start_conversation(
     agent = sandbox.person(agent_id or DEFAULT_AGENT_ID, field_name="agentId")
     if agent.person_type != "AGENT":
         raise ApiError.bad_request(f"agentId: person {agent.id!r} is not an agent")
-    first, _, last = (name or "").strip().partition(" ")
-    person = sandbox.upsert_virtual_person(
-        PersonFields(
-            source_id=f"{channel.id}:{identifier}",
-            person_type="VISITOR",
-            first_name=first or None,
-            last_name=last or None,
-            nickname=None if name else identifier,
-            email=identifier if "@" in identifier else None,
-            phone=identifier if "@" not in identifier else None,
-        )
-    )
+    person = _known_visitor(sandbox, identifier) or _new_visitor(sandbox, channel, identifier, name)
     if not channel.uses_outbound_requests:
         return _create(sandbox, channel, identifier, person, None, agent, topic)
     if not channel.outbound_supported:
@@ -85,6 +78,34 @@ async def start_conversation(
             raise ApiError(502, "the channel answered CREATE without a sourceId")
         return _create(sandbox, channel, source_id, person, contact, agent, topic)
     raise ApiError(422, str(answer.get("errorText") or f"the channel answered {kind!r}"))
+
+
+def _known_visitor(sandbox: Sandbox, identifier: str) -> Person | None:
+    """The visitor with that phone number or address, as an agent would pick them in Unblu's
+    person search (a customer who wrote before)."""
+    return next(
+        (
+            p
+            for p in sandbox.state.persons.values()
+            if p.person_type == "VISITOR" and identifier in (p.phone, p.email)
+        ),
+        None,
+    )
+
+
+def _new_visitor(sandbox: Sandbox, channel: Channel, identifier: str, name: str | None) -> Person:
+    first, _, last = (name or "").strip().partition(" ")
+    return sandbox.upsert_virtual_person(
+        PersonFields(
+            source_id=f"{channel.id}:{identifier}",
+            person_type="VISITOR",
+            first_name=first or None,
+            last_name=last or None,
+            nickname=None if name else identifier,
+            email=identifier if "@" in identifier else None,
+            phone=identifier if "@" not in identifier else None,
+        )
+    )
 
 
 async def _contact(sandbox: Sandbox, channel: Channel, identifier: str, person: Person) -> Contact:
