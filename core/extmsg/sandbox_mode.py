@@ -5,6 +5,9 @@ one channel per messenger that ships a provider fake is added, talking to that f
 clone has a complete system to play with and no account anywhere; the console shows each fake
 as that channel's customer. The fakes listen on loopback
 and hand out file URLs there, so loopback is added to ``[server] fetch_allowed_networks``.
+Each fake is built with ``extmsg_url`` and ``webhook_url``, the URL of its channel's first
+``events`` route, where it posts a customer's messages (a factory that does not take
+``webhook_url`` gets ``extmsg_url`` only).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from aiohttp import web
 
 from .fetch import LOOPBACK
 from .plugins import Hooks
+from .testing.fakes import call_factory, sandbox_webhook_url
 
 __all__ = ["start_sandbox"]
 
@@ -45,10 +49,16 @@ async def start_sandbox(
     )
     if not raw.get("channels"):
         channels = []
+        messengers = hooks.messenger_types()
         for fake in hooks.provider_fakes():
             if fake.channel_settings is None:
                 continue
-            fake_app = fake.factory(extmsg_url=extmsg_url)
+            name = f"{fake.messenger.replace('_', '-')}-sandbox"
+            fake_app = call_factory(
+                fake.factory,
+                extmsg_url=extmsg_url,
+                webhook_url=sandbox_webhook_url(extmsg_url, messengers.get(fake.messenger), name),
+            )
             runner = web.AppRunner(fake_app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
@@ -56,7 +66,6 @@ async def start_sandbox(
             await site.start()
             fake_port = runner.addresses[0][1]
             url = f"http://127.0.0.1:{fake_port}"
-            name = f"{fake.messenger.replace('_', '-')}-sandbox"
             server.sandbox.customers.add(name, fake.messenger, fake.name, url)
             channels.append(
                 {

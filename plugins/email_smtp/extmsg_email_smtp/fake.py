@@ -8,13 +8,17 @@ Each accepted mail is written to the folder as ``NNNNNN.eml`` with ``NNNNNN.json
 beside it. Recipients script failures by their local part, like a real server would answer:
 ``fail-550…`` / ``fail-451…`` are refused at RCPT, ``fail-data-554…`` / ``fail-data-452…`` at DATA.
 
-:func:`create_email_fake` is the sandbox's form: an aiohttp application that starts the sink
-on a free port when it starts, and offers
+:func:`create_email_fake` is the sandbox's form (:class:`MailFake`): an aiohttp application
+that starts the sink on a free port when it starts, and speaks the sandbox's fake protocol
+(:mod:`extmsg.testing.fakes`):
 
 - ``GET  /fake/messages``: every recorded mail, oldest first (headers, text, attachments);
-- ``POST /fake/inbound`` ``{"from": …, "subject": …, "text": …, "in_reply_to": …, "name"?: …,
-  "files"?: […]}``: write a mail as a customer would, delivered by SMTP to the sandbox
-  channel's listener;
+- ``POST /fake/inbound`` ``{"from": …, "text": …, "subject"?: …, "in_reply_to"?: …,
+  "name"?: …, "files"?: […]}``: write a mail as a customer would, delivered by SMTP to the
+  sandbox channel's listener;
+- ``POST /fake/failures``: the generic failures as SMTP replies at RCPT (450 for
+  ``throttled``, 550 for ``forbidden``, 451 for ``server_error``, a reply held for
+  ``timeout``);
 - ``GET  /fake/thread``: the customer's mailbox (:class:`extmsg.testing.customer.CustomerThread`).
 
 ``ProviderFake.channel_settings`` reads the started sink's ports from the fake's application.
@@ -28,7 +32,7 @@ import json
 import re
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Mapping
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -47,11 +51,14 @@ from extmsg.testing.customer import (
     inbound_files,
     now_ms,
 )
+from extmsg.testing.fakes import CustomerMessage, Failure, FakeProvider
 
 from .smtp_in import quiet_aiosmtpd
 
 __all__ = [
+    "MAIL_FAILURES",
     "FakeMailServer",
+    "MailFake",
     "RecordingHandler",
     "create_email_fake",
     "fake_channel_settings",
@@ -87,14 +94,36 @@ def read_mail(raw: bytes, envelope: dict[str, Any] | None = None) -> dict[str, A
     }
 
 
-class RecordingHandler:
-    """An aiosmtpd handler that keeps every accepted mail (in memory, and in ``folder``)."""
+#: The generic failures as a mail server says them (``status``: the SMTP reply code).
+MAIL_FAILURES: Mapping[str, Failure] = {
+    "throttled": Failure(status=450, message="4.7.1 Too many messages, slow down"),
+    "forbidden": Failure(status=550, message="5.7.1 Relaying denied"),
+    "server_error": Failure(status=451, message="4.3.0 Local error in processing"),
+    "timeout": Failure(status=451, message="4.4.2 Timeout", hold=30.0),
+}
 
-    def __init__(self, folder: str | Path | None = None) -> None:
+
+class RecordingHandler:
+    """An aiosmtpd handler that keeps every accepted mail (in memory, and in ``folder``).
+
+    :param scripted: the failure a recipient meets at RCPT (awaited), beside the ``fail-NNN``
+        local parts.
+    :param on_mail: called with each accepted mail and its envelope.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path | None = None,
+        *,
+        scripted: Callable[[str], Any] | None = None,
+        on_mail: Callable[[bytes, dict[str, Any]], None] | None = None,
+    ) -> None:
         self.folder = Path(folder) if folder else None
         if self.folder is not None:
             self.folder.mkdir(parents=True, exist_ok=True)
         self.messages: list[tuple[bytes, dict[str, Any]]] = []
+        self.scripted = scripted
+        self.on_mail = on_mail
 
     @classmethod
     def from_cli(cls, parser: argparse.ArgumentParser, *args: str) -> RecordingHandler:
@@ -114,6 +143,9 @@ class RecordingHandler:
         if match and not match.group(1):
             code = match.group(2)
             return f"{code} {code[0]}.1.1 <{address}>: scripted failure at RCPT"
+        failure = await self.scripted(address) if self.scripted is not None else None
+        if failure is not None:
+            return f"{failure.status} {failure.message}"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -131,6 +163,8 @@ class RecordingHandler:
             "auth": bool(session.authenticated),
         }
         self.messages.append((raw, info))
+        if self.on_mail is not None:
+            self.on_mail(raw, info)
         if self.folder is not None:
             stem = self.folder / f"{len(list(self.folder.glob('*.eml'))) + 1:06d}"
             stem.with_suffix(".json").write_text(json.dumps(info))
@@ -140,18 +174,43 @@ class RecordingHandler:
         return "250 2.0.0 OK: recorded"
 
 
-class FakeMailServer:
+class MailFake(FakeProvider):
     """The sandbox's SMTP sink plus where the sandbox channel listens for inbound mail."""
 
-    def __init__(self) -> None:
-        self.handler = RecordingHandler()
+    messenger = "email_smtp"
+    title = "Mail fake"
+    scenarios = MAIL_FAILURES
+    customer = "Customer <customer@example.org>"
+
+    def __init__(self, *, webhook_url: str | None = None, extmsg_url: str | None = None) -> None:
+        super().__init__(webhook_url=webhook_url, extmsg_url=extmsg_url)
+        self.handler = RecordingHandler(scripted=self._scripted, on_mail=self._recorded)
         #: Mails customers wrote through ``/fake/inbound``, for their side of the thread.
         self.inbound: list[ThreadEntry] = []
         self.server: asyncio.AbstractServer | None = None
         self.smtp_port = 0
         self.listen_port = _free_port()
 
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/fake/thread", _thread)
+
+    async def _scripted(self, address: str) -> Any:
+        return await self.take_failure(address.lower())
+
+    def fail(
+        self, to: str, failure: str | Any, *, times: int | None = None, after: int = 0
+    ) -> None:
+        super().fail(to.lower(), failure, times=times, after=after)
+
+    def _recorded(self, raw: bytes, info: dict[str, Any]) -> None:
+        mail = read_mail(raw, info)
+        rcpts = info.get("rcpt_tos") or [""]
+        self.record(
+            **mail, id=mail["headers"].get("message-id", ""), to=rcpts[0], state="delivered"
+        )
+
     async def start(self) -> None:
+        await super().start()
         quiet_aiosmtpd()
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
@@ -168,8 +227,9 @@ class FakeMailServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        await super().stop()
 
-    def settings(self) -> dict[str, Any]:
+    def channel_settings(self, base_url: str) -> dict[str, Any]:
         return {
             "address": SANDBOX_ADDRESS,
             "display_name": "Sandbox Support",
@@ -181,8 +241,61 @@ class FakeMailServer:
             "listen_port": self.listen_port,
         }
 
+    def settings(self) -> dict[str, Any]:
+        return self.channel_settings("")
 
-SERVER = web.AppKey("extmsg.email.fake", FakeMailServer)
+    def read_customer(self, data: Mapping[str, Any]) -> CustomerMessage:
+        return super().read_customer({"from": self.customer, **data})
+
+    async def deliver(self, message: CustomerMessage, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A mail from ``from`` (``name``, ``subject``, ``in_reply_to``, ``files`` optional) by
+        SMTP to the sandbox channel's listener; ``id`` is its Message-ID."""
+        files = inbound_files(data)
+        sender = message.sender
+        if message.name and "<" not in sender:
+            sender = formataddr((message.name, sender))
+        mail = EmailMessage()
+        mail["From"] = sender
+        mail["To"] = str(data.get("to") or SANDBOX_ADDRESS)
+        mail["Subject"] = str(data.get("subject") or "Hello")
+        mail["Message-ID"] = message.id or make_msgid(domain="example.org")
+        parent = str(data.get("in_reply_to") or "")
+        if parent:
+            mail["In-Reply-To"] = parent
+            mail["References"] = " ".join(_references(self, parent))
+        mail.set_content(message.text)
+        for f in files:
+            main, _, sub = f.mime_type.partition("/")
+            mail.add_attachment(
+                f.data, maintype=main, subtype=sub or "octet-stream", filename=f.name
+            )
+        written = ThreadEntry(
+            id=str(mail["Message-ID"]),
+            sender="customer",
+            contact=parseaddr(sender)[1],
+            text=message.text,
+            subject=str(mail["Subject"]),
+            thread=_references(self, parent)[0] if parent else str(mail["Message-ID"]),
+            timestamp=now_ms(),
+            state="sending",
+            files=[ThreadFile(name=f.name, mime_type=f.mime_type, size=len(f.data)) for f in files],
+        )
+        self.inbound.append(written)
+        try:
+            await aiosmtplib.send(mail, hostname="127.0.0.1", port=self.listen_port, timeout=10)
+        except aiosmtplib.SMTPResponseException as exc:
+            written.state, written.error = "failed", str(exc)
+            return {"status": exc.code, "id": mail["Message-ID"], "error": exc.message}
+        except aiosmtplib.SMTPException as exc:
+            written.state, written.error = "failed", str(exc)
+            raise OSError(str(exc)) from exc
+        written.state = "sent"
+        return {"status": 250, "id": mail["Message-ID"], "message_id": mail["Message-ID"]}
+
+
+#: The sink and its listener (the name older code knows).
+FakeMailServer = MailFake
+SERVER = web.AppKey("extmsg.email.fake", MailFake)
 
 
 def _free_port() -> int:
@@ -194,56 +307,7 @@ def _free_port() -> int:
 
 def fake_channel_settings(base_url: str, app: web.Application) -> dict[str, Any]:
     """Settings of a channel that sends through (and is written to by) the started fake."""
-    return app[SERVER].settings()
-
-
-async def _messages(request: web.Request) -> web.Response:
-    sink = request.app[SERVER]
-    return web.json_response([read_mail(raw, info) for raw, info in sink.handler.messages])
-
-
-async def _inbound(request: web.Request) -> web.Response:
-    sink = request.app[SERVER]
-    body = await request.json()
-    try:
-        files = inbound_files(body)
-    except ValueError as exc:
-        return web.json_response({"error": str(exc)}, status=400)
-    sender = str(body.get("from") or "Customer <customer@example.org>")
-    if body.get("name") and "<" not in sender:
-        sender = formataddr((str(body["name"]), sender))
-    mail = EmailMessage()
-    mail["From"] = sender
-    mail["To"] = str(body.get("to") or SANDBOX_ADDRESS)
-    mail["Subject"] = str(body.get("subject") or "Hello")
-    mail["Message-ID"] = make_msgid(domain="example.org")
-    parent = str(body.get("in_reply_to") or "")
-    if parent:
-        mail["In-Reply-To"] = parent
-        mail["References"] = " ".join(_references(sink, parent))
-    mail.set_content(str(body.get("text") or ""))
-    for f in files:
-        main, _, sub = f.mime_type.partition("/")
-        mail.add_attachment(f.data, maintype=main, subtype=sub or "octet-stream", filename=f.name)
-    written = ThreadEntry(
-        id=str(mail["Message-ID"]),
-        sender="customer",
-        contact=parseaddr(sender)[1],
-        text=str(body.get("text") or ""),
-        subject=str(mail["Subject"]),
-        thread=_references(sink, parent)[0] if parent else str(mail["Message-ID"]),
-        timestamp=now_ms(),
-        state="sending",
-        files=[ThreadFile(name=f.name, mime_type=f.mime_type, size=len(f.data)) for f in files],
-    )
-    sink.inbound.append(written)
-    try:
-        await aiosmtplib.send(mail, hostname="127.0.0.1", port=sink.listen_port, timeout=10)
-    except aiosmtplib.SMTPException as exc:
-        written.state, written.error = "failed", str(exc)
-        return web.json_response({"error": str(exc)}, status=502)
-    written.state = "sent"
-    return web.json_response({"message_id": mail["Message-ID"]})
+    return app[SERVER].channel_settings(base_url)
 
 
 def _references(sink: FakeMailServer, parent: str) -> list[str]:
@@ -302,20 +366,13 @@ async def _thread(request: web.Request) -> web.Response:
     return web.Response(body=view.encode(), content_type="application/json")
 
 
-async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    sink = app[SERVER]
-    await sink.start()
-    yield
-    await sink.stop()
-
-
-def create_email_fake(extmsg_url: str | None = None) -> web.Application:
-    """The sandbox's fake. ``extmsg_url`` is accepted for the factory contract and not
-    needed: customer mail reaches extmsg over SMTP, at the channel's listener."""
-    app = web.Application()
-    app[SERVER] = FakeMailServer()
-    app.cleanup_ctx.append(_lifecycle)
-    app.router.add_get("/fake/messages", _messages)
-    app.router.add_post("/fake/inbound", _inbound)
-    app.router.add_get("/fake/thread", _thread)
+def create_email_fake(
+    extmsg_url: str | None = None, webhook_url: str | None = None
+) -> web.Application:
+    """The sandbox's fake. ``extmsg_url`` and ``webhook_url`` are accepted for the factory
+    contract and not needed: customer mail reaches extmsg over SMTP, at the channel's
+    listener."""
+    fake = MailFake(extmsg_url=extmsg_url, webhook_url=webhook_url)
+    app = fake.create_app()
+    app[SERVER] = fake
     return app

@@ -14,6 +14,9 @@ from extmsg_email_smtp import plugin as email_plugin
 
 class TestEmailContract(MessengerContract):
     messenger = "email_smtp"
+    contacts = ("kim@example.org", "lee@example.org")
+    quick_timeout = {"smtp_timeout": 0.5}
+    honours_retry_after = False  # SMTP has no Retry-After
     prefixes_text = False  # the agent's name goes in the From line
 
     @pytest.fixture

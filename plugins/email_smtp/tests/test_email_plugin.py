@@ -171,7 +171,7 @@ async def test_sandbox_fake_round_trip(hooks: Hooks) -> None:
                 ),
             )
             async with http.get(f"{url}/fake/messages") as resp:
-                [sent] = await resp.json()
+                [sent] = (await resp.json())["messages"]
         assert sent["rcpt_tos"] == ["kim@example.org"]
         assert sent["headers"]["subject"] == "Re: Hi"
         assert sent["headers"]["in-reply-to"].strip() == message.provider_message_id

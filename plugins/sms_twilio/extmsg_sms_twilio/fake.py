@@ -19,13 +19,13 @@ Endpoints:
 - ``GET  /fake/media/{MediaSid}?X-Amz-Signature=…``: the "storage" answer. Like pre-signed
   storage it refuses a request that also carries an ``Authorization`` header (400), so a client
   that forwards Twilio credentials across the redirect fails here
-- ``GET  /fake/messages``: every send, newest last, with its callbacks' outcome
-- ``POST /fake/failures`` ``{"to": "+1…", "scenario": "opted_out", "times": 1}``: script a failure
-  for one destination (``times`` omitted: until cleared; ``"after": n``: the next ``n`` sends
-  go through first, e.g. part two of a split message fails); ``DELETE /fake/failures`` clears
-  them
-- ``POST /fake/inbound`` ``{"url": …, "params": {…}}``: deliver a signed inbound webhook; the
-  generic shape of :mod:`extmsg.testing.customer` (``from``, ``text``, ``files``) works too
+- the sandbox's fake protocol (:mod:`extmsg.testing.fakes`): ``GET /fake/messages`` (every
+  send, newest last, with its callbacks' outcome; ``callbacks`` beside), ``POST /fake/failures``
+  ``{"to": "+1…", "failure": "opted_out", "times": 1, "after": 0}`` (Twilio's scenarios below
+  and the generic ones; ``after``: the next ``n`` sends go through first, e.g. part two of a
+  split message fails), ``POST /fake/inbound`` (a signed inbound SMS, MMS with ``files``;
+  also ``body`` for the text, ``url``, ``channel``, ``params`` overriding Twilio's parameters)
+  and the customer's page at ``/``
 - ``GET  /fake/thread``: the customer's phone, as :class:`extmsg.testing.customer.CustomerThread`
 """
 
@@ -48,6 +48,7 @@ import msgspec
 from aiohttp import web
 
 from extmsg.testing.customer import CustomerThread, ThreadEntry, ThreadFile, inbound_files
+from extmsg.testing.fakes import CustomerMessage, Failure, FakeProvider
 
 from .segments import count_segments
 from .signature import compute_signature
@@ -91,21 +92,16 @@ def _rfc2822(at: float | None = None) -> str:
     return time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime(at))
 
 
-class FakeFailure(msgspec.Struct, frozen=True, kw_only=True):
+class FakeFailure(Failure, frozen=True, kw_only=True):
     """A scripted failure for one destination number.
 
     :ivar status: HTTP status of the create call; ``201`` means Twilio accepts the message and
         the failure comes later, in the status callback.
     :ivar code: Twilio's error code (in the error body, or the callback's ``ErrorCode``).
     :ivar message: Twilio's error message (``{to}`` is replaced by the number).
-    :ivar retry_after: a ``Retry-After`` header, in seconds.
     :ivar final_status: the callback's last status for accepted-then-failed messages.
     """
 
-    status: int
-    code: int | None
-    message: str = ""
-    retry_after: float | None = None
     final_status: str = "undelivered"
 
 
@@ -130,10 +126,12 @@ SCENARIOS: dict[str, FakeFailure] = {
         status=400, code=21999, message="Something Twilio-specific went wrong."
     ),
     "throttled": FakeFailure(status=429, code=20429, message="Too Many Requests", retry_after=2),
+    "forbidden": FakeFailure(status=403, code=20003, message="Permission Denied"),
     "server_error": FakeFailure(
         status=500, code=20500, message="An internal server error has occurred"
     ),
     "unavailable": FakeFailure(status=503, code=None, message="Service Unavailable"),
+    "timeout": FakeFailure(status=504, code=None, message="Gateway Timeout", hold=30.0),
     "unreachable": FakeFailure(status=201, code=30003, message="Unreachable destination handset"),
     "unknown_destination": FakeFailure(
         status=201, code=30005, message="Unknown destination handset"
@@ -144,12 +142,6 @@ SCENARIOS: dict[str, FakeFailure] = {
         status=201, code=30008, message="Unknown error", final_status="failed"
     ),
 }
-
-
-class _Scripted(msgspec.Struct, kw_only=True):
-    failure: FakeFailure
-    times: int | None
-    after: int = 0
 
 
 class InboundResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -232,8 +224,12 @@ async def send_inbound(
             await http.close()
 
 
-class FakeTwilio:
+class FakeTwilio(FakeProvider):
     """The fake's state: accounts, scripted failures, recorded sends, callbacks in flight."""
+
+    messenger = "sms_twilio"
+    title = "Twilio fake"
+    scenarios = SCENARIOS
 
     def __init__(
         self,
@@ -244,41 +240,30 @@ class FakeTwilio:
         callback_delay: float = 0.01,
         callbacks: bool = True,
         extmsg_url: str | None = None,
+        webhook_url: str | None = None,
         from_number: str = SANDBOX_FROM_NUMBER,
     ) -> None:
+        super().__init__(webhook_url=webhook_url, extmsg_url=extmsg_url)
         self.account_sid = account_sid
-        self.extmsg_url = extmsg_url.rstrip("/") if extmsg_url else None
         self.from_number = from_number
         self.auth_token = auth_token
         self.callback_delay = callback_delay
         self.callbacks_enabled = callbacks
-        self.messages: list[dict[str, Any]] = []
         #: What customers wrote through ``/fake/inbound``, for their side of the thread.
         self.inbound: list[ThreadEntry] = []
         self.callbacks: list[dict[str, Any]] = []
         self.media: dict[str, tuple[bytes, str]] = {}
         self.storage_signatures: dict[str, str] = {}
-        self._failures: dict[str, _Scripted] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._session: aiohttp.ClientSession | None = None
         for number, scenario in (failures or {}).items():
             self.fail(number, scenario)
 
-    # -- scripting --------------------------------------------------------------------------
-    def fail(
-        self, to: str, scenario: str | FakeFailure, *, times: int | None = None, after: int = 0
-    ) -> None:
-        """Make sends to ``to`` fail (``times`` sends, or until :meth:`clear_failures`), once
-        ``after`` sends to it went through."""
-        if isinstance(scenario, str):
-            if scenario not in SCENARIOS:
-                known = ", ".join(sorted(SCENARIOS))
-                raise ValueError(f"unknown scenario {scenario!r} (known: {known})")
-            scenario = SCENARIOS[scenario]
-        self._failures[to] = _Scripted(failure=scenario, times=times, after=after)
-
-    def clear_failures(self) -> None:
-        self._failures.clear()
+    def channel_settings(self, base_url: str) -> dict[str, Any]:
+        return {
+            "account_sid": self.account_sid,
+            "auth_token": self.auth_token,
+            "from_number": self.from_number,
+            "api_base_url": base_url,
+        }
 
     def add_media(
         self, content: bytes, content_type: str, *, message_sid: str | None = None
@@ -292,40 +277,18 @@ class FakeTwilio:
     async def send_inbound(self, url: str, params: Mapping[str, str]) -> InboundResult:
         """Deliver an inbound webhook signed with this account's token."""
         params = {"AccountSid": self.account_sid, **params}
-        return await send_inbound(url, self.auth_token, params, session=self._session)
-
-    async def wait_idle(self) -> None:
-        """Wait until every scheduled status callback was delivered (or failed)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-
-    def _take_failure(self, to: str) -> FakeFailure | None:
-        scripted = self._failures.get(to)
-        if scripted is None:
-            return None
-        if scripted.after > 0:
-            scripted.after -= 1
-            return None
-        if scripted.times is not None:
-            scripted.times -= 1
-            if scripted.times <= 0:
-                del self._failures[to]
-        return scripted.failure
-
-    # -- lifecycle --------------------------------------------------------------------------
-    async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
-
-    async def stop(self) -> None:
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        return await send_inbound(url, self.auth_token, params, session=self.session)
 
     # -- HTTP -------------------------------------------------------------------------------
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        base = f"/{API_VERSION}/Accounts/{{account}}/Messages"
+        router.add_post(f"{base}.json", self.create_message)
+        router.add_get(f"{base}.json", self.list_resource)
+        router.add_get(f"{base}/{{sid}}.json", self.fetch_message)
+        router.add_get(f"{base}/{{sid}}/Media/{{media}}", self.media_redirect)
+        router.add_get("/fake/media/{media}", self.media_content)
+        router.add_get("/fake/thread", self.thread)
+
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
         scheme, _, encoded = header.partition(" ")
@@ -374,7 +337,7 @@ class FakeTwilio:
             return _error(400, 21609, "Invalid StatusCallback url")
         if not _E164.match(to):
             return _error(400, 21211, f"The 'To' number {to} is not a valid phone number.")
-        failure = self._take_failure(to)
+        failure = await self.take_failure(to)
         if failure is not None and failure.status != 201:
             headers = (
                 {"Retry-After": f"{failure.retry_after:g}"}
@@ -412,22 +375,19 @@ class FakeTwilio:
             "uri": f"/{API_VERSION}/Accounts/{self.account_sid}/Messages/{sid}.json",
         }
         response = web.json_response(record, status=201)
-        self.messages.append(
-            {
-                **record,
-                "media_urls": media,
-                "status_callback": callback or None,
-                "callbacks": [],
-                "created_at": created,
-                "sent_at": None,
-            }
+        kept = self.record(
+            **record,
+            id=sid,
+            text=body,
+            media_urls=media,
+            status_callback=callback or None,
+            callbacks=[],
+            created_at=created,
+            sent_at=None,
         )
+        kept["at"] = created
         if callback and self.callbacks_enabled:
-            task = asyncio.get_running_loop().create_task(
-                self._run_callbacks(self.messages[-1], failure)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.spawn(self._run_callbacks(kept, failure))
         return response
 
     async def fetch_message(self, request: web.Request) -> web.Response:
@@ -539,59 +499,50 @@ class FakeTwilio:
         content, content_type = self.media[media_sid]
         return web.Response(body=content, content_type=content_type)
 
-    async def list_messages(self, request: web.Request) -> web.Response:
+    async def http_messages(self, request: web.Request) -> web.Response:
         return web.json_response({"messages": self.messages, "callbacks": self.callbacks})
 
-    async def script_failure(self, request: web.Request) -> web.Response:
-        if request.method == "DELETE":
-            self.clear_failures()
-            return web.json_response({"failures": {}})
-        data = await request.json()
-        try:
-            self.fail(
-                str(data["to"]),
-                str(data["scenario"]),
-                times=data.get("times"),
-                after=int(data.get("after") or 0),
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        return web.json_response({"to": data["to"], "scenario": data["scenario"]})
+    def read_customer(self, data: Mapping[str, Any]) -> CustomerMessage:
+        # ``body`` is Twilio's name for the text; a bare ``params`` names the sender in ``From``
+        given = data.get("params")
+        params: Mapping[str, Any] = given if isinstance(given, dict) else {}
+        return msgspec.convert(
+            {
+                "from": params.get("From") or self.customer,
+                "text": data.get("body") or data.get("text") or "",
+                **{k: v for k, v in data.items() if k != "text"},
+            },
+            CustomerMessage,
+            strict=False,
+        )
 
-    async def deliver_inbound(self, request: web.Request) -> web.Response:
-        """``{"url"?, "channel"?, "from"?, "body"?, "params"?}`` → a signed inbound SMS (or MMS
-        with ``files``; ``text`` stands for ``body``).
-
-        Without ``url`` the message goes to ``{extmsg_url}/channels/{channel}/inbound`` (the
-        sandbox's channel by default); ``params`` override the generated parameters.
-        """
-        data = await request.json()
+    async def deliver(self, message: CustomerMessage, data: Mapping[str, Any]) -> dict[str, Any]:
+        """A signed inbound SMS (MMS with ``files``) to ``url``, or to ``webhook_url`` (the
+        sandbox's channel), or to ``{extmsg_url}/channels/{channel}/inbound``; ``params``
+        override Twilio's parameters."""
         url = data.get("url")
+        if not url and data.get("channel") and self.extmsg_url:
+            url = f"{self.extmsg_url}/channels/{data['channel']}/inbound"
+        url = url or self.webhook_url
+        if not url and self.extmsg_url:
+            url = f"{self.extmsg_url}/channels/{SANDBOX_CHANNEL}/inbound"
         if not url:
-            if not self.extmsg_url:
-                return web.json_response({"error": "give a url (no extmsg_url known)"}, status=400)
-            channel = data.get("channel") or SANDBOX_CHANNEL
-            url = f"{self.extmsg_url}/channels/{channel}/inbound"
-        try:
-            files = inbound_files(data)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        origin = str(request.url.origin())
-        media = [(origin + self.add_media(f.data, f.mime_type), f.mime_type) for f in files]
-        sender = str(data.get("from") or "+14155550123")
-        text = str(data.get("body") or data.get("text") or "")
+            raise ValueError("give a url (no webhook_url known)")
+        files = inbound_files(data)
+        media = [(self.own_url + self.add_media(f.data, f.mime_type), f.mime_type) for f in files]
         params = inbound_params(
-            from_=sender,
+            from_=message.sender,
             to=self.from_number,
-            body=text,
+            body=message.text,
             account_sid=self.account_sid,
             media=media,
+            message_sid=message.id,
         )
         params.update({str(k): str(v) for k, v in dict(data.get("params") or {}).items()})
         entry = ThreadEntry(
             id=params["MessageSid"],
             sender="customer",
-            contact=params.get("From", sender),
+            contact=params.get("From", message.sender),
             text=params.get("Body") or None,
             timestamp=int(time.time() * 1000),
             state="sending",
@@ -600,13 +551,13 @@ class FakeTwilio:
         self.inbound.append(entry)
         try:
             result = await self.send_inbound(str(url), params)
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             entry.state, entry.error = "failed", f"{type(exc).__name__}: {exc}"
-            return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=502)
+            raise
         ok = 200 <= result.status < 300
         entry.state = "sent" if ok else "failed"
         entry.error = None if ok else f"HTTP {result.status}"
-        return web.json_response(msgspec.to_builtins(result))
+        return {**msgspec.to_builtins(result), "id": result.params["MessageSid"]}
 
     async def thread(self, request: web.Request) -> web.Response:
         """The customer's phone: what they texted and what reached them."""
@@ -637,10 +588,6 @@ class FakeTwilio:
         )
         return web.Response(body=view.encode(), content_type="application/json")
 
-    async def console(self, request: web.Request) -> web.Response:
-        """A tiny page to text the sandbox as a customer would."""
-        return web.Response(text=_CONSOLE, content_type="text/html")
-
     # -- status callbacks -------------------------------------------------------------------
     async def _run_callbacks(self, message: dict[str, Any], failure: FakeFailure | None) -> None:
         steps: list[str] = ["queued", "sent"]
@@ -653,6 +600,7 @@ class FakeTwilio:
         for status in steps:
             await asyncio.sleep(self.callback_delay)
             message["status"] = status
+            message["state"] = "failed" if status in ("failed", "undelivered") else status
             updated = time.time()
             message["date_updated"] = _rfc2822(updated)
             if status == "sent":
@@ -687,7 +635,7 @@ class FakeTwilio:
             "User-Agent": "TwilioProxy/1.1",
         }
         outcome: dict[str, Any] = {"sid": message["sid"], "status": params["MessageStatus"]}
-        session = self._session
+        session = self.session
         if session is None:
             outcome["error"] = "the fake is not running"
         else:
@@ -717,7 +665,10 @@ _OTHER_LOOPBACK_NAME = {"127.0.0.1": "localhost", "localhost": "127.0.0.1"}
 
 #: What the fake keeps beside Twilio's resource (not in its answers: Twilio does not return a
 #: message's StatusCallback, so our id in its query cannot be read back).
-_PRIVATE = frozenset({"media_urls", "status_callback", "callbacks", "created_at", "sent_at"})
+_PRIVATE = frozenset(
+    {"media_urls", "status_callback", "callbacks", "created_at", "sent_at"}
+    | {"id", "text", "at", "state"}  # the sandbox protocol's fields
+)
 
 
 def _public(message: dict[str, Any]) -> dict[str, Any]:
@@ -751,27 +702,6 @@ def _sent_on(message: dict[str, Any], days: Mapping[str, dt.date]) -> bool:
     )
 
 
-_CONSOLE = """<!doctype html>
-<html lang="en"><meta charset="utf-8"><title>Twilio fake</title>
-<body style="font-family: sans-serif; max-width: 40em; margin: 2em auto">
-<h1>Twilio fake</h1>
-<p>Text the sandbox channel as a customer.
-Sent messages: <a href="/fake/messages">/fake/messages</a>.
-<form id="f"><label>From <input name="from" value="+14155550123"></label>
-<label>Message <input name="body" size="40" required></label> <button>Send</button></form>
-<pre id="out"></pre>
-<script>
-document.getElementById("f").onsubmit = async (e) => {
-  e.preventDefault();
-  const data = Object.fromEntries(new FormData(e.target));
-  const r = await fetch("/fake/inbound", {method: "POST", body: JSON.stringify(data),
-                                          headers: {"Content-Type": "application/json"}});
-  document.getElementById("out").textContent = JSON.stringify(await r.json(), null, 2);
-};
-</script>
-</body></html>
-"""
-
 #: Where the fake's state lives in its application.
 TWILIO_FAKE = web.AppKey("twilio_fake", FakeTwilio)
 
@@ -793,7 +723,10 @@ def _error(
 
 
 def fake_channel_settings(base_url: str, app: web.Application | None = None) -> dict[str, Any]:
-    """The settings of a channel talking to a fake started with the sandbox credentials."""
+    """The settings of a channel talking to the fake ``app`` (by default one started with the
+    sandbox credentials)."""
+    if app is not None and TWILIO_FAKE in app:
+        return app[TWILIO_FAKE].channel_settings(base_url)
     return {
         "account_sid": SANDBOX_ACCOUNT_SID,
         "auth_token": SANDBOX_AUTH_TOKEN,
@@ -810,13 +743,15 @@ def create_twilio_fake(
     callback_delay: float = 0.01,
     callbacks: bool = True,
     extmsg_url: str | None = None,
+    webhook_url: str | None = None,
 ) -> web.Application:
     """Build the fake's application; its state is ``app[TWILIO_FAKE]``.
 
     :param failures: destination number → scenario name (see :data:`SCENARIOS`) or failure.
     :param callback_delay: seconds between two status callbacks of one message.
     :param callbacks: fire status callbacks at all.
-    :param extmsg_url: where extmsg listens, for inbound messages sent without a URL.
+    :param extmsg_url: where extmsg listens, for inbound messages to a named ``channel``.
+    :param webhook_url: where inbound messages sent without a URL go (the sandbox's channel).
     """
     fake = FakeTwilio(
         account_sid=account_sid,
@@ -825,26 +760,8 @@ def create_twilio_fake(
         callback_delay=callback_delay,
         callbacks=callbacks,
         extmsg_url=extmsg_url,
+        webhook_url=webhook_url,
     )
-    app = web.Application()
+    app = fake.create_app()
     app[TWILIO_FAKE] = fake
-
-    async def lifecycle(_: web.Application) -> Any:
-        await fake.start()
-        yield
-        await fake.stop()
-
-    app.cleanup_ctx.append(lifecycle)
-    base = f"/{API_VERSION}/Accounts/{{account}}/Messages"
-    app.router.add_post(f"{base}.json", fake.create_message)
-    app.router.add_get(f"{base}.json", fake.list_resource)
-    app.router.add_get(f"{base}/{{sid}}.json", fake.fetch_message)
-    app.router.add_get(f"{base}/{{sid}}/Media/{{media}}", fake.media_redirect)
-    app.router.add_get("/fake/media/{media}", fake.media_content)
-    app.router.add_get("/fake/messages", fake.list_messages)
-    app.router.add_post("/fake/failures", fake.script_failure)
-    app.router.add_delete("/fake/failures", fake.script_failure)
-    app.router.add_post("/fake/inbound", fake.deliver_inbound)
-    app.router.add_get("/fake/thread", fake.thread)
-    app.router.add_get("/", fake.console)
     return app

@@ -15,6 +15,7 @@ from extmsg_sms_twilio import plugin as twilio_plugin
 
 class TestTwilioContract(WebhookContract):
     messenger = "sms_twilio"
+    quick_timeout = {"timeout": 0.5}
 
     @pytest.fixture
     def plugin(self) -> ModuleType:

@@ -8,9 +8,12 @@
 * ``POST /{version}/{phone_number_id}/media`` — multipart upload;
 * ``GET /{version}/{media_id}`` then ``GET /fake/download/{media_id}`` — the two-step media
   download, both behind the bearer token;
-* ``GET /fake/messages`` — everything sent, in order; ``POST /fake/media`` adds a contact's
-  file; ``POST /fake/inbound`` signs and posts a contact's message to ``webhook_url``;
-  ``POST /fake/failures`` configures failures; ``GET /fake/thread`` is the contact's phone
+* the sandbox's fake protocol (:mod:`extmsg.testing.fakes`): ``GET /fake/messages`` (every
+  call, in order), ``POST /fake/inbound`` (signs and posts a contact's message to
+  ``webhook_url``; also ``phone_number_id``, ``reply_to``, ``files`` or a whole ``payload``),
+  ``POST /fake/failures`` (generic names, or ``{"recipient", "code", "status", "times"}``) and
+  the customer's page; ``POST /fake/media`` adds a contact's file; ``GET /fake/thread`` is the
+  contact's phone
   (:class:`extmsg.testing.customer.CustomerThread`) and ``GET /fake/media/{id}`` opens a file
   on it.
 
@@ -29,7 +32,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -37,9 +40,11 @@ from aiohttp import web
 
 from extmsg.constant_time import equal
 from extmsg.testing.customer import CustomerThread, ThreadEntry, ThreadFile, inbound_files
+from extmsg.testing.fakes import CustomerMessage, Failure, FakeProvider
 
 __all__ = [
     "FAKE",
+    "GRAPH_FAILURES",
     "Failure",
     "GraphFake",
     "StoredMedia",
@@ -311,16 +316,13 @@ async def verify_webhook(
 
 
 # --- the fake API ------------------------------------------------------------------------------
-@dataclass
-class Failure:
-    """How sends to one recipient fail: a Meta error code, or a bare HTTP status.
-
-    :ivar times: fail this many times, then succeed; None: always.
-    """
-
-    code: int | None = None
-    status: int = 400
-    times: int | None = None
+#: The generic failures in the Graph API's words.
+GRAPH_FAILURES: Mapping[str, Failure] = {
+    "throttled": Failure(status=429, code=130429, retry_after=2.0),
+    "forbidden": Failure(status=403, code=200),
+    "server_error": Failure(status=503, code=2),
+    "timeout": Failure(status=504, code=2, hold=30.0),
+}
 
 
 @dataclass
@@ -346,35 +348,63 @@ class StoredMedia:
         }
 
 
-@dataclass
-class GraphFake:
+class GraphFake(FakeProvider):
     """The fake's state; reachable as ``app[FAKE]``."""
 
-    access_token: str = FAKE_ACCESS_TOKEN
-    app_secret: str = FAKE_APP_SECRET
-    verify_token: str = FAKE_VERIFY_TOKEN
-    webhook_url: str | None = None
-    #: Statuses posted to ``webhook_url`` after each accepted send, e.g. ("sent", "delivered").
-    auto_statuses: tuple[str, ...] = ()
-    #: Template names that exist; None: any name does.
-    templates: frozenset[str] | None = None
-    calls: list[dict[str, Any]] = field(default_factory=list)
-    media: dict[str, StoredMedia] = field(default_factory=dict)
-    failures: dict[str, Failure] = field(default_factory=dict)
-    #: What contacts wrote through ``/fake/inbound``, for their side of the thread.
-    inbound: list[ThreadEntry] = field(default_factory=list)
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    messenger = "whatsapp"
+    title = "WhatsApp Cloud API fake"
+    scenarios = GRAPH_FAILURES
+    customer = "+14155550123"
+
+    def __init__(
+        self,
+        *,
+        access_token: str = FAKE_ACCESS_TOKEN,
+        app_secret: str = FAKE_APP_SECRET,
+        verify_token: str = FAKE_VERIFY_TOKEN,
+        webhook_url: str | None = None,
+        extmsg_url: str | None = None,
+        auto_statuses: Sequence[str] = (),
+        templates: frozenset[str] | None = None,
+        phone_number_id: str = SANDBOX_PHONE_NUMBER_ID,
+    ) -> None:
+        super().__init__(webhook_url=webhook_url, extmsg_url=extmsg_url)
+        self.access_token = access_token
+        self.app_secret = app_secret
+        self.verify_token = verify_token
+        #: Statuses posted to ``webhook_url`` after each accepted send, e.g. ("sent", "delivered").
+        self.auto_statuses = tuple(auto_statuses)
+        #: Template names that exist; None: any name does.
+        self.templates = templates
+        #: The business number a customer writes to when ``/fake/inbound`` names none.
+        self.phone_number_id = phone_number_id
+        self.media: dict[str, StoredMedia] = {}
+        #: What contacts wrote through ``/fake/inbound``, for their side of the thread.
+        self.inbound: list[ThreadEntry] = []
+
+    @property
+    def calls(self) -> list[dict[str, Any]]:
+        """Every API call that sends (messages, read receipts), refused ones too."""
+        return self.messages
 
     def fail(
         self,
         recipient: str,
-        code: int | None = None,
+        code: int | str | Failure | None = None,
         *,
         status: int = 400,
         times: int | None = None,
+        after: int = 0,
     ) -> None:
-        """Make sends to ``recipient`` fail (``code``: Meta error code; else HTTP ``status``)."""
-        self.failures[recipient.lstrip("+")] = Failure(code=code, status=status, times=times)
+        """Make sends to ``recipient`` fail: ``code`` a Meta error code, a failure's name or a
+        :class:`~extmsg.testing.fakes.Failure`; None: a bare HTTP ``status``."""
+        if isinstance(code, str):
+            failure = self.failure(code)
+        elif isinstance(code, Failure):
+            failure = code
+        else:
+            failure = Failure(status=status, code=code)
+        self.failures.add(recipient.lstrip("+"), failure, times=times, after=after)
 
     def add_media(
         self,
@@ -397,21 +427,109 @@ class GraphFake:
     def reads(self) -> list[str]:
         return [c["request"].get("message_id") for c in self.calls if c["kind"] == "read"]
 
-    def _take_failure(self, recipient: str) -> Failure | None:
-        failure = self.failures.get(recipient)
-        if failure is None:
-            return None
-        if failure.times is not None:
-            if failure.times <= 0:
-                return None
-            failure.times -= 1
-        return failure
+    def channel_settings(self, base_url: str) -> dict[str, Any]:
+        return {
+            "phone_number_id": self.phone_number_id,
+            "access_token": self.access_token,
+            "app_secret": self.app_secret,
+            "verify_token": self.verify_token,
+            "api_base_url": base_url,
+        }
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_delete("/fake/messages", _clear_messages)
+        router.add_get("/fake/media", _list_media)
+        router.add_post("/fake/media", _add_media)
+        router.add_get("/fake/thread", _thread)
+        router.add_get("/fake/media/{media_id}", _open_media)
+        router.add_get("/fake/download/{media_id}", _download)
+        router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id:\d+}/messages", _messages)
+        router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id:\d+}/media", _upload)
+        router.add_get(r"/{version:v\d+\.\d+}/{media_id:\d+}", _media_info)
+
+    def script_failure(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        if "recipient" not in data:
+            return super().script_failure(data)
+        # the fake's own shape: a Meta error code or a bare HTTP status
+        code, status_code = data.get("code"), data.get("status", 400)
+        if not isinstance(code, int | None) or not isinstance(status_code, int):
+            raise ValueError("'code' and 'status' must be numbers")
+        self.fail(str(data["recipient"]), code, status=status_code, times=data.get("times"))
+        return {"recipient": data["recipient"], "code": code, "status": status_code}
+
+    def read_customer(self, data: Mapping[str, Any]) -> CustomerMessage:
+        if "payload" in data and "from" not in data:
+            return CustomerMessage(sender="", text="")
+        return super().read_customer(data)
+
+    async def deliver(self, message: CustomerMessage, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Play a contact: the generic shape (``phone_number_id`` defaults to the sandbox's
+        number; the first of ``files`` goes as an image or document) or a full ``payload``; to
+        ``webhook_url`` when given, else the fake's."""
+        target = data.get("webhook_url") or self.webhook_url
+        if not target:
+            raise ValueError("no webhook_url configured")
+        payload = data.get("payload")
+        wamid = None
+        written: ThreadEntry | None = None
+        if payload is None:
+            files = inbound_files(data)
+            sender = message.sender.lstrip("+")
+            if not sender.isdigit():
+                raise ValueError(f"'from' must be a WhatsApp number, not {message.sender!r}")
+            built, shown = self._customer_message(sender, message, files, data.get("reply_to"))
+            wamid = built["id"]
+            number = str(data.get("phone_number_id") or self.phone_number_id)
+            payload = webhook_payload(
+                entry(value(number, contacts=[contact(sender, message.name)], messages=[built]))
+            )
+            written = ThreadEntry(
+                id=wamid,
+                sender="customer",
+                contact="+" + sender,
+                text=message.text or None,
+                timestamp=int(time.time() * 1000),
+                state="sending",
+                files=shown,
+            )
+            self.inbound.append(written)
+        status_code = await send_webhook(target, self.app_secret, payload, session=self.session)
+        if written is not None:
+            ok = 200 <= status_code < 300
+            written.state = "sent" if ok else "failed"
+            written.error = None if ok else f"HTTP {status_code}"
+        return {"status": status_code, "wamid": wamid, "id": wamid}
+
+    def _customer_message(
+        self, sender: str, message: CustomerMessage, files: Sequence[Any], reply_to: Any
+    ) -> tuple[dict[str, Any], list[ThreadFile]]:
+        if not files:
+            built = text_message(sender, message.text, wamid=message.id, reply_to=reply_to)
+            return built, []
+        f = files[0]
+        media_id = self.add_media(f.data, f.mime_type, f.name)
+        kind = "image" if f.mime_type.startswith("image/") else "document"
+        built = media_message(
+            sender,
+            kind,
+            media_id,
+            mime_type=f.mime_type,
+            caption=message.text or None,
+            filename=f.name if kind == "document" else None,
+            sha256=self.media[media_id].sha256,
+            wamid=message.id,
+            reply_to=reply_to,
+        )
+        url = f"/fake/media/{media_id}"
+        return built, [ThreadFile(name=f.name, mime_type=f.mime_type, size=len(f.data), url=url)]
 
 
 FAKE: web.AppKey[GraphFake] = web.AppKey("extmsg_whatsapp.fake", GraphFake)
 
 
-def _graph_error(code: int, *, status: int = 400, details: str | None = None) -> web.Response:
+def _graph_error(
+    code: int, *, status: int = 400, details: str | None = None, retry_after: float | None = None
+) -> web.Response:
     title, known_details = _ERRORS.get(code, ("Error", "Error"))
     body: dict[str, Any] = {
         "error": {
@@ -424,7 +542,8 @@ def _graph_error(code: int, *, status: int = 400, details: str | None = None) ->
     }
     if code in (1, 2):
         body["error"]["is_transient"] = True
-    return web.json_response(body, status=status)
+    headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else {}
+    return web.json_response(body, status=status, headers=headers)
 
 
 def _authorized(request: web.Request) -> bool:
@@ -435,6 +554,19 @@ def _authorized(request: web.Request) -> bool:
 
 def _unauthorized() -> web.Response:
     return _graph_error(190, status=401)
+
+
+def _text_of(body: Mapping[str, Any]) -> str | None:
+    kind = body.get("type", "text")
+    item = body.get(kind)
+    if not isinstance(item, Mapping):
+        return None
+    if kind == "text":
+        return str(item.get("body", ""))
+    if kind == "template":
+        return f"[template {item.get('name')}]"
+    caption = item.get("caption")
+    return str(caption) if caption is not None else None
 
 
 async def _messages(request: web.Request) -> web.Response:
@@ -448,24 +580,27 @@ async def _messages(request: web.Request) -> web.Response:
         return _graph_error(100, details="The request body is not JSON.")
     if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
         return _graph_error(100, details="The parameter messaging_product is required.")
-    record: dict[str, Any] = {
-        "kind": "read" if body.get("status") == "read" else "message",
-        "phone_number_id": phone_number_id,
-        "request": body,
-        "at": time.time(),
-    }
-    fake.calls.append(record)
-    if record["kind"] == "read":
+    kind = "read" if body.get("status") == "read" else "message"
+    recipient = str(body.get("to") or body.get("recipient") or "").lstrip("+")
+    record = fake.record(
+        id=str(body.get("message_id", "")) if kind == "read" else None,  # type: ignore[arg-type]
+        to=recipient,
+        text=_text_of(body) if kind == "message" else None,
+        state="failed",
+        kind=kind,
+        phone_number_id=phone_number_id,
+        request=body,
+    )
+    if kind == "read":
         if not str(body.get("message_id", "")).startswith("wamid."):
             record["status"] = 400
             return _graph_error(131009, details="message_id is not valid")
-        record["status"] = 200
-        for entry in fake.inbound:
-            if entry.id == body.get("message_id") and entry.state != "failed":
-                entry.state = "read"
+        record["status"], record["state"] = 200, "read"
+        for written in fake.inbound:
+            if written.id == body.get("message_id") and written.state != "failed":
+                written.state = "read"
         return web.json_response({"success": True})
 
-    recipient = str(body.get("to") or body.get("recipient") or "").lstrip("+")
     if not recipient:
         record["status"] = 400
         return _graph_error(100, details="The parameter to is required.")
@@ -473,20 +608,18 @@ async def _messages(request: web.Request) -> web.Response:
     if problem is not None:
         record["status"], record["error_code"] = problem.status, problem.code
         return _graph_error(problem.code or 100, status=problem.status)
-    failure = fake._take_failure(recipient)
+    failure = await fake.take_failure(recipient)
     if failure is not None:
         record["status"], record["error_code"] = failure.status, failure.code
-        if failure.code is None:
-            return _graph_error(2, status=failure.status)
-        return _graph_error(failure.code, status=failure.status)
-    wamid = new_wamid()
-    record["status"], record["wamid"] = 200, wamid
-    if fake.webhook_url and fake.auto_statuses:
-        task = asyncio.get_running_loop().create_task(
-            _post_statuses(fake, phone_number_id, wamid, recipient, body)
+        return _graph_error(
+            failure.code if failure.code is not None else 2,
+            status=failure.status,
+            retry_after=failure.retry_after,
         )
-        fake._tasks.add(task)
-        task.add_done_callback(fake._tasks.discard)
+    wamid = new_wamid()
+    record["status"], record["wamid"], record["id"], record["state"] = 200, wamid, wamid, "sent"
+    if fake.webhook_url and fake.auto_statuses:
+        fake.spawn(_post_statuses(fake, phone_number_id, wamid, recipient, body, record))
     answer: dict[str, Any] = {
         "messaging_product": "whatsapp",
         "contacts": [{"input": body.get("to") or recipient, "wa_id": recipient}],
@@ -532,13 +665,16 @@ def _check_message(fake: GraphFake, body: Mapping[str, Any]) -> _Problem | None:
 
 
 async def _post_statuses(
-    fake: GraphFake, phone_number_id: str, wamid: str, recipient: str, body: Mapping[str, Any]
+    fake: GraphFake,
+    phone_number_id: str,
+    wamid: str,
+    recipient: str,
+    body: Mapping[str, Any],
+    record: dict[str, Any],
 ) -> None:
     assert fake.webhook_url is not None
-    record = next((c for c in fake.calls if c.get("wamid") == wamid), {})
     for state in fake.auto_statuses:
         await asyncio.sleep(0.01)
-        record["delivery_status"] = state
         payload = webhook_payload(
             entry(
                 value(
@@ -554,8 +690,9 @@ async def _post_statuses(
                 )
             )
         )
+        record["state"] = record["delivery_status"] = state
         with contextlib.suppress(aiohttp.ClientError, OSError):
-            await send_webhook(fake.webhook_url, fake.app_secret, payload)
+            await send_webhook(fake.webhook_url, fake.app_secret, payload, session=fake.session)
 
 
 async def _upload(request: web.Request) -> web.Response:
@@ -617,10 +754,6 @@ async def _download(request: web.Request) -> web.Response:
     return web.Response(body=stored.data, content_type=stored.mime_type.split(";")[0])
 
 
-async def _list_messages(request: web.Request) -> web.Response:
-    return web.json_response({"messages": request.app[FAKE].calls})
-
-
 async def _clear_messages(request: web.Request) -> web.Response:
     request.app[FAKE].calls.clear()
     return web.Response(status=204)
@@ -639,94 +772,6 @@ async def _add_media(request: web.Request) -> web.Response:
         request.query.get("filename"),
     )
     return web.json_response({"id": media_id, "sha256": fake.media[media_id].sha256})
-
-
-async def _set_failure(request: web.Request) -> web.Response:
-    fake = request.app[FAKE]
-    body = await request.json()
-    fake.fail(
-        str(body["recipient"]),
-        body.get("code"),
-        status=int(body.get("status", 400)),
-        times=body.get("times"),
-    )
-    return web.Response(status=204)
-
-
-async def _clear_failures(request: web.Request) -> web.Response:
-    request.app[FAKE].failures.clear()
-    return web.Response(status=204)
-
-
-async def _inbound(request: web.Request) -> web.Response:
-    """Play a contact: ``{"phone_number_id"?, "from", "name"?, "text", "files"?}`` or a full
-    ``payload``."""
-    fake = request.app[FAKE]
-    body = await request.json()
-    target = body.get("webhook_url") or fake.webhook_url
-    if not target:
-        return web.json_response({"error": "no webhook_url configured"}, status=400)
-    payload = body.get("payload")
-    wamid = None
-    written: ThreadEntry | None = None
-    if payload is None:
-        try:
-            files = inbound_files(body)
-        except ValueError as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        sender = str(body.get("from") or "14155550123").lstrip("+")
-        text = str(body.get("text", ""))
-        if files:
-            f = files[0]
-            media_id = fake.add_media(f.data, f.mime_type, f.name)
-            kind = "image" if f.mime_type.startswith("image/") else "document"
-            message = media_message(
-                sender,
-                kind,
-                media_id,
-                mime_type=f.mime_type,
-                caption=text or None,
-                filename=f.name if kind == "document" else None,
-                sha256=fake.media[media_id].sha256,
-                reply_to=body.get("reply_to"),
-            )
-            shown = [
-                ThreadFile(
-                    name=f.name,
-                    mime_type=f.mime_type,
-                    size=len(f.data),
-                    url=f"/fake/media/{media_id}",
-                )
-            ]
-        else:
-            message = text_message(sender, text, reply_to=body.get("reply_to"))
-            shown = []
-        wamid = message["id"]
-        payload = webhook_payload(
-            entry(
-                value(
-                    str(body.get("phone_number_id") or SANDBOX_PHONE_NUMBER_ID),
-                    contacts=[contact(sender, body.get("name"))],
-                    messages=[message],
-                )
-            )
-        )
-        written = ThreadEntry(
-            id=wamid,
-            sender="customer",
-            contact="+" + sender,
-            text=text or None,
-            timestamp=int(time.time() * 1000),
-            state="sending",
-            files=shown,
-        )
-        fake.inbound.append(written)
-    status_code = await send_webhook(target, fake.app_secret, payload)
-    if written is not None:
-        ok = 200 <= status_code < 300
-        written.state = "sent" if ok else "failed"
-        written.error = None if ok else f"HTTP {status_code}"
-    return web.json_response({"status": status_code, "wamid": wamid})
 
 
 async def _open_media(request: web.Request) -> web.Response:
@@ -801,18 +846,11 @@ async def _thread(request: web.Request) -> web.Response:
         messenger="whatsapp",
         kind="chat",
         business="+" + DEFAULT_DISPLAY_NUMBER,
-        contact="+14155550123",
+        contact=fake.customer,
         entries=entries,
         files=True,
     )
     return web.Response(body=view.encode(), content_type="application/json")
-
-
-async def _stop_tasks(app: web.Application) -> None:
-    tasks = list(app[FAKE]._tasks)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def create_graph_fake(
@@ -824,6 +862,7 @@ def create_graph_fake(
     auto_statuses: Sequence[str] = (),
     templates: Sequence[str] | None = None,
     failures: Mapping[str, int | Failure] | None = None,
+    extmsg_url: str | None = None,
 ) -> web.Application:
     """The fake Graph API as an aiohttp application.
 
@@ -833,55 +872,44 @@ def create_graph_fake(
     :param auto_statuses: statuses to post after each accepted send.
     :param templates: the template names that exist (None: any).
     :param failures: recipient → Meta error code (131047, 130429, …), a bare HTTP status
-        (500 to 599), or a :class:`Failure`.
+        (500 to 599), or a :class:`~extmsg.testing.fakes.Failure`.
     """
     fake = GraphFake(
         access_token=access_token,
         app_secret=app_secret,
         verify_token=verify_token,
         webhook_url=webhook_url,
+        extmsg_url=extmsg_url,
         auto_statuses=tuple(auto_statuses),
         templates=None if templates is None else frozenset(templates),
     )
     for recipient, failure in (failures or {}).items():
         if isinstance(failure, Failure):
-            fake.failures[recipient.lstrip("+")] = failure
+            fake.fail(recipient, failure)
         elif 500 <= failure <= 599:
             fake.fail(recipient, status=failure)
         else:
             fake.fail(recipient, failure)
-    app = web.Application()
+    app = fake.create_app()
     app[FAKE] = fake
-    app.router.add_get("/fake/messages", _list_messages)
-    app.router.add_delete("/fake/messages", _clear_messages)
-    app.router.add_get("/fake/media", _list_media)
-    app.router.add_post("/fake/media", _add_media)
-    app.router.add_post("/fake/failures", _set_failure)
-    app.router.add_delete("/fake/failures", _clear_failures)
-    app.router.add_post("/fake/inbound", _inbound)
-    app.router.add_get("/fake/thread", _thread)
-    app.router.add_get("/fake/media/{media_id}", _open_media)
-    app.router.add_get("/fake/download/{media_id}", _download)
-    app.router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id:\d+}/messages", _messages)
-    app.router.add_post(r"/{version:v\d+\.\d+}/{phone_number_id:\d+}/media", _upload)
-    app.router.add_get(r"/{version:v\d+\.\d+}/{media_id:\d+}", _media_info)
-    app.on_cleanup.append(_stop_tasks)
     return app
 
 
-def create_sandbox_fake(extmsg_url: str | None = None) -> web.Application:
+def create_sandbox_fake(
+    extmsg_url: str | None = None, webhook_url: str | None = None
+) -> web.Application:
     """The fake as ``extmsg serve --sandbox`` runs it: contacts written through
-    ``POST /fake/inbound`` reach extmsg's webhook, and every send gets sent/delivered statuses."""
-    webhook = f"{extmsg_url.rstrip('/')}/messengers/whatsapp/webhook" if extmsg_url else None
-    return create_graph_fake(webhook_url=webhook, auto_statuses=("sent", "delivered"))
+    ``POST /fake/inbound`` reach the sandbox channel's ``webhook_url`` (by default extmsg's
+    WhatsApp webhook), and every send gets sent/delivered statuses."""
+    if webhook_url is None and extmsg_url:
+        webhook_url = f"{extmsg_url.rstrip('/')}/messengers/whatsapp/webhook"
+    return create_graph_fake(
+        webhook_url=webhook_url, extmsg_url=extmsg_url, auto_statuses=("sent", "delivered")
+    )
 
 
-def fake_channel_settings(base_url: str, app: web.Application | None = None) -> dict[str, str]:
-    """The settings of a channel talking to a fake started with the default credentials."""
-    return {
-        "phone_number_id": SANDBOX_PHONE_NUMBER_ID,
-        "access_token": FAKE_ACCESS_TOKEN,
-        "app_secret": FAKE_APP_SECRET,
-        "verify_token": FAKE_VERIFY_TOKEN,
-        "api_base_url": base_url,
-    }
+def fake_channel_settings(base_url: str, app: web.Application | None = None) -> dict[str, Any]:
+    """The settings of a channel talking to the fake ``app`` (by default one started with the
+    default credentials)."""
+    fake = app[FAKE] if app is not None and FAKE in app else GraphFake()
+    return fake.channel_settings(base_url)

@@ -15,6 +15,7 @@ from extmsg_whatsapp import plugin as whatsapp_plugin
 
 class TestWhatsAppContract(WebhookContract):
     messenger = "whatsapp"
+    quick_timeout = {"timeout": 0.5}
 
     @pytest.fixture
     def plugin(self) -> ModuleType:
