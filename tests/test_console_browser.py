@@ -45,7 +45,7 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     folder = tmp_path_factory.mktemp("console")
     log = folder / "serve.log"
-    port, sandbox_port = free_port(), free_port()
+    port, sandbox_port, admin_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXTMSG_")}
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -59,6 +59,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 str(port),
                 "--sandbox-port",
                 str(sandbox_port),
+                "--admin-listen",
+                f"127.0.0.1:{admin_port}",
             ],
             cwd=folder,
             stdout=out,
