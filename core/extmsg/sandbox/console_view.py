@@ -9,7 +9,11 @@ from .agent_api import conversation_view, delivery_view, message_view, outage_vi
 from .live import DELIVERIES_SHOWN
 from .service import Sandbox
 
-__all__ = ["console_entities"]
+__all__ = ["CONVERSATIONS_SHOWN", "console_entities"]
+
+#: Conversations the console lists (the newest ones), so that a sandbox under load stays cheap
+#: to watch.
+CONVERSATIONS_SHOWN = 200
 
 
 async def console_entities(sandbox: Sandbox) -> dict[str, Any]:
@@ -27,7 +31,8 @@ async def console_entities(sandbox: Sandbox) -> dict[str, Any]:
             "contactIdentifierFieldName": ch.contact_identifier_field_name,
             "customerSide": side is not None,
         }
-    for c in state.conversations.values():
+    newest = sorted(state.conversations.values(), key=lambda c: c.creation_timestamp)
+    for c in newest[-CONVERSATIONS_SHOWN:]:
         view = conversation_view(sandbox, c)
         messages = sandbox.messages_of(c)
         visible = [m for m in messages if not m.internal]
