@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from extmsg.cli import main
 
 # Commands that read no configuration: the plugins come from the installed distributions and
-# EXTMSG_PLUGINS, the standalone sandbox is configured by its own options.
-NO_CONFIG = {"plugins", "sandbox"}
+# EXTMSG_PLUGINS, the standalone sandbox is configured by its own options, new-plugin writes a
+# distribution.
+NO_CONFIG = {"plugins", "sandbox", "new-plugin"}
 
 
 def walk(group: click.Group, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

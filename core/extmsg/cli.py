@@ -162,6 +162,26 @@ def init(path: Path | None, config_path: Path, force: bool) -> None:
     click.echo(f"wrote {path}; edit it, then run: extmsg check --config {path}")
 
 
+@main.command("new-plugin")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "target",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the distribution (default: ./extmsg-NAME).",
+)
+def new_plugin(name: str, target: Path | None) -> None:
+    """Write a messenger plugin's distribution NAME: the messenger unit, its settings, a
+    provider fake, tests (contract suite, recorded payloads, end to end), packaging, README and
+    licence. It installs and passes ruff, mypy --strict and its own tests as written."""
+    from .scaffold import write_plugin
+
+    target = target or Path(f"extmsg-{name.replace('_', '-')}")
+    written = write_plugin(name, target)
+    click.echo(f"wrote {len(written)} files to {target}; next:")
+    click.echo(f"  cd {target} && pip install -e '.[test]' && pytest && ruff check . && mypy")
+
+
 # --- serve ------------------------------------------------------------------------------------
 @main.command()
 @config_option()

@@ -256,7 +256,12 @@ class MessengerContract:
             if name == "throttled" and self.honours_retry_after:
                 assert verdict.retry_after == pytest.approx(2.0), f"{name}: {verdict}"
         result = await hooks.send(channel, part)
-        sent = [m for m in await world.fake_messages() if m["id"] == result.provider_message_id]
+        # the provider's id, which the plugin may scope (``chat:id``)
+        sent = [
+            m
+            for m in await world.fake_messages()
+            if m["id"] and str(m["id"]) in result.provider_message_id
+        ]
         assert len(sent) == 1, "/fake/messages lists each send under the provider's id"
         assert {"id", "to", "text", "at", "state"} <= set(sent[0])
         assert "Hello from the contract" in (sent[0]["text"] or "")
