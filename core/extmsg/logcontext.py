@@ -14,12 +14,12 @@ each log record; the JSON log format writes them as fields.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
+from typing import Any
 
 __all__ = [
     "FIELDS",
@@ -112,28 +112,38 @@ def scrub_texts(line: str) -> str:
     return line
 
 
-@contextlib.contextmanager
-def bind(texts: Iterable[str | None] = (), **fields: str | int | None) -> Iterator[None]:
+class bind:
     """Bind ``fields`` (names from :data:`FIELDS`; None leaves one as it is) and ``texts``
     (see :func:`scrub_texts`) for the ``with`` block; tasks started inside inherit them.
     Afterwards every field is back to its earlier value, also one :func:`set_field` set inside
     the block (a keep-alive connection's next request starts clean)."""
-    unknown = set(fields) - set(_vars)
-    if unknown:
-        raise ValueError(f"unknown log fields: {', '.join(sorted(unknown))}")
-    tokens = []
-    pieces = _pieces(texts)
-    text_token = _texts.set(_texts.get() + pieces) if pieces else None
-    try:
+
+    __slots__ = ("_fields", "_pieces", "_text_token", "_tokens")
+
+    def __init__(self, texts: Iterable[str | None] = (), **fields: str | int | None) -> None:
+        for name in fields:
+            if name not in _vars:
+                raise ValueError(f"unknown log field: {name}")
+        self._fields = fields
+        self._pieces = _pieces(texts) if texts else ()
+        self._tokens: list[tuple[contextvars.ContextVar[str | None], Any]] = []
+        self._text_token: Any = None
+
+    def __enter__(self) -> None:
+        fields = self._fields
         for name, var in _vars.items():
             value = fields.get(name)
-            tokens.append((var, var.set(var.get() if value is None else str(value))))
-        yield
-    finally:
-        for var, token in reversed(tokens):
+            self._tokens.append((var, var.set(var.get() if value is None else str(value))))
+        if self._pieces:
+            self._text_token = _texts.set(_texts.get() + self._pieces)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._text_token is not None:
+            _texts.reset(self._text_token)
+            self._text_token = None
+        for var, token in reversed(self._tokens):
             var.reset(token)
-        if text_token is not None:
-            _texts.reset(text_token)
+        self._tokens.clear()
 
 
 def set_field(name: str, value: str | int | None) -> None:
