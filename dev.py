@@ -8,6 +8,13 @@
 
 Needs only Python 3.11+ with pip and venv. The virtual environment lives in ``.venv``; it is
 (re)installed when a pyproject.toml changed since the last install.
+
+Plugins of your own: EXTMSG_DEV_PLUGINS lists their distribution directories (each with a
+pyproject.toml), separated by ``{sep}``; they are installed in ``.venv`` too (editable, with
+their test extra), so the sandbox runs them and their fakes beside the bundled ones:
+
+    EXTMSG_DEV_PLUGINS=../extmsg-telegram python3 dev.py sandbox
+    EXTMSG_DEV_PLUGINS=../extmsg-telegram python3 dev.py test ../extmsg-telegram/tests
 """
 
 from __future__ import annotations
@@ -27,10 +34,24 @@ STAMP = VENV / ".extmsg-installed"
 PLUGINS = sorted(p.parent for p in ROOT.glob("plugins/*/pyproject.toml"))
 
 
-def _fingerprint() -> str:
+def extra_plugins(value: str | None = None) -> list[Path]:
+    """The plugin distributions EXTMSG_DEV_PLUGINS names; exits naming one that is not one."""
+    value = os.environ.get("EXTMSG_DEV_PLUGINS", "") if value is None else value
+    found: list[Path] = []
+    for entry in filter(None, (e.strip() for e in value.split(os.pathsep))):
+        path = Path(entry).expanduser().resolve()
+        if not (path / "pyproject.toml").is_file():
+            sys.exit(
+                f"EXTMSG_DEV_PLUGINS: {entry} is not a plugin distribution (no pyproject.toml)"
+            )
+        found.append(path)
+    return found
+
+
+def _fingerprint(extra: list[Path]) -> str:
     digest = hashlib.sha256()
-    for path in [ROOT / "pyproject.toml", *(p / "pyproject.toml" for p in PLUGINS)]:
-        digest.update(path.read_bytes())
+    for path in [ROOT / "pyproject.toml", *(p / "pyproject.toml" for p in [*PLUGINS, *extra])]:
+        digest.update(str(path).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -40,12 +61,15 @@ def setup() -> None:
     if not PY.exists():
         print(f"creating {VENV.relative_to(ROOT)}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
-    fingerprint = _fingerprint()
+    extra = extra_plugins()
+    fingerprint = _fingerprint(extra)
     if STAMP.exists() and STAMP.read_text() == fingerprint:
         return
     print("installing extmsg and its plugins (editable, with test extras)", flush=True)
+    for plugin in extra:
+        print(f"  and {plugin} (EXTMSG_DEV_PLUGINS)", flush=True)
     editable = ["-e", f"{ROOT}[test]"]
-    for plugin in PLUGINS:
+    for plugin in [*PLUGINS, *extra]:
         editable += ["-e", f"{plugin}[test]"]
     pip = [str(PY), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
@@ -61,7 +85,7 @@ def main(argv: list[str]) -> int:
     command = argv[0] if argv else "help"
     rest = argv[1:]
     if command not in ("sandbox", "test", "lint", "bench", "setup"):
-        print(__doc__)
+        print((__doc__ or "").replace("{sep}", os.pathsep))
         return 0 if command in ("help", "-h", "--help") else 2
     setup()
     if command == "sandbox":

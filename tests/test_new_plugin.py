@@ -59,6 +59,8 @@ def test_generated_plugin_installs_and_passes_its_checks(tmp_path: Path) -> None
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     _run([*pip, "--no-deps", "-e", str(target)], cwd=tmp_path, timeout=300)
     assert "demo" in _run([str(python), "-m", "extmsg", "plugins"], cwd=target)
+    _run([str(python), "-m", "extmsg", "init", str(tmp_path / "extmsg.toml")], cwd=target)
+    assert '# messenger = "demo"' in (tmp_path / "extmsg.toml").read_text()
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or "ruff"
     _run([ruff, "check", "."], cwd=target)
     _run([ruff, "format", "--check", "."], cwd=target)

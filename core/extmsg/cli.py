@@ -151,14 +151,20 @@ def _check_unblu(config: Config) -> None:
 @config_option("Where to write the configuration (or give PATH).")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def init(path: Path | None, config_path: Path, force: bool) -> None:
-    """Write a commented example configuration to PATH."""
-    from .example import EXAMPLE_CONFIG
+    """Write a commented example configuration to PATH (with a channel of every installed
+    messenger plugin that brings an example)."""
+    from .example import example_config
 
     path = path or config_path
 
     if path.exists() and not force:
         raise HandledError(f"{path} exists (use --force to overwrite)")
-    path.write_text(EXAMPLE_CONFIG, encoding="utf-8")
+    try:
+        messengers = build_hooks().messenger_types()
+    except Exception as exc:  # a broken plugin must not keep anyone from a config file
+        click.echo(f"warning: plugins not loaded, their examples left out: {exc}", err=True)
+        messengers = {}
+    path.write_text(example_config(messengers), encoding="utf-8")
     click.echo(f"wrote {path}; edit it, then run: extmsg check --config {path}")
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from .models import MessengerType
+
 EXAMPLE_CONFIG = """\
 # extmsg configuration. Validate with: extmsg check --config extmsg.toml
 # Any string may read the environment: "${NAME}" or "${NAME:-default}". Keep secrets there.
@@ -126,3 +130,14 @@ from_number = "+15005550006"
 # smtp_username = "support@example.com"
 # smtp_password = "${SMTP_PASSWORD}"
 """
+
+
+def example_config(messengers: Mapping[str, MessengerType]) -> str:
+    """:data:`EXAMPLE_CONFIG` and, after it, the ``config_example`` of every installed
+    messenger it does not show yet (a third-party plugin's channel)."""
+    parts = [EXAMPLE_CONFIG]
+    for name in sorted(messengers):
+        example = messengers[name].config_example.strip("\n")
+        if example and f'messenger = "{name}"' not in EXAMPLE_CONFIG:
+            parts.append(f"\n# --- {name} (plugin) ---\n{example}\n")
+    return "".join(parts)

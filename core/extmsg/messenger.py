@@ -148,6 +148,7 @@ class Messenger:
     :cvar opt_out_keywords: the default of a channel's ``opt_out_keywords`` (the core applies
         them, :mod:`extmsg.optout`); likewise ``opt_in_keywords``, ``opt_out_reply`` and
         ``opt_in_reply`` (None: no confirmation, e.g. where the provider sends one itself).
+    :cvar config_example: a commented ``[[channels]]`` table for ``extmsg init``'s example.
     """
 
     name: ClassVar[str]
@@ -162,6 +163,7 @@ class Messenger:
     opt_in_keywords: ClassVar[frozenset[str] | tuple[str, ...]] = ()
     opt_out_reply: ClassVar[str | None] = None
     opt_in_reply: ClassVar[str | None] = None
+    config_example: ClassVar[str] = ""
 
     # Every hook method below is optional; the ones a subclass leaves out are not registered.
     def messenger_type(self) -> MessengerType:
@@ -183,6 +185,7 @@ class Messenger:
             opt_in_keywords=self.opt_in_keywords,
             opt_out_reply=self.opt_out_reply,
             opt_in_reply=self.opt_in_reply,
+            config_example=self.config_example,
         )
 
     def provider_fakes(self) -> Sequence[ProviderFake]:

@@ -158,6 +158,8 @@ class MessengerType(Struct, frozen=True):
     :ivar opt_out_reply: the default confirmation sent for an opt-out (None: none, e.g. where
         the provider confirms by itself).
     :ivar opt_in_reply: the default confirmation sent for an opt-in.
+    :ivar config_example: a commented ``[[channels]]`` table of this messenger, which
+        ``extmsg init`` adds to the example configuration it writes.
     """
 
     name: str
@@ -172,6 +174,7 @@ class MessengerType(Struct, frozen=True):
     opt_in_keywords: frozenset[str] | tuple[str, ...] = ()
     opt_out_reply: str | None = None
     opt_in_reply: str | None = None
+    config_example: str = ""
 
 
 class Recipient(Struct, frozen=True):
