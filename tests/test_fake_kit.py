@@ -121,6 +121,9 @@ async def test_scripted_failures_answer_like_a_provider() -> None:
                 sent_id = (await r.json())["id"]
             async with http.get(server.make_url("/fake/messages")) as resp:
                 [sent] = (await resp.json())["messages"]
+            async with http.get(server.make_url("/fake/thread")) as resp:
+                [shown] = (await resp.json())["entries"]
+            assert (shown["sender"], shown["text"], shown["id"]) == ("business", "hi", sent_id)
             assert (sent["id"], sent["to"], sent["text"], sent["state"]) == (
                 sent_id, "kim", "hi", "sent",
             )  # fmt: skip
@@ -164,6 +167,14 @@ async def test_sandbox_gives_each_fake_its_channel_webhook(tmp_path: Path) -> No
             await eventually(arrived)
             async with http.get(f"{fake_url}/") as resp:
                 assert "Loopback fake" in await resp.text()
+            # the console's view of the customer, from the kit: what they wrote
+            async with http.get(f"{fake_url}/fake/thread") as resp:
+                thread = await resp.json()
+            assert thread["messenger"] == "loopback"
+            [entry] = thread["entries"]
+            assert (entry["sender"], entry["contact"], entry["text"], entry["state"]) == (
+                "customer", "kim", "Hello sandbox", "sent",
+            )  # fmt: skip
 
 
 async def test_a_bad_inbound_request_is_a_400_naming_the_problem() -> None:

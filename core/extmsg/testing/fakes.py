@@ -32,8 +32,10 @@ say how a customer's message is signed and posted; the kit brings the rest:
       own); ``DELETE /fake/failures`` clears them.
   ``GET /``
       a page to write as the customer and read the replies.
-  ``GET /fake/thread`` (optional)
-      the customer's device for the sandbox console (:mod:`extmsg.testing.customer`).
+  ``GET /fake/thread``
+      the customer's device for the sandbox console (:mod:`extmsg.testing.customer`): by
+      default built from what the customer wrote and ``/fake/messages``'s generic fields
+      (:meth:`FakeProvider.customer_thread`); a fake may serve its own.
 
 :meth:`FakeProvider.declare` turns the class into the :class:`~extmsg.models.ProviderFake`
 a plugin returns from ``extmsg_provider_fakes``.
@@ -47,13 +49,14 @@ import html
 import inspect
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import aiohttp
 import msgspec
 from aiohttp import web
 
 from ..models import MessengerType, ProviderFake
+from .customer import CustomerThread, ThreadEntry, now_ms
 
 __all__ = [
     "FAKE",
@@ -170,6 +173,8 @@ class FakeProvider:
     scenarios: ClassVar[Mapping[str, Any]] = {}
     #: The customer page's default sender.
     customer: ClassVar[str] = "+14155550123"
+    #: How the sandbox console draws the customer's device: ``sms``, ``chat`` or ``email``.
+    thread_kind: ClassVar[Literal["sms", "chat", "email"]] = "chat"
 
     def __init__(self, *, webhook_url: str | None = None, extmsg_url: str | None = None) -> None:
         #: Where customer messages are posted: the sandbox channel's webhook.
@@ -182,6 +187,8 @@ class FakeProvider:
         self.session: aiohttp.ClientSession | None = None
         #: The fake's own origin as its last caller reached it (for file URLs it hands out).
         self.own_url = ""
+        #: What customers wrote through ``/fake/inbound``, for :meth:`customer_thread`.
+        self.written: list[ThreadEntry] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = asyncio.Event()
 
@@ -319,6 +326,8 @@ class FakeProvider:
         app.router.add_post("/fake/failures", self.http_fail)
         app.router.add_delete("/fake/failures", self.http_clear_failures)
         app.router.add_get("/", self.http_page)
+        if not any(r.canonical == "/fake/thread" for r in app.router.resources()):
+            app.router.add_get("/fake/thread", self.http_thread)
         return app
 
     async def http_messages(self, request: web.Request) -> web.Response:
@@ -333,13 +342,47 @@ class FakeProvider:
             message = self.read_customer(data)
         except (msgspec.ValidationError, ValueError) as exc:
             return _problem(400, f"/fake/inbound: {exc} (expected {{'from', 'text'}})")
+        written = ThreadEntry(
+            id="", sender="customer", contact=message.sender, text=message.text or None,
+            timestamp=now_ms(), state="sending",
+        )  # fmt: skip
         try:
             answer = await self.deliver(message, data)
         except ValueError as exc:
             return _problem(400, f"/fake/inbound: {exc}")
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return _problem(502, f"extmsg could not be reached: {type(exc).__name__}: {exc}")
+        status = answer.get("status")
+        written.id = str(answer.get("id") or f"written-{len(self.written)}")
+        written.state = "sent" if isinstance(status, int) and status < 300 else "failed"
+        written.error = None if written.state == "sent" else f"extmsg answered {status}"
+        self.written.append(written)
         return web.json_response(answer)
+
+    def customer_thread(self) -> CustomerThread:
+        """The customer's device for the sandbox console (``GET /fake/thread``): what they
+        wrote through ``/fake/inbound`` and what was sent to them, from the generic fields.
+        Fakes that show more (pictures, templates, subjects) override it or serve their own
+        route."""
+        entries = list(self.written)
+        for m in self.messages:
+            if m.get("to") is None or m.get("kind", "message") != "message":
+                continue
+            entries.append(
+                ThreadEntry(
+                    id=str(m["id"]), sender="business", contact=str(m["to"]),
+                    text=m.get("text"), timestamp=int(m["at"] * 1000),
+                    state=str(m.get("state") or "sent"),
+                )
+            )  # fmt: skip
+        entries.sort(key=lambda e: e.timestamp)
+        return CustomerThread(
+            messenger=self.messenger, kind=self.thread_kind, business=self.title,
+            contact=self.customer, entries=entries, page="/",
+        )  # fmt: skip
+
+    async def http_thread(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.customer_thread().encode(), content_type="application/json")
 
     def script_failure(self, data: Mapping[str, Any]) -> dict[str, Any]:
         """Script what a ``POST /fake/failures`` body asks for; its answer. Raise
