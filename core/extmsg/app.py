@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, health, metrics and the lifecycle.
+"""The public aiohttp application: routes, health, bare readiness and the lifecycle.
 
 Where requests enter:
 
