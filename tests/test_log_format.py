@@ -9,7 +9,10 @@ import asyncio
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -323,3 +326,25 @@ async def test_calls_to_providers_carry_the_request_id() -> None:
         await graph.close()
         await server.close()
     assert [rid for _, rid in seen] == ["req-provider-1", "req-provider-1", None]
+
+
+def test_a_failed_start_says_why_in_json_when_json_is_asked(tmp_path: Path) -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "extmsg", "serve", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+
+    flagged = serve("--log-format", "json", "-c", str(tmp_path / "missing.toml"))
+    assert flagged.returncode == 2
+    [line] = flagged.stderr.splitlines()
+    assert json.loads(line)["level"] == "ERROR"
+    assert "missing.toml: no such file" in json.loads(line)["message"]
+    config = tmp_path / "extmsg.toml"
+    config.write_text('[server]\nlog_format = "json"\nport = "x"\n')
+    from_file = serve("-c", str(config))
+    assert from_file.returncode == 2
+    assert json.loads(from_file.stderr)["message"] == "server.port: expected `int`, got `str`"

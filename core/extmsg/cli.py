@@ -220,6 +220,31 @@ def serve(
     log_format: str | None,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C."""
+    wanted = [log_format]  # the log format asked for, once known (flag, then the file)
+    try:
+        _serve_command(
+            config_path, host, port, sandbox, sandbox_port, admin_listen, log_format, wanted
+        )
+    except HandledError as exc:
+        if "json" not in wanted:
+            raise
+        # A log shipper reads JSON lines only: a start that fails says why in one too.
+        _setup_logging("WARNING", "json")
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            log.error("%s", line)
+        raise SystemExit(exc.exit_code) from None
+
+
+def _serve_command(
+    config_path: Path,
+    host: str | None,
+    port: int | None,
+    sandbox: bool,
+    sandbox_port: int,
+    admin_listen: str | None,
+    log_format: str | None,
+    wanted: list[str | None],
+) -> None:
     hooks = build_hooks()
     if sandbox and not config_path.exists():
         # The sandbox forgets everything when it stops; so does a store made for it.
@@ -240,6 +265,8 @@ def serve(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError([f"{config_path}: not valid TOML: {exc}"]) from None
     server = raw.setdefault("server", {})
+    if log_format is None and isinstance(server, dict):
+        wanted.append(server.get("log_format"))
     if host:
         server["host"] = host
     if port is not None:
