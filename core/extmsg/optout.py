@@ -22,6 +22,9 @@ from .models import Channel, ContactUpdate, InboundEvent, InboundMessage, Messen
 
 __all__ = ["OptOutRules", "add_keyword_updates", "rules"]
 
+#: Texts longer than this (whitespace around the word included) are never a keyword.
+_LONGEST = 200
+
 
 class OptOutRules(msgspec.Struct, frozen=True):
     """A channel's opt-out settings, its messenger's defaults filled in."""
@@ -33,8 +36,8 @@ class OptOutRules(msgspec.Struct, frozen=True):
 
     def keyword(self, text: str | None) -> tuple[str, bool] | None:
         """``(WORD, opted_out)`` when ``text`` is one of the keywords, else None."""
-        if not text:
-            return None
+        if not text or len(text) > _LONGEST:
+            return None  # a keyword is one word: a long text is a message, read no further
         word = text.strip().upper()
         if word in self.opt_out:
             return word, True
