@@ -207,3 +207,26 @@ async def test_a_refused_registration_holds_back_no_message(
             return bool(sandbox.state.webhooks)
 
         await eventually(registered, timeout=15)
+
+
+async def test_a_conversation_closed_from_the_messenger_side_gets_no_text(
+    tmp_path: Path, unblu_sandbox: Any, aiohttp_server: Any
+) -> None:
+    async with serving(
+        "v4",
+        tmp_path,
+        unblu_sandbox,
+        aiohttp_server,
+        channel_settings=f'ended_text = "{ENDED}"',
+    ) as world:
+        conv = await open_conversation(world)
+        await world.agent(
+            f"conversations/{conv['id']}/end", "POST", reason="EXTERNAL_CHANNEL_CLOSED"
+        )
+
+        async def acknowledged() -> bool:
+            return any(d["state"] == "delivered" for d in await ended_deliveries(world))
+
+        await eventually(acknowledged)
+        await asyncio.sleep(0.5)
+        assert sent(world, ENDED) == []
