@@ -172,6 +172,7 @@ async def test_methods_left_out_keep_the_core_defaults() -> None:
     assert verdict.retryable is False  # the core's classification of a DeliveryError
     plugin = next(p for p in hooks.plugins() if p.name.endswith("Minimal"))
     assert "extmsg_send" not in plugin.hooks
+    assert "extmsg_startup" not in plugin.hooks  # the base class's do-nothing lifecycle
     assert "extmsg_classify_error" in plugin.hooks
     with pytest.raises(PluginError, match="no plugin sends messages for messenger 'minimal'"):
         await hooks.send(mine, _message())

@@ -317,13 +317,18 @@ def hookimpls_for(unit: Messenger | type[Messenger]) -> object:
     async def extmsg_shutdown(app: web.Application, config: Config) -> None:
         await unit.shutdown(MessengerContext(app, config, name))
 
-    impls: dict[str, Callable[..., Any]] = {
-        "extmsg_messenger_types": extmsg_messenger_types,
-        "extmsg_provider_fakes": extmsg_provider_fakes,
-        "extmsg_startup": extmsg_startup,
-        "extmsg_listening": extmsg_listening,
-        "extmsg_shutdown": extmsg_shutdown,
+    impls: dict[str, Callable[..., Any]] = {"extmsg_messenger_types": extmsg_messenger_types}
+    # The base class's lifecycle methods do nothing: only overridden ones become hooks, so
+    # ``extmsg plugins`` lists what the unit really does.
+    lifecycle = {
+        "provider_fakes": extmsg_provider_fakes,
+        "startup": extmsg_startup,
+        "listening": extmsg_listening,
+        "shutdown": extmsg_shutdown,
     }
+    for method, impl in lifecycle.items():
+        if getattr(cls, method) is not getattr(Messenger, method):
+            impls[impl.__name__] = impl
 
     @hookimpl
     def extmsg_verify_inbound(messenger: str, request: InboundRequest, channels: Any) -> Any:
