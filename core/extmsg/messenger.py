@@ -320,7 +320,7 @@ def hookimpls_for(unit: Messenger | type[Messenger]) -> object:
     impls: dict[str, Callable[..., Any]] = {"extmsg_messenger_types": extmsg_messenger_types}
     # The base class's lifecycle methods do nothing: only overridden ones become hooks, so
     # ``extmsg plugins`` lists what the unit really does.
-    lifecycle = {
+    lifecycle: dict[str, Callable[..., Any]] = {
         "provider_fakes": extmsg_provider_fakes,
         "startup": extmsg_startup,
         "listening": extmsg_listening,
