@@ -82,6 +82,14 @@ async def test_ending_a_conversation_sends_the_ended_text_once(world: World) -> 
     assert registration["events"] == ["conversation.ended"]
     assert registration["apiVersion"] == world.version.upper()
 
+    async def reported() -> str | None:
+        async with world.session.get(f"{world.admin}/readyz") as resp:
+            body = await resp.json()
+        found: str | None = body["channels"]["loop"]["ended_webhook_id"]
+        return found
+
+    assert await eventually(reported) == registration["id"]
+
     conv = await open_conversation(world)
     await world.agent(f"conversations/{conv['id']}/messages", "POST", text="Glad I could help")
     await arrived(world, "Sandbox Agent: Glad I could help")

@@ -80,7 +80,10 @@ async def readyz(request: web.Request) -> web.Response:
         "status": "ready" if ok else "not ready",
         "checks": checks,
         "channels": {
-            name: {"unblu_channel_id": runtime.unblu_channel_ids.get(name)}
+            name: {
+                "unblu_channel_id": runtime.unblu_channel_ids.get(name),
+                "ended_webhook_id": runtime.ended_webhook_ids.get(name),
+            }
             for name in runtime.channels
         },
     }

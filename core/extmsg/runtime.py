@@ -48,6 +48,8 @@ class Runtime:
         self.engine: Engine | None = None
         self.unblu: UnbluClient | None = None
         self.unblu_channel_ids: dict[str, str] = {}
+        self.ended_webhook_ids: dict[str, str] = {}
+        """Channel → id of its ``conversation.ended`` webhook registration in Unblu."""
         self.started_at = time.monotonic()
         self.ready = False
         self.plugins_started = False

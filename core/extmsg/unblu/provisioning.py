@@ -121,10 +121,12 @@ async def _sync_ended_webhook(runtime: Runtime, channel: Channel) -> None:
     client = runtime.unblu_client()
     if channel.ended_text:
         registration = await client.provision_webhook(ended_webhook_spec(channel))
+        runtime.ended_webhook_ids[channel.name] = registration.id
         log.info(
             "channel %s hears of ended conversations (webhook registration %s)",
             channel.name,
             registration.id,
         )
     else:
+        runtime.ended_webhook_ids.pop(channel.name, None)
         await client.remove_webhook(ended_webhook_name(channel))
