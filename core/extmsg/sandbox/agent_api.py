@@ -32,9 +32,11 @@ Routes:
     ``{"state"?: "READ" | "DELIVERED"}``: the agent saw a messenger user's message; when the
     channel has ``messageStateHandledExternally`` a message_state request/event is delivered.
 ``POST /sandbox/api/conversations/{id}/end``
-    ``{"reason"?: EConversationEndReason}`` (default ENDED_BY_PARTICIPANT).
+    ``{"reason"?: EConversationEndReason}`` (default ENDED_BY_PARTICIPANT). Every webhook
+    registration listing ``conversation.ended`` gets the event.
 ``GET  /sandbox/api/deliveries?channelId=&name=&state=``
-    Everything POSTed to channel endpoints: id (the ``X-Unblu-Delivery``), channelId, name,
+    Everything POSTed to channel endpoints and webhook registrations' endpoints: id (the
+    ``X-Unblu-Delivery``), channelId (the channel's or the registration's id), name,
     style (request / event), url, state (pending, delivered, failed, dropped), messageId,
     created, body, attempts (retryNo, timestamp, durationMs, status, error, responseBody).
 ``POST /sandbox/api/drain`` ``{"timeout"?: seconds}``
