@@ -76,5 +76,5 @@ class Relay(Messenger):
         return SendResult(provider_message_id=f"relay-{len(self.sent)}")
 
     async def listening(self, ctx: MessengerContext, urls: RouteUrls) -> None:
-        for channel in ctx.channels:
-            log.info("relay webhook of %s: %s", channel.name, urls.of(channel.name, "inbound"))
+        for channel, routes in urls.channels.items():  # only the relay's own channels
+            log.info("relay webhook of %s: %s", channel, routes["inbound"])

@@ -353,6 +353,7 @@ async def test_serve_runs_two_messengers_with_an_inbound_route_and_announces_the
         proc.kill()
     log = proc.log()
     assert f"relay webhook of relay: {base}/channels/relay/inbound" in log
+    assert "relay webhook of loop" not in log  # the unit hears of its own channels only
     assert "will never be executed" not in log
 
 

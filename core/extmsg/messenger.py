@@ -23,7 +23,7 @@ method                             hook (and when it is called for this unit)
 ``mark_read(ch, provider_id)``     ``extmsg_mark_read``
 ``classify_error(ch, error)``      ``extmsg_classify_error``: a job of its channel failed
 ``startup(ctx)`` / ``shutdown``    ``extmsg_startup`` / ``extmsg_shutdown``: always
-``listening(ctx, urls)``           ``extmsg_listening``: always, once the server listens
+``listening(ctx, urls)``           ``extmsg_listening``: once the server listens (its URLs)
 ``provider_fakes()``               ``extmsg_provider_fakes``
 =================================  ==============================================================
 
@@ -311,7 +311,14 @@ def hookimpls_for(unit: Messenger | type[Messenger]) -> object:
 
     @hookimpl
     async def extmsg_listening(app: web.Application, config: Config, urls: RouteUrls) -> None:
-        await unit.listening(MessengerContext(app, config, name), urls)
+        ctx = MessengerContext(app, config, name)
+        own = {ch.name for ch in ctx.channels}
+        mine = RouteUrls(
+            base=urls.base,
+            channels={ch: routes for ch, routes in urls.channels.items() if ch in own},
+            messengers={m: routes for m, routes in urls.messengers.items() if m == name},
+        )
+        await unit.listening(ctx, mine)
 
     @hookimpl
     async def extmsg_shutdown(app: web.Application, config: Config) -> None:
