@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from extmsg.admin import create_admin_app
+from extmsg.app import create_app
+from extmsg.config import parse_config
+from extmsg.plugins import build_hooks
+from extmsg.runtime import RUNTIME
 from extmsg.testing.helpers import ServeProcess as BareServeProcess
 from extmsg.testing.helpers import eventually
 
+from . import loopback_plugin
 from .helpers import ServeProcess, free_port
 
 TOKEN = "admin-token-5f0c2d9e71a84b36"
@@ -147,3 +154,29 @@ async def test_sandbox_prints_where_the_admin_listener_is(tmp_path: Path) -> Non
 
 async def _line_with(proc: BareServeProcess, text: str) -> str | None:
     return next((line for line in proc.log().splitlines() if text in line), None)
+
+
+async def test_not_ready_says_only_that_on_the_public_port(
+    tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """Unblu unreachable, the channel not provisioned: both ports answer 503; the reason (the
+    failing check) only on the admin listener."""
+    hooks = build_hooks(entry_points=False, extra=[loopback_plugin], disabled=())
+    raw = {
+        "store": {"path": str(tmp_path / "store.sqlite3")},
+        "unblu": {"base_url": f"http://127.0.0.1:{free_port()}/app/rest", "timeout": 0.5},
+        "channels": [
+            {"name": "loop", "messenger": "loopback", "webhook_secret": "whsec-admin",
+             "settings": {"token": "tok"}}
+        ],
+    }  # fmt: skip
+    app = create_app(parse_config(raw, hooks.messenger_types()), hooks)
+    public = await aiohttp_client(app)
+    admin = await aiohttp_client(create_admin_app(app[RUNTIME]))
+    resp = await public.get("/readyz")
+    assert (resp.status, await resp.json()) == (503, {"status": "not ready"})
+    resp = await admin.get("/readyz")
+    body = await resp.json()
+    assert resp.status == 503
+    assert body["checks"]["channels"] is False
+    assert body["channels"] == {"loop": {"unblu_channel_id": None}}
