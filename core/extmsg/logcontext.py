@@ -15,6 +15,7 @@ each log record; the JSON log format writes them as fields.
 from __future__ import annotations
 
 import contextvars
+import heapq
 import logging
 import re
 import uuid
@@ -88,6 +89,9 @@ _texts: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("extmsg
 #: Shortest text (or line of one) kept out of log lines by :func:`scrub_texts`: shorter ones
 #: ("ok", "yes") are common words, and would blot out whatever else a line says.
 MIN_TEXT = 6
+#: Most texts and lines of texts :func:`scrub_texts` looks for in one line.
+MAX_PIECES = 32
+_LINES_FROM = 65536
 TEXT_SHOWN = "[message text]"
 
 
@@ -97,9 +101,13 @@ def _pieces(texts: Iterable[str | None]) -> tuple[str, ...]:
         if not text:
             continue
         out.add(text.strip())
-        out.update(line.strip() for line in text.splitlines())
+        # The longest lines of the text's start: a mail of a thousand lines costs a log line
+        # (and the job's start) little.
+        lines = (line.strip() for line in text[:_LINES_FROM].splitlines())
+        out.update(heapq.nlargest(MAX_PIECES, lines, key=len))
     # Longest first, so that a text containing another is replaced whole.
-    return tuple(sorted((t for t in out if len(t) >= MIN_TEXT), key=len, reverse=True))
+    longest = heapq.nlargest(MAX_PIECES, (t for t in out if len(t) >= MIN_TEXT), key=len)
+    return tuple(longest)
 
 
 def scrub_texts(line: str) -> str:
