@@ -69,19 +69,48 @@ def free_port() -> int:
         return port
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (the workers of ``extmsg serve --workers N``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rpartition(")")[2].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def rss_kib(pid: int) -> int:
-    """Resident set size of a process, in KiB (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    """Resident set size of a process and its children, in KiB (Linux)."""
+    total = 0
+    for one in [pid, *children(pid)]:
+        for line in Path(f"/proc/{one}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+                break
+        else:
+            raise RuntimeError(f"no VmRSS for process {one}")
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process used so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    """User + system CPU time a process, its live children and those it reaped used so far
+    (Linux)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
+    total = 0
+    for one in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # a child that ended meanwhile
+        total += int(fields[11]) + int(fields[12])
+        if one == pid:
+            total += int(fields[13]) + int(fields[14])
+    return total / ticks
 
 
 def machine_busy_seconds() -> float:

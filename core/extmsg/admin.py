@@ -6,8 +6,9 @@ load balancers. Everything that tells more about the instance is served here, on
 ``[admin] listen`` (``127.0.0.1:8081`` by default, as Prometheus-scraped services usually keep
 their metrics port apart):
 
-* ``/metrics`` — Prometheus text format;
-* ``/readyz`` — readiness with each check and every channel's Unblu id;
+* ``/metrics`` — Prometheus text format (with ``serve --workers N``, all workers added up);
+* ``/readyz`` — readiness with each check and every channel's Unblu id (and, with
+  ``serve --workers N``, each worker's readiness: this listener is worker 0's);
 * ``/-/plugins`` — the loaded plugins, their distributions, versions and hooks;
 * ``/healthz``.
 
@@ -87,6 +88,9 @@ async def readyz(request: web.Request) -> web.Response:
             for name in runtime.channels
         },
     }
+    workers = runtime.worker_states()
+    if workers is not None:
+        body["workers"] = workers
     return web.json_response(body, status=200 if ok else 503)
 
 

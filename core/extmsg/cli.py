@@ -12,8 +12,9 @@ import json
 import logging
 import signal
 import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import msgspec
@@ -32,6 +33,9 @@ from .errors import ConfigError, HandledError, StoreMissing
 from .plugins import Hooks, build_hooks
 
 __all__ = ["main"]
+
+if TYPE_CHECKING:
+    from .workers import WorkerRole
 
 log = logging.getLogger("extmsg")
 
@@ -210,6 +214,12 @@ def new_plugin(name: str, target: Path | None) -> None:
     type=click.Choice(["text", "json"]),
     help="Log as text lines or JSON lines (overrides [server] log_format).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    help="Server processes sharing the port and the store (overrides [server] workers; "
+    "default: one per core with PostgreSQL, one with SQLite).",
+)
 def serve(
     config_path: Path,
     host: str | None,
@@ -218,6 +228,7 @@ def serve(
     sandbox_port: int,
     admin_listen: str | None,
     log_format: str | None,
+    workers: int | None,
 ) -> None:
     """Run the server until SIGTERM or Ctrl-C."""
     wanted = [log_format]  # the log format asked for, once known (flag, then the file)
@@ -275,11 +286,116 @@ def _serve_command(
         raw["admin"] = {**(raw.get("admin") or {}), "listen": admin_listen}
     if log_format is not None and isinstance(server, dict):
         server["log_format"] = log_format
-    asyncio.run(_serve(raw, hooks, str(config_path), sandbox, sandbox_port))
+    if workers is not None and isinstance(server, dict):
+        server["workers"] = workers
+    source = str(config_path)
+    if sandbox:
+        if isinstance(server, dict) and (server.get("workers") or 1) > 1:
+            raise HandledError(
+                "--sandbox runs in one process (the sandbox lives in it): leave out --workers "
+                "and [server] workers"
+            )
+        _run_loop(_serve(raw, hooks, source, sandbox, sandbox_port), _loop_choice(raw))
+        return
+    config = parse_config(raw, hooks.messenger_types(), source=source)
+    count = config.worker_count()
+    if count == 1:
+        _run_loop(_serve(raw, hooks, source, False, 0), config.server.event_loop)
+        return
+    code = _supervise(raw, hooks, source, config, count)
+    if code:
+        raise SystemExit(code)
+
+
+def _loop_choice(raw: dict[str, Any]) -> str:
+    server = raw.get("server")
+    choice = server.get("event_loop") if isinstance(server, dict) else None
+    return choice if choice in ("auto", "uvloop", "asyncio") else "auto"
+
+
+def _run_loop(main: Coroutine[Any, Any, None], choice: str) -> None:
+    """Run ``main`` on uvloop or asyncio's own loop (``[server] event_loop``)."""
+    factory = _loop_factory(choice)
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
+def _loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise HandledError(
+                "server.event_loop: uvloop is not installed (pip install 'extmsg[uvloop]', "
+                'or choose "asyncio")'
+            ) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def _supervise(raw: dict[str, Any], hooks: Hooks, source: str, config: Config, count: int) -> int:
+    """Bind the sockets, fork ``count`` workers and look after them (:mod:`extmsg.workers`)."""
+    import socket
+
+    from . import workers
+
+    _setup_logging(config.server.log_level, config.server.log_format)
+    warning = _admin_warning(config)
+    if warning:
+        log.warning("%s", warning)
+    # The admin port first: one that is taken stops the start before anything runs.
+    admin = workers.listen_socket(
+        *config.admin.address, reuse_port=False, key="admin.listen", hint="--admin-listen HOST:PORT"
+    )
+    host, port = config.server.host, config.server.port
+    reuse = hasattr(socket, "SO_REUSEPORT")
+    publics = [workers.listen_socket(host, port, reuse_port=reuse, key="server", hint="--port")]
+    port = publics[0].getsockname()[1]
+    for _ in range(count - 1 if reuse else 0):
+        publics.append(
+            workers.listen_socket(host, port, reuse_port=True, key="server", hint="--port")
+        )
+    # A port chosen by the system (0) is the one every worker serves and announces.
+    raw = {**raw, "server": {**raw.get("server", {}), "port": port}}
+    admin_port = admin.getsockname()[1]
+    log.info(
+        "listening on %s with %d workers; admin (/metrics, /readyz, /-/plugins) on %s",
+        _url(host, port),
+        count,
+        _url(config.admin.address[0], admin_port),
+    )
+
+    def run(role: workers.WorkerRole) -> int:
+        _run_loop(_serve(raw, hooks, source, False, 0, role), config.server.event_loop)
+        return 0
+
+    def ready(seconds: float) -> None:
+        log.info("all %d workers ready in %.0f ms", count, seconds * 1000)
+
+    return workers.supervise(
+        count,
+        run,
+        publics=publics,
+        admin=admin,
+        shutdown_timeout=config.server.shutdown_timeout,
+        on_ready=ready,
+    )
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def _serve(
-    raw: dict[str, Any], hooks: Hooks, source: str, sandbox: bool, sandbox_port: int
+    raw: dict[str, Any],
+    hooks: Hooks,
+    source: str,
+    sandbox: bool,
+    sandbox_port: int,
+    role: WorkerRole | None = None,
 ) -> None:
     from .admin import create_admin_app
     from .app import announce_listening, create_app
@@ -289,6 +405,7 @@ async def _serve(
     server = raw.get("server")
     early = server.get("log_format") if isinstance(server, dict) else None
     _setup_logging("WARNING", early if early in ("text", "json") else "text")
+    stop = _stop_event()
     stack = contextlib.AsyncExitStack()
     async with stack:
         if sandbox:
@@ -302,6 +419,23 @@ async def _serve(
         if warning:
             log.warning("%s", warning)
         app = create_app(config, hooks)
+        app[RUNTIME].worker = role
+        if role is not None:
+            # A worker of several: the supervisor bound the sockets (and reported them).
+            if role.admin is not None:
+                admin = web.AppRunner(create_admin_app(app[RUNTIME]), access_log=None)
+                await admin.setup()
+                stack.push_async_callback(admin.cleanup)
+                await web.SockSite(admin, role.admin).start()
+            runner = web.AppRunner(
+                app, shutdown_timeout=config.server.shutdown_timeout, access_log=None
+            )
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.SockSite(runner, role.public).start()
+            await announce_listening(app)
+            await _until(stop)
+            return
         # The admin port first: one that is taken stops the start before anything runs.
         admin = web.AppRunner(create_admin_app(app[RUNTIME]), access_log=None)
         await admin.setup()
@@ -326,12 +460,21 @@ async def _serve(
                 flush=True,
             )
         await announce_listening(app)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("shutting down")
+        await _until(stop)
+
+
+def _stop_event() -> asyncio.Event:
+    """Set by SIGTERM or SIGINT (from the start on: one during start-up stops right after)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _until(stop: asyncio.Event) -> None:
+    await stop.wait()
+    log.info("shutting down")
 
 
 async def _listen(runner: web.AppRunner, host: str, port: int, *, key: str, hint: str) -> str:

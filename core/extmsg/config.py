@@ -80,6 +80,12 @@ class ServerConfig(_Section, frozen=True):
     #: are believed when ``public_url`` is not set; empty trusts none. ``"*"`` trusts every
     #: peer: only for a port that nothing but the proxy can reach.
     trusted_proxies: tuple[str, ...] = ()
+    #: Server processes sharing the port and the store (``extmsg serve --workers``); unset:
+    #: one per core with PostgreSQL, one with SQLite (see :meth:`Config.worker_count`).
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
+    #: The event loop: ``auto`` (uvloop when it is installed, else asyncio's own), ``uvloop``
+    #: (an error without it) or ``asyncio``.
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     def __post_init__(self) -> None:
         try:
@@ -282,6 +288,21 @@ class Config(_Section, frozen=True):
             )
             for ch in self.channels
         ]
+
+    def worker_count(self) -> int:
+        """Server processes: ``[server] workers``, else one per core with PostgreSQL (instances
+        share its work already) and one with SQLite (its commits take turns on one file lock;
+        a second writer process measured slower than one, see docs/deploy.md)."""
+        if self.server.workers is not None:
+            return self.server.workers
+        if self.store.backend == "postgres":
+            return max(
+                1,
+                len(os.sched_getaffinity(0))
+                if hasattr(os, "sched_getaffinity")
+                else os.cpu_count() or 1,
+            )
+        return 1
 
     def store_path(self) -> Path:
         path = Path(self.store.path)

@@ -30,6 +30,14 @@ log_format = "text"
 # What contacts and agents write never reaches a log line (only its length, "[42 chars]");
 # true lets hook tracing and error lines quote it (masked, cut): for a test system only.
 log_message_text = false
+# Server processes sharing this port and the store, each with its own event loop
+# (`extmsg serve --workers N` overrides). Unset: one per core with PostgreSQL, one with SQLite
+# (its commits take turns on one write lock). Worker 0 also serves [admin] (its /metrics add
+# up every worker) and does what runs once: channel provisioning, housekeeping.
+# workers = 2
+# "auto" runs on uvloop when it is installed (pip install 'extmsg[uvloop]'), else on asyncio's
+# own loop; "uvloop" or "asyncio" choose one.
+event_loop = "auto"
 # Files a provider names by URL (MMS media, ...) are only fetched from public addresses.
 # Networks listed here are allowed too, e.g. a media proxy inside your network:
 # fetch_allowed_networks = ["10.20.0.0/16"]

@@ -67,11 +67,17 @@ async def start(runtime: Runtime, app: web.Application) -> None:
     runtime.plugins_started = True
     runtime.provisioning = runtime.unblu is not None and u.provision and bool(runtime.channels)
     await _start_engine_when_known(runtime)
-    if runtime.provisioning:
+    # Once per server: the other workers of ``serve --workers N`` leave this to worker 0.
+    if runtime.provisioning and runtime.leads:
         runtime.tasks.create(_provision_until_done(runtime), name="provision-channels")
-    if runtime.unblu is not None:
+    elif runtime.provisioning and not runtime.channels_known:
+        runtime.tasks.create(_await_channel_ids(runtime), name="await-channel-ids")
+    if runtime.unblu is not None and runtime.leads:
         runtime.tasks.create(check_lookup(runtime), name="check-unblu-lookup")
-    runtime.tasks.create(_housekeeping(runtime), name="housekeeping")
+    if runtime.leads:
+        runtime.tasks.create(_housekeeping(runtime), name="housekeeping")
+    if runtime.worker is not None:
+        runtime.tasks.create(_publish_readiness(runtime), name="publish-readiness")
     runtime.ready = True
     log.info(
         "extmsg ready: %d channel(s), Unblu %s, in %.0f ms",
@@ -83,6 +89,8 @@ async def start(runtime: Runtime, app: web.Application) -> None:
 
 async def stop(runtime: Runtime, app: web.Application) -> None:
     runtime.ready = False
+    if runtime.worker is not None:
+        runtime.worker.board.set(runtime.worker.index, False)
     await runtime.tasks.cancel_all()
     if runtime.engine is not None:
         await runtime.engine.stop(runtime.config.server.shutdown_timeout)
@@ -138,6 +146,25 @@ async def _provision_until_done(runtime: Runtime) -> None:
         if runtime.engine is not None:
             runtime.engine.wake()
         return
+
+
+async def _await_channel_ids(runtime: Runtime, every: float = 0.1) -> None:
+    """A worker other than the first: take the channels' Unblu ids from the store once worker
+    0 has provisioned them, then let the engine take jobs."""
+    while not runtime.channels_known:
+        await asyncio.sleep(every)
+        try:
+            await load_channel_ids(runtime)
+        except Exception:
+            log.warning("reading the channels' Unblu ids failed", exc_info=True)
+    await _start_engine_when_known(runtime)
+
+
+async def _publish_readiness(runtime: Runtime, every: float = 0.05) -> None:
+    """Keep this worker's readiness on the board the other workers read for ``/readyz``."""
+    while True:
+        runtime.readiness()
+        await asyncio.sleep(every)
 
 
 async def _housekeeping(runtime: Runtime, every: float = 600.0) -> None:

@@ -2,20 +2,38 @@
 
 Metrics live on a :class:`Metrics` object rather than module globals so that several
 applications (tests, the sandbox beside ``serve``) never share counters.
+
+In a server of several worker processes (``extmsg serve --workers N``) every metric is kept in
+``prometheus_client``'s multiprocess files (:func:`use_multiprocess`) and a scrape adds up all
+workers: counters and histograms sum, the gauges (read from the shared store at each scrape)
+take the most recent value.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import values as _values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "call_outcome"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "call_outcome", "use_multiprocess"]
+
+_multiprocess_dir: str | None = None
+
+
+def use_multiprocess(path: str) -> None:
+    """Keep the values of metrics made from now on in files under ``path``, shared by the
+    worker processes of one server (called in each worker before its application is built)."""
+    global _multiprocess_dir
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    _values.ValueClass = _values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    _multiprocess_dir = path
 
 
 def call_outcome(error: BaseException | None) -> str:
@@ -78,15 +96,20 @@ class Metrics:
             "Jobs in the store by state (ready, running, dead).",
             ["state"],
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.dead_letters = Gauge(
-            "extmsg_dead_letters", "Jobs that gave up and wait for a person.", registry=r
+            "extmsg_dead_letters",
+            "Jobs that gave up and wait for a person.",
+            registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.lanes_held = Gauge(
             "extmsg_lanes_held",
             "Lanes (conversations) whose later jobs wait behind a dead letter that ran out of"
             " retries, until it is retried, skipped or purged.",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         self.intake_batch = Histogram(
             "extmsg_intake_batch_size",
@@ -133,6 +156,7 @@ class Metrics:
             "extmsg_oldest_ready_job_seconds",
             "How long the oldest job that is due has waited to be run (0 when none waits).",
             registry=r,
+            multiprocess_mode="mostrecent",
         )
         # Label children by key: a call to a remote is on the hot path of every message.
         self._call_counters: dict[tuple[str, str, str], Any] = {}
@@ -171,4 +195,10 @@ class Metrics:
         self.oldest_ready_job.set(0.0 if due_at is None else max(0.0, now - due_at))
 
     def render(self) -> bytes:
+        if _multiprocess_dir is not None:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=_multiprocess_dir)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)

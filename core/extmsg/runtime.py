@@ -24,6 +24,7 @@ from .store.base import IntakeResult
 if TYPE_CHECKING:
     from .engine import Engine
     from .unblu.client import UnbluClient
+    from .workers import WorkerRole
 
 __all__ = ["RUNTIME", "Runtime"]
 
@@ -60,6 +61,14 @@ class Runtime:
         """Whether channels are provisioned in Unblu at start (jobs wait for their ids)."""
         self.intake: Intake | None = None
         """Stores inbound events durably; set at start (:mod:`extmsg.lifecycle`)."""
+        self.worker: WorkerRole | None = None
+        """This process's place among ``serve --workers N`` (:mod:`extmsg.workers`); None for a
+        server of one process."""
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process does the once-per-server work: provisioning, housekeeping."""
+        return self.worker is None or self.worker.leads
 
     # -- look-ups used by the flows -----------------------------------------------------------
     def channel(self, name: str) -> Channel:
@@ -102,7 +111,21 @@ class Runtime:
             "channels": self.channels_known,
             "engine": self.engine is not None and self.engine.running,
         }
-        return self.ready and all(checks.values()), checks
+        ok = self.ready and all(checks.values())
+        if self.worker is None:
+            return ok, checks
+        # One of several processes: ready only while every one of them is.
+        board = self.worker.board
+        board.set(self.worker.index, ok)
+        checks["workers"] = board.all_ready()
+        return ok and checks["workers"], checks
+
+    def worker_states(self) -> dict[str, bool] | None:
+        """Each worker's readiness by index (``serve --workers N``), or None."""
+        if self.worker is None:
+            return None
+        self.readiness()
+        return {str(i): ready for i, ready in enumerate(self.worker.board.states())}
 
     @property
     def channels_known(self) -> bool:

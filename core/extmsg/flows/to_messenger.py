@@ -144,7 +144,10 @@ async def _look_before_sending(
         return None
     if isinstance(found, SendResult):
         owner = await runtime.store.find_message_by_part(channel.name, found.provider_message_id)
-        if owner is not None:
+        # A first part's match recorded for this very message came in with the provider's
+        # status of the attempt that was cut off (a status is recorded as the first part of a
+        # message with none): it arrived.
+        if owner is not None and not (owner.id == part.id and index == 0):
             # The provider matched a message we already recorded (the same text sent twice):
             # it is not evidence that this one arrived.
             _count_doubt(runtime, channel, "unknown")

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -230,9 +232,22 @@ class SqliteStore(Store):
 
     @contextlib.asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[None]:
-        # One process writes the file (the server); a lock of this process is enough.
+        """A lock of this process, then a lock file beside the store (``<store>.<name>.lock``,
+        ``flock``) that the processes of ``serve --workers N`` take in turn; waiting for it
+        polls, so it never blocks the loop and can be cancelled."""
         async with self._exclusive.setdefault(name, asyncio.Lock()):
-            yield
+            path = self.path.with_name(f"{self.path.name}.{name}.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                while True:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        await asyncio.sleep(0.05)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
 
     async def schema_version(self) -> int:
         row = await self._one("SELECT COALESCE(MAX(version), 0) FROM schema_version")

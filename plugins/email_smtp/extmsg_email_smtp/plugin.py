@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 
+from extmsg import workers
 from extmsg.messenger import Messenger, MessengerContext
 from extmsg.models import Channel, ContactCheck, OutboundMessage, ProviderFake, SendResult
 
@@ -44,7 +45,7 @@ class Email(Messenger):
 
     async def startup(self, ctx: MessengerContext) -> None:
         if ctx.channels:
-            await state.start(ctx, ctx.channels, ctx.store)
+            await state.start(ctx, ctx.channels, ctx.store, receive=workers.leads())
 
     async def shutdown(self, ctx: MessengerContext) -> None:
         await state.stop()

@@ -36,10 +36,16 @@ class EmailState:
         acceptor: Acceptor,
         channels: Sequence[Channel],
         memory: ThreadStore | None = None,
+        *,
+        receive: bool = True,
     ) -> None:
-        """Start receiving for ``channels``; a listener that cannot bind stops the start."""
+        """Start receiving for ``channels``; a listener that cannot bind stops the start.
+        Without ``receive`` (a worker other than the first of ``serve --workers N``: one
+        process binds the SMTP ports and polls the mailboxes) only sending is set up."""
         self.memory = memory
         self.intake = MailIntake(acceptor, self.book, memory)
+        if not receive:
+            return
         try:
             for listener in listeners_for(channels, self.intake):
                 await listener.start()

@@ -38,6 +38,9 @@ CONFIG = """
 port = {port}
 public_url = "{public}"
 shutdown_timeout = 2.0
+# One process per instance: the tests kill and freeze instances as one process each.
+workers = 1
+event_loop = "{event_loop}"
 
 [store]
 {store}
@@ -80,6 +83,7 @@ def serve_config(
     workers: int = 8,
     lease: float = 2.0,
     attempts: int = 200,
+    event_loop: str = "auto",
 ) -> Path:
     path.write_text(
         CONFIG.format(
@@ -91,6 +95,7 @@ def serve_config(
             workers=workers,
             lease=lease,
             attempts=attempts,
+            event_loop=event_loop,
             account=ACCOUNT_SID,
             token=AUTH_TOKEN,
             number=FROM_NUMBER,
