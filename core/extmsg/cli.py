@@ -234,7 +234,15 @@ def serve(
     wanted = [log_format]  # the log format asked for, once known (flag, then the file)
     try:
         _serve_command(
-            config_path, host, port, sandbox, sandbox_port, admin_listen, log_format, wanted
+            config_path,
+            host,
+            port,
+            sandbox,
+            sandbox_port,
+            admin_listen,
+            log_format,
+            wanted,
+            workers,
         )
     except HandledError as exc:
         if "json" not in wanted:
@@ -255,6 +263,7 @@ def _serve_command(
     admin_listen: str | None,
     log_format: str | None,
     wanted: list[str | None],
+    workers: int | None = None,
 ) -> None:
     hooks = build_hooks()
     if sandbox and not config_path.exists():
