@@ -319,3 +319,23 @@ async def test_the_lookup_is_told_when_the_message_was_accepted(flow: Flow) -> N
     [message] = seen
     assert message.accepted_at == job.created_at > 0
     assert (message.id, message.part, message.text) == ("m1", 0, "Hi")
+
+
+async def test_a_status_recorded_while_the_retry_looks_is_taken_as_this_message(
+    flow: Flow,
+) -> None:
+    """The cut-off attempt's status arrives between the retry's reading of the recorded parts
+    and its lookup, and is recorded as the message's first part: the provider's match is this
+    very message's, so it is not sent again."""
+    job, payload = await flow.job("Your parcel is on its way")
+    sid = _already_at_provider(flow.provider, "m1", "Your parcel is on its way")
+
+    async def status_meanwhile(channel: Any, message: Any) -> Any:
+        await _status(flow, job, "delivered", sid, "m1")
+        return msgspec.convert({"provider_message_id": sid}, loopback_plugin.SendResult)
+
+    flow.runtime.hooks.find_sent = status_meanwhile  # type: ignore[method-assign]
+    await flow.run(job, payload)
+    assert len(flow.provider.sends) == 1
+    assert await flow.runtime.store.sent_parts("m1") == {0: sid}
+    assert flow.counted("found") == 1
