@@ -161,6 +161,16 @@ class Metrics:
         # Label children by key: a call to a remote is on the hot path of every message.
         self._call_counters: dict[tuple[str, str, str], Any] = {}
         self._call_timers: dict[tuple[str, str], Any] = {}
+        self._children: dict[tuple[int, tuple[Any, ...]], Any] = {}
+
+    def child(self, metric: Any, *labels: Any) -> Any:
+        """``metric.labels(*labels)``, looked up once per set of values: ``labels()`` takes a
+        lock and builds its key at every call, some microseconds on every message."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def observe_call(
         self, remote: str, call: str, error: BaseException | None, seconds: float

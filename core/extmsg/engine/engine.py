@@ -406,7 +406,9 @@ class Engine:
                 run.handler.cancel()
                 raise
             if self._metrics is not None:
-                self._metrics.job_seconds.labels(job.kind).observe(time.perf_counter() - started)
+                self._metrics.child(self._metrics.job_seconds, job.kind).observe(
+                    time.perf_counter() - started
+                )
             if run.handler.cancelled():
                 if run.released:
                     return
@@ -549,7 +551,7 @@ class Engine:
 
     def _count(self, job: Job, outcome: str) -> None:
         if self._metrics is not None:
-            self._metrics.jobs_finished.labels(job.kind, outcome).inc()
+            self._metrics.child(self._metrics.jobs_finished, job.kind, outcome).inc()
 
     def _fenced(self, job: Job, what: str) -> None:
         """This worker's claim of ``job`` was taken over: ``what`` was not written."""

@@ -44,7 +44,9 @@ async def provider_request(request: web.Request, messenger: str, route: Route) -
         status = response.status
         return response
     finally:
-        runtime.metrics.inbound_requests.labels(messenger, route.name, str(status)).inc()
+        runtime.metrics.child(
+            runtime.metrics.inbound_requests, messenger, route.name, str(status)
+        ).inc()
 
 
 async def _handle(
@@ -138,7 +140,8 @@ async def _accept_events(
     assert runtime.engine is not None
     results = (await runtime.engine.intake(items + notices))[: len(items)]
     for event, result in zip(events, results, strict=True):
-        runtime.metrics.inbound_events.labels(
+        runtime.metrics.child(
+            runtime.metrics.inbound_events,
             event.channel or channels[0].name,
             type(event).__struct_config__.tag,
             "accepted" if result.accepted else "duplicate",

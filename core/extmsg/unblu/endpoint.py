@@ -61,7 +61,9 @@ async def unblu_request(request: web.Request) -> web.Response:
         status = response.status
         return response
     finally:
-        runtime.metrics.unblu_calls.labels(name if channel else "?", call_name, str(status)).inc()
+        runtime.metrics.child(
+            runtime.metrics.unblu_calls, name if channel else "?", call_name, str(status)
+        ).inc()
 
 
 def _check_lengths(call: calls.ChannelCall) -> None:
