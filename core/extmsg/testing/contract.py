@@ -288,6 +288,12 @@ class MessengerContract:
         await world.write(self.contacts[0], "Hello through the generic shape")
         await world.wait_for("Hello through the generic shape")
         assert isinstance(await world.fake_messages(), list)
+        async with http.get(f"{world.fake_url}/fake/thread") as resp:
+            if resp.status != 404:  # optional for a fake not on the kit
+                assert resp.status == 200, await resp.text()
+                thread = await resp.json(content_type=None)
+                texts = [e.get("text") or "" for e in thread["entries"]]
+                assert any("Hello through the generic shape" in t for t in texts), thread
 
 
 class WebhookContract(MessengerContract):
