@@ -21,13 +21,11 @@ import msgspec
 from aiohttp import web
 
 from . import __version__, logsafe
-from .cli_options import CONTEXT_SETTINGS, config_option
+from .cli_options import CONTEXT_SETTINGS, config_option, load_for_command
 from .config import (
     Config,
-    load_config,
     parse_config,
     placeholder_warnings,
-    register_config_secrets,
 )
 from .errors import ConfigError, HandledError, StoreMissing
 from .plugins import Hooks, build_hooks
@@ -56,13 +54,6 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="extmsg")
 def main() -> None:
     """Connect text messengers (SMS, WhatsApp, email, your own) to Unblu."""
-
-
-def _load(config_path: Path) -> tuple[Config, Hooks]:
-    hooks = build_hooks()
-    config = load_config(config_path, hooks.messenger_types())
-    register_config_secrets(config, hooks.messenger_types())
-    return config, hooks
 
 
 # --- plugins, check, init ---------------------------------------------------------------------
@@ -94,7 +85,7 @@ def plugins(as_json: bool) -> None:
 )
 def check(config_path: Path, online: bool) -> None:
     """Validate the configuration and every channel's settings."""
-    config, _ = _load(config_path)
+    config, _ = load_for_command(config_path)
     click.echo(
         f"{config_path}: ok ({len(config.channels)} channel(s): "
         f"{', '.join(f'{c.name} ({c.messenger})' for c in config.channels) or 'none'})"
@@ -518,7 +509,7 @@ def channels() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def channels_list(config_path: Path, as_json: bool) -> None:
     """Show configured channels with their Unblu ids and webhook status."""
-    config, _ = _load(config_path)
+    config, _ = load_for_command(config_path)
 
     async def rows() -> list[dict[str, Any]]:
         from .store import open_store
@@ -564,7 +555,7 @@ def channels_list(config_path: Path, as_json: bool) -> None:
 @config_option()
 def channels_sync(config_path: Path) -> None:
     """Create or update every channel in Unblu now."""
-    config, hooks = _load(config_path)
+    config, hooks = load_for_command(config_path)
     if not config.unblu.base_url:
         raise HandledError("unblu.base_url: required to sync channels")
 

@@ -1,14 +1,18 @@
-"""What every ``extmsg`` command shares: ``-h`` and the ``-c/--config`` option."""
+"""What every ``extmsg`` command shares: ``-h``, the ``-c/--config`` option and loading it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-__all__ = ["CONFIG_ENV", "CONTEXT_SETTINGS", "DEFAULT_CONFIG", "config_option"]
+if TYPE_CHECKING:
+    from .config import Config
+    from .plugins import Hooks
+
+__all__ = ["CONFIG_ENV", "CONTEXT_SETTINGS", "DEFAULT_CONFIG", "config_option", "load_for_command"]
 
 DEFAULT_CONFIG = "extmsg.toml"
 CONFIG_ENV = "EXTMSG_CONFIG"
@@ -28,3 +32,18 @@ def config_option(help: str = "The configuration file.") -> Callable[[Any], Any]
         show_default=True,
         help=help,
     )
+
+
+def load_for_command(config_path: Path) -> tuple[Config, Hooks]:
+    """The plugins and the validated configuration a command runs with.
+
+    Every secret of the configuration (and of each channel's settings) is registered for
+    redaction before the command can log anything.
+    """
+    from .config import load_config, register_config_secrets
+    from .plugins import build_hooks
+
+    hooks = build_hooks()
+    config = load_config(config_path, hooks.messenger_types())
+    register_config_secrets(config, hooks.messenger_types())
+    return config, hooks

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from .cli_options import CONTEXT_SETTINGS, config_option
+from .cli_options import CONTEXT_SETTINGS, config_option, load_for_command
 from .errors import HandledError
 from .models import Channel
 from .plugins import Hooks
@@ -57,9 +57,7 @@ def forget(config_path: Path, channel: str, address: str, dry_run: bool, force: 
     transaction; counts and metrics stay. Unblu keeps its own copy of the person and the
     conversations: the ids to delete there are printed.
     """
-    from .cli import _load
-
-    config, hooks = _load(config_path)
+    config, hooks = load_for_command(config_path)
     target = next((ch for ch in config.runtime_channels() if ch.name == channel), None)
     if target is None:
         names = ", ".join(ch.name for ch in config.channels) or "none"

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import click
 import msgspec
 
-from ..cli_options import CONTEXT_SETTINGS, config_option
+from ..cli_options import CONTEXT_SETTINGS, config_option, load_for_command
 from ..errors import HandledError, StoreMissing
 from ..store.base import Job, JobState, Store
 
@@ -255,12 +255,9 @@ def purge_jobs(config_path: Path, state: JobState, older_than: float | None) -> 
 # -- plumbing -----------------------------------------------------------------------------------
 def _with_store(config_path: Path, action: Callable[[Store], Awaitable[T]]) -> T:
     """Load the config, open its store, run ``action`` on it and close the store."""
-    from ..config import load_config
-    from ..plugins import build_hooks
     from ..store import open_store
 
-    hooks = build_hooks()
-    config = load_config(config_path, hooks.messenger_types())
+    config, _ = load_for_command(config_path)
     store = open_store(config)
 
     async def run() -> T:

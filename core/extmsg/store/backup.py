@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import click
 
-from ..cli_options import CONTEXT_SETTINGS, config_option
+from ..cli_options import CONTEXT_SETTINGS, config_option, load_for_command
 from ..errors import HandledError
 
 __all__ = ["Backup", "backup_sqlite", "store"]
@@ -85,9 +85,7 @@ def store() -> None:
 @click.option("--force", is_flag=True, help="Replace PATH if it exists.")
 def backup(config_path: Path, path: Path, force: bool) -> None:
     """Copy the SQLite store to PATH while the server runs (SQLite's online backup)."""
-    from ..cli import _load
-
-    config, _ = _load(config_path)
+    config, _ = load_for_command(config_path)
     if config.store.backend != "sqlite":
         raise HandledError(
             f"the store is {config.store.backend}: back it up with PostgreSQL's pg_dump"
