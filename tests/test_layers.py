@@ -1,6 +1,7 @@
 """The server's modules import each other in one direction: the runtime's state at the bottom,
 the flows, media links and the Unblu side above it, the start-up wiring (``lifecycle``) and
-the application on top; the command line above everything. An import circle among them is a test failure, not a lazy import."""
+the application on top; the command line above everything. An import circle among them is a
+test failure, not a lazy import."""
 
 from __future__ import annotations
 
