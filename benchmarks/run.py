@@ -249,6 +249,7 @@ def profiled(run: Run, proc: Proc, name: str) -> Iterator[None]:
             "--format",
             "raw",
             "--nonblocking",
+            *(["--subprocesses"] if run.workers > 1 else []),  # the workers, not the supervisor
             "--output",
             str(output),
         ],
