@@ -257,6 +257,7 @@ async def test_forget_leaves_nothing_of_the_contact_and_everything_else(store: S
     await seed(store, "sms", BOB, "bob")
     await seed(store, "wa", ALICE, "carol")  # the same address on another channel
     await run_all(store, {"alice", "bob"})
+    await store.set_opt_out("sms", ALICE, True, "the customer texted STOP")
     before = await dump(store)
     counts = await store.job_counts()
     assert counts["held"] == 2
@@ -277,13 +278,20 @@ async def test_forget_leaves_nothing_of_the_contact_and_everything_else(store: S
     assert erased.jobs == 8
     assert len(erased.pending) == 1
     assert not erased.running
+    assert erased.suppressions == 1
     after = await dump(store)
     # Nothing of Alice on this channel, in any table, any column.
     assert [row for row in after if "alice" in row] == []
     assert [row for row in after if ALICE in row and "carol" not in row] == []
+    assert [row for row in after if ALICE[1:] in row and "carol" not in row] == []
+    # Only her opt-out stays, as a keyed hash (with the store's key for it).
+    new_rows = [row for row in after if row.startswith(("suppressions:", "store_keys:"))]
+    assert len(new_rows) == 2
+    assert [row for row in new_rows if "STOP" in row]
     # Everything else as it was: rows that never were Alice's are untouched.
     kept = [row for row in before if "alice" not in row]
-    assert Counter(row for row in after if PURGED_PREFIX.decode() not in row) == Counter(kept)
+    rest = [row for row in after if PURGED_PREFIX.decode() not in row and row not in new_rows]
+    assert Counter(rest) == Counter(kept)
     # Her jobs stay, emptied, so the counts hold (her waiting mail is now a dead letter).
     erased_jobs = [row for row in after if PURGED_PREFIX.decode() in row]
     assert len(erased_jobs) == 8
@@ -296,6 +304,39 @@ async def test_forget_leaves_nothing_of_the_contact_and_everything_else(store: S
     # Bob's held lane still waits for its dead letter; Alice's lane is gone with her.
     claimed = await store.claim_jobs(10, 60)
     assert claimed == []
+
+
+async def test_an_opt_out_outlives_the_erasure_until_an_opt_in(store: Store) -> None:
+    await seed(store, "sms", ALICE, "alice")
+    await run_all(store, set())
+    await store.set_opt_out("sms", ALICE, True, "the customer texted STOP")
+    await store.set_opt_out("sms", BOB, False, None)
+    for address in (ALICE, BOB):
+        erased = await store.forget_contact("sms", [address], p.contact_refs, apply=True)
+        assert erased.applied
+    assert [row for row in await dump(store) if ALICE in row or BOB in row] == []
+    # Alice said STOP: still opted out, on this channel only; Bob never did.
+    suppressed = await store.get_contact("sms", ALICE)
+    assert suppressed is not None
+    assert (suppressed.opted_out, suppressed.opted_out_reason) == (
+        True,
+        "the customer texted STOP",
+    )
+    assert await store.get_contact("sms", BOB) is None
+    assert await store.get_contact("wa", ALICE) is None
+    # A contact row made for her again (an agent's new conversation) starts opted out...
+    await store.upsert_contact(ContactRow(channel="sms", address=ALICE, name="Alice"))
+    again = await store.get_contact("sms", ALICE)
+    assert again is not None
+    assert (again.opted_out, again.name) == (True, "Alice")
+    # ...and being erased again keeps it.
+    assert (await store.forget_contact("sms", [ALICE], p.contact_refs, apply=True)).suppressions
+    assert (await store.get_contact("sms", ALICE) or ContactRow("", "")).opted_out
+    # Her opt-in clears it for good.
+    await store.set_opt_out("sms", ALICE, False, "the customer texted START")
+    await store.forget_contact("sms", [ALICE], p.contact_refs, apply=True)
+    assert await store.get_contact("sms", ALICE) is None
+    assert [row for row in await dump(store) if row.startswith("suppressions:")] == []
 
 
 async def test_a_dry_run_changes_nothing(store: Store) -> None:
@@ -378,8 +419,8 @@ from_number = "+15005550006"
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    """A Twilio channel whose store knows Alice (with a mail waiting behind a dead letter)
-    and Bob."""
+    """A Twilio channel whose store knows Alice (opted out, with a mail waiting behind a dead
+    letter) and Bob."""
     path = tmp_path / "extmsg.toml"
     path.write_text(TWILIO)
 
@@ -389,6 +430,7 @@ def config(tmp_path: Path) -> Path:
         await seed(s, "sms", ALICE, "alice")
         await seed(s, "sms", BOB, "bob")
         await run_all(s, {"alice"})
+        await s.set_opt_out("sms", ALICE, True, "the customer texted STOP")
         await s.close()
 
     asyncio.run(fill())
@@ -414,6 +456,7 @@ def test_the_address_as_a_person_writes_it(config: Path) -> None:
     assert "would remove what is stored of +41791110001 on channel sms" in dry.output
     assert "Unblu ids: person-alice, contact-alice" in dry.output
     assert "dry run: nothing was changed" in dry.output
+    assert "opt-out:            would be kept: the address stays opted out" in dry.output
     assert rows_of(config, "alice")
     refused = forget(config, "sms", "0041 79 111 00 01")
     assert refused.exit_code == 2
@@ -426,6 +469,7 @@ def test_the_address_as_a_person_writes_it(config: Path) -> None:
     assert done.exit_code == 0, done.output
     assert "removed what is stored of +41791110001 on channel sms" in done.output
     assert "cancelled job 8" in done.output
+    assert "opt-out:            kept: the address stays opted out, as a keyed hash" in done.output
     assert "Unblu keeps its own copy" in done.output
     assert rows_of(config, "alice") == []
     assert rows_of(config, ALICE) == []

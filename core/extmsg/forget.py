@@ -12,6 +12,10 @@ is erased while the contact has any (its messages would be lost unsent); with it
 cancelled and stay as dead letters that say why. A job that runs at this moment always
 refuses the erasure (it may write the contact again as it finishes): try again a moment later.
 
+An opt-out is not erased with the contact: a contact that had opted out leaves a suppression
+entry, a keyed hash of the channel and address (:mod:`extmsg.store.suppression`), so the
+address stays opted out until it opts in again, and no agent can write to it by starting anew.
+
 Beside a running ``extmsg serve`` this is safe on both stores: on SQLite the look-up reads a
 snapshot and only the erasure takes the write lock, for milliseconds; on PostgreSQL the
 contact's jobs are locked while it runs, so no instance claims one meanwhile.
@@ -54,7 +58,8 @@ def forget(config_path: Path, channel: str, address: str, dry_run: bool, force: 
     """Remove everything stored of the contact ADDRESS on CHANNEL.
 
     Its messages, job payloads, conversations, threads, files and contact row go in one
-    transaction; counts and metrics stay. Unblu keeps its own copy of the person and the
+    transaction; counts and metrics stay. An opt-out stays, as a keyed hash of the address.
+    Unblu keeps its own copy of the person and the
     conversations: the ids to delete there are printed.
     """
     config, hooks = load_for_command(config_path)
@@ -144,6 +149,11 @@ def _report(found: Erasure, *, dry_run: bool) -> None:
         + (f"; {len(found.running)} running now" if found.running else "")
     )
     lines.append(f"  published files:    {found.media}")
+    if found.suppressions:
+        lines.append(
+            f"  opt-out:            {'kept' if found.applied else 'would be kept'}: the"
+            " address stays opted out, as a keyed hash (a suppression entry, not the address)"
+        )
     click.echo("\n".join(lines))
     if found.pending and not found.applied and not dry_run:
         raise HandledError(

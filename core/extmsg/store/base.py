@@ -208,6 +208,9 @@ class Erasure(_Row, frozen=True):
     """Jobs running right now: nothing is erased while one does."""
     media: int = 0
     thread_meta: int = 0
+    suppressions: int = 0
+    """Opt-outs kept (or to be kept) as suppression entries, which hold no address: the
+    erased address stays opted out (:mod:`extmsg.store.suppression`)."""
     applied: bool = False
     """True once everything listed was removed (in one transaction); False for a dry run or a
     refusal (running jobs, or pending ones without ``cancel_pending``)."""

@@ -11,6 +11,9 @@ A contact's data is reached from its addresses on a channel:
   or ``conversation:{id}`` for an agent's message to a conversation the store did not know);
 * the parts of those messages, the files published with them, the threads' remembered values;
 * jobs in the contact's lanes or about its messages (their states, statuses and reads).
+
+An opted-out contact's opt-out stays, as a suppression entry that holds no address
+(:mod:`.suppression`).
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class Found:
     parts: int = 0
     media: int = 0
     thread_meta: int = 0
+    opted_out: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    """The opted-out addresses among the contact rows, with the reason: each leaves a
+    suppression entry (:mod:`.suppression`)."""
     jobs: dict[int, tuple[str, str, bool]] = dataclasses.field(default_factory=dict)
     """Job id → (state, lane, holds its lane)."""
 
@@ -115,6 +121,7 @@ class Found:
             running=tuple(self.running()),
             media=self.media,
             thread_meta=self.thread_meta,
+            suppressions=len(self.opted_out),
             applied=applied,
         )
 

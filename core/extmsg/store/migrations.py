@@ -199,6 +199,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE media ADD COLUMN message_id TEXT;
         """,
     ),
+    Migration(
+        12,
+        "opt-outs that outlive an erased contact: a keyed hash of channel and address, and the"
+        " store's own key for it",
+        """
+        CREATE TABLE store_keys (
+            name TEXT PRIMARY KEY,
+            secret BLOB NOT NULL,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE suppressions (
+            address_hash TEXT PRIMARY KEY,
+            reason TEXT,
+            created_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 # Times are epoch seconds (DOUBLE PRECISION) as in SQLite, so both stores hand out the same rows
@@ -361,6 +378,23 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX messages_outbound_thread
             ON messages (channel, thread) WHERE direction = 'out';
         ALTER TABLE media ADD COLUMN message_id TEXT;
+        """,
+    ),
+    Migration(
+        9,
+        "opt-outs that outlive an erased contact: a keyed hash of channel and address, and the"
+        " store's own key for it",
+        """
+        CREATE TABLE store_keys (
+            name TEXT PRIMARY KEY,
+            secret BYTEA NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE suppressions (
+            address_hash TEXT PRIMARY KEY,
+            reason TEXT,
+            created_at DOUBLE PRECISION NOT NULL
+        );
         """,
     ),
 )

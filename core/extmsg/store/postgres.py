@@ -79,6 +79,7 @@ from .rows import (
     message_key,
     message_row,
 )
+from .suppression import KEY_NAME, address_hash, new_key
 
 __all__ = ["PostgresStore"]
 
@@ -260,6 +261,7 @@ class PostgresStore(Store):
         self._lock_timeout = lock_timeout
         self._exclusive_wait = exclusive_wait
         self._pool: asyncpg.Pool | None = None
+        self._suppression_key: bytes | None = None  # read once it exists; it never changes
 
     def __repr__(self) -> str:
         return f"PostgresStore({describe_dsn(self.dsn)!r})"
@@ -454,7 +456,7 @@ class PostgresStore(Store):
             address,
         )
         if row is None:
-            return None
+            return await self._suppressed(channel, address)
         return ContactRow(
             channel=row[0],
             address=row[1],
@@ -465,37 +467,68 @@ class PostgresStore(Store):
             opted_out_reason=row[6],
         )
 
-    async def upsert_contact(self, row: ContactRow) -> None:
-        await self._execute(
-            "INSERT INTO contacts (channel, address, name, unblu_person_id, unblu_contact_id,"
-            " opted_out, opted_out_reason, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-            " ON CONFLICT (channel, address) DO UPDATE SET name = EXCLUDED.name,"
-            " unblu_person_id = EXCLUDED.unblu_person_id,"
-            " unblu_contact_id = EXCLUDED.unblu_contact_id, updated_at = EXCLUDED.updated_at",
-            row.channel,
-            row.address,
-            row.name,
-            row.unblu_person_id,
-            row.unblu_contact_id,
-            row.opted_out,
-            row.opted_out_reason,
-            time.time(),
+    async def _suppressed(self, channel: str, address: str) -> ContactRow | None:
+        """An opted-out stand-in for an erased contact that had opted out, else None."""
+        if self._suppression_key is None:
+            key = await self._fetchval("SELECT secret FROM store_keys WHERE name = $1", KEY_NAME)
+            if key is None:
+                return None  # no entry was ever kept
+            self._suppression_key = bytes(key)
+        entry = await self._fetchrow(
+            "SELECT reason FROM suppressions WHERE address_hash = $1",
+            address_hash(self._suppression_key, channel, address),
         )
+        if entry is None:
+            return None
+        return ContactRow(
+            channel=channel, address=address, opted_out=True, opted_out_reason=entry[0]
+        )
+
+    async def upsert_contact(self, row: ContactRow) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                "INSERT INTO contacts (channel, address, name, unblu_person_id, unblu_contact_id,"
+                " opted_out, opted_out_reason, updated_at)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                " ON CONFLICT (channel, address) DO UPDATE SET name = EXCLUDED.name,"
+                " unblu_person_id = EXCLUDED.unblu_person_id,"
+                " unblu_contact_id = EXCLUDED.unblu_contact_id, updated_at = EXCLUDED.updated_at",
+                row.channel,
+                row.address,
+                row.name,
+                row.unblu_person_id,
+                row.unblu_contact_id,
+                row.opted_out,
+                row.opted_out_reason,
+                time.time(),
+            )
+            lifted = await _take_suppression(conn, row.channel, row.address)
+            if lifted is not None:  # the row carries the opt-out from now on
+                await conn.execute(
+                    "UPDATE contacts SET opted_out = TRUE, opted_out_reason = $1"
+                    " WHERE channel = $2 AND address = $3",
+                    lifted[0],
+                    row.channel,
+                    row.address,
+                )
 
     async def set_opt_out(
         self, channel: str, address: str, opted_out: bool, reason: str | None
     ) -> None:
-        await self._execute(
-            "INSERT INTO contacts (channel, address, opted_out, opted_out_reason, updated_at)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel, address) DO UPDATE SET"
-            " opted_out = EXCLUDED.opted_out, opted_out_reason = EXCLUDED.opted_out_reason,"
-            " updated_at = EXCLUDED.updated_at",
-            channel,
-            address,
-            opted_out,
-            reason,
-            time.time(),
-        )
+        async with self._tx() as conn:
+            # The row says it from now on: opted in again, or opted out on its own.
+            await _take_suppression(conn, channel, address)
+            await conn.execute(
+                "INSERT INTO contacts (channel, address, opted_out, opted_out_reason, updated_at)"
+                " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (channel, address) DO UPDATE SET"
+                " opted_out = EXCLUDED.opted_out, opted_out_reason = EXCLUDED.opted_out_reason,"
+                " updated_at = EXCLUDED.updated_at",
+                channel,
+                address,
+                opted_out,
+                reason,
+                time.time(),
+            )
 
     _CONV = (
         "SELECT channel, thread, contact_address, unblu_conversation_id, state, created_at,"
@@ -1301,12 +1334,14 @@ async def _look_up(
     channel = found.channel
     addresses = list(found.addresses)
     for row in await conn.fetch(
-        "SELECT unblu_person_id, unblu_contact_id FROM contacts"
-        " WHERE channel = $1 AND address = ANY($2::text[])",
+        "SELECT unblu_person_id, unblu_contact_id, address, opted_out, opted_out_reason"
+        " FROM contacts WHERE channel = $1 AND address = ANY($2::text[])",
         channel,
         addresses,
     ):
         found.contact_rows += 1
+        if row[3]:
+            found.opted_out[row[2]] = row[4]
         found.person_ids.update(v for v in (row[0],) if v)
         found.contact_ids.update(v for v in (row[1],) if v)
     for row in await conn.fetch(
@@ -1418,3 +1453,43 @@ async def _erase(conn: asyncpg.Connection, found: Found, now: float) -> None:
         now,
         sorted(found.jobs),
     )
+    if found.opted_out:
+        key = await _suppression_key(conn, create=True)
+        assert key is not None
+        await conn.executemany(
+            "INSERT INTO suppressions (address_hash, reason, created_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (address_hash) DO UPDATE SET reason = EXCLUDED.reason,"
+            " created_at = EXCLUDED.created_at",
+            [(address_hash(key, channel, a), r, now) for a, r in found.opted_out.items()],
+        )
+
+
+async def _suppression_key(conn: asyncpg.Connection, *, create: bool) -> bytes | None:
+    """The store's key for suppression entries; made on first need when ``create`` (the
+    first of several instances to make it wins)."""
+    select = "SELECT secret FROM store_keys WHERE name = $1"
+    key = await conn.fetchval(select, KEY_NAME)
+    if key is None and create:
+        await conn.execute(
+            "INSERT INTO store_keys (name, secret, created_at) VALUES ($1, $2, $3)"
+            " ON CONFLICT (name) DO NOTHING",
+            KEY_NAME,
+            new_key(),
+            time.time(),
+        )
+        key = await conn.fetchval(select, KEY_NAME)
+    return bytes(key) if key is not None else None
+
+
+async def _take_suppression(
+    conn: asyncpg.Connection, channel: str, address: str
+) -> tuple[str | None] | None:
+    """Remove the address's suppression entry; answer its ``(reason,)``, or None if none."""
+    key = await _suppression_key(conn, create=False)
+    if key is None:
+        return None
+    row = await conn.fetchrow(
+        "DELETE FROM suppressions WHERE address_hash = $1 RETURNING reason",
+        address_hash(key, channel, address),
+    )
+    return None if row is None else (row[0],)

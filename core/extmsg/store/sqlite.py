@@ -70,6 +70,7 @@ from .rows import (
     message_row,
 )
 from .sqlite_writer import BatchWriter
+from .suppression import KEY_NAME, address_hash, new_key
 
 __all__ = ["SqliteStore"]
 
@@ -161,6 +162,7 @@ class SqliteStore(Store):
         self._next_lease_sweep = 0.0
         self._earliest_lease = math.inf  # of the leases this store handed out since its sweep
         self._exclusive: dict[str, asyncio.Lock] = {}
+        self._suppression_key: bytes | None = None  # read once it exists; it never changes
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def open(self, *, create: bool = True) -> None:
@@ -377,7 +379,7 @@ class SqliteStore(Store):
             (channel, address),
         )
         if row is None:
-            return None
+            return await self._suppressed(channel, address)
         return ContactRow(
             channel=row[0],
             address=row[1],
@@ -388,35 +390,67 @@ class SqliteStore(Store):
             opted_out_reason=row[6],
         )
 
-    async def upsert_contact(self, row: ContactRow) -> None:
-        await self._write(
-            "INSERT INTO contacts (channel, address, name, unblu_person_id, unblu_contact_id,"
-            " opted_out, opted_out_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (channel, address) DO UPDATE SET name = excluded.name,"
-            " unblu_person_id = excluded.unblu_person_id,"
-            " unblu_contact_id = excluded.unblu_contact_id, updated_at = excluded.updated_at",
-            (
-                row.channel,
-                row.address,
-                row.name,
-                row.unblu_person_id,
-                row.unblu_contact_id,
-                int(row.opted_out),
-                row.opted_out_reason,
-                time.time(),
-            ),
+    async def _suppressed(self, channel: str, address: str) -> ContactRow | None:
+        """An opted-out stand-in for an erased contact that had opted out, else None."""
+        if self._suppression_key is None:
+            key = await self._one("SELECT secret FROM store_keys WHERE name = ?", (KEY_NAME,))
+            if key is None:
+                return None  # no entry was ever kept
+            self._suppression_key = bytes(key[0])
+        entry = await self._one(
+            "SELECT reason FROM suppressions WHERE address_hash = ?",
+            (address_hash(self._suppression_key, channel, address),),
         )
+        if entry is None:
+            return None
+        return ContactRow(
+            channel=channel, address=address, opted_out=True, opted_out_reason=entry[0]
+        )
+
+    async def upsert_contact(self, row: ContactRow) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO contacts (channel, address, name, unblu_person_id, unblu_contact_id,"
+                " opted_out, opted_out_reason, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (channel, address) DO UPDATE SET name = excluded.name,"
+                " unblu_person_id = excluded.unblu_person_id,"
+                " unblu_contact_id = excluded.unblu_contact_id, updated_at = excluded.updated_at",
+                (
+                    row.channel,
+                    row.address,
+                    row.name,
+                    row.unblu_person_id,
+                    row.unblu_contact_id,
+                    int(row.opted_out),
+                    row.opted_out_reason,
+                    time.time(),
+                ),
+            )
+            lifted = _take_suppression(db, row.channel, row.address)
+            if lifted is not None:  # the row carries the opt-out from now on
+                db.execute(
+                    "UPDATE contacts SET opted_out = 1, opted_out_reason = ?"
+                    " WHERE channel = ? AND address = ?",
+                    (lifted[0], row.channel, row.address),
+                )
+
+        await self._run(write)
 
     async def set_opt_out(
         self, channel: str, address: str, opted_out: bool, reason: str | None
     ) -> None:
-        await self._write(
-            "INSERT INTO contacts (channel, address, opted_out, opted_out_reason, updated_at)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel, address) DO UPDATE SET"
-            " opted_out = excluded.opted_out, opted_out_reason = excluded.opted_out_reason,"
-            " updated_at = excluded.updated_at",
-            (channel, address, int(opted_out), reason, time.time()),
-        )
+        def write(db: sqlite3.Connection) -> None:
+            # The row says it from now on: opted in again, or opted out on its own.
+            _take_suppression(db, channel, address)
+            db.execute(
+                "INSERT INTO contacts (channel, address, opted_out, opted_out_reason, updated_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (channel, address) DO UPDATE SET"
+                " opted_out = excluded.opted_out, opted_out_reason = excluded.opted_out_reason,"
+                " updated_at = excluded.updated_at",
+                (channel, address, int(opted_out), reason, time.time()),
+            )
+
+        await self._run(write)
 
     _CONV = (
         "SELECT channel, thread, contact_address, unblu_conversation_id, state, created_at,"
@@ -1276,12 +1310,14 @@ def _look_up(db: sqlite3.Connection, found: Found, refs: PayloadRefs, *, after_i
     ``found`` holds and the unfinished ones of its lanes). Answer the last job id read."""
     channel = found.channel
     addresses = _values(found.addresses)
-    for _, person, contact in db.execute(
-        "SELECT address, unblu_person_id, unblu_contact_id FROM contacts"
-        " WHERE channel = ? AND address IN (SELECT value FROM json_each(?))",
+    for address, person, contact, opted_out, reason in db.execute(
+        "SELECT address, unblu_person_id, unblu_contact_id, opted_out, opted_out_reason"
+        " FROM contacts WHERE channel = ? AND address IN (SELECT value FROM json_each(?))",
         (channel, addresses),
     ):
         found.contact_rows += 1
+        if opted_out:
+            found.opted_out[address] = reason
         found.person_ids.update(v for v in (person,) if v)
         found.contact_ids.update(v for v in (contact,) if v)
     for conversation, thread in db.execute(
@@ -1418,3 +1454,39 @@ def _erase(db: sqlite3.Connection, found: Found, now: float) -> None:
     ]
     for sql, params in statements:
         db.execute(sql, params)
+    if found.opted_out:
+        key = _suppression_key(db, create=True)
+        assert key is not None
+        db.executemany(
+            "INSERT OR REPLACE INTO suppressions (address_hash, reason, created_at)"
+            " VALUES (?, ?, ?)",
+            [(address_hash(key, channel, a), r, now) for a, r in found.opted_out.items()],
+        )
+
+
+def _suppression_key(db: sqlite3.Connection, *, create: bool) -> bytes | None:
+    """The store's key for suppression entries; made on first need when ``create``."""
+    select = "SELECT secret FROM store_keys WHERE name = ?"
+    row = db.execute(select, (KEY_NAME,)).fetchone()
+    if row is None and create:
+        db.execute(
+            "INSERT OR IGNORE INTO store_keys (name, secret, created_at) VALUES (?, ?, ?)",
+            (KEY_NAME, new_key(), time.time()),
+        )
+        row = db.execute(select, (KEY_NAME,)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def _take_suppression(
+    db: sqlite3.Connection, channel: str, address: str
+) -> tuple[str | None] | None:
+    """Remove the address's suppression entry; answer its ``(reason,)``, or None if none."""
+    key = _suppression_key(db, create=False)
+    if key is None:
+        return None
+    digest = address_hash(key, channel, address)
+    row = db.execute("SELECT reason FROM suppressions WHERE address_hash = ?", (digest,)).fetchone()
+    if row is None:
+        return None
+    db.execute("DELETE FROM suppressions WHERE address_hash = ?", (digest,))
+    return (row[0],)
