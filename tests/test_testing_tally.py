@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from extmsg.testing.tally import first_seen, metric_total
+from extmsg.testing.tally import first_seen, metric_total, out_of_order
 
 EXPOSITION = """\
 # HELP extmsg_in_doubt_total Attempts that looked before sending again.
@@ -29,3 +29,17 @@ def test_metric_total_sums_the_samples_that_carry_the_labels() -> None:
 def test_first_seen_keeps_first_appearances_in_order() -> None:
     assert first_seen(["a", "b", "a", "c", "b"]) == ["a", "b", "c"]
     assert first_seen([]) == []
+
+
+def test_out_of_order_is_judged_on_what_arrived() -> None:
+    wanted = ["m0", "m1", "m2", "m3"]
+    assert not out_of_order(["m0", "m1", "m2", "m3"], wanted)
+    # Missing messages are lost (or late), not out of order.
+    assert not out_of_order(["m0", "m1"], wanted)
+    assert not out_of_order([], wanted)
+    assert not out_of_order(["m0", "m2", "m3"], wanted)
+    # A double where it first appeared, and something never wanted, change nothing.
+    assert not out_of_order(["m0", "m1", "m0", "other", "m2"], wanted)
+    # A later message ahead of an earlier one is.
+    assert out_of_order(["m1", "m0"], wanted)
+    assert out_of_order(["m0", "m2", "m1", "m3"], wanted)

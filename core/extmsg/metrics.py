@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import values as _values
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from . import sendguard
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "call_outcome", "use_multiprocess"]
 
 _multiprocess_dir: str | None = None
@@ -196,6 +198,8 @@ class Metrics:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
+            if sendguard.caused_by_lost_lease(exc):
+                raise  # refused before it was written (the job's hold was stale): no call
             self.observe_call(remote, call, exc, time.monotonic() - started)
             raise
         self.observe_call(remote, call, None, time.monotonic() - started)

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import aiohttp
 import msgspec
 
-from .. import logcontext
+from .. import logcontext, sendguard
 from ..config import EngineConfig
 from ..errors import LeaseLost, NotYet
 from ..logsafe import mask, redact_secrets
@@ -174,6 +174,9 @@ class Engine:
             raise LeaseLost(job.id, job.fence)
         lease = self.config.lease_seconds
         asked = time.monotonic()
+        # Until the hold is confirmed, a send from this task is refused (no hold is younger
+        # than a negative bound); then it may start for half a lease after it was asked for.
+        sendguard.hold_taken(sendguard.Hold(job.id, job.fence, asked, -1.0))
         if not await self.store.hold_job(job.id, job.fence, lease):
             if run is not None:
                 run.lost = True
@@ -186,6 +189,11 @@ class Engine:
             if run is not None:
                 run.lost = True
             raise LeaseLost(job.id, job.fence)
+        # The lease now runs until at least ``asked + lease``; a request that starts within
+        # ``lease / 2`` of ``asked`` has gone out half a lease before anyone else can claim
+        # the job and look whether it arrived (:mod:`extmsg.sendguard` checks, right before
+        # the request is written, and refuses it later).
+        sendguard.hold_taken(sendguard.Hold(job.id, job.fence, asked, lease / 2))
 
     # -- intake ---------------------------------------------------------------------------------
     async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
@@ -417,7 +425,19 @@ class Engine:
                 )
             else:
                 error = run.handler.exception()
-            if run.lost or isinstance(error, LeaseLost):
+            stale = sendguard.stale_hold(error)
+            if stale is not None and not run.lost:
+                # Its send was refused as it was about to go out late: nothing was sent,
+                # nothing is written; whoever claims the job once its lease is over looks first.
+                if self._metrics is not None:
+                    self._metrics.fenced.labels(job.kind).inc()
+                log.warning(
+                    "%s (%s, lane %s); it runs again, in doubt, once its lease is over",
+                    stale,
+                    job.kind,
+                    mask(job.lane),
+                )
+            elif run.lost or (error is not None and sendguard.caused_by_lost_lease(error)):
                 self._fenced(job, "its handler's outcome")
             elif error is None:
                 # The job's work is done: its slot is free now, so that the dispatcher's next

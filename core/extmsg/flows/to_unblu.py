@@ -12,8 +12,9 @@ that may succeed later fails the job, which retries before a conversation is ope
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from .. import logcontext
 from ..errors import DeliveryError, FetchTooLarge
@@ -45,10 +46,10 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
         runtime, job, channel.name, conversation_id, payload.message_id, message
     )
     assert runtime.engine is not None
+    hold = functools.partial(runtime.engine.hold, job)
     try:
-        await runtime.engine.hold(job)
         unblu_id = await _post(
-            runtime, channel, conversation_id, ref, payload.message_id, message, files, posted
+            runtime, channel, conversation_id, ref, payload.message_id, message, files, posted, hold
         )
     except UnbluError as exc:
         if exc.retryable or not await _has_ended(runtime, conversation_id):
@@ -57,9 +58,8 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
         await runtime.store.end_conversation(conversation_id)
         conversation_id = await _conversation(runtime, channel, contact, ref, message)
         logcontext.set_field("conversation_id", conversation_id)
-        await runtime.engine.hold(job)
         unblu_id = await _post(
-            runtime, channel, conversation_id, ref, payload.message_id, message, files, {}
+            runtime, channel, conversation_id, ref, payload.message_id, message, files, {}, hold
         )
     await runtime.store.update_message(
         payload.message_id,
@@ -206,6 +206,7 @@ async def _post(
     message: InboundMessage,
     files: Sequence[Attachment | str],
     posted: Mapping[str, str],
+    hold: Callable[[], Awaitable[None]],
 ) -> str:
     """Post the text (sourceId = the provider's id), then each attachment as a FILE message,
     or as a text message where ``files`` holds the note that stands in for it.
@@ -213,7 +214,8 @@ async def _post(
     Each part carries our stable id as ``externalMessageId`` (v4 ``ExternalMessengerPostMessage``;
     v3's has no such field and goes without). Parts in ``posted`` (our id → Unblu's) are there
     already and are not posted again. A note takes its file's place, so the parts keep their
-    numbers whether a file arrived or not.
+    numbers whether a file arrived or not. ``hold`` (the job's :meth:`Engine.hold`) is
+    awaited right before each part is posted: a part may go out only shortly after it.
     """
     client = runtime.unblu_client()
     channel_id = runtime.unblu_channel_id(channel.name)
@@ -221,6 +223,7 @@ async def _post(
     if message.text or not message.attachments:
         known = posted.get(external_id(message_id, 0))
         if known is None:
+            await hold()
             known = await client.send_text(
                 channel_id,
                 conversation_id,
@@ -234,6 +237,7 @@ async def _post(
         if (known := posted.get(external_id(message_id, len(ids)))) is not None:
             ids.append(known)
             continue
+        await hold()
         if isinstance(attachment, str):
             ids.append(
                 await client.send_text(

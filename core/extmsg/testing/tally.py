@@ -17,6 +17,7 @@ __all__ = [
     "first_seen",
     "inbound_by_contact",
     "metric_total",
+    "out_of_order",
     "sandbox_conversations",
     "sandbox_drain",
     "sandbox_messages",
@@ -32,6 +33,17 @@ def first_seen(items: Iterable[str]) -> list[str]:
             seen.add(item)
             out.append(item)
     return out
+
+
+def out_of_order(arrived: Iterable[str], wanted: Iterable[str]) -> bool:
+    """Whether what arrived (first appearances) came in another order than ``wanted``, judged
+    on what arrived only: a message still missing is lost (or late), not out of order, and
+    what is not in ``wanted`` is not counted."""
+    want = list(wanted)
+    known = set(want)
+    seen = [item for item in first_seen(arrived) if item in known]
+    present = set(seen)
+    return seen != [item for item in want if item in present]
 
 
 async def sandbox_conversations(session: aiohttp.ClientSession, url: str) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ import aiohttp
 import msgspec
 import yarl
 
-from extmsg import logcontext
+from extmsg import logcontext, sendguard
 from extmsg.errors import FetchRefused, FetchTooLarge, RetryableError
 from extmsg.fetch import fetch
 from extmsg.unblu import wire
@@ -270,7 +270,8 @@ class UnbluClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or (self._owns_session and self._session.closed):
-            self._session = aiohttp.ClientSession()
+            # A send that would go out long after its job's hold is refused (sendguard).
+            self._session = aiohttp.ClientSession(trace_configs=[sendguard.trace_config()])
             self._owns_session = True
         return self._session
 
@@ -303,6 +304,8 @@ class UnbluClient:
         except asyncio.CancelledError:
             raise  # stopped here: the remote said nothing
         except BaseException as exc:
+            if sendguard.caused_by_lost_lease(exc):
+                raise  # refused before it was written: no call was made
             self._observer(call, exc, time.monotonic() - started)
             raise
         self._observer(call, None, time.monotonic() - started)
@@ -357,6 +360,8 @@ class UnbluClient:
                 operation, error_message=f"timed out after {self._timeout:g}s"
             ) from exc
         except aiohttp.ClientError as exc:
+            if isinstance(exc.__cause__, sendguard.StaleHold):
+                raise exc.__cause__ from None  # refused before the body was written
             self._record(method, path_template, url_path, params, body, None, None)
             raise UnbluError(operation, error_message=_describe_network_error(exc)) from exc
 

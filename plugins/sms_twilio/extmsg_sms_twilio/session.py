@@ -7,6 +7,8 @@ import base64
 
 import aiohttp
 
+from extmsg import sendguard
+
 __all__ = ["SessionHolder", "basic_auth"]
 
 USER_AGENT = "extmsg-sms-twilio/0.1"
@@ -27,6 +29,8 @@ class SessionHolder:
             self._session = aiohttp.ClientSession(
                 headers={"User-Agent": USER_AGENT},
                 connector=aiohttp.TCPConnector(limit=100, limit_per_host=50),
+                # A send that would go out long after its job's hold is refused.
+                trace_configs=[sendguard.trace_config()],
             )
             self._loop = loop
         return self._session

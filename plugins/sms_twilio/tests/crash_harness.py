@@ -23,9 +23,9 @@ from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 from extmsg.testing.helpers import free_port
 from extmsg.testing.tally import (
     agent_writes,
-    first_seen,
     inbound_by_contact,
     metric_total,
+    out_of_order,
     sandbox_conversations,
     sandbox_drain,
 )
@@ -227,7 +227,7 @@ async def tally(traffic: Traffic) -> Tally:
     counts = Counter(sid for sids in arrived.values() for sid in sids)
     acked = [sid for sids in traffic.acked.values() for sid in sids]
     in_broken = [
-        sender for sender, sids in traffic.acked.items() if first_seen(arrived[sender]) != sids
+        sender for sender, sids in traffic.acked.items() if out_of_order(arrived[sender], sids)
     ]
     sent: dict[str, list[str]] = defaultdict(list)
     for message in traffic.fake.messages:
@@ -237,7 +237,7 @@ async def tally(traffic: Traffic) -> Tally:
         i: [f"out {i} {n}" for n in range(traffic.per_contact)] for i in range(traffic.contacts)
     }
     out_broken = [
-        contact(i) for i, texts in wanted.items() if first_seen(sent[contact(i)]) != texts
+        contact(i) for i, texts in wanted.items() if out_of_order(sent[contact(i)], texts)
     ]
     return Tally(
         expected=expected,

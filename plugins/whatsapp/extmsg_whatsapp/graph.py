@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from extmsg import logcontext
+from extmsg import logcontext, sendguard
 from extmsg.errors import DeliveryError, FetchTooLarge, PermanentError, RetryableError
 from extmsg.fetch import fetch
 
@@ -69,7 +69,10 @@ class Graph:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
             self._session = aiohttp.ClientSession(
-                headers={"User-Agent": USER_AGENT}, raise_for_status=False
+                headers={"User-Agent": USER_AGENT},
+                raise_for_status=False,
+                # A send that would go out long after its job's hold is refused.
+                trace_configs=[sendguard.trace_config()],
             )
             self._loop = loop
         return self._session

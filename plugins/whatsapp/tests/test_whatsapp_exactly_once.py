@@ -53,9 +53,9 @@ from extmsg.sandbox import run_sandbox
 from extmsg.testing.helpers import ServeProcess, free_port
 from extmsg.testing.tally import (
     agent_writes,
-    first_seen,
     inbound_by_contact,
     metric_total,
+    out_of_order,
     sandbox_conversations,
     sandbox_drain,
     sandbox_messages,
@@ -241,11 +241,11 @@ class Run:
             + CONTACTS * PER_CONTACT
             - len(acked),
             inbound_out_of_order=[
-                s for s, wamids in self.acked.items() if first_seen(arrived[s]) != wamids
+                s for s, wamids in self.acked.items() if out_of_order(arrived[s], wamids)
             ],
             outbound_arrived=sum(1 for out in wanted.values() for b in out if bodies[b]),
             outbound_lost=sum(1 for out in wanted.values() for b in out if not bodies[b]),
-            outbound_out_of_order=[s for s, out in wanted.items() if first_seen(sent[s]) != out],
+            outbound_out_of_order=[s for s, out in wanted.items() if out_of_order(sent[s], out)],
             extra_copies={m: n - 1 for m, n in copies.items() if n > 1},
             texts={m: next(iter(t)) for m, t in texts.items() if len(t) == 1},
             ambiguous=[m for m, t in texts.items() if len(t) > 1],
