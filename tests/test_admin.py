@@ -179,4 +179,4 @@ async def test_not_ready_says_only_that_on_the_public_port(
     body = await resp.json()
     assert resp.status == 503
     assert body["checks"]["channels"] is False
-    assert body["channels"] == {"loop": {"unblu_channel_id": None}}
+    assert body["channels"] == {"loop": {"unblu_channel_id": None, "ended_webhook_id": None}}
