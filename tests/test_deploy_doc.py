@@ -11,6 +11,7 @@ import click
 
 from extmsg.cli import main
 from extmsg.config import AdminConfig, ServerConfig
+from extmsg.draining import CUT_OFF_GRACE
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
@@ -59,8 +60,11 @@ def test_the_unit_waits_for_a_graceful_stop() -> None:
     unit = next(b for b in _blocks("ini") if "ExecStart=/opt/extmsg/bin/extmsg serve" in b)
     match = re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.M)
     assert match is not None
-    # Requests in flight, then running jobs (plus 5 s for the ones being cut off).
-    assert int(match.group(1)) >= 2 * ServerConfig().shutdown_timeout + 5
+    # Requests in flight, then running jobs (plus 5 s for the ones being cut off), and the
+    # public and admin listeners' last cut-off of what is still running (twice each).
+    budget = 2 * ServerConfig().shutdown_timeout + 5 + 4 * CUT_OFF_GRACE
+    assert int(match.group(1)) >= budget
+    assert f"shutdown_timeout (20 s) + {5 + 4 * CUT_OFF_GRACE:g} s" in unit
     assert "KillMode=mixed" in unit  # the supervisor passes SIGTERM on itself
     assert "Restart=on-failure" in unit
 

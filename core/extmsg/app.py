@@ -15,11 +15,14 @@ admin listener (:mod:`extmsg.admin`), apart from this port the internet calls.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from . import logcontext
+from .admin import create_admin_app
 from .config import Config
+from .draining import CUT_OFF_GRACE, IN_FLIGHT, InFlight, drain, in_flight_middleware
 from .flows.accept import provider_request
 from .lifecycle import runtime_context
 from .media import serve_media
@@ -29,17 +32,27 @@ from .runtime import RUNTIME, Runtime
 from .store import Store
 from .unblu.endpoint import unblu_request
 
-__all__ = ["announce_listening", "create_app", "route_urls"]
+__all__ = [
+    "admin_runner",
+    "announce_listening",
+    "create_app",
+    "public_runner",
+    "route_urls",
+    "stop_serving",
+]
 
 
 def create_app(config: Config, hooks: Hooks, *, store: Store | None = None) -> web.Application:
     """Build the public application for ``config``; starting it opens the store and starts the
     engine. Serve :func:`extmsg.admin.create_admin_app` of its runtime beside it."""
+    in_flight = InFlight()
     app = web.Application(
-        client_max_size=config.server.max_body_bytes, middlewares=[request_id_middleware]
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[in_flight_middleware(in_flight), request_id_middleware],
     )
     runtime = Runtime(config, hooks, store)
     app[RUNTIME] = runtime
+    app[IN_FLIGHT] = in_flight
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/unblu/{channel}", unblu_request)
@@ -47,6 +60,28 @@ def create_app(config: Config, hooks: Hooks, *, store: Store | None = None) -> w
     _add_messenger_routes(app, runtime)
     app.cleanup_ctx.append(runtime_context)
     return app
+
+
+def public_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """The runner for :func:`create_app`'s application. Stop it with :func:`stop_serving`
+    first: its own cleanup then only cuts off what that gave up on."""
+    return web.AppRunner(app, shutdown_timeout=CUT_OFF_GRACE, **kwargs)
+
+
+def admin_runner(app: web.Application) -> web.AppRunner:
+    """The runner for the admin listener of :func:`create_app`'s application. It stops last,
+    after the store: its requests (probes, scrapes) are short, so it waits little for them."""
+    return web.AppRunner(
+        create_admin_app(app[RUNTIME]), shutdown_timeout=CUT_OFF_GRACE, access_log=None
+    )
+
+
+async def stop_serving(app: web.Application, runner: web.AppRunner) -> None:
+    """Not ready any more; refuse new connections and requests, and give the requests in
+    flight up to ``[server] shutdown_timeout`` to be answered (:mod:`extmsg.draining`)."""
+    runtime = app[RUNTIME]
+    runtime.ready = False
+    await drain(runner, app[IN_FLIGHT], runtime.config.server.shutdown_timeout)
 
 
 def _add_messenger_routes(app: web.Application, runtime: Runtime) -> None:

@@ -397,8 +397,7 @@ async def _serve(
     sandbox_port: int,
     role: WorkerRole | None = None,
 ) -> None:
-    from .admin import create_admin_app
-    from .app import announce_listening, create_app
+    from .app import admin_runner, announce_listening, create_app, public_runner, stop_serving
     from .runtime import RUNTIME
 
     # The sandbox may log before the configuration is read: in the format asked for already.
@@ -423,29 +422,26 @@ async def _serve(
         if role is not None:
             # A worker of several: the supervisor bound the sockets (and reported them).
             if role.admin is not None:
-                admin = web.AppRunner(create_admin_app(app[RUNTIME]), access_log=None)
+                admin = admin_runner(app)
                 await admin.setup()
                 stack.push_async_callback(admin.cleanup)
                 await web.SockSite(admin, role.admin).start()
-            runner = web.AppRunner(
-                app, shutdown_timeout=config.server.shutdown_timeout, access_log=None
-            )
+            runner = public_runner(app, access_log=None)
             await runner.setup()
             stack.push_async_callback(runner.cleanup)
             await web.SockSite(runner, role.public).start()
             await announce_listening(app)
             await _until(stop)
+            await stop_serving(app, runner)
             return
         # The admin port first: one that is taken stops the start before anything runs.
-        admin = web.AppRunner(create_admin_app(app[RUNTIME]), access_log=None)
+        admin = admin_runner(app)
         await admin.setup()
         stack.push_async_callback(admin.cleanup)
         admin_url = await _listen(
             admin, *config.admin.address, key="admin.listen", hint="--admin-listen HOST:PORT"
         )
-        runner = web.AppRunner(
-            app, shutdown_timeout=config.server.shutdown_timeout, access_log=None
-        )
+        runner = public_runner(app, access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         public_url = await _listen(
@@ -461,6 +457,7 @@ async def _serve(
             )
         await announce_listening(app)
         await _until(stop)
+        await stop_serving(app, runner)
 
 
 def _stop_event() -> asyncio.Event:

@@ -197,11 +197,7 @@ class MessengerContract:
                 ],
             }
             async with running_extmsg(raw, hooks, port=port) as extmsg:
-                try:
-                    yield ContractWorld(extmsg, fake_url, unblu_sandbox.url)
-                finally:
-                    # the fake first: its callbacks must not be in flight while extmsg stops
-                    await runner.cleanup()
+                yield ContractWorld(extmsg, fake_url, unblu_sandbox.url)
         finally:
             await runner.cleanup()  # a no-op when done
 

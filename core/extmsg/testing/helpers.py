@@ -19,7 +19,7 @@ import msgspec
 from aiohttp import web
 
 from ..admin import create_admin_app
-from ..app import announce_listening, create_app
+from ..app import announce_listening, create_app, public_runner, stop_serving
 from ..config import parse_config
 from ..plugins import Hooks
 from ..runtime import RUNTIME, Runtime
@@ -162,7 +162,7 @@ async def running_extmsg(
     admin_raw = {**raw.get("admin", {}), "listen": f"127.0.0.1:{admin_port}"}
     config = parse_config({**raw, "server": server, "admin": admin_raw}, hooks.messenger_types())
     app = create_app(config, hooks)
-    runner = web.AppRunner(app)
+    runner = public_runner(app)
     admin_runner = web.AppRunner(create_admin_app(app[RUNTIME]))
     await admin_runner.setup()
     await runner.setup()
@@ -185,6 +185,8 @@ async def running_extmsg(
                 base=base, admin=admin, channel_ids=ids, session=session, runtime=app[RUNTIME]
             )
     finally:
+        # As ``extmsg serve`` stops: the requests in flight are answered first.
+        await stop_serving(app, runner)
         await runner.cleanup()
         await admin_runner.cleanup()
 
