@@ -172,14 +172,27 @@ class Traffic:
             *(self.agent(i) for i in range(self.contacts)),
         )
 
-    async def settle(self, limit: float = 180.0) -> Tally:
-        """Wait until everything acknowledged arrived; the final counts."""
-        deadline = time.monotonic() + limit
+    async def settle(self, limit: float = 180.0, *, stall: float = 60.0) -> Tally:
+        """Wait until everything acknowledged arrived; the final counts.
+
+        Gives up ``limit`` seconds from now, or later while messages are still arriving: a
+        machine slowed down by other work (the outbound messages cross one channel one at a
+        time, so they are the slowest) is waited for as long as it makes progress, at most
+        ``stall`` seconds at a time and ``5 * limit`` in all; a lost message stops the count
+        from moving, and the run ends ``stall`` seconds later.
+        """
+        now = time.monotonic()
+        deadline, cap = now + limit, now + 5 * limit
+        arrived = -1
         while True:
             await sandbox_drain(self.session, self.sandbox_url)
             result = await tally(self)
-            if result.complete or time.monotonic() > deadline:
+            now = time.monotonic()
+            if result.complete or now > deadline:
                 return result
+            if result.inbound_arrived + result.outbound_arrived > arrived:
+                arrived = result.inbound_arrived + result.outbound_arrived
+                deadline = min(max(deadline, now + stall), cap)
             await asyncio.sleep(0.5)
 
 
