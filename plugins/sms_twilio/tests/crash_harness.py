@@ -176,10 +176,11 @@ class Traffic:
         """Wait until everything acknowledged arrived; the final counts.
 
         Gives up ``limit`` seconds from now, or later while messages are still arriving: a
-        machine slowed down by other work (the outbound messages cross one channel one at a
-        time, so they are the slowest) is waited for as long as it makes progress, at most
-        ``stall`` seconds at a time and ``5 * limit`` in all; a lost message stops the count
-        from moving, and the run ends ``stall`` seconds later.
+        machine slowed down by other work (the server spends some 30 s of CPU on 5,000
+        messages each way, the jobs' status reports included, and gets a fraction of a core
+        on a busy machine) is waited for as long as it makes progress, at most ``stall``
+        seconds at a time and ``5 * limit`` in all; a lost message stops the count from
+        moving, and the run ends ``stall`` seconds later.
         """
         now = time.monotonic()
         deadline, cap = now + limit, now + 5 * limit
