@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from extmsg import sendguard
 from extmsg.engine import Engine
 from extmsg.errors import LeaseLost, RetryableError
 from extmsg.metrics import Metrics
@@ -388,3 +389,36 @@ async def _done(store: Store) -> bool:
 async def _attempts(store: Store, n: int) -> bool:
     jobs = await store.list_jobs(("ready",))
     return bool(jobs) and jobs[0].attempts >= n
+
+
+async def test_a_send_later_than_half_a_lease_after_its_hold_is_refused(
+    instances: tuple[Store, Store],
+) -> None:
+    """A hold lets a send start for half a lease: a handler that stalls longer between its hold
+    and its call is refused at the call, writes nothing, and its job comes back in doubt once
+    its lease is over, to be sent then."""
+    store, _ = instances
+    metrics = Metrics()
+    engine = make_engine(store, workers=1, lease_seconds=0.4, metrics=metrics)
+    attempts: list[tuple[bool, str]] = []
+
+    async def sends(job: Job) -> None:
+        await engine.hold(job)
+        if not attempts:
+            await asyncio.sleep(0.3)  # stalled between the hold and the call
+        try:
+            sendguard.check()  # what every request to a remote does right before it is written
+        except sendguard.StaleHold:
+            attempts.append((job.in_doubt, "refused"))
+            raise
+        attempts.append((job.in_doubt, "sent"))
+
+    engine.register("work", sends)
+    await engine.intake([work("a")])
+    await engine.start()
+    try:
+        await until(lambda: len(attempts) == 2, within=10)
+    finally:
+        await engine.stop(1.0)
+    assert attempts == [(False, "refused"), (True, "sent")]
+    assert metrics.fenced.labels("work")._value.get() == 1
