@@ -9,17 +9,21 @@ is counted where it arrives: the sandbox's conversations and the fake's sent mes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
 
+from extmsg.sandbox import run_sandbox
 from extmsg.testing.helpers import free_port
 from extmsg.testing.tally import (
     agent_writes,
@@ -29,7 +33,13 @@ from extmsg.testing.tally import (
     sandbox_conversations,
     sandbox_drain,
 )
-from extmsg_sms_twilio.fake import FakeTwilio, inbound_params, new_sid
+from extmsg_sms_twilio.fake import (
+    TWILIO_FAKE,
+    FakeTwilio,
+    create_twilio_fake,
+    inbound_params,
+    new_sid,
+)
 
 __all__ = ["Balancer", "Tally", "Traffic", "metric_total", "serve_config", "tally"]
 
@@ -69,6 +79,28 @@ auth_token = "{token}"
 from_number = "{number}"
 api_base_url = "{fake}"
 """
+
+
+@contextlib.asynccontextmanager
+async def running_sandbox(**options: Any) -> AsyncIterator[Any]:
+    """The Unblu sandbox on a free port, retrying its deliveries quickly."""
+    server = await run_sandbox("127.0.0.1", 0, retry_backoff=0.05, retry_backoff_max=0.3, **options)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+@contextlib.asynccontextmanager
+async def running_twilio() -> AsyncIterator[tuple[str, FakeTwilio]]:
+    """The Twilio fake on a free port (its URL and the fake), status callbacks after 50 ms."""
+    app = create_twilio_fake(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, callback_delay=0.05)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/"), app[TWILIO_FAKE]
+    finally:
+        await server.close()
 
 
 def serve_config(

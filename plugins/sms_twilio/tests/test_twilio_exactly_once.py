@@ -26,13 +26,18 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
-from crash_harness import Balancer, Traffic, metric_total, serve_config
-from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN
+from crash_harness import (
+    Balancer,
+    Traffic,
+    metric_total,
+    running_sandbox,
+    running_twilio,
+    serve_config,
+)
 
 from extmsg.sandbox import run_sandbox
 from extmsg.testing.helpers import ServeProcess, free_port
-from extmsg_sms_twilio.fake import TWILIO_FAKE, FakeTwilio, create_twilio_fake
+from extmsg_sms_twilio.fake import FakeTwilio
 
 pytestmark = pytest.mark.slow
 
@@ -43,24 +48,14 @@ KILLS = 5
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Any]:
-    server = await run_sandbox(
-        "127.0.0.1", 0, delivery_retries=10_000, retry_backoff=0.05, retry_backoff_max=0.3
-    )
-    try:
+    async with running_sandbox(delivery_retries=10_000) as server:
         yield server
-    finally:
-        await server.close()
 
 
 @pytest.fixture
 async def twilio() -> AsyncIterator[tuple[str, FakeTwilio]]:
-    app = create_twilio_fake(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, callback_delay=0.05)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/"), app[TWILIO_FAKE]
-    finally:
-        await server.close()
+    async with running_twilio() as fake:
+        yield fake
 
 
 async def test_kill_9_five_times_nothing_lost_nothing_doubled(

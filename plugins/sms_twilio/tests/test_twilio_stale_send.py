@@ -21,11 +21,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestServer
-from crash_harness import serve_config
-from twilio_testkit import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER
+from crash_harness import running_sandbox, running_twilio, serve_config
+from twilio_testkit import ACCOUNT_SID, FROM_NUMBER
 
-from extmsg.sandbox import run_sandbox
 from extmsg.testing.helpers import ServeProcess, free_port
 from extmsg.testing.tally import (
     agent_writes,
@@ -34,7 +32,7 @@ from extmsg.testing.tally import (
     sandbox_conversations,
     sandbox_drain,
 )
-from extmsg_sms_twilio.fake import TWILIO_FAKE, FakeTwilio, create_twilio_fake, inbound_params
+from extmsg_sms_twilio.fake import FakeTwilio, inbound_params
 
 pytestmark = pytest.mark.slow
 
@@ -91,22 +89,14 @@ async def pg_dsn() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Any]:
-    server = await run_sandbox("127.0.0.1", 0, retry_backoff=0.05, retry_backoff_max=0.3)
-    try:
+    async with running_sandbox() as server:
         yield server
-    finally:
-        await server.close()
 
 
 @pytest.fixture
 async def twilio() -> AsyncIterator[tuple[str, FakeTwilio]]:
-    app = create_twilio_fake(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN, callback_delay=0.05)
-    server = TestServer(app)
-    await server.start_server()
-    try:
-        yield str(server.make_url("")).rstrip("/"), app[TWILIO_FAKE]
-    finally:
-        await server.close()
+    async with running_twilio() as fake:
+        yield fake
 
 
 @pytest.mark.parametrize("kind", ["to_unblu.message", "to_messenger.message"])
