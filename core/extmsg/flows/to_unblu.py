@@ -40,7 +40,7 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
     contact = await runtime.hooks.map_contact(channel, message.contact)
     files = await _fetch_files(runtime, channel, message)
     ref = await _contact_ref(runtime, channel, contact)
-    conversation_id = await _conversation(runtime, channel, contact, ref, message)
+    conversation_id, ref = await _conversation(runtime, channel, contact, ref, message)
     logcontext.set_field("conversation_id", conversation_id)
     posted = await already_posted(
         runtime, job, channel.name, conversation_id, payload.message_id, message
@@ -56,7 +56,7 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
             raise
         log.info("conversation %s ended in Unblu; opening a new one", conversation_id)
         await runtime.store.end_conversation(conversation_id)
-        conversation_id = await _conversation(runtime, channel, contact, ref, message)
+        conversation_id, ref = await _conversation(runtime, channel, contact, ref, message)
         logcontext.set_field("conversation_id", conversation_id)
         unblu_id = await _post(
             runtime, channel, conversation_id, ref, payload.message_id, message, files, {}, hold
@@ -101,14 +101,17 @@ async def _contact_ref(runtime: Runtime, channel: Channel, contact: Contact) -> 
 
 async def _conversation(
     runtime: Runtime, channel: Channel, contact: Contact, ref: ContactRef, message: InboundMessage
-) -> str:
+) -> tuple[str, ContactRef]:
+    """The thread's active conversation, opened if there is none, and who writes in it."""
     thread = message.thread_id
     row = await runtime.store.active_conversation(channel.name, thread)
     if row is not None:
-        return row.unblu_conversation_id
+        return row.unblu_conversation_id, ref
     client = runtime.unblu_client()
     channel_id = runtime.unblu_channel_id(channel.name)
     found = await client.find_active_conversation(channel_id, thread)
+    if found is not None and not found.ended and runtime.config.unblu.api_version == "v3":
+        ref = await _adopt_participant(runtime, channel, contact, ref, found.messenger_person_id)
     if found is None or found.ended:
         routing = await runtime.hooks.route_conversation(channel, contact, message)
         recipient = (
@@ -132,7 +135,33 @@ async def _conversation(
             unblu_conversation_id=found.id,
         )
     )
-    return found.id
+    return found.id, ref
+
+
+async def _adopt_participant(
+    runtime: Runtime, channel: Channel, contact: Contact, ref: ContactRef, person_id: str | None
+) -> ContactRef:
+    """A conversation an agent opened in Unblu (v3) holds the person the agent picked as the
+    one connected through the messenger: the contact writes as that person from now on, else
+    Unblu refuses their messages as not a participant's."""
+    if person_id is None or person_id == ref.person_id:
+        return ref
+    row = await runtime.store.get_contact(channel.name, contact.address)
+    await runtime.store.upsert_contact(
+        ContactRow(
+            channel=channel.name,
+            address=contact.address,
+            name=contact.name or (row.name if row else None),
+            unblu_person_id=person_id,
+            unblu_contact_id=ref.contact_id,
+        )
+    )
+    log.info(
+        "channel %s: a contact writes as person %s, whom an agent put in their conversation",
+        channel.name,
+        person_id,
+    )
+    return ContactRef(person_id, ref.contact_id)
 
 
 async def _fetch_files(

@@ -422,6 +422,15 @@ class ConversationsEndBody(_Sent):
     comment: str | None = None
 
 
+class Participant(_Received):
+    """A person in a conversation (``ParticipantData``): v3 lists the messenger user here,
+    ``connectedViaExternalMessenger``; v4 lists them among ``externalParticipants``."""
+
+    person_id: str | None = None
+    connected_via_external_messenger: bool = False
+    state: str | None = None
+
+
 class Conversation(_Received):
     """A conversation as Unblu returns it."""
 
@@ -432,6 +441,19 @@ class Conversation(_Received):
     end_reason: str | None = None
     topic: str | None = None
     locale: str | None = None
+    participants: list[Participant] = msgspec.field(default_factory=list)
+
+    @property
+    def messenger_person_id(self) -> str | None:
+        """The person connected through the external messenger (v3), if one is listed."""
+        return next(
+            (
+                p.person_id
+                for p in self.participants
+                if p.connected_via_external_messenger and p.person_id
+            ),
+            None,
+        )
 
     @property
     def ended(self) -> bool:
