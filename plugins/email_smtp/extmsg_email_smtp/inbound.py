@@ -166,6 +166,7 @@ class MailIntake:
                 # IMAP folder must not stall on it.
                 raise UnreadableMail(str(exc)) from exc
         if book is not None and thread is not None:
+            await threads.recall(self.memory, channel.name, thread, book)
             book.record_inbound(
                 thread,
                 parsed.message_id,

@@ -135,12 +135,10 @@ async def send(
     if not addresses.is_valid(message.contact.address):
         raise PermanentError(f"Not sent: {message.contact.address!r} is not a valid email address")
     thread = message.thread or message.contact.address
-    info = book.get(thread) if book is not None else None
-    if info is None and book is not None and memory is not None:
-        remembered = threads.info_from_meta(await memory.thread_meta(channel.name, thread))
-        if remembered is not None:
-            book.seed(thread, remembered)
-            info = book.get(thread)
+    info = None
+    if book is not None:
+        await threads.recall(memory, channel.name, thread, book)
+        info = book.get(thread)
     if info is not None:
         info = msgspec.structs.replace(info, references=list(info.references))
     try:

@@ -16,7 +16,10 @@ Subjects and the Message-IDs a reply should point at are kept in memory per thre
 (:class:`ThreadBook`), backed by the core's store (:class:`ThreadStore`) so that a restart or
 another instance keeps the subject and the References; without a store the first reply after a
 restart has the channel's generic subject and
-no In-Reply-To, which costs the customer's mail client its grouping but not ours.
+no In-Reply-To, which costs the customer's mail client its grouping but not ours. With a store,
+the store is the thread's memory and the book only its copy: every mail in or out reads the
+thread from the store first (:func:`recall`), since another process (``serve --workers N``,
+another instance) may have received or sent in the thread since this one last did.
 """
 
 from __future__ import annotations
@@ -188,12 +191,11 @@ class ThreadBook:
         return info
 
     def seed(self, thread: str, info: ThreadInfo) -> None:
-        """Take what the store remembered of a thread this process has not seen yet."""
-        if thread not in self._threads:
-            self._info(thread)
-            self._threads[thread] = info
-            for mid in info.references:
-                self._remember(mid, thread)
+        """Take what the store remembers of a thread, in place of this process's copy."""
+        self._info(thread)
+        self._threads[thread] = info
+        for mid in info.references:
+            self._remember(mid, thread)
 
     def thread_of(self, message_id: str) -> str | None:
         """The thread of a Message-ID we have seen (inbound or outbound)."""
@@ -275,6 +277,15 @@ def resolve_thread(
     if referred or new_mail_rule == "same":
         return contact, "contact"
     return new_token(secret, contact, message_id), "new"
+
+
+async def recall(memory: ThreadStore | None, channel: str, thread: str, book: ThreadBook) -> None:
+    """Bring the book's copy of ``thread`` up to what the store holds, before it changes."""
+    if memory is None:
+        return
+    remembered = info_from_meta(await memory.thread_meta(channel, thread))
+    if remembered is not None:
+        book.seed(thread, remembered)
 
 
 async def remember(memory: ThreadStore | None, channel: str, thread: str, book: ThreadBook) -> None:

@@ -213,3 +213,4 @@ async def _reset_plugin_state() -> Any:
     yield
     await plugin.state.stop()
     plugin.state.books.clear()
+    plugin.state.memory = None  # a store of an earlier test, closed by now

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
-from email_testkit import FakeRuntime, SmtpSink, channel, load_case
+from email_testkit import FakeRuntime, MemoryThreadStore, SmtpSink, channel, load_case
 
 from extmsg.errors import PermanentError, RetryableError
 from extmsg.models import Attachment, Channel, Contact, OutboundMessage
@@ -125,6 +125,33 @@ async def test_thread_memory_survives_a_restart(
         assert str(mail["Message-ID"]) in remembered["references"].split()
     finally:
         await store.close()
+
+
+async def test_a_reply_answers_the_mail_another_process_received(
+    hooks: Hooks, smtp_sink: SmtpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``serve --workers N`` one process receives the mail and any may send the reply:
+    the reply answers the customer's latest mail, whichever process saw it."""
+    ch = _sink_channel(smtp_sink)
+    store = MemoryThreadStore()
+    receiver = threads.ThreadBook()  # the process with the mail listener
+    intake = MailIntake(FakeRuntime(), lambda _: receiver, store)
+    monkeypatch.setattr(plugin.state, "books", {})  # this process: the one that sends
+    monkeypatch.setattr(plugin.state, "memory", store)
+    raw, _ = load_case("gmail_reply")
+    await intake.deliver(ch, raw)
+    await hooks.send(ch, _message())
+    first, _ = _newest(smtp_sink)
+    later = raw.replace(b"<CAKs7dF3uV6j1Qm9+", b"<CAKs7dF3later+").replace(
+        b"In-Reply-To:", b"In-Reply-To: " + str(first["Message-ID"]).encode() + b"\nX-Was:", 1
+    )
+    await intake.deliver(ch, later)
+    await hooks.send(ch, _message(id="01HZY0OUT0002"))
+    second, _ = _newest(smtp_sink)
+    latest = "<CAKs7dF3later+Yx2bHnFq0N5o_2EtZk3h8wFJzZ1s6c4Kdw@mail.gmail.com>"
+    assert str(second["In-Reply-To"]).strip() == latest
+    refs = str(second["References"]).split()
+    assert refs[-2:] == [str(first["Message-ID"]), latest]
 
 
 async def test_token_thread_round_trip(hooks: Hooks, smtp_sink: SmtpSink) -> None:
