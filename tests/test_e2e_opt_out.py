@@ -74,7 +74,7 @@ async def test_keywords_set_per_channel_apply_to_any_messenger(
 
         await world.agent(f"conversations/{conv['id']}/messages", "POST", text="Still there?")
         failed = await message(world, conv["id"], "Still there?", "FAILED")
-        assert "texted STOP" in failed["failureText"]
+        assert "wrote STOP" in failed["failureText"]
         assert "reply JOIN" in failed["failureText"]
 
         await world.agent(f"conversations/{conv['id']}/end", "POST")

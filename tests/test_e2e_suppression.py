@@ -47,7 +47,7 @@ async def test_an_erased_contact_stays_opted_out_until_it_opts_in(
         await world.agent(f"conversations/{started['id']}/messages", "POST", text="Any news?")
         failed = await message(world, started["id"], "Any news?", "FAILED")
         assert "opted out" in failed["failureText"]
-        assert "texted STOP" in failed["failureText"]
+        assert "wrote STOP" in failed["failureText"]
         assert "reply JOIN" in failed["failureText"]
         await asyncio.sleep(0.3)
         assert [s for s in world.provider.sends if "Any news?" in s["text"]] == []

@@ -53,7 +53,7 @@ def test_a_keyword_message_gets_one_update_in_front() -> None:
     events = add_keyword_updates(r, [text("Hello", "m0"), text("stop")])
     assert events[0] == text("Hello", "m0")
     assert events[1] == ContactUpdate(
-        address="+41790000001", opted_out=True, reason="the customer texted STOP"
+        address="+41790000001", opted_out=True, reason="the customer wrote STOP"
     )
     assert events[2] == text("stop")
     # The plugin reported it already (Twilio's OptOutType): no second update.

@@ -114,7 +114,7 @@ def add_keyword_updates(
                     ContactUpdate(
                         address=event.contact.address,
                         opted_out=opted_out,
-                        reason=f"the customer texted {word}",
+                        reason=f"the customer wrote {word}",
                         channel=event.channel,
                     )
                 )

@@ -479,5 +479,5 @@ async def test_stop_is_confirmed_and_blocks_replies_until_start(world: World) ->
     await eventually(stop_shown)
     await world.reply(conv_b["id"], "Are you still there?")
     failed = await world.message_in(conv_b["id"], "Are you still there?", "FAILED")
-    assert "texted STOP" in failed["failureText"]
+    assert "wrote STOP" in failed["failureText"]
     assert len(await texts_to_bob()) == 1
