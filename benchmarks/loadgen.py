@@ -16,7 +16,9 @@ Modes:
 * ``rate``: ``count`` requests at a fixed ``rate`` (open loop); latency counts from the moment
   a request was due, so a stalled server is not hidden by a waiting generator.
 * ``stream``: ``count`` requests, never more than ``window`` of them acknowledged but not yet
-  arrived at the collector: the messages stream through at the pace of the whole chain.
+  arrived at the collector: the messages stream through at the pace of the whole chain. The
+  requests are made a chunk at a time and only counts and a bounded sample of ack latencies
+  are kept, so the generator's memory does not grow with ``count``.
 
 With a ``collector`` (the sandbox for inbound, the Twilio fake for outbound), the generator
 then waits until every acknowledged message has arrived there, and reports the end-to-end
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import resource
 import sys
 import time
@@ -173,24 +176,70 @@ async def arrival_times(session: aiohttp.ClientSession, spec: dict[str, Any]) ->
 
 # -- drivers ----------------------------------------------------------------------------------
 class Outcome:
+    """Every request's due time and latency (``max`` and ``rate``: they are few)."""
+
     def __init__(self, n: int) -> None:
         self.latency = [math.nan] * n
         self.sent_at = [math.nan] * n
         self.statuses: Counter[str] = Counter()
         self.acked: list[int] = []
 
+    @property
+    def ok(self) -> int:
+        return len(self.acked)
+
+    def record(self, i: int, due: float, status: str, latency: float | None) -> None:
+        self.sent_at[i] = due
+        self.statuses[status] += 1
+        if latency is not None:
+            self.latency[i] = latency
+            if status.startswith("2"):
+                self.acked.append(i)
+
+    def latencies(self) -> list[float]:
+        return [x for x in self.latency if not math.isnan(x)]
+
+
+class Tally(Outcome):
+    """Counts and a bounded sample of ack latencies (``stream``): the generator's memory
+    stays flat however many messages stream through."""
+
+    SAMPLE = 100_000
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self._ok = 0
+        self._seen = 0
+        self._sample: list[float] = []
+        self._random = random.Random(0)
+
+    @property
+    def ok(self) -> int:
+        return self._ok
+
+    def record(self, i: int, due: float, status: str, latency: float | None) -> None:
+        self.statuses[status] += 1
+        if latency is None:
+            return
+        self._ok += status.startswith("2")
+        # Reservoir sampling: every latency has the same chance to be in the sample.
+        self._seen += 1
+        if len(self._sample) < self.SAMPLE:
+            self._sample.append(latency)
+        elif (j := self._random.randrange(self._seen)) < self.SAMPLE:
+            self._sample[j] = latency
+
+    def latencies(self) -> list[float]:
+        return self._sample
+
 
 async def send_one(pool: Pool, raw: bytes, i: int, due: float, out: Outcome) -> None:
-    out.sent_at[i] = due
     try:
         status, _ = await pool.request(raw)
     except Exception as exc:
-        out.statuses[type(exc).__name__] += 1
+        out.record(i, due, type(exc).__name__, None)
         return
-    out.latency[i] = time.monotonic() - due
-    out.statuses[str(status)] += 1
-    if 200 <= status < 300:
-        out.acked.append(i)
+    out.record(i, due, str(status), time.monotonic() - due)
 
 
 async def closed_loop(pool: Pool, requests: list[tuple[str, bytes]], concurrency: int) -> Outcome:
@@ -230,7 +279,7 @@ async def stream(
 ) -> Outcome:
     """Send ``count`` requests, keeping at most ``window`` of them in the chain."""
     count, window, concurrency = spec["count"], spec["window"], spec["concurrency"]
-    out = Outcome(count)
+    out = Tally()
     arrived = 0
     done = asyncio.Event()
 
@@ -308,7 +357,7 @@ async def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
         usage1 = resource.getrusage(resource.RUSAGE_SELF)
         pool.close()
         ack_seconds = acked_at - started
-        ok = len(out.acked)
+        ok = out.ok
         cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
         result.update(
             started=started,
@@ -318,7 +367,7 @@ async def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
             ack_rate=ok / ack_seconds if ack_seconds > 0 else math.nan,
             ack_latency_ms={
                 k: v * 1000
-                for k, v in percentiles([x for x in out.latency if not math.isnan(x)]).items()
+                for k, v in percentiles(out.latencies()).items()
             },
             generator_cpu=cpu / ack_seconds if ack_seconds > 0 else math.nan,
         )

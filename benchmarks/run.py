@@ -17,7 +17,9 @@ Phases:
    (the sandbox's sendMessage, the fake's Messages API).
 4. Fixed rate at half the measured maximum: ack latency at half the ack maximum, end-to-end
    latency at half the end-to-end maximum (above it the backlog only grows).
-5. RSS before and after streaming 200,000 messages (half each way; ``--quick``: far fewer).
+5. RSS before and after streaming 1,000,000 messages (half each way; ``--quick``: far fewer;
+   ``--stream N``: N), with progress every half minute. The generators keep no per-message
+   state; the sandbox and the Twilio fake keep every receipt (some hundred MiB for a million).
 
 After every phase the runner waits until extmsg has no ready or running job left, so phases
 do not overlap. The Twilio fake's status callbacks are off unless ``--status-callbacks``. The
@@ -46,7 +48,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +119,7 @@ class Sizes:
     warmup: int = 2000
 
 
-FULL = Sizes(floor_count=100_000, count=30_000, rate_seconds=10.0, stream_count=200_000)
+FULL = Sizes(floor_count=100_000, count=30_000, rate_seconds=10.0, stream_count=1_000_000)
 QUICK = Sizes(floor_count=15_000, count=2_500, rate_seconds=1.5, stream_count=4_000, warmup=1000)
 
 
@@ -504,32 +506,33 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     half = sizes.stream_count // 2
     say(
         f"  streaming {sizes.stream_count:,} messages ({half:,} each way)"
-        f"{' [--quick: the full run streams 200,000]' if run.quick else ''}"
+        f"{f' [--quick: the full run streams {FULL.stream_count:,}]' if run.quick else ''}"
     )
     started = time.monotonic()
-    streams = [
-        run_async_loadgen(
-            {
-                **inbound,
-                "mode": "stream",
-                "count": half,
-                "window": sizes.window,
-                "concurrency": 32,
-                "prefix": run.next_prefix("SM"),
-            }
-        ),
-        run_async_loadgen(
-            {
-                **outbound,
-                "mode": "stream",
-                "count": half,
-                "window": sizes.window,
-                "concurrency": 32,
-                "prefix": run.next_prefix("OB"),
-            }
-        ),
+    specs = [
+        {
+            **spec,
+            "mode": "stream",
+            "count": half,
+            "window": sizes.window,
+            "concurrency": 32,
+            "prefix": run.next_prefix(kind),
+        }
+        for spec, kind in ((inbound, "SM"), (outbound, "OB"))
     ]
+    streams = [run_async_loadgen(spec) for spec in specs]
     cpu_before = {p.name: cpu_seconds(p.pid) for p in watch}
+    every = 30.0 if sizes.stream_count > 50_000 else math.inf
+    while any(p.poll() is None for p in streams):
+        time.sleep(0.2)
+        if time.monotonic() - started >= every:
+            every += 30.0
+            arrived = sum(arrivals(spec) for spec in specs)
+            seconds = time.monotonic() - started
+            say(
+                f"    {arrived:,} arrived in {seconds:.0f}s ({arrived / seconds:,.0f}/s),"
+                f" RSS {rss_kib(serve.pid) / 1024:.1f} MiB"
+            )
     results = [collect(p) for p in streams]
     quiesce(serve, admin)
     elapsed = time.monotonic() - started
@@ -558,6 +561,14 @@ def run_async_loadgen(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
         stderr=subprocess.PIPE,
         cwd=ROOT,
     )
+
+
+def arrivals(spec: dict[str, Any]) -> int:
+    """How many of a phase's messages arrived at its collector so far."""
+    url = f"{spec['collector']}/bench/count?prefix={spec['prefix']}"
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - our own peer
+        count: int = json.loads(resp.read())["count"]
+    return count
 
 
 def collect(popen: subprocess.Popen[bytes]) -> dict[str, Any]:
@@ -792,9 +803,18 @@ def main(argv: list[str]) -> int:
         default="auto",
         help="extmsg serve's [server] event_loop (default auto: uvloop when installed)",
     )
+    parser.add_argument(
+        "--stream",
+        type=int,
+        metavar="N",
+        help=f"messages streamed for the RSS figure (default {FULL.stream_count:,},"
+        f" --quick {QUICK.stream_count:,})",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
+    if args.stream is not None:
+        sizes = replace(sizes, stream_count=args.stream)
     started = time.monotonic()
     data: dict[str, Any] = {
         "environment": environment(args.quick, args.status_callbacks, args.workers, args.event_loop)
