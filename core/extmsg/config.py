@@ -200,6 +200,10 @@ class StoreConfig(_Section, frozen=True):
     #: Days after which the texts and files in finished (done or dead) jobs' payloads are
     #: removed; the jobs stay with their ids, states and counts. 0 keeps them.
     retention_days: Annotated[float, msgspec.Meta(ge=0)] = 30.0
+    #: SQLite's ``synchronous``: ``normal`` keeps every commit across a crash of the process,
+    #: ``full`` across a power loss or a crash of the OS too, at a cost in throughput
+    #: (``sqlite`` only: PostgreSQL's own ``synchronous_commit`` and ``fsync`` decide there).
+    synchronous: Literal["normal", "full"] = "normal"
 
 
 class UnbluConfig(_Section, frozen=True):
@@ -353,6 +357,17 @@ def parse_config(
     store = data.get("store")
     if isinstance(store, dict) and store.get("backend") == "postgres" and not store.get("dsn"):
         problems.append('store.dsn: required when store.backend is "postgres"')
+    if (
+        isinstance(store, dict)
+        and store.get("backend") == "postgres"
+        and store.get("synchronous") == "full"
+    ):
+        # Refused rather than ignored: extmsg cannot promise what the server decides.
+        problems.append(
+            'store.synchronous: "full" is for SQLite; with PostgreSQL a commit survives'
+            " a power loss when the server's synchronous_commit and fsync are on (its"
+            " defaults), which extmsg does not change"
+        )
     problems += _admin_port_clash(data)
 
     settings: dict[str, Any] = {}

@@ -57,6 +57,12 @@ listen = "127.0.0.1:8081"
 # Embedded SQLite (WAL); a relative path is relative to this file.
 backend = "sqlite"
 path = "var/extmsg.sqlite3"
+# "normal": every acknowledged message survives a crash of the process (kill -9 included);
+# a power loss or a crash of the operating system can drop the last commits, acknowledged
+# ones too. "full" syncs the log to disk at every commit, so they survive those as well, at a
+# cost in throughput (benchmarks/run.py --synchronous full measures it). SQLite only: with
+# PostgreSQL the server's synchronous_commit and fsync decide.
+synchronous = "normal"
 # Several instances behind a load balancer share one PostgreSQL database instead
 # (needs: pip install 'extmsg[postgres]'); they apply its migrations on start.
 # backend = "postgres"

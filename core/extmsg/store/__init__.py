@@ -31,4 +31,4 @@ def open_store(config: Config) -> Store:
         return PostgresStore(config.store.dsn)
     from .sqlite import SqliteStore
 
-    return SqliteStore(config.store_path())
+    return SqliteStore(config.store_path(), synchronous=config.store.synchronous.upper())

@@ -11,9 +11,13 @@
 * **Slow work** — reads that may scan (listings, counts, media blobs), purges, checkpoints of
   the log — runs in the thread of an aiosqlite connection, so it never holds up the loop.
 
-``synchronous = NORMAL`` keeps every commit across a crash of the process (kill -9); only a
-power loss can drop the last commits, which ``synchronous="FULL"`` prevents at a cost in
-throughput.
+``[store] synchronous`` (``normal`` by default) is SQLite's setting of that name. With NORMAL,
+in WAL mode, every commit survives a crash of the process (kill -9): it is in the log, which
+the operating system holds; the log is synced to disk only at checkpoints, so a power loss or
+a crash of the OS can drop the last commits, acknowledged ones included (the file stays
+consistent). FULL syncs the log at every commit, so an acknowledgement survives those too.
+Group commit makes FULL affordable: one sync per batch, not per request, is what it costs
+(``benchmarks/run.py --synchronous full`` measures both against a floor that syncs alike).
 """
 
 from __future__ import annotations
@@ -149,7 +153,8 @@ _LEASE_SWEEP_INTERVAL = 1.0
 class SqliteStore(Store):
     """The SQLite store.
 
-    :param synchronous: SQLite's ``synchronous`` setting for the file.
+    :param synchronous: SQLite's ``synchronous`` setting for the file (``NORMAL`` or ``FULL``,
+        ``[store] synchronous``).
     """
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
