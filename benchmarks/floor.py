@@ -1,11 +1,12 @@
 """The floors: the least a server must do for a Twilio inbound webhook, on the same stack.
 
     python benchmarks/floor.py bare   --port 8001
-    python benchmarks/floor.py sqlite --port 8002 --db /tmp/floor.sqlite3
+    python benchmarks/floor.py sqlite --port 8002 --db /tmp/floor.sqlite3 [--synchronous FULL]
 
 ``bare`` parses the form and answers the empty TwiML extmsg answers. ``sqlite`` does the same
-plus one SQLite commit per request (WAL, ``synchronous=NORMAL`` like extmsg's store, through
-aiosqlite like the store): the request's row is inserted in its own autocommitted statement
+plus one SQLite commit per request (WAL, ``synchronous=NORMAL`` like extmsg's store by default,
+or ``--synchronous FULL`` like ``[store] synchronous = "full"``; through aiosqlite like the
+store): the request's row is inserted in its own autocommitted statement
 before the answer. Neither checks the signature. ``GET /readyz`` answers 200.
 """
 
@@ -50,7 +51,7 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def create_app(kind: str, db_path: str | None) -> web.Application:
+def create_app(kind: str, db_path: str | None, synchronous: str = "NORMAL") -> web.Application:
     app = web.Application()
     app.router.add_get("/readyz", readyz)
     if kind == "bare":
@@ -62,7 +63,7 @@ def create_app(kind: str, db_path: str | None) -> web.Application:
     async def database(app: web.Application) -> AsyncIterator[None]:
         db = await aiosqlite.connect(db_path, isolation_level=None)
         await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute(f"PRAGMA synchronous={synchronous}")
         await db.execute(
             "CREATE TABLE IF NOT EXISTS messages (sid TEXT PRIMARY KEY, sender TEXT,"
             " body TEXT, created_at REAL)"
@@ -76,8 +77,8 @@ def create_app(kind: str, db_path: str | None) -> web.Application:
     return app
 
 
-async def serve(kind: str, port: int, db_path: str | None) -> None:
-    runner = web.AppRunner(create_app(kind, db_path), access_log=None)
+async def serve(kind: str, port: int, db_path: str | None, synchronous: str) -> None:
+    runner = web.AppRunner(create_app(kind, db_path, synchronous), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     stop = asyncio.Event()
@@ -93,8 +94,9 @@ def main(argv: list[str]) -> None:
     parser.add_argument("kind", choices=("bare", "sqlite"))
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db")
+    parser.add_argument("--synchronous", choices=("NORMAL", "FULL"), default="NORMAL")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.kind, args.port, args.db))
+    asyncio.run(serve(args.kind, args.port, args.db, args.synchronous))
 
 
 if __name__ == "__main__":

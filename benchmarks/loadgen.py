@@ -365,10 +365,7 @@ async def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
             statuses=dict(out.statuses),
             ack_seconds=ack_seconds,
             ack_rate=ok / ack_seconds if ack_seconds > 0 else math.nan,
-            ack_latency_ms={
-                k: v * 1000
-                for k, v in percentiles(out.latencies()).items()
-            },
+            ack_latency_ms={k: v * 1000 for k, v in percentiles(out.latencies()).items()},
             generator_cpu=cpu / ack_seconds if ack_seconds > 0 else math.nan,
         )
         if mode == "rate":

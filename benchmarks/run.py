@@ -1,6 +1,7 @@
 """How fast extmsg is, as ratios to floors measured in the same run.
 
-    python3 dev.py bench [--quick] [--workers N]   # or: .venv/bin/python benchmarks/run.py …
+    python3 dev.py bench [--quick] [--workers N] [--synchronous full] [--stream N]
+    # or: .venv/bin/python benchmarks/run.py …
 
 Every server runs in a process of its own on 127.0.0.1: the floors (``floor.py``), then the
 Unblu sandbox and the Twilio fake (``peers.py``) and a real ``extmsg serve`` between them. The
@@ -20,6 +21,11 @@ Phases:
 5. RSS before and after streaming 1,000,000 messages (half each way; ``--quick``: far fewer;
    ``--stream N``: N), with progress every half minute. The generators keep no per-message
    state; the sandbox and the Twilio fake keep every receipt (some hundred MiB for a million).
+
+``--synchronous full`` runs floor (b) with ``PRAGMA synchronous=FULL`` and extmsg with
+``[store] synchronous = "full"`` (power-loss durability: a sync of the log per commit); the
+report's heading says which was used. To see what FULL costs, run once with and once without,
+back to back, and compare the two reports: each compares extmsg with a floor that syncs alike.
 
 After every phase the runner waits until extmsg has no ready or running job left, so phases
 do not overlap. The Twilio fake's status callbacks are off unless ``--status-callbacks``. The
@@ -88,6 +94,7 @@ listen = "127.0.0.1:{admin_port}"
 
 [store]
 path = "{store}"
+synchronous = "{synchronous}"
 
 [unblu]
 base_url = "{unblu}"
@@ -156,6 +163,7 @@ class Run:
     profile_rate: int = 250
     workers: int = 1
     event_loop: str = "auto"
+    synchronous: str = "normal"
     procs: list[Proc] = field(default_factory=list)
     phase_no: int = 0
 
@@ -301,6 +309,7 @@ def floor_phase(run: Run, kind: str) -> dict[str, Any]:
     args = [PY, str(BENCH / "floor.py"), kind, "--port", str(port)]
     if kind == "sqlite":
         args += ["--db", str(run.workdir / "floor.sqlite3")]
+        args += ["--synchronous", run.synchronous.upper()]
     proc = run.start(f"floor-{kind}", args)
     ready = wait_http(proc, f"http://127.0.0.1:{port}/readyz")
     base = f"http://127.0.0.1:{port}"
@@ -375,6 +384,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
             twilio=twilio_url,
             workers=run.workers,
             event_loop=run.event_loop,
+            synchronous=run.synchronous,
         )
     )
     base = f"http://127.0.0.1:{port}"
@@ -603,7 +613,8 @@ def report(data: dict[str, Any]) -> list[str]:
         rows.append((name, value, ra, rb, target))
 
     row("floor (a) bare aiohttp: acked req/s", f"{fa:,.0f}", "1.00x", ratio(fa, fb))
-    row("floor (b) + SQLite commit: acked req/s", f"{fb:,.0f}", ratio(fb, fa), "1.00x")
+    sync = str(data["environment"].get("synchronous", "normal")).upper()
+    row(f"floor (b) + SQLite commit ({sync}): acked req/s", f"{fb:,.0f}", ratio(fb, fa), "1.00x")
     n = int(data["environment"].get("workers") or 1)
     # The floors are one process each; with N workers, "whole machine" compares all of
     # extmsg with one floor process, "per process" a worker's share (÷N) with it.
@@ -731,7 +742,11 @@ def cpu_lines(data: dict[str, Any]) -> list[str]:
 
 
 def environment(
-    quick: bool, status_callbacks: bool, workers: int = 1, event_loop: str = "auto"
+    quick: bool,
+    status_callbacks: bool,
+    workers: int = 1,
+    event_loop: str = "auto",
+    synchronous: str = "normal",
 ) -> dict[str, Any]:
     commit = None
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
@@ -748,6 +763,7 @@ def environment(
         "twilio_status_callbacks": status_callbacks,
         "workers": workers,
         "event_loop": event_loop,
+        "synchronous": synchronous,
     }
 
 
@@ -804,6 +820,13 @@ def main(argv: list[str]) -> int:
         help="extmsg serve's [server] event_loop (default auto: uvloop when installed)",
     )
     parser.add_argument(
+        "--synchronous",
+        choices=("normal", "full"),
+        default="normal",
+        help="[store] synchronous for extmsg serve, and PRAGMA synchronous for floor (b)"
+        " (default normal)",
+    )
+    parser.add_argument(
         "--stream",
         type=int,
         metavar="N",
@@ -817,7 +840,9 @@ def main(argv: list[str]) -> int:
         sizes = replace(sizes, stream_count=args.stream)
     started = time.monotonic()
     data: dict[str, Any] = {
-        "environment": environment(args.quick, args.status_callbacks, args.workers, args.event_loop)
+        "environment": environment(
+            args.quick, args.status_callbacks, args.workers, args.event_loop, args.synchronous
+        )
     }
     with workspace(args.keep) as workdir:
         run = Run(
@@ -829,6 +854,7 @@ def main(argv: list[str]) -> int:
             args.profile_rate,
             args.workers,
             args.event_loop,
+            args.synchronous,
         )
         try:
             say("floors")
@@ -847,7 +873,8 @@ def main(argv: list[str]) -> int:
     mode = "quick run: rough figures" if args.quick else "full run"
     print(
         f"extmsg benchmark ({mode}; {os.cpu_count()} CPUs; extmsg serve --workers {args.workers},"
-        f" event loop {args.event_loop}; Twilio status callbacks"
+        f" event loop {args.event_loop}; SQLite synchronous {args.synchronous.upper()};"
+        f" Twilio status callbacks"
         f" {'on' if args.status_callbacks else 'off'}; {data['seconds']:.0f}s)"
     )
     for line in report(data):
