@@ -113,6 +113,47 @@ def cpu_seconds(pid: int) -> float:
     return total / ticks
 
 
+#: The PostgreSQL server's own processes that work for every database, WAL first.
+POSTGRES_SHARED = ("walwriter", "checkpointer", "background writer")
+
+
+def postgres_cpu(database: str) -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by the PostgreSQL server's processes that work for ``database``,
+    by process id: ``postgres`` for its backends and autovacuum workers, ``postgres_shared``
+    for the WAL writer, checkpointer and background writer every database of the server shares
+    (Linux: found by their process titles, ``postgres: [cluster: ]user database host(port)
+    state``)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            if not title.startswith("postgres:"):
+                continue
+            if database in title.split():
+                kind = "postgres"
+            elif title.endswith(POSTGRES_SHARED):
+                kind = "postgres_shared"
+            else:
+                continue
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except (OSError, UnicodeDecodeError):
+            continue  # ended meanwhile
+        found[int(entry.name)] = kind, (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+def postgres_cpu_since(before: dict[int, tuple[str, float]], database: str) -> dict[str, float]:
+    """CPU seconds the processes of :func:`postgres_cpu` used since ``before``, by kind (a
+    process that ended meanwhile is missed; extmsg's and the floor's pools keep theirs)."""
+    used = {"postgres": 0.0, "postgres_shared": 0.0}
+    for pid, (kind, now) in postgres_cpu(database).items():
+        used[kind] += now - before.get(pid, (kind, 0.0))[1]
+    return used
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds every CPU of the machine spent busy since boot (Linux ``/proc/stat``)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-__all__ = ["Connection", "HttpError", "Pool", "build_request"]
+__all__ = ["Connection", "HttpError", "Pool", "RoundRobin", "build_request"]
 
 
 class HttpError(Exception):
@@ -199,3 +199,27 @@ class Pool:
         while self._idle:
             self._idle.popleft().close()
         self._open = 0
+
+
+class RoundRobin:
+    """Several servers behind one client, as a load balancer spreads requests over instances:
+    each request goes to the next server's pool in turn (each pool holds ``size`` ÷ servers
+    connections, rounded up)."""
+
+    def __init__(self, servers: list[tuple[str, int]], size: int) -> None:
+        share = -(-size // len(servers))
+        self.pools = [Pool(host, port, share) for host, port in servers]
+        self._next = 0
+
+    async def warm(self, n: int) -> None:
+        share = -(-n // len(self.pools))
+        await asyncio.gather(*(pool.warm(share) for pool in self.pools))
+
+    async def request(self, raw: bytes) -> tuple[int, bytes]:
+        pool = self.pools[self._next]
+        self._next = (self._next + 1) % len(self.pools)
+        return await pool.request(raw)
+
+    def close(self) -> None:
+        for pool in self.pools:
+            pool.close()

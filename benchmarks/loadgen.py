@@ -10,6 +10,10 @@ Directions:
 * ``outbound``: Unblu's ``outbound.external_messenger.new_message`` requests, as the sandbox
   renders them (``/bench/mint``), signed with ``x-unblu-signature-256``.
 
+Requests go to ``target``; with ``targets`` (a list of base URLs: several extmsg instances),
+to each of them in turn, the way a load balancer spreads them. ``Host`` and the signed URL stay
+those of ``target`` and ``public_url``, the instances' shared public address.
+
 Modes:
 
 * ``max``: ``concurrency`` connections send ``count`` requests back to back (closed loop).
@@ -58,10 +62,12 @@ from common import (
     twilio_signature,
     unblu_signature_256,
 )
-from httpclient import Pool, build_request
+from httpclient import Pool, RoundRobin, build_request
 
 TEXT = "Hello, my parcel did not arrive yet. Order 4711, can you check? Thanks"
 MINT_CHUNK = 2000
+
+Client = Pool | RoundRobin
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -233,7 +239,7 @@ class Tally(Outcome):
         return self._sample
 
 
-async def send_one(pool: Pool, raw: bytes, i: int, due: float, out: Outcome) -> None:
+async def send_one(pool: Client, raw: bytes, i: int, due: float, out: Outcome) -> None:
     try:
         status, _ = await pool.request(raw)
     except Exception as exc:
@@ -242,7 +248,7 @@ async def send_one(pool: Pool, raw: bytes, i: int, due: float, out: Outcome) -> 
     out.record(i, due, str(status), time.monotonic() - due)
 
 
-async def closed_loop(pool: Pool, requests: list[tuple[str, bytes]], concurrency: int) -> Outcome:
+async def closed_loop(pool: Client, requests: list[tuple[str, bytes]], concurrency: int) -> Outcome:
     out = Outcome(len(requests))
     it: Iterator[int] = iter(range(len(requests)))
 
@@ -254,7 +260,7 @@ async def closed_loop(pool: Pool, requests: list[tuple[str, bytes]], concurrency
     return out
 
 
-async def open_loop(pool: Pool, requests: list[tuple[str, bytes]], rate: float) -> Outcome:
+async def open_loop(pool: Client, requests: list[tuple[str, bytes]], rate: float) -> Outcome:
     out = Outcome(len(requests))
     tasks: set[asyncio.Task[None]] = set()
     start = time.monotonic() + 0.02
@@ -272,7 +278,7 @@ async def open_loop(pool: Pool, requests: list[tuple[str, bytes]], rate: float) 
 
 
 async def stream(
-    pool: Pool,
+    pool: Client,
     session: aiohttp.ClientSession,
     spec: dict[str, Any],
     make: Callable[[int, int], Awaitable[list[tuple[str, bytes]]]],
@@ -322,11 +328,21 @@ async def stream(
 
 
 # -- a phase ----------------------------------------------------------------------------------
+def client(spec: dict[str, Any], concurrency: int) -> Client:
+    """A pool of connections to ``target``, or one to each of ``targets`` taken in turn."""
+    servers = []
+    for url in spec.get("targets") or [spec["target"]]:
+        parts = urlsplit(url)
+        servers.append((parts.hostname or "127.0.0.1", parts.port or 80))
+    if len(servers) == 1:
+        return Pool(*servers[0], concurrency)
+    return RoundRobin(servers, concurrency)
+
+
 async def run_phase(spec: dict[str, Any]) -> dict[str, Any]:
-    target = urlsplit(spec["target"])
     mode = spec["mode"]
     concurrency = int(spec.get("concurrency", 64))
-    pool = Pool(target.hostname or "127.0.0.1", target.port or 80, concurrency)
+    pool = client(spec, concurrency)
     result: dict[str, Any] = {"direction": spec["direction"], "mode": mode, "count": spec["count"]}
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(timeout=timeout) as session:

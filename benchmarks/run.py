@@ -1,6 +1,7 @@
 """How fast extmsg is, as ratios to floors measured in the same run.
 
     python3 dev.py bench [--quick] [--workers N] [--synchronous full] [--stream N]
+    python3 dev.py bench [--quick] --store postgres [--instances N] [--workers N]
     # or: .venv/bin/python benchmarks/run.py …
 
 Every server runs in a process of its own on 127.0.0.1: the floors (``floor.py``), then the
@@ -33,11 +34,28 @@ CPU each process used is recorded per phase, and so is what other processes of t
 used: a run that shared the machine says so.
 
 Prints a table and writes everything measured to ``benchmarks/results/`` as JSON.
+
+PostgreSQL: ``run.py --store postgres [--instances N] [--workers N]`` creates a fresh database
+on the server ``--pg-dsn`` names (default ``$EXTMSG_BENCH_POSTGRES_DSN``, else
+``$EXTMSG_TEST_POSTGRES_DSN``, else ``postgresql://postgres@127.0.0.1:5432/postgres``; the
+role must be allowed to create databases) and drops it at the end, also after a failure, Ctrl-C
+or SIGTERM. The second floor is then (c) aiohttp + one PostgreSQL commit per request (asyncpg,
+autocommitted ``INSERT``, a pool of 10 connections) instead of (b). ``--instances N`` starts N
+``extmsg serve`` processes on that database, each with its own port and admin port and the
+same ``public_url`` (the first one's), like instances behind a load balancer; the load
+generator sends its requests to each in turn. Each instance runs ``--workers`` worker
+processes of its own. Ready means every instance's public and admin ``/readyz`` say so;
+between phases the runner waits until the database holds no ready or running job. The report
+gives the whole machine's figures and one process's share (instances x workers processes),
+the CPU of every instance, and on a line of its own the CPU of the PostgreSQL server's
+processes that worked for the run (the bench database's backends, the WAL writer,
+checkpointer and background writer), which shares the machine's cores with everything else.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import math
@@ -45,6 +63,7 @@ import os
 import platform
 import re
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
@@ -52,6 +71,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -74,6 +94,8 @@ from common import (
     free_port,
     key_prefix,
     machine_busy_seconds,
+    postgres_cpu,
+    postgres_cpu_since,
     rss_kib,
 )
 
@@ -84,7 +106,7 @@ OUTBOUND_PATH = f"/unblu/{CHANNEL}"
 CONFIG = """\
 [server]
 port = {port}
-public_url = "http://127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{public_port}"
 shutdown_timeout = 5.0
 workers = {workers}
 event_loop = "{event_loop}"
@@ -93,8 +115,7 @@ event_loop = "{event_loop}"
 listen = "127.0.0.1:{admin_port}"
 
 [store]
-path = "{store}"
-synchronous = "{synchronous}"
+{store}
 
 [unblu]
 base_url = "{unblu}"
@@ -164,6 +185,10 @@ class Run:
     workers: int = 1
     event_loop: str = "auto"
     synchronous: str = "normal"
+    #: ``--store postgres``: the run's own database, its DSN and its name.
+    dsn: str | None = None
+    database: str | None = None
+    instances: int = 1
     procs: list[Proc] = field(default_factory=list)
     phase_no: int = 0
 
@@ -208,9 +233,11 @@ def wait_http(proc: Proc, url: str, limit: float = 30.0, ok: Any = None) -> floa
     raise RuntimeError(f"{proc.name} not ready after {limit}s:\n{proc.log.read_text()}")
 
 
-def loadgen(spec: dict[str, Any], watch: list[Proc]) -> dict[str, Any]:
-    """Run one phase in a generator process; add the CPU each watched process used."""
+def loadgen(spec: dict[str, Any], watch: list[Proc], database: str | None = None) -> dict[str, Any]:
+    """Run one phase in a generator process; add the CPU each watched process used (and with
+    ``database``, the PostgreSQL server's for it, as ``postgres``)."""
     before = {p.name: cpu_seconds(p.pid) for p in watch}
+    pg_before = postgres_cpu(database) if database else {}
     busy, children, own = machine_busy_seconds(), _children_cpu(), _own_cpu()
     started = time.monotonic()
     done = subprocess.run(
@@ -229,6 +256,10 @@ def loadgen(spec: dict[str, Any], watch: list[Proc]) -> dict[str, Any]:
     result["cpu"] = {p.name: (cpu_seconds(p.pid) - before[p.name]) / seconds for p in watch}
     result["cpu"]["generator"] = result["generator_cpu"]
     ours = sum(cpu_seconds(p.pid) - before[p.name] for p in watch)
+    if database:
+        for kind, used in postgres_cpu_since(pg_before, database).items():
+            result["cpu"][kind] = used / seconds
+            ours += used
     ours += (_children_cpu() - children) + (_own_cpu() - own)
     result["other_cpu"] = max(0.0, (machine_busy_seconds() - busy - ours) / elapsed)
     failures = {k: v for k, v in result["statuses"].items() if not k.startswith("2")}
@@ -273,6 +304,16 @@ def profiled(run: Run, proc: Proc, name: str) -> Iterator[None]:
         sampler.wait(30)
 
 
+@contextlib.contextmanager
+def profiled_fleet(run: Run, fleet: Fleet, name: str) -> Iterator[None]:
+    """:func:`profiled` for every instance (``NAME-serve-I.txt`` when there are several)."""
+    with contextlib.ExitStack() as stack:
+        for proc in fleet.procs:
+            one = len(fleet.procs) == 1
+            stack.enter_context(profiled(run, proc, name if one else f"{name}-{proc.name}"))
+        yield
+
+
 def quiesce(proc: Proc, admin: str, limit: float = 600.0) -> float:
     """Wait until extmsg has no ready or running job left (its admin listener's ``/metrics``
     says); answer the seconds waited."""
@@ -287,6 +328,102 @@ def quiesce(proc: Proc, admin: str, limit: float = 600.0) -> float:
             raise RuntimeError(f"{proc.name} exited {proc.popen.returncode}")
         time.sleep(0.1)
     raise RuntimeError(f"extmsg still had work after {limit}s")
+
+
+def quiesce_postgres(procs: list[Proc], dsn: str, limit: float = 600.0) -> float:
+    """Wait until the database the instances share holds no ready or running job; answer the
+    seconds waited."""
+    import asyncpg
+
+    async def wait() -> float:
+        started = time.monotonic()
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            while time.monotonic() - started < limit:
+                left = await conn.fetchval(
+                    "SELECT count(*) FROM jobs WHERE state IN ('ready', 'running')"
+                )
+                if left == 0:
+                    return time.monotonic() - started
+                for proc in procs:
+                    if proc.popen.poll() is not None:
+                        raise RuntimeError(f"{proc.name} exited {proc.popen.returncode}")
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+        raise RuntimeError(f"extmsg still had work after {limit}s")
+
+    return asyncio.run(wait())
+
+
+@dataclass
+class Fleet:
+    """The ``extmsg serve`` instances of a run: one, or ``--instances N`` on one PostgreSQL
+    database, each with its public and admin base URL."""
+
+    procs: list[Proc]
+    bases: list[str]
+    admins: list[str]
+    dsn: str | None = None
+
+    def rss_kib(self) -> int:
+        return sum(rss_kib(proc.pid) for proc in self.procs)
+
+    def quiesce(self) -> float:
+        if self.dsn is None:
+            return quiesce(self.procs[0], self.admins[0])
+        return quiesce_postgres(self.procs, self.dsn)
+
+
+def store_section(run: Run) -> str:
+    """The ``[store]`` lines of an instance's configuration."""
+    if run.dsn is None:
+        return f'path = "{run.workdir / "extmsg.sqlite3"}"\nsynchronous = "{run.synchronous}"'
+    # The DSN comes from the environment, as in production: no password in the file.
+    return 'backend = "postgres"\ndsn = "${EXTMSG_BENCH_DATABASE_URL}"'
+
+
+def start_fleet(run: Run, sandbox_url: str, twilio_url: str) -> tuple[Fleet, float]:
+    """Start the instances together; answer them and the seconds until the last was ready."""
+    ports = [(free_port(), free_port()) for _ in range(run.instances)]
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    }
+    if run.dsn is not None:
+        env["EXTMSG_BENCH_DATABASE_URL"] = run.dsn
+    fleet = Fleet([], [], [], run.dsn)
+    for i, (port, admin_port) in enumerate(ports):
+        one = run.instances == 1
+        config = run.workdir / ("extmsg.toml" if one else f"extmsg-{i + 1}.toml")
+        config.write_text(
+            CONFIG.format(
+                port=port,
+                public_port=ports[0][0],
+                admin_port=admin_port,
+                store=store_section(run),
+                unblu=f"{sandbox_url}/app/rest",
+                user=SANDBOX_USER,
+                password=SANDBOX_PASSWORD,
+                channel=CHANNEL,
+                secret=WEBHOOK_SECRET,
+                account_sid=ACCOUNT_SID,
+                auth_token=AUTH_TOKEN,
+                from_number=FROM_NUMBER,
+                twilio=twilio_url,
+                workers=run.workers,
+                event_loop=run.event_loop,
+            )
+        )
+        name = "serve" if one else f"serve-{i + 1}"
+        cmd = [PY, "-m", "extmsg", "serve", "--config", str(config)]
+        fleet.procs.append(run.start(name, cmd, env=env))
+        fleet.bases.append(f"http://127.0.0.1:{port}")
+        fleet.admins.append(f"http://127.0.0.1:{admin_port}")
+    ready = max(
+        wait_http(proc, f"{base}/readyz", limit=60)
+        for proc, base in zip(fleet.procs, fleet.bases, strict=True)
+    )
+    return fleet, ready
 
 
 def _children_cpu() -> float:
@@ -310,7 +447,9 @@ def floor_phase(run: Run, kind: str) -> dict[str, Any]:
     if kind == "sqlite":
         args += ["--db", str(run.workdir / "floor.sqlite3")]
         args += ["--synchronous", run.synchronous.upper()]
-    proc = run.start(f"floor-{kind}", args)
+    env = {"FLOOR_POSTGRES_DSN": run.dsn or ""} if kind == "postgres" else None
+    database = run.database if kind == "postgres" else None
+    proc = run.start(f"floor-{kind}", args, env=env)
     ready = wait_http(proc, f"http://127.0.0.1:{port}/readyz")
     base = f"http://127.0.0.1:{port}"
     common = {
@@ -332,6 +471,7 @@ def floor_phase(run: Run, kind: str) -> dict[str, Any]:
             "prefix": run.next_prefix("SM"),
         },
         [proc],
+        database,
     )
     rate = top["ack_rate"] / 2
     say(f"  floor ({kind}): {rate:,.0f}/s for {run.sizes.rate_seconds:g}s")
@@ -345,6 +485,7 @@ def floor_phase(run: Run, kind: str) -> dict[str, Any]:
             "prefix": run.next_prefix("SM"),
         },
         [proc],
+        database,
     )
     proc.stop()
     return {"ready_seconds": ready, "max": top, "half": half}
@@ -353,8 +494,7 @@ def floor_phase(run: Run, kind: str) -> dict[str, Any]:
 def extmsg_phases(run: Run) -> dict[str, Any]:
     sizes = run.sizes
     out: dict[str, Any] = {}
-    sandbox_port, twilio_port, port = free_port(), free_port(), free_port()
-    admin_port = free_port()
+    sandbox_port, twilio_port = free_port(), free_port()
     cb = ["--status-callbacks"] if run.status_callbacks else []
     sandbox = run.start(
         "sandbox", [PY, str(BENCH / "peers.py"), "sandbox", "--port", str(sandbox_port)]
@@ -367,60 +507,36 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     wait_http(sandbox, f"{sandbox_url}/bench/count")
     wait_http(twilio, f"{twilio_url}/bench/count")
 
-    config = run.workdir / "extmsg.toml"
-    config.write_text(
-        CONFIG.format(
-            port=port,
-            admin_port=admin_port,
-            store=run.workdir / "extmsg.sqlite3",
-            unblu=f"{sandbox_url}/app/rest",
-            user=SANDBOX_USER,
-            password=SANDBOX_PASSWORD,
-            channel=CHANNEL,
-            secret=WEBHOOK_SECRET,
-            account_sid=ACCOUNT_SID,
-            auth_token=AUTH_TOKEN,
-            from_number=FROM_NUMBER,
-            twilio=twilio_url,
-            workers=run.workers,
-            event_loop=run.event_loop,
-            synchronous=run.synchronous,
-        )
-    )
-    base = f"http://127.0.0.1:{port}"
-    admin = f"http://127.0.0.1:{admin_port}"
-    serve = run.start(
-        "serve",
-        [PY, "-m", "extmsg", "serve", "--config", str(config)],
-        env={
-            "PYTHONPATH": os.pathsep.join(
-                [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-            )
-        },
-    )
-    out["ready_seconds"] = wait_http(serve, f"{base}/readyz", limit=60)
-    out["rss_idle_kib"] = rss_kib(serve.pid)
+    fleet, out["ready_seconds"] = start_fleet(run, sandbox_url, twilio_url)
+    out["rss_idle_kib"] = fleet.rss_kib()
     say(
         f"  extmsg serve ready in {out['ready_seconds'] * 1000:.0f} ms,"
         f" idle RSS {out['rss_idle_kib'] / 1024:.1f} MiB"
+        + (f" ({run.instances} instances)" if run.instances > 1 else "")
     )
-    wait_http(
-        serve,
-        f"{admin}/readyz",
-        limit=60,
-        ok=lambda body: bool(body["channels"][CHANNEL]["unblu_channel_id"]),
-    )
-    watch = [serve, sandbox, twilio]
+    for proc, admin in zip(fleet.procs, fleet.admins, strict=True):
+        wait_http(
+            proc,
+            f"{admin}/readyz",
+            limit=60,
+            ok=lambda body: bool(body["channels"][CHANNEL]["unblu_channel_id"]),
+        )
+    watch = [*fleet.procs, sandbox, twilio]
 
     def phase(spec: dict[str, Any]) -> dict[str, Any]:
         """One generator run, then wait until extmsg finished every job it caused."""
-        result = loadgen(spec, watch)
-        result["drain_seconds"] = quiesce(serve, admin)
+        result = loadgen(spec, watch, run.database)
+        result["drain_seconds"] = fleet.quiesce()
         return result
 
+    base = fleet.bases[0]
+    # Several instances: the generator takes each in turn, signing for the first one's URL,
+    # the public_url they share.
+    targets = {"targets": fleet.bases} if len(fleet.bases) > 1 else {}
     inbound = {
         "direction": "inbound",
         "target": base,
+        **targets,
         "public_url": base,
         "path": INBOUND_PATH,
         "contacts": sizes.contacts,
@@ -429,6 +545,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     outbound = {
         "direction": "outbound",
         "target": base,
+        **targets,
         "path": OUTBOUND_PATH,
         "mint": sandbox_url,
         "collector": twilio_url,
@@ -462,12 +579,12 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
             "prefix": run.next_prefix("OB"),
         }
     )
-    out["rss_warm_kib"] = rss_kib(serve.pid)
+    out["rss_warm_kib"] = fleet.rss_kib()
 
     for name, spec in (("inbound", inbound), ("outbound", outbound)):
         kind = "SM" if name == "inbound" else "OB"
         say(f"  {name}: {sizes.count:,} as fast as possible")
-        with profiled(run, serve, f"{name}-max"):
+        with profiled_fleet(run, fleet, f"{name}-max"):
             top = phase(
                 {
                     **spec,
@@ -512,7 +629,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
         out[name] = {"max": top, "half_ack": at_ack, "half_e2e": at_e2e}
 
     time.sleep(1.0)
-    out["rss_before_kib"] = rss_kib(serve.pid)
+    out["rss_before_kib"] = fleet.rss_kib()
     half = sizes.stream_count // 2
     say(
         f"  streaming {sizes.stream_count:,} messages ({half:,} each way)"
@@ -532,6 +649,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     ]
     streams = [run_async_loadgen(spec) for spec in specs]
     cpu_before = {p.name: cpu_seconds(p.pid) for p in watch}
+    pg_before = postgres_cpu(run.database) if run.database else {}
     every = 30.0 if sizes.stream_count > 50_000 else math.inf
     while any(p.poll() is None for p in streams):
         time.sleep(0.2)
@@ -541,25 +659,29 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
             seconds = time.monotonic() - started
             say(
                 f"    {arrived:,} arrived in {seconds:.0f}s ({arrived / seconds:,.0f}/s),"
-                f" RSS {rss_kib(serve.pid) / 1024:.1f} MiB"
+                f" RSS {fleet.rss_kib() / 1024:.1f} MiB"
             )
     results = [collect(p) for p in streams]
-    quiesce(serve, admin)
+    fleet.quiesce()
     elapsed = time.monotonic() - started
     time.sleep(2.0)
-    out["rss_after_kib"] = rss_kib(serve.pid)
+    out["rss_after_kib"] = fleet.rss_kib()
+    cpu = {p.name: (cpu_seconds(p.pid) - cpu_before[p.name]) / elapsed for p in watch}
+    if run.database:
+        for kind, used in postgres_cpu_since(pg_before, run.database).items():
+            cpu[kind] = used / elapsed
     out["stream"] = {
         "count": sizes.stream_count,
         "seconds": elapsed,
         "rate": sum(r.get("arrived", 0) for r in results) / elapsed,
         "results": results,
-        "cpu": {p.name: (cpu_seconds(p.pid) - cpu_before[p.name]) / elapsed for p in watch},
+        "cpu": cpu,
     }
     say(
         f"    {out['stream']['rate']:,.0f} messages/s; RSS"
         f" {out['rss_before_kib'] / 1024:.1f} → {out['rss_after_kib'] / 1024:.1f} MiB"
     )
-    for proc in (serve, twilio, sandbox):
+    for proc in (*fleet.procs, twilio, sandbox):
         proc.stop()
     return out
 
@@ -604,8 +726,21 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
+def fleet_label(env: dict[str, Any]) -> str:
+    """`` (2 instances x 2 workers)``, ``(2 workers)`` or nothing for one process."""
+    instances, workers = int(env.get("instances") or 1), int(env.get("workers") or 1)
+    parts = [f"{instances} instances"] if instances > 1 else []
+    parts += [f"{workers} workers"] if workers > 1 else []
+    return f" ({' x '.join(parts)})" if parts else ""
+
+
 def report(data: dict[str, Any]) -> list[str]:
-    a, b, x = data["floor_bare"], data["floor_sqlite"], data["extmsg"]
+    env = data["environment"]
+    # With PostgreSQL, the second floor is (c), a PostgreSQL commit, in (b)'s column.
+    postgres = env.get("store") == "postgres"
+    fl, db = ("c", "PostgreSQL") if postgres else ("b", "SQLite")
+    a, x = data["floor_bare"], data["extmsg"]
+    b = data["floor_postgres"] if postgres else data["floor_sqlite"]
     fa, fb = a["max"]["ack_rate"], b["max"]["ack_rate"]
     rows: list[tuple[str, str, str, str, str]] = []
 
@@ -613,11 +748,12 @@ def report(data: dict[str, Any]) -> list[str]:
         rows.append((name, value, ra, rb, target))
 
     row("floor (a) bare aiohttp: acked req/s", f"{fa:,.0f}", "1.00x", ratio(fa, fb))
-    sync = str(data["environment"].get("synchronous", "normal")).upper()
-    row(f"floor (b) + SQLite commit ({sync}): acked req/s", f"{fb:,.0f}", ratio(fb, fa), "1.00x")
-    n = int(data["environment"].get("workers") or 1)
-    # The floors are one process each; with N workers, "whole machine" compares all of
-    # extmsg with one floor process, "per process" a worker's share (÷N) with it.
+    # SQLite names its synchronous setting; PostgreSQL's server settings decide there.
+    sync = "" if postgres else f" ({str(env.get('synchronous', 'normal')).upper()})"
+    row(f"floor ({fl}) + {db} commit{sync}: acked req/s", f"{fb:,.0f}", ratio(fb, fa), "1.00x")
+    n = int(env.get("workers") or 1) * int(env.get("instances") or 1)
+    # The floors are one process each; with N workers (of every instance), "whole machine"
+    # compares all of extmsg with one floor process, "per process" a worker's share (÷N).
     ack_target, e2e_target = (1.2, 0.4) if n > 1 else (1.0, 0.25)
 
     def per_process(rate: float) -> None:
@@ -632,12 +768,12 @@ def report(data: dict[str, Any]) -> list[str]:
     for name in ("inbound", "outbound"):
         top = x[name]["max"]
         row(
-            f"extmsg {name}: acked req/s" + (f" ({n} workers)" if n > 1 else ""),
+            f"extmsg {name}: acked req/s" + fleet_label(env),
             f"{top['ack_rate']:,.0f}",
             ratio(top["ack_rate"], fa),
             ratio(top["ack_rate"], fb),
             f">= {ack_target}x (b): {verdict(top['ack_rate'] >= ack_target * fb)}"
-            if name == "inbound"
+            if name == "inbound" and not postgres  # the targets are (b)'s, SQLite's
             else "",
         )
         per_process(top["ack_rate"])
@@ -653,7 +789,7 @@ def report(data: dict[str, Any]) -> list[str]:
         per_process(top["e2e_rate"])
     row("latency, ms p50 / p95 / p99", "", "", "", "")
     row(f"  floor (a) ack @ {a['half']['rate']:,.0f}/s", lat(a["half"]["ack_latency_ms"]))
-    row(f"  floor (b) ack @ {b['half']['rate']:,.0f}/s", lat(b["half"]["ack_latency_ms"]))
+    row(f"  floor ({fl}) ack @ {b['half']['rate']:,.0f}/s", lat(b["half"]["ack_latency_ms"]))
     for name in ("inbound", "outbound"):
         half = x[name]["half_ack"]
         p99 = half["ack_latency_ms"]["p99"]
@@ -680,7 +816,14 @@ def report(data: dict[str, Any]) -> list[str]:
         )
     growth = (x["rss_after_kib"] - x["rss_before_kib"]) / x["rss_before_kib"]
     stream = x["stream"]
-    row("RSS of extmsg serve, MiB", "", "", "", "")
+    row(
+        "RSS of extmsg serve, MiB"
+        + (f" (all {env['instances']} instances)" if int(env.get("instances") or 1) > 1 else ""),
+        "",
+        "",
+        "",
+        "",
+    )
     row("  idle after start", f"{x['rss_idle_kib'] / 1024:.1f}")
     row("  after warm-up", f"{x['rss_warm_kib'] / 1024:.1f}")
     row(
@@ -691,12 +834,13 @@ def report(data: dict[str, Any]) -> list[str]:
         f"growth {growth * 100:+.1f}% <= 10%: {verdict(growth <= 0.10)}",
     )
     row(
-        "time to ready, ms (start -> /readyz 200)",
+        "time to ready, ms (start -> /readyz 200"
+        + (" on every instance)" if int(env.get("instances") or 1) > 1 else ")"),
         f"{x['ready_seconds'] * 1000:.0f}",
         ratio(x["ready_seconds"], a["ready_seconds"]),
         "",
     )
-    head = ("figure", "value", "vs (a)", "vs (b)", "target")
+    head = ("figure", "value", "vs (a)", f"vs ({fl})", "target")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
     lines = []
     for r in [head, None, *rows]:
@@ -736,8 +880,45 @@ def cpu_lines(data: dict[str, Any]) -> list[str]:
         ("stream", x["stream"]),
     ]
     for name, result in phases:
-        cpu = result["cpu"]
+        cpu = {k: v for k, v in result["cpu"].items() if not k.startswith("postgres")}
         lines.append(f"  {name:<14}" + "  ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
+    if data["environment"].get("store") == "postgres":
+        lines += postgres_cpu_lines(data, phases)
+    return lines
+
+
+def _phase_seconds(result: dict[str, Any]) -> float:
+    """The seconds a phase's ``cpu`` rates are per (as :func:`loadgen` divides them)."""
+    if "ack_seconds" not in result:
+        return float(result["seconds"])  # the stream
+    seconds = result.get("e2e_seconds") or result["ack_seconds"]
+    return float(result["ack_seconds"] if not seconds or math.isnan(seconds) else seconds)
+
+
+def postgres_cpu_lines(data: dict[str, Any], phases: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The PostgreSQL server's CPU per phase, and CPU per message of extmsg and of it."""
+    phases = [("floor (c) max", data["floor_postgres"]["max"]), *phases]
+    lines = [
+        "PostgreSQL server during each phase (1.00 = one core): the run database's backends;"
+        " shared: WAL writer,",
+        "checkpointer and background writer, which also work for the server's other databases",
+    ]
+    for name, result in phases:
+        cpu = result["cpu"]
+        lines.append(
+            f"  {name:<14}backends {cpu['postgres']:.2f}  shared {cpu['postgres_shared']:.2f}"
+        )
+    lines.append(
+        "CPU ms per message (floor (c): per request): extmsg (every instance) / PostgreSQL backends"
+    )
+    for name, result in phases:
+        count = result.get("acked") or result.get("count") or 0
+        if not count:
+            continue
+        per = _phase_seconds(result) * 1000 / count
+        cpu = result["cpu"]
+        ours = sum(v for k, v in cpu.items() if k.startswith(("serve", "floor-"))) * per
+        lines.append(f"  {name:<14}{ours:.2f} / {cpu['postgres'] * per:.2f}")
     return lines
 
 
@@ -747,6 +928,8 @@ def environment(
     workers: int = 1,
     event_loop: str = "auto",
     synchronous: str = "normal",
+    store: str = "sqlite",
+    instances: int = 1,
 ) -> dict[str, Any]:
     commit = None
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
@@ -764,6 +947,8 @@ def environment(
         "workers": workers,
         "event_loop": event_loop,
         "synchronous": synchronous,
+        "store": store,
+        "instances": instances,
     }
 
 
@@ -776,6 +961,33 @@ def workspace(keep: bool) -> Iterator[Path]:
     else:
         with tempfile.TemporaryDirectory(prefix="extmsg-bench-") as tmp:
             yield Path(tmp)
+
+
+DEFAULT_PG_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@contextlib.contextmanager
+def bench_database(server_dsn: str) -> Iterator[tuple[str, str]]:
+    """A new database on the server ``server_dsn`` reaches, for this run alone: its DSN and
+    name. It is dropped afterwards, also when the run fails or is interrupted."""
+    import asyncpg
+
+    name = f"extmsg_bench_{secrets.token_hex(4)}"
+    url = urllib.parse.urlsplit(server_dsn)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_dsn, timeout=10)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f"CREATE DATABASE {name}"))
+    try:
+        yield urllib.parse.urlunsplit(url._replace(path=f"/{name}")), name
+    finally:
+        # FORCE: a backend some killed instance left behind must not keep the database.
+        asyncio.run(admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def main(argv: list[str]) -> int:
@@ -833,18 +1045,59 @@ def main(argv: list[str]) -> int:
         help=f"messages streamed for the RSS figure (default {FULL.stream_count:,},"
         f" --quick {QUICK.stream_count:,})",
     )
+    parser.add_argument(
+        "--store",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="extmsg's store (default sqlite); postgres: a database of the run's own on the"
+        " --pg-dsn server, and floor (c), a PostgreSQL commit per request, instead of (b)",
+    )
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --store postgres: N extmsg serve instances on the one database, the"
+        " requests spread over them in turn (default 1)",
+    )
+    parser.add_argument(
+        "--pg-dsn",
+        default=os.environ.get("EXTMSG_BENCH_POSTGRES_DSN")
+        or os.environ.get("EXTMSG_TEST_POSTGRES_DSN")
+        or DEFAULT_PG_DSN,
+        metavar="URL",
+        help="the PostgreSQL server to create the run's database on, as a postgresql:// URL"
+        " naming any database the role may connect to (default $EXTMSG_BENCH_POSTGRES_DSN,"
+        f" else $EXTMSG_TEST_POSTGRES_DSN, else {DEFAULT_PG_DSN})",
+    )
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     args = parser.parse_args(argv)
+    postgres = args.store == "postgres"
+    if args.instances < 1 or (args.instances > 1 and not postgres):
+        parser.error("--instances N needs --store postgres (SQLite is for one instance)")
+    if postgres and "://" not in args.pg_dsn:
+        parser.error("--pg-dsn: give a postgresql:// URL")
+    if postgres and args.synchronous != "normal":
+        parser.error("--synchronous is SQLite's; PostgreSQL's server settings decide there")
+    if postgres:
+        # SIGTERM ends the run like Ctrl-C: the processes stopped, the database dropped.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     sizes = QUICK if args.quick else FULL
     if args.stream is not None:
         sizes = replace(sizes, stream_count=args.stream)
     started = time.monotonic()
     data: dict[str, Any] = {
         "environment": environment(
-            args.quick, args.status_callbacks, args.workers, args.event_loop, args.synchronous
+            args.quick,
+            args.status_callbacks,
+            args.workers,
+            args.event_loop,
+            args.synchronous,
+            args.store,
+            args.instances,
         )
     }
-    with workspace(args.keep) as workdir:
+    with workspace(args.keep) as workdir, contextlib.ExitStack() as stack:
         run = Run(
             workdir,
             sizes,
@@ -855,11 +1108,20 @@ def main(argv: list[str]) -> int:
             args.workers,
             args.event_loop,
             args.synchronous,
+            instances=args.instances,
         )
+        if postgres:
+            from extmsg.store.postgres import describe_dsn
+
+            run.dsn, run.database = stack.enter_context(bench_database(args.pg_dsn))
+            say(f"PostgreSQL: database {run.database} on {describe_dsn(args.pg_dsn)}")
         try:
             say("floors")
             data["floor_bare"] = floor_phase(run, "bare")
-            data["floor_sqlite"] = floor_phase(run, "sqlite")
+            if postgres:
+                data["floor_postgres"] = floor_phase(run, "postgres")
+            else:
+                data["floor_sqlite"] = floor_phase(run, "sqlite")
             say("extmsg serve with the Unblu sandbox and the Twilio fake")
             data["extmsg"] = extmsg_phases(run)
         finally:
@@ -867,14 +1129,16 @@ def main(argv: list[str]) -> int:
     data["seconds"] = time.monotonic() - started
     data["other_cpu_max"] = other = other_load(data)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"bench-{data['environment']['mode']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    kind = data["environment"]["mode"] + ("-postgres" if postgres else "")
+    path = args.out / f"bench-{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(data, indent=2))
     print()
     mode = "quick run: rough figures" if args.quick else "full run"
+    store = f"PostgreSQL, {args.instances} instance(s) of " if postgres else ""
+    sync = "" if postgres else f" SQLite synchronous {args.synchronous.upper()};"
     print(
-        f"extmsg benchmark ({mode}; {os.cpu_count()} CPUs; extmsg serve --workers {args.workers},"
-        f" event loop {args.event_loop}; SQLite synchronous {args.synchronous.upper()};"
-        f" Twilio status callbacks"
+        f"extmsg benchmark ({mode}; {os.cpu_count()} CPUs; {store}extmsg serve --workers"
+        f" {args.workers}, event loop {args.event_loop};{sync} Twilio status callbacks"
         f" {'on' if args.status_callbacks else 'off'}; {data['seconds']:.0f}s)"
     )
     for line in report(data):
