@@ -49,7 +49,9 @@ between phases the runner waits until the database holds no ready or running job
 gives the whole machine's figures and one process's share (instances x workers processes),
 the CPU of every instance, and on a line of its own the CPU of the PostgreSQL server's
 processes that worked for the run (the bench database's backends, the WAL writer,
-checkpointer and background writer), which shares the machine's cores with everything else.
+checkpointer and background writer), which shares the machine's cores with everything else,
+and the database's transactions per message (``pg_stat_database``, each phase's drain
+included): the store's round trips, a figure the machine's load does not move.
 """
 
 from __future__ import annotations
@@ -148,6 +150,8 @@ class Sizes:
 
 
 FULL = Sizes(floor_count=100_000, count=30_000, rate_seconds=10.0, stream_count=1_000_000)
+#: Untimed requests a floor answers before it is measured.
+FLOOR_WARMUP = 2000
 QUICK = Sizes(floor_count=15_000, count=2_500, rate_seconds=1.5, stream_count=4_000, warmup=1000)
 
 
@@ -185,9 +189,11 @@ class Run:
     workers: int = 1
     event_loop: str = "auto"
     synchronous: str = "normal"
-    #: ``--store postgres``: the run's own database, its DSN and its name.
+    #: ``--store postgres``: the run's own database, its DSN and its name, and the DSN the
+    #: runner reads the server's statistics through (not counted in the database's).
     dsn: str | None = None
     database: str | None = None
+    server_dsn: str | None = None
     instances: int = 1
     procs: list[Proc] = field(default_factory=list)
     phase_no: int = 0
@@ -209,6 +215,34 @@ class Run:
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
+
+    def transactions(self) -> int | None:
+        """Transactions the run's database committed or rolled back so far (PostgreSQL's
+        ``pg_stat_database``); ``None`` with SQLite."""
+        if self.server_dsn is None:
+            return None
+        import asyncpg
+
+        async def read() -> int:
+            conn = await asyncpg.connect(self.server_dsn, timeout=10)
+            try:
+                count = await conn.fetchval(
+                    "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+                    self.database,
+                )
+                return int(count or 0)
+            finally:
+                await conn.close()
+
+        return asyncio.run(read())
+
+    def settled_transactions(self) -> int | None:
+        """:meth:`transactions` once the backends reported theirs: they do so after each
+        transaction, but at most once a second."""
+        if self.server_dsn is None:
+            return None
+        time.sleep(1.1)
+        return self.transactions()
 
     def next_prefix(self, kind: str) -> str:
         self.phase_no += 1
@@ -460,19 +494,24 @@ def floor_phase(run: Run, kind: str) -> dict[str, Any]:
         "contacts": run.sizes.contacts,
     }
     say(f"  floor ({kind}): as fast as possible")
+    xacts = run.transactions() if database else None
     top = loadgen(
         {
             **common,
             "mode": "max",
             "count": run.sizes.floor_count,
             "concurrency": run.sizes.concurrency,
-            "warmup": 2000,
+            "warmup": FLOOR_WARMUP,
             "warmup_prefix": run.next_prefix("SM"),
             "prefix": run.next_prefix("SM"),
         },
         [proc],
         database,
     )
+    if xacts is not None:
+        top["pg_transactions"] = (run.settled_transactions() or 0) - xacts
+    # What the CPU and transaction counts cover: the untimed warm-up requests too.
+    top["requests_counted"] = top["acked"] + FLOOR_WARMUP
     rate = top["ack_rate"] / 2
     say(f"  floor ({kind}): {rate:,.0f}/s for {run.sizes.rate_seconds:g}s")
     half = loadgen(
@@ -525,8 +564,12 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
 
     def phase(spec: dict[str, Any]) -> dict[str, Any]:
         """One generator run, then wait until extmsg finished every job it caused."""
+        xacts = run.transactions()
         result = loadgen(spec, watch, run.database)
         result["drain_seconds"] = fleet.quiesce()
+        if xacts is not None:
+            # The phase's and its drain's (with the runner's polls for the drain, ten a second).
+            result["pg_transactions"] = (run.settled_transactions() or 0) - xacts
         return result
 
     base = fleet.bases[0]
@@ -649,6 +692,7 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
     ]
     streams = [run_async_loadgen(spec) for spec in specs]
     cpu_before = {p.name: cpu_seconds(p.pid) for p in watch}
+    xacts = run.transactions()
     pg_before = postgres_cpu(run.database) if run.database else {}
     every = 30.0 if sizes.stream_count > 50_000 else math.inf
     while any(p.poll() is None for p in streams):
@@ -677,6 +721,8 @@ def extmsg_phases(run: Run) -> dict[str, Any]:
         "results": results,
         "cpu": cpu,
     }
+    if xacts is not None:
+        out["stream"]["pg_transactions"] = (run.transactions() or 0) - xacts  # 2 s settled
     say(
         f"    {out['stream']['rate']:,.0f} messages/s; RSS"
         f" {out['rss_before_kib'] / 1024:.1f} → {out['rss_after_kib'] / 1024:.1f} MiB"
@@ -895,6 +941,11 @@ def _phase_seconds(result: dict[str, Any]) -> float:
     return float(result["ack_seconds"] if not seconds or math.isnan(seconds) else seconds)
 
 
+def _counted(result: dict[str, Any]) -> int:
+    """The requests or messages a phase's CPU and transaction counts cover."""
+    return int(result.get("requests_counted") or result.get("acked") or result.get("count") or 0)
+
+
 def postgres_cpu_lines(data: dict[str, Any], phases: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """The PostgreSQL server's CPU per phase, and CPU per message of extmsg and of it."""
     phases = [("floor (c) max", data["floor_postgres"]["max"]), *phases]
@@ -912,13 +963,25 @@ def postgres_cpu_lines(data: dict[str, Any], phases: list[tuple[str, dict[str, A
         "CPU ms per message (floor (c): per request): extmsg (every instance) / PostgreSQL backends"
     )
     for name, result in phases:
-        count = result.get("acked") or result.get("count") or 0
+        count = _counted(result)
         if not count:
             continue
         per = _phase_seconds(result) * 1000 / count
         cpu = result["cpu"]
         ours = sum(v for k, v in cpu.items() if k.startswith(("serve", "floor-"))) * per
         lines.append(f"  {name:<14}{ours:.2f} / {cpu['postgres'] * per:.2f}")
+    lines.append(
+        "PostgreSQL transactions per message (floor (c): per request; pg_stat_database, the"
+        " drain included):"
+    )
+    lines.append(
+        "  "
+        + "  ".join(
+            f"{name} {result['pg_transactions'] / count:.1f}"
+            for name, result in phases
+            if "pg_transactions" in result and (count := _counted(result))
+        )
+    )
     return lines
 
 
@@ -1114,6 +1177,7 @@ def main(argv: list[str]) -> int:
             from extmsg.store.postgres import describe_dsn
 
             run.dsn, run.database = stack.enter_context(bench_database(args.pg_dsn))
+            run.server_dsn = args.pg_dsn
             say(f"PostgreSQL: database {run.database} on {describe_dsn(args.pg_dsn)}")
         try:
             say("floors")
