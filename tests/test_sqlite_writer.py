@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from extmsg.store import sqlite as sqlite_store
 from extmsg.store.base import Intake, NewJob, NewMessage
 from extmsg.store.sqlite import SqliteStore
 from extmsg.store.sqlite_writer import BatchWriter
@@ -174,3 +175,33 @@ async def test_the_log_is_checkpointed_while_writes_go_on(tmp_path: Path) -> Non
         assert (await store.job_counts())["ready"] == 1500
     finally:
         await store.close()
+
+
+async def test_the_log_starts_over_in_the_checkpoint_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the log has passed its limit, a checkpoint starts it over from its beginning and
+    writes its new header itself (the write whose sync would otherwise fall to the next commit,
+    on the event loop)."""
+    monkeypatch.setattr(sqlite_store, "_LOG_LIMIT", 8)
+    path = tmp_path / "s.sqlite3"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        for i in range(30):
+            await store.intake([_webhook(str(i), f"l{i}", b"x" * 2000)])
+        restarts = await asyncio.to_thread(_log_restarts, path)
+        await store._checkpoint()
+        # started over, and no commit of the writer came since: the checkpoint wrote it
+        assert await asyncio.to_thread(_log_restarts, path) == restarts + 1
+        await store.intake([_webhook("after", "l", b"x")])
+        assert (await store.job_counts())["ready"] == 31
+    finally:
+        await store.close()
+
+
+def _log_restarts(path: Path) -> int:
+    """The checkpoint sequence number in the log's header: it counts the log's restarts."""
+    with open(f"{path}-wal", "rb") as wal:
+        header = wal.read(32)
+    return int.from_bytes(header[12:16], "big")

@@ -142,7 +142,10 @@ _LOCKED_RETRIES = 250  # about five seconds, like the busy timeout
 # runs on the event loop, so it tries again after a pause rather than block.
 _READ_RETRIES = 50
 _CHECKPOINT_EVERY = 100  # commits (ten pages or so each) between checkpoints of the log
-_LOG_LIMIT = 4096  # pages (16 MiB) past which the log is emptied with writes held back
+_LOG_LIMIT = 4096  # pages (16 MiB) past which the log starts over, writes held back
+# Copies the rest of the log, then writes a page (unchanged): that write starts the log over
+# when all of it was copied (else it appends, harmlessly). extmsg never sets user_version.
+_RESTART_LOG = "PRAGMA wal_checkpoint(PASSIVE); BEGIN IMMEDIATE; PRAGMA user_version = 0; COMMIT;"
 _DELETE_CHUNK = 2000
 # Claims look for expired leases when one this store handed out may have run out, and at
 # least this often for the rest (another process's): the sweep would otherwise be a statement
@@ -275,10 +278,18 @@ class SqliteStore(Store):
         )
 
     async def _checkpoint(self) -> None:
-        """A passive checkpoint, beside the writer; the log starts over once one has caught up
-        with it. Should the writes outpace them and the log pass ``_LOG_LIMIT`` pages, commits
-        are held back for one that copies everything and empties the log (what SQLite's own
-        checkpoint at a commit would cost every time)."""
+        """A passive checkpoint, beside the writer. Once the log has passed ``_LOG_LIMIT``
+        pages, it starts over from its beginning, with commits held back for a moment.
+
+        A log starts over only when a write finds all of it copied into the file, and these
+        checkpoints run while the writer's commits append to it: left to the writer, the log
+        would not start over under steady writes. And the write that starts it over syncs its
+        new header to disk. So, with the writer's commits held, this thread copies what was
+        appended meanwhile and makes that write itself (``user_version``, unchanged): the sync
+        happens here, not at a commit on the event loop. One trip to the thread for all of it,
+        and nothing waits for readers (another process's long read would hold the writes back
+        all that time): a log still in use goes on and starts over at a later checkpoint.
+        """
         try:
             if self._background is None or self._writer is None:
                 return
@@ -288,9 +299,14 @@ class SqliteStore(Store):
                 return
             started = time.monotonic()
             async with self._writer.hold():
-                await self._background.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                try:
+                    await self._background.executescript(_RESTART_LOG)
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._background.execute("ROLLBACK")
+                    raise
             log.info(
-                "the SQLite log had grown to %d pages; emptying it held writes for %.0f ms",
+                "the SQLite log had grown to %d pages; starting it over held writes for %.1f ms",
                 pages,
                 (time.monotonic() - started) * 1000,
             )
