@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from extmsg.config import EngineConfig
-from extmsg.engine import Engine
+from extmsg.engine import Engine, Requests
 from extmsg.errors import NotYet, PermanentError, RetryableError
 from extmsg.metrics import Metrics
 from extmsg.models import ErrorVerdict
@@ -70,6 +70,8 @@ def make_engine(
     on_dead: Any = None,
     metrics: Metrics | None = None,
     poll: float = 0.05,
+    requests: Requests | None = None,
+    requests_first: float = 0.01,
     **config: Any,
 ) -> Engine:
     settings: dict[str, Any] = {
@@ -89,6 +91,8 @@ def make_engine(
         metrics=metrics,
         poll_interval=poll,
         rng=random.Random(7),
+        requests=requests,
+        requests_first=requests_first,
     )
 
 
@@ -206,6 +210,73 @@ async def test_intake_wakes_the_dispatcher(store: CountingStore, engines: list[E
     await asyncio.sleep(0.05)  # the dispatcher is asleep now, for up to 30 s
     await engine.intake([work("a")])
     await asyncio.wait_for(ran.wait(), 1.0)
+
+
+class Answering:
+    """Webhook requests being answered, counted as the public listener counts them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if not self.count:
+            self._idle.set()
+
+    async def idle(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+async def test_new_jobs_wait_while_webhooks_are_answered(
+    store: CountingStore, engines: list[Engine]
+) -> None:
+    """A job is not started while a webhook is being answered (its acknowledgement would
+    share the event loop with the job's work); it starts once the webhook has its answer."""
+    requests = Answering()
+    engine = make_engine(store, requests=requests, requests_first=60.0)
+    ran = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        ran.set()
+
+    engine.register("work", handler)
+    engines.append(engine)
+    await engine.start()
+    requests.enter()
+    await engine.intake([work("a")])
+    await asyncio.sleep(0.3)
+    assert not ran.is_set()
+    requests.leave()
+    await asyncio.wait_for(ran.wait(), 5.0)
+
+
+async def test_jobs_go_on_while_webhooks_keep_coming(
+    store: CountingStore, engines: list[Engine]
+) -> None:
+    """Webhooks in flight all the time hold new jobs back only for a moment each: the jobs
+    still run, and all of them."""
+    requests = Answering()
+    requests.enter()  # never answered
+    engine = make_engine(store, requests=requests, requests_first=0.01, workers=2)
+    engine.register("work", _noop)
+    engines.append(engine)
+    await engine.start()
+    await engine.intake([work(f"lane{i % 3}") for i in range(12)])
+    await until(lambda: finished(store, 12))
+
+
+async def _noop(job: Job) -> None:
+    return None
 
 
 # -- retries and dead letters -----------------------------------------------------------------

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from .appkeys import RUNTIME
+from .draining import IN_FLIGHT
 from .engine import Engine
 from .flows import channel_of_job, job_log_context, on_dead, register_jobs
 from .flows.accept import accept_events
@@ -60,6 +61,7 @@ async def start(runtime: Runtime, app: web.Application) -> None:
         on_dead=functools.partial(on_dead, runtime),
         metrics=runtime.metrics,
         log_context=job_log_context,
+        requests=app.get(IN_FLIGHT),
     )
     register_jobs(runtime)
     runtime.intake = functools.partial(accept_events, runtime)

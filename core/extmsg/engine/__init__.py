@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .engine import Classifier, DeadLetterHandler, Engine, JobHandler
+from .engine import Classifier, DeadLetterHandler, Engine, JobHandler, Requests
 from .group_commit import GroupCommit
 from .retry import Decision, RetryPolicy
 
@@ -13,5 +13,6 @@ __all__ = [
     "Engine",
     "GroupCommit",
     "JobHandler",
+    "Requests",
     "RetryPolicy",
 ]

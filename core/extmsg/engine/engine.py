@@ -16,6 +16,10 @@
   backoff (:mod:`.retry`), the rest become dead letters and are reported through ``on_dead``.
 * **Intake** goes through :class:`.GroupCommit`, so concurrent webhook writes share a
   transaction, and wakes the dispatcher.
+* **Acknowledgements first.** Given the requests being answered (``requests``), the dispatcher
+  claims new jobs only once none is in flight, or after ``requests_first`` seconds at most: a
+  backlog of jobs then takes the time the webhooks leave, and an acknowledgement does not
+  queue behind job work. Jobs never starve: a claim waits that long at most.
 * **Stopping** stops claiming, lets running jobs finish for a while, then cancels the rest and
   gives them back to the store without counting an attempt.
 """
@@ -29,6 +33,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
 
 import aiohttp
 import msgspec
@@ -43,7 +48,7 @@ from ..store.base import Intake, IntakeResult, Job, Store
 from .group_commit import GroupCommit
 from .retry import RetryPolicy
 
-__all__ = ["Classifier", "DeadLetterHandler", "Engine", "JobHandler", "LogContext"]
+__all__ = ["Classifier", "DeadLetterHandler", "Engine", "JobHandler", "LogContext", "Requests"]
 
 log = logging.getLogger("extmsg.engine")
 
@@ -53,6 +58,18 @@ JobHandler = Callable[[Job], Awaitable[None]]
 LogContext = Callable[[Job], contextlib.AbstractContextManager[None]]
 Classifier = Callable[[Job, BaseException], Awaitable[ErrorVerdict]]
 DeadLetterHandler = Callable[[Job, ErrorVerdict], Awaitable[None]]
+
+
+class Requests(Protocol):
+    """The requests being answered (:class:`extmsg.draining.InFlight`)."""
+
+    @property
+    def count(self) -> int:
+        """Requests in flight now."""
+
+    async def idle(self, timeout: float) -> bool:  # noqa: ASYNC109 - a bound, not a grace
+        """Wait until none is in flight, at most ``timeout`` seconds."""
+
 
 _MAX_ERROR_TEXT = 2000
 _MAX_CODE = 64
@@ -89,6 +106,8 @@ class Engine:
     :param counts_interval: how often queue depth metrics are refreshed from the store.
     :param log_context: binds what a job's log lines carry (its handler's included), besides
         its id and message id.
+    :param requests: the requests being answered; while any is in flight, new claims wait for
+        them, at most ``requests_first`` seconds.
     """
 
     def __init__(
@@ -105,6 +124,8 @@ class Engine:
         counts_interval: float = 15.0,
         rng: random.Random | None = None,
         log_context: LogContext | None = None,
+        requests: Requests | None = None,
+        requests_first: float = 0.01,
     ) -> None:
         self.store = store
         self.config = config
@@ -116,6 +137,8 @@ class Engine:
         self._poll = max(poll_interval, 0.001)
         self._counts_interval = counts_interval
         self._log_context = log_context
+        self._requests = requests
+        self._requests_first = requests_first
         self._handlers: dict[str, JobHandler] = {}
         self._runs: dict[int, _Run] = {}
         self._workers: set[asyncio.Task[None]] = set()
@@ -315,6 +338,12 @@ class Engine:
         if free <= 0:
             await self._sleep(self._poll)  # a finishing job wakes us
             return
+        if self._requests is not None and self._requests.count:
+            # Acknowledgements first: a job started now would share the loop with them.
+            await self._requests.idle(self._requests_first)
+            if self._stopping:
+                return
+            free = self.config.workers - len(self._runs)
         claimed_at = self._clock()
         try:
             jobs = await self.store.claim_jobs(free, self.config.lease_seconds)
