@@ -214,7 +214,7 @@ async def test_stop_blocks_sends_until_start(world: World) -> None:
     await eventually(stop_shown)  # the agent sees why later messages fail
     await world.agent(f"conversations/{conv['id']}/messages", "POST", text="Anything else?")
     failed = await world.message_in(conv["id"], "Anything else?", "FAILED")
-    assert "texted STOP" in failed["failureText"]
+    assert "wrote STOP" in failed["failureText"]
     assert world.fake.messages == []
 
     assert (await world.text("START")).status == 200
