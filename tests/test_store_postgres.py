@@ -613,3 +613,25 @@ async def test_serve_without_a_server_stops_with_one_line(tmp_path: Path) -> Non
     log = proc.log()
     assert "error: cannot connect to PostgreSQL at u@127.0.0.1" in log
     assert "secret" not in log
+
+
+async def test_a_store_call_sends_no_reset_after_it(schema: str) -> None:
+    """A connection going back to the pool is not reset with a statement of its own: the
+    store leaves no session state behind, and the reset would double the round trips."""
+    store = pg.store_in(schema)
+    await store.open()
+    try:
+        pool = store._p
+        queries: list[str] = []
+        held = [await pool.acquire() for _ in range(pool.get_size())]
+        for conn in held:
+            conn.add_query_logger(lambda record: queries.append(record.query))
+        for conn in held:
+            await pool.release(conn)
+        await store.upsert_channel(ChannelRow(name="sms", messenger="sms_twilio"))
+        assert await store.get_channel("sms") is not None
+        assert queries  # the logger sees the store's statements
+        resets = [q for q in queries if "RESET ALL" in q or "advisory_unlock_all" in q]
+        assert resets == []
+    finally:
+        await store.close()
