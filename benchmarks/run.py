@@ -21,7 +21,7 @@ Phases:
    latency at half the end-to-end maximum (above it the backlog only grows).
 5. RSS before and after streaming 1,000,000 messages (half each way; ``--quick``: far fewer;
    ``--stream N``: N), with progress every half minute. The generators keep no per-message
-   state; the sandbox and the Twilio fake keep every receipt (some hundred MiB for a million).
+   state; the sandbox and the Twilio fake keep every message (over 1 GiB each for a million).
 
 ``--synchronous full`` runs floor (b) with ``PRAGMA synchronous=FULL`` and extmsg with
 ``[store] synchronous = "full"`` (power-loss durability: a sync of the log per commit); the
