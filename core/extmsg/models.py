@@ -10,7 +10,7 @@ import enum
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 import msgspec
 
@@ -61,6 +61,24 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 # --- HTTP edges -------------------------------------------------------------------------------
+def _parse_form(text: str) -> list[tuple[str, str]]:
+    """``application/x-www-form-urlencoded`` pairs, in order: what
+    ``urllib.parse.parse_qsl(text, keep_blank_values=True)`` answers, in a fraction of its time
+    (most names and values need no decoding, so they are not decoded)."""
+    pairs: list[tuple[str, str]] = []
+    for piece in text.split("&"):
+        if piece:
+            name, _, value = piece.partition("=")
+            pairs.append((_unquote_plus(name), _unquote_plus(value)))
+    return pairs
+
+
+def _unquote_plus(text: str) -> str:
+    if "%" in text or "+" in text:
+        return unquote_plus(text, errors="replace")
+    return text
+
+
 class InboundRequest(Struct, frozen=True, dict=True):
     """A provider's HTTP request, as the core received it.
 
@@ -89,7 +107,7 @@ class InboundRequest(Struct, frozen=True, dict=True):
         """
         cached: list[tuple[str, str]] | None = self.__dict__.get("_form")
         if cached is None:
-            cached = parse_qsl(self.body.decode("utf-8", "replace"), keep_blank_values=True)
+            cached = _parse_form(self.body.decode("utf-8", "replace"))
             self.__dict__["_form"] = cached
         return list(cached)
 
