@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import phonenumbers
 
 from extmsg.models import ContactCheck
@@ -9,6 +11,8 @@ from extmsg.models import ContactCheck
 __all__ = ["normalize_inbound", "validate_typed"]
 
 _E164 = phonenumbers.PhoneNumberFormat.E164
+#: Addresses up to this long are remembered once normalized (a number, with a scheme).
+_CACHED_LENGTH = 64
 
 
 def normalize_inbound(address: str) -> str:
@@ -20,6 +24,18 @@ def normalize_inbound(address: str) -> str:
     replies reach the same address.
     """
     address = address.strip()
+    if len(address) <= _CACHED_LENGTH:
+        # Parsing costs more than the rest of the webhook's parsing; contacts write again.
+        return _normalized(address)
+    return _normalize(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalized(address: str) -> str:
+    return _normalize(address)
+
+
+def _normalize(address: str) -> str:
     scheme, sep, rest = address.rpartition(":")
     number = rest if sep else address
     try:
