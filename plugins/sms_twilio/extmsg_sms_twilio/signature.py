@@ -15,7 +15,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from extmsg.constant_time import equal
@@ -48,12 +49,15 @@ def compute_signature(
 ) -> str:
     """The signature Twilio sends for ``url`` and form ``params`` (pairs; names may repeat,
     and an exact duplicate pair is signed once)."""
-    grouped: dict[str, set[str]] = {}
-    for name, value in params:
-        grouped.setdefault(name, set()).add(value)
-    payload = url + "".join(
-        name + value for name in sorted(grouped) for value in sorted(grouped[name])
-    )
+    return _sign(url + _signed_tail(params), key, algorithm)
+
+
+def _signed_tail(params: Iterable[tuple[str, str]]) -> str:
+    """What follows the URL in the signed text: the parameters sorted by name, then value."""
+    return "".join(name + value for name, value in sorted(set(params)))
+
+
+def _sign(payload: str, key: str, algorithm: str) -> str:
     digest = hmac.new(key.encode("utf-8"), payload.encode("utf-8"), _ALGORITHMS[algorithm])
     return base64.b64encode(digest.digest()).decode("ascii")
 
@@ -65,8 +69,11 @@ def body_sha256(body: bytes) -> str:
 
 def url_variants(url: str) -> list[str]:
     """``url`` as received, with the scheme's default port added, and without its port."""
+    return [url, *_other_variants(url)]
+
+
+def _other_variants(url: str) -> Iterator[str]:
     parts = urlsplit(url)
-    variants = [url]
     host = parts.hostname or ""
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
@@ -75,10 +82,9 @@ def url_variants(url: str) -> list[str]:
     if parts.port is None:
         default = _DEFAULT_PORTS.get(parts.scheme)
         if default is not None:
-            variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}")))
+            yield urlunsplit(parts._replace(netloc=f"{prefix}{host}:{default}"))
     else:
-        variants.append(urlunsplit(parts._replace(netloc=f"{prefix}{host}")))
-    return variants
+        yield urlunsplit(parts._replace(netloc=f"{prefix}{host}"))
 
 
 def signature_algorithm(request: InboundRequest) -> str:
@@ -98,7 +104,11 @@ def signature_algorithm(request: InboundRequest) -> str:
 
 def _signed_params(request: InboundRequest) -> list[tuple[str, str]] | None:
     """The parameters the signature covers; ``None`` when a ``bodySHA256`` covers the body."""
-    query = dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
+    query = (
+        dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
+        if "?" in request.url
+        else {}
+    )
     if "bodySHA256" in query:
         if not equal(body_sha256(request.body), query["bodySHA256"].lower()):
             raise SignatureError("the body does not match the bodySHA256 query parameter")
@@ -117,19 +127,19 @@ def verify_request(request: InboundRequest, channels: Sequence[Channel]) -> Chan
     if not signature:
         raise SignatureError("missing X-Twilio-Signature header")
     algorithm = signature_algorithm(request)
-    params = _signed_params(request) or []
-    urls = url_variants(request.url)
-    keyless = True
+    tail = _signed_tail(_signed_params(request) or ())
+    keys: list[tuple[Channel, str]] = []
     for channel in channels:
         settings: TwilioSettings = channel.settings
         key = settings.auth_token if algorithm == "HMAC_SHA1" else settings.webhook_signing_key
-        if not key:
-            continue
-        keyless = False
-        for url in urls:
-            expected = compute_signature(url, params, key, algorithm)
-            if equal(expected, signature):
+        if key:
+            keys.append((channel, key))
+    # The URL as received first: the other spellings only when it does not match.
+    for url in itertools.chain((request.url,), _other_variants(request.url)):
+        for channel, key in keys:
+            if equal(_sign(url + tail, key, algorithm), signature):
                 return channel
+    keyless = not keys
     if keyless and algorithm != "HMAC_SHA1":
         raise SignatureError(
             "the request is signed by a Twilio Webhooks Rule (HMAC-SHA256); set the channel's "

@@ -62,6 +62,40 @@ def test_url_variants() -> None:
     assert url_variants("http://[::1]:8080/p") == ["http://[::1]:8080/p", "http://[::1]/p"]
 
 
+@pytest.mark.parametrize(
+    ("received", "signed"),
+    [
+        ("https://h.example/in", "https://h.example/in"),
+        ("https://h.example/in", "https://h.example:443/in"),
+        ("https://h.example:443/in", "https://h.example/in"),
+    ],
+)
+async def test_a_signature_over_any_spelling_of_the_url_verifies(
+    hooks: Hooks, received: str, signed: str
+) -> None:
+    """Twilio signs the URL with or without the default port: both are accepted."""
+    channel = make_channel({"auth_token": "12345"})
+    params = [("From", "+41791234567"), ("Body", "hi")]
+    request = InboundRequest(
+        method="POST",
+        url=received,
+        path="/in",
+        route="inbound",
+        headers={
+            "x-twilio-signature": compute_signature(signed, params, "12345"),
+            "content-type": FORM,
+        },
+        body=urlencode(params).encode(),
+    )
+    assert await hooks.verify_inbound(channel.messenger, request, [channel])
+    other = compute_signature("https://other.example/in", params, "12345")
+    forged = msgspec.structs.replace(
+        request, headers={**request.headers, "x-twilio-signature": other}
+    )
+    with pytest.raises(SignatureError):
+        await hooks.verify_inbound(channel.messenger, forged, [channel])
+
+
 @case_params("segments")
 def test_segments(case: dict[str, Any]) -> None:
     info = count_segments(text_of(case["text"]))
