@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-from urllib.parse import quote
+from typing import NamedTuple
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import msgspec
+import yarl
 
 from extmsg import logcontext
 from extmsg.errors import DeliveryError, PermanentError, RetryableError
@@ -143,6 +146,23 @@ def send_form(channel: Channel, message: OutboundMessage) -> list[tuple[str, str
     return form
 
 
+class _Api(NamedTuple):
+    """What every send of one account repeats: worked out once per settings."""
+
+    url: yarl.URL
+    authorization: str
+    timeout: aiohttp.ClientTimeout
+
+
+@functools.lru_cache(maxsize=256)
+def _api(settings: TwilioSettings) -> _Api:
+    return _Api(
+        yarl.URL(messages_url(settings)),
+        basic_auth(settings.account_sid, settings.auth_token),
+        aiohttp.ClientTimeout(total=settings.timeout),
+    )
+
+
 class _Created(msgspec.Struct, kw_only=True):
     sid: str
     status: str | None = None
@@ -158,17 +178,18 @@ async def send(
     :raises RetryableError: throttling, 5xx, network trouble or a timeout.
     :raises PermanentError: Twilio refused the message (see :mod:`.errors`).
     """
-    settings: TwilioSettings = channel.settings
-    form = send_form(channel, message)
+    api = _api(channel.settings)
+    # Encoded here, as aiohttp's FormData would, without its per-call multipart set-up.
+    form = urlencode(send_form(channel, message)).encode()
     headers = {
         "Accept": "application/json",
-        "Authorization": basic_auth(settings.account_sid, settings.auth_token),
+        "Authorization": api.authorization,
+        "Content-Type": "application/x-www-form-urlencoded",
         **logcontext.outgoing_headers(),
     }
-    timeout = aiohttp.ClientTimeout(total=settings.timeout)
     try:
         async with session.post(
-            messages_url(settings), data=form, headers=headers, timeout=timeout
+            api.url, data=form, headers=headers, timeout=api.timeout
         ) as response:
             body = await response.read()
             status, reply_headers = response.status, response.headers
