@@ -19,7 +19,8 @@ import heapq
 import logging
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 __all__ = [
@@ -43,9 +44,12 @@ FIELDS = ("request_id", "channel", "job_id", "message_id", "conversation_id")
 MAX_REQUEST_ID = 128
 _SANE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+=/-]*")
 
-_vars: dict[str, contextvars.ContextVar[str | None]] = {
-    name: contextvars.ContextVar(f"extmsg_{name}", default=None) for name in FIELDS
-}
+_FIELD_SET = frozenset(FIELDS)
+#: The bound fields, in one variable (one set per ``bind``, not one per field); a mapping
+#: once set is never changed, only replaced.
+_fields: contextvars.ContextVar[Mapping[str, str]] = contextvars.ContextVar(
+    "extmsg_log_fields", default=MappingProxyType({})
+)
 
 
 def new_request_id() -> str:
@@ -64,7 +68,7 @@ def sane_request_id(value: str | None) -> str | None:
 
 def request_id() -> str | None:
     """The request id of the work running now, if any."""
-    return _vars["request_id"].get()
+    return _fields.get().get("request_id")
 
 
 def outgoing_headers() -> dict[str, str]:
@@ -76,12 +80,8 @@ def outgoing_headers() -> dict[str, str]:
 
 def current() -> dict[str, str]:
     """The fields bound now (unset ones left out)."""
-    out = {}
-    for name, var in _vars.items():
-        value = var.get()
-        if value is not None:
-            out[name] = value
-    return out
+    bound = _fields.get()
+    return {name: bound[name] for name in FIELDS if name in bound}
 
 
 #: What people wrote in the message the running work is about: no log line may quote it.
@@ -126,22 +126,20 @@ class bind:
     Afterwards every field is back to its earlier value, also one :func:`set_field` set inside
     the block (a keep-alive connection's next request starts clean)."""
 
-    __slots__ = ("_fields", "_pieces", "_text_token", "_tokens")
+    __slots__ = ("_fields", "_pieces", "_text_token", "_token")
 
     def __init__(self, texts: Iterable[str | None] = (), **fields: str | int | None) -> None:
         for name in fields:
-            if name not in _vars:
+            if name not in _FIELD_SET:
                 raise ValueError(f"unknown log field: {name}")
-        self._fields = fields
+        self._fields = {name: str(value) for name, value in fields.items() if value is not None}
         self._pieces = _pieces(texts) if texts else ()
-        self._tokens: list[tuple[contextvars.ContextVar[str | None], Any]] = []
+        self._token: contextvars.Token[Mapping[str, str]] | None = None
         self._text_token: Any = None
 
     def __enter__(self) -> None:
-        fields = self._fields
-        for name, var in _vars.items():
-            value = fields.get(name)
-            self._tokens.append((var, var.set(var.get() if value is None else str(value))))
+        # Set even when nothing changes: leaving the block undoes a set_field made inside.
+        self._token = _fields.set({**_fields.get(), **self._fields})
         if self._pieces:
             self._text_token = _texts.set(_texts.get() + self._pieces)
 
@@ -149,16 +147,18 @@ class bind:
         if self._text_token is not None:
             _texts.reset(self._text_token)
             self._text_token = None
-        for var, token in reversed(self._tokens):
-            var.reset(token)
-        self._tokens.clear()
+        if self._token is not None:
+            _fields.reset(self._token)
+            self._token = None
 
 
 def set_field(name: str, value: str | int | None) -> None:
     """Bind one field until the current task or ``with bind()`` block ends: for a value
     learnt half-way through a request or job, such as the Unblu conversation it posts into."""
+    if name not in _FIELD_SET:
+        raise KeyError(name)
     if value is not None:
-        _vars[name].set(str(value))
+        _fields.set({**_fields.get(), name: str(value)})
 
 
 class LogContext(logging.Filter):
@@ -166,9 +166,8 @@ class LogContext(logging.Filter):
     …) unless the call gave them itself (``extra={"channel": …}``)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for name, var in _vars.items():
-            if name not in record.__dict__:
-                value = var.get()
-                if value is not None:
-                    setattr(record, name, value)
+        attributes = record.__dict__
+        for name, value in _fields.get().items():
+            if name not in attributes:
+                attributes[name] = value
         return True
