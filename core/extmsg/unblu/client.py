@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import logging
 import re
@@ -227,7 +228,14 @@ class UnbluClient:
         self.__password = password
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self.__authorization = f"Basic {token}"
+        # The same on every call: built once.
+        self._headers = {
+            "Accept": "application/json",
+            "Authorization": self.__authorization,
+            "User-Agent": _USER_AGENT,
+        }
         self._timeout = timeout
+        self._client_timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
         self._owns_session = session is None
         self.recorder = recorder
@@ -291,25 +299,34 @@ class UnbluClient:
         """Do one HTTP call (see :meth:`_exchange`), told to the observer by its call name."""
         if self._observer is None:
             return await self._exchange(method, path_template, path_params, body, query)
-        return await self._observed(
-            call_name(path_template),
-            self._exchange(method, path_template, path_params, body, query),
-        )
+        started = time.monotonic()
+        try:
+            result = await self._exchange(method, path_template, path_params, body, query)
+        except BaseException as exc:
+            self._tell(call_name(path_template), exc, started)
+            raise
+        self._tell(call_name(path_template), None, started)
+        return result
 
     async def _observed(self, call: str, work: Awaitable[T]) -> T:
-        assert self._observer is not None
         started = time.monotonic()
         try:
             result = await work
-        except asyncio.CancelledError:
-            raise  # stopped here: the remote said nothing
         except BaseException as exc:
-            if sendguard.caused_by_lost_lease(exc):
-                raise  # refused before it was written: no call was made
-            self._observer(call, exc, time.monotonic() - started)
+            self._tell(call, exc, started)
             raise
-        self._observer(call, None, time.monotonic() - started)
+        self._tell(call, None, started)
         return result
+
+    def _tell(self, call: str, error: BaseException | None, started: float) -> None:
+        """Tell the observer of a call that ended; not of one stopped here (cancelled: the
+        remote said nothing) nor of one refused before it was written (no call was made)."""
+        if isinstance(error, asyncio.CancelledError) or (
+            error is not None and sendguard.caused_by_lost_lease(error)
+        ):
+            return
+        assert self._observer is not None
+        self._observer(call, error, time.monotonic() - started)
 
     async def _exchange(
         self,
@@ -326,16 +343,14 @@ class UnbluClient:
         """
         operation = f"{method} {path_template}"
         url_path = _fill_path(path_template, path_params or {})
-        params = {k: v for k, v in (query or {}).items() if v is not None}
+        params = {k: v for k, v in query.items() if v is not None} if query else {}
         payload = msgspec.json.encode(body) if body is not None else None
-        headers = {
-            "Accept": "application/json",
-            "Authorization": self.__authorization,
-            "User-Agent": _USER_AGENT,
-        }
+        headers = self._headers.copy()
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        headers.update(logcontext.outgoing_headers())
+        rid = logcontext.request_id()
+        if rid is not None:
+            headers[logcontext.REQUEST_ID_HEADER] = rid
         started = time.monotonic()
         status: int | None = None
         data: Any = None
@@ -346,7 +361,7 @@ class UnbluClient:
                 params=params or None,
                 data=payload,
                 headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                timeout=self._client_timeout,
                 allow_redirects=False,
             ) as resp:
                 status = resp.status
@@ -1269,6 +1284,7 @@ class UnbluClient:
         return fetched.data, fetched.content_type or None
 
 
+@functools.lru_cache(maxsize=256)
 def call_name(path_template: str) -> str:
     """A call's short, stable name for metrics: its path template without the path parameters,
     e.g. ``/externalmessengers/{channelId}/sendMessage`` -> ``externalmessengers/sendMessage``
@@ -1277,17 +1293,26 @@ def call_name(path_template: str) -> str:
 
 
 def _fill_path(template: str, params: Mapping[str, str]) -> str:
-    def repl(match: re.Match[str]) -> str:
-        name = match.group(1)
+    pieces = _path_pieces(template)
+    if len(pieces) == 1:
+        return template
+    filled = list(pieces)
+    for index in range(1, len(pieces), 2):
+        name = pieces[index]
         try:
             value = params[name]
         except KeyError:
             raise ValueError(f"missing path parameter {name!r} for {template}") from None
         if not value:
             raise ValueError(f"empty path parameter {name!r} for {template}")
-        return quote(value, safe="")
+        filled[index] = quote(value, safe="")
+    return "".join(filled)
 
-    return _PATH_PARAM.sub(repl, template)
+
+@functools.lru_cache(maxsize=256)
+def _path_pieces(template: str) -> tuple[str, ...]:
+    """``template`` split at its parameters: text, name, text, name, …, text."""
+    return tuple(_PATH_PARAM.split(template))
 
 
 def _describe_network_error(exc: aiohttp.ClientError) -> str:
