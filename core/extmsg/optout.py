@@ -14,6 +14,7 @@ default is the messenger's, e.g. none for Twilio, which confirms by itself).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
@@ -61,10 +62,10 @@ def _first(values: Iterable[str]) -> str | None:
 
 def rules(channel: Channel, messenger: MessengerType | None) -> OptOutRules:
     """The opt-out rules of ``channel``: its own settings, else its messenger's defaults."""
-    out: Iterable[str] = channel.opt_out_keywords or ()
+    out: frozenset[str] | tuple[str, ...] = channel.opt_out_keywords or ()
     if channel.opt_out_keywords is None:
         out = messenger.opt_out_keywords if messenger else ()
-    opt_in: Iterable[str] = channel.opt_in_keywords or ()
+    opt_in: frozenset[str] | tuple[str, ...] = channel.opt_in_keywords or ()
     if channel.opt_in_keywords is None:
         opt_in = messenger.opt_in_keywords if messenger else ()
     out_reply = channel.opt_out_reply
@@ -73,13 +74,26 @@ def rules(channel: Channel, messenger: MessengerType | None) -> OptOutRules:
     in_reply = channel.opt_in_reply
     if in_reply is None:
         in_reply = messenger.opt_in_reply if messenger else None
+    try:
+        # Looked up on every inbound request: the words are worked out once per channel.
+        return _cached_rules(out, opt_in, out_reply or None, in_reply or None)
+    except TypeError:  # a word list that cannot be a key (a plugin's list)
+        return _rules(out, opt_in, out_reply or None, in_reply or None)
+
+
+def _rules(
+    out: Iterable[str], opt_in: Iterable[str], out_reply: str | None, in_reply: str | None
+) -> OptOutRules:
     return OptOutRules(
         opt_out=_words(out),
         opt_in=_words(opt_in),
-        opt_out_reply=out_reply or None,
-        opt_in_reply=in_reply or None,
+        opt_out_reply=out_reply,
+        opt_in_reply=in_reply,
         first_opt_in=_first(opt_in),
     )
+
+
+_cached_rules = functools.lru_cache(maxsize=256)(_rules)
 
 
 def add_keyword_updates(
