@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -258,6 +260,7 @@ async def test_a_hold_answered_after_its_lease_sends_nothing(
     """A process frozen while its hold was on the way gets a stale "yes" when it wakes up: the
     lease it renewed may already belong to another holder, so it must not send."""
     store, _ = instances
+    Stall(store)  # no renewal sets the lease meanwhile
     engine = make_engine(store, workers=1, lease_seconds=0.2)
     hold_job = store.hold_job
 
@@ -271,6 +274,8 @@ async def test_a_hold_answered_after_its_lease_sends_nothing(
     outcome: list[BaseException] = []
 
     async def sends(job: Job) -> None:
+        # Past the first quarter of its lease, in which the claim's own lease would do.
+        await asyncio.sleep(0.06)
         try:
             await engine.hold(job)
         except LeaseLost as exc:
@@ -422,3 +427,107 @@ async def test_a_send_later_than_half_a_lease_after_its_hold_is_refused(
         await engine.stop(1.0)
     assert attempts == [(False, "refused"), (True, "sent")]
     assert metrics.fenced.labels("work")._value.get() == 1
+
+
+# -- writes a job needs -----------------------------------------------------------------------
+class Writes:
+    """Counts the calls of a store's writes for a running job (claims and renewals aside)."""
+
+    def __init__(self, store: Store) -> None:
+        self.calls: list[str] = []
+        for name in ("hold_job", "complete_job"):
+            setattr(store, name, self._counted(name, getattr(store, name)))
+
+    def _counted(self, name: str, write: Callable[..., Awaitable[Any]]) -> Any:
+        async def counted(*args: Any, **kw: Any) -> Any:
+            self.calls.append(name)
+            return await write(*args, **kw)
+
+        return counted
+
+
+async def test_a_send_right_after_the_claim_needs_no_hold_of_its_own(
+    instances: tuple[Store, Store],
+) -> None:
+    """The claim set the lease under the job's fence a moment ago: the send may start for half
+    a lease from when the claim was asked for, as after a hold written then."""
+    store, _ = instances
+    writes = Writes(store)
+    engine = make_engine(store, workers=1, lease_seconds=30)  # type: ignore[arg-type]
+    holds: list[tuple[float, sendguard.Hold | None]] = []
+
+    async def sends(job: Job) -> None:
+        before = time.monotonic()
+        await engine.hold(job)
+        holds.append((before, sendguard.current()))
+        sendguard.check()  # the send goes out
+
+    engine.register("work", sends)
+    await engine.intake([work("a")])
+    await engine.start()
+    try:
+        await until(lambda: _done(store))
+    finally:
+        await engine.stop(1.0)
+    assert writes.calls == ["complete_job"]
+    [(before, hold)] = holds
+    assert hold is not None
+    assert hold.at <= before  # counted from when the claim was asked for
+    assert hold.bound == 15
+
+
+async def test_a_claim_older_than_a_quarter_of_its_lease_is_held_with_a_write(
+    instances: tuple[Store, Store],
+) -> None:
+    store, _ = instances
+    Stall(store)  # no renewal sets the lease meanwhile
+    writes = Writes(store)
+    engine = make_engine(store, workers=1, lease_seconds=0.4)  # type: ignore[arg-type]
+    sent: list[Job] = []
+
+    async def sends(job: Job) -> None:
+        await asyncio.sleep(0.15)  # the handler's own look-ups took a while
+        await engine.hold(job)
+        sendguard.check()
+        sent.append(job)
+
+    engine.register("work", sends)
+    await engine.intake([work("a")])
+    await engine.start()
+    try:
+        await until(lambda: _done(store))
+    finally:
+        await engine.stop(1.0)
+    assert len(sent) == 1
+    assert writes.calls == ["hold_job", "complete_job"]
+
+
+async def test_a_renewal_sets_the_lease_a_send_may_rely_on(instances: tuple[Store, Store]) -> None:
+    store, _ = instances
+    renewed = asyncio.Event()
+    renew = store.renew_lease
+
+    async def renewal(*args: Any, **kw: Any) -> list[int]:
+        ids = await renew(*args, **kw)
+        renewed.set()
+        return ids
+
+    store.renew_lease = renewal  # type: ignore[method-assign]
+    writes = Writes(store)
+    # Renewed every 0.2s; a claim or renewal is relied on for 0.15s.
+    engine = make_engine(store, workers=1, lease_seconds=0.6)  # type: ignore[arg-type]
+
+    async def sends(job: Job) -> None:
+        await renewed.wait()  # the claim is older than 0.15s by now; the renewal is not
+        await engine.hold(job)
+        sendguard.check()
+
+    engine.register("work", sends)
+    await engine.intake([work("a")])
+    await engine.start()
+    try:
+        await until(lambda: _done(store))
+    finally:
+        await engine.stop(1.0)
+    assert "hold_job" not in writes.calls
+    assert "complete_job" in writes.calls

@@ -11,7 +11,8 @@
   VM) and wakes up after another took the job over finds its renewal, its completion, its
   reschedule and its dead letter refused (counted in ``extmsg_fenced_total``). Handlers call
   :meth:`Engine.hold` right before each remote call that sends, which renews the lease under
-  the fence or raises :class:`~extmsg.errors.LeaseLost`.
+  the fence or raises :class:`~extmsg.errors.LeaseLost` (or, when the claim or a renewal set
+  the lease a moment ago, relies on that).
 * **Failures** are classified by the caller's ``classify``; retryable ones come back after a
   backoff (:mod:`.retry`), the rest become dead letters and are reported through ``on_dead``.
 * **Intake** goes through :class:`.GroupCommit`, so concurrent webhook writes share a
@@ -73,15 +74,23 @@ class Requests(Protocol):
 
 _MAX_ERROR_TEXT = 2000
 _MAX_CODE = 64
+#: A hold relies on the lease its claim (or a renewal) set when that was asked for less than
+#: this share of a lease ago, instead of writing: the send still has at least a quarter of a
+#: lease to start in (see :meth:`Engine.hold`).
+_TRUSTED_LEASE_SHARE = 0.25
 
 
 class _Run:
     """A job this engine holds a lease on."""
 
-    __slots__ = ("handler", "job", "lost", "released", "sending", "worker")
+    __slots__ = ("handler", "job", "leased_at", "lost", "released", "sending", "worker")
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, leased_at: float) -> None:
         self.job = job
+        #: When (monotonic) the latest confirmed write that set the lease under this claim
+        #: was asked for: the claim itself, a hold or a renewal. The lease runs until at
+        #: least ``leased_at + lease_seconds``.
+        self.leased_at = leased_at
         self.worker: asyncio.Task[None] | None = None
         self.handler: asyncio.Task[None] | None = None
         self.released = False
@@ -185,7 +194,13 @@ class Engine:
         one store write, that this claim of it still holds; raises
         :class:`~extmsg.errors.LeaseLost` when another worker took it over (the handler then
         ends without sending, and the engine writes nothing for it). A job that did not come
-        from a claim (fence 0, built by hand in a test) has nothing to check."""
+        from a claim (fence 0, built by hand in a test) has nothing to check.
+
+        No write is needed while the lease this engine last set for the claim — by the claim
+        itself, a hold or a renewal, each confirmed under the claim's fence — was asked for
+        less than a quarter of a lease ago: nobody can claim the job before that lease runs
+        out, so the send may start for half a lease from when it was asked for, exactly as
+        after a hold written then."""
         run = self._runs.get(job.id)
         if run is not None and run.job.fence != job.fence:
             run = None  # this engine claimed it again since (its lease ran out while it ran)
@@ -197,6 +212,9 @@ class Engine:
             raise LeaseLost(job.id, job.fence)
         lease = self.config.lease_seconds
         asked = time.monotonic()
+        if run is not None and asked - run.leased_at < lease * _TRUSTED_LEASE_SHARE:
+            sendguard.hold_taken(sendguard.Hold(job.id, job.fence, run.leased_at, lease / 2))
+            return
         # Until the hold is confirmed, a send from this task is refused (no hold is younger
         # than a negative bound); then it may start for half a lease after it was asked for.
         sendguard.hold_taken(sendguard.Hold(job.id, job.fence, asked, -1.0))
@@ -212,6 +230,8 @@ class Engine:
             if run is not None:
                 run.lost = True
             raise LeaseLost(job.id, job.fence)
+        if run is not None:
+            run.leased_at = max(run.leased_at, asked)
         # The lease now runs until at least ``asked + lease``; a request that starts within
         # ``lease / 2`` of ``asked`` has gone out half a lease before anyone else can claim
         # the job and look whether it arrived (:mod:`extmsg.sendguard` checks, right before
@@ -345,6 +365,7 @@ class Engine:
                 return
             free = self.config.workers - len(self._runs)
         claimed_at = self._clock()
+        asked = time.monotonic()  # the claims' leases run until at least a lease after this
         try:
             jobs = await self.store.claim_jobs(free, self.config.lease_seconds)
         except Exception:
@@ -355,7 +376,7 @@ class Engine:
             await self._give_back(jobs)
             return
         for job in jobs:
-            self._launch(job)
+            self._launch(job, asked)
         while self._due and self._due[0] <= claimed_at:
             heapq.heappop(self._due)
         if len(jobs) < free:
@@ -382,7 +403,7 @@ class Engine:
         except Exception:
             log.exception("giving back %d claimed job(s) failed", len(jobs))
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job, leased_at: float) -> None:
         earlier = self._runs.get(job.id)
         if earlier is not None:
             # Claimed again while an earlier claim of it still runs here: that one's lease ran
@@ -390,7 +411,7 @@ class Engine:
             earlier.lost = True
             if earlier.handler is not None:
                 earlier.handler.cancel()
-        run = _Run(job)
+        run = _Run(job, leased_at)
         self._runs[job.id] = run
         task = asyncio.get_running_loop().create_task(self._work(run), name=f"extmsg-job-{job.id}")
         run.worker = task
@@ -624,6 +645,7 @@ class Engine:
             runs = dict(self._runs)
             if not runs:
                 continue
+            asked = time.monotonic()
             try:
                 renewed = set(
                     await self.store.renew_lease(
@@ -633,6 +655,10 @@ class Engine:
             except Exception:
                 log.exception("renewing the leases of %d running job(s) failed", len(runs))
                 continue
+            for i in renewed:
+                if (run := runs.get(i)) is not None:
+                    # confirmed under its fence: its lease runs until a lease after ``asked``
+                    run.leased_at = max(run.leased_at, asked)
             lost = [run for i, run in runs.items() if i not in renewed and run.in_handler]
             for run in lost:
                 # Another worker holds it now: this handler stops before it sends again.
