@@ -6,6 +6,7 @@ engine, such a worker does not send again, and the job is done once, by its new 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from extmsg.engine import Engine
 from extmsg.errors import LeaseLost, RetryableError
 from extmsg.metrics import Metrics
 from extmsg.models import MessageState
-from extmsg.store.base import Intake, Job, Store
+from extmsg.store.base import Intake, Job, MessageRow, NewJob, Store
 from extmsg.store.sqlite import SqliteStore
 
 from . import pg
@@ -435,12 +436,12 @@ class Writes:
 
     def __init__(self, store: Store) -> None:
         self.calls: list[str] = []
-        for name in ("hold_job", "complete_job"):
+        for name in ("hold_job", "complete_job", "update_message"):
             setattr(store, name, self._counted(name, getattr(store, name)))
 
     def _counted(self, name: str, write: Callable[..., Awaitable[Any]]) -> Any:
         async def counted(*args: Any, **kw: Any) -> Any:
-            self.calls.append(name)
+            self.calls.append(f"{name}(complete)" if kw.get("complete") else name)
             return await write(*args, **kw)
 
         return counted
@@ -531,3 +532,100 @@ async def test_a_renewal_sets_the_lease_a_send_may_rely_on(instances: tuple[Stor
         await engine.stop(1.0)
     assert "hold_job" not in writes.calls
     assert "complete_job" in writes.calls
+
+
+async def test_a_handlers_last_write_and_the_completion_are_one_write(
+    instances: tuple[Store, Store],
+) -> None:
+    store, _ = instances
+    await store.intake([Intake(message=message(1))])
+    writes = Writes(store)
+    engine = make_engine(store, workers=1)  # type: ignore[arg-type]
+
+    async def posts(job: Job) -> None:
+        await engine.hold(job)
+        await engine.complete_with(
+            job,
+            functools.partial(
+                store.update_message, "m1", unblu_message_id="u1", state=MessageState.SENT, job=job
+            ),
+        )
+
+    engine.register("work", posts)
+    await engine.intake([work("a")])
+    await engine.start()
+    try:
+        await until(lambda: _done(store))
+    finally:
+        await engine.stop(1.0)
+    assert writes.calls == ["update_message(complete)"]
+    row = await store.get_message("m1")
+    assert row is not None
+    assert (row.unblu_message_id, row.state) == ("u1", MessageState.SENT)
+
+
+async def test_a_last_write_after_a_takeover_writes_nothing(
+    instances: tuple[Store, Store],
+) -> None:
+    """A worker that stalled past its lease finds its last write refused with its completion:
+    neither is written, and the new holder's claim stands."""
+    old_store, new_store = instances
+    await old_store.intake([Intake(message=message(1))])
+    stall = Stall(old_store)
+    metrics = Metrics()
+    old = make_engine(old_store, workers=1, lease_seconds=0.3, metrics=metrics)  # type: ignore[arg-type]
+    entered = asyncio.Event()
+
+    async def stalled(job: Job) -> None:
+        entered.set()
+        await stall.resume.wait()
+        await old.complete_with(
+            job, functools.partial(old_store.update_message, "m1", unblu_message_id="u1", job=job)
+        )
+
+    old.register("work", stalled)
+    await old.intake([work("a")])
+    await old.start()
+    try:
+        await asyncio.wait_for(entered.wait(), 5)
+        await asyncio.sleep(0.4)  # the lease runs out while the old worker is stopped
+        [taken] = await new_store.claim_jobs(1, 30)
+        stall.resume.set()
+        await until(lambda: old.in_flight == 0)
+    finally:
+        await old.stop(1.0)
+    assert metrics.fenced.labels("work")._value.get() == 1
+    row = await new_store.get_message("m1")
+    assert row is not None
+    assert row.unblu_message_id is None
+    now = await stored(new_store, taken.id)
+    assert (now.state, now.fence) == ("running", taken.fence)
+
+
+async def test_a_message_settles_reports_and_completes_its_job_in_one_write(
+    instances: tuple[Store, Store],
+) -> None:
+    old, new = instances
+    first, second = await taken_over(old, new)
+    await new.record_part("m1", "sms", 0, "SM-1", job=second)
+
+    def report(row: MessageRow) -> NewJob:
+        return NewJob(kind="report", lane="state:m1", payload=str(int(row.state)).encode())
+
+    # The stalled holder's last write is refused whole: no state, no report, no completion.
+    with pytest.raises(LeaseLost):
+        await old.complete_message("m1", job=first, complete=True, report=report)
+    with pytest.raises(LeaseLost):
+        await old.update_message("m1", unblu_message_id="u-late", job=first, complete=True)
+    assert (await stored(new, second.id)).state == "running"
+    assert await new.list_jobs(("ready",)) == []
+
+    settled = await new.complete_message("m1", job=second, complete=True, report=report)
+    assert settled is not None
+    assert settled.state == MessageState.SENT
+    assert (await stored(new, second.id)).state == "done"
+    [queued] = await new.list_jobs(("ready",))
+    assert (queued.kind, queued.payload) == ("report", str(int(MessageState.SENT)).encode())
+    # Its lane goes on: the report is claimable at once.
+    [claimed] = await new.claim_jobs(5, 30)
+    assert claimed.id == queued.id

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .engine import Classifier, DeadLetterHandler, Engine, JobHandler, Requests
+from .engine import Classifier, DeadLetterHandler, Engine, FinalWrite, JobHandler, Requests
 from .group_commit import GroupCommit
 from .retry import Decision, RetryPolicy
 
@@ -11,6 +11,7 @@ __all__ = [
     "DeadLetterHandler",
     "Decision",
     "Engine",
+    "FinalWrite",
     "GroupCommit",
     "JobHandler",
     "Requests",

@@ -13,6 +13,8 @@
   :meth:`Engine.hold` right before each remote call that sends, which renews the lease under
   the fence or raises :class:`~extmsg.errors.LeaseLost` (or, when the claim or a renewal set
   the lease a moment ago, relies on that).
+* **Completion.** A handler may hand its last write to :meth:`Engine.complete_with`, so that
+  it and the job's completion are one store write under the fence.
 * **Failures** are classified by the caller's ``classify``; retryable ones come back after a
   backoff (:mod:`.retry`), the rest become dead letters and are reported through ``on_dead``.
 * **Intake** goes through :class:`.GroupCommit`, so concurrent webhook writes share a
@@ -49,7 +51,15 @@ from ..store.base import Intake, IntakeResult, Job, Store
 from .group_commit import GroupCommit
 from .retry import RetryPolicy
 
-__all__ = ["Classifier", "DeadLetterHandler", "Engine", "JobHandler", "LogContext", "Requests"]
+__all__ = [
+    "Classifier",
+    "DeadLetterHandler",
+    "Engine",
+    "FinalWrite",
+    "JobHandler",
+    "LogContext",
+    "Requests",
+]
 
 log = logging.getLogger("extmsg.engine")
 
@@ -72,6 +82,13 @@ class Requests(Protocol):
         """Wait until none is in flight, at most ``timeout`` seconds."""
 
 
+class FinalWrite(Protocol):
+    """A handler's last write (:meth:`Engine.complete_with`): with ``complete=True`` it also
+    marks the job done, under its fence, in the same store write."""
+
+    def __call__(self, *, complete: bool) -> Awaitable[object]: ...
+
+
 _MAX_ERROR_TEXT = 2000
 _MAX_CODE = 64
 #: A hold relies on the lease its claim (or a renewal) set when that was asked for less than
@@ -83,7 +100,7 @@ _TRUSTED_LEASE_SHARE = 0.25
 class _Run:
     """A job this engine holds a lease on."""
 
-    __slots__ = ("handler", "job", "leased_at", "lost", "released", "sending", "worker")
+    __slots__ = ("final", "handler", "job", "leased_at", "lost", "released", "sending", "worker")
 
     def __init__(self, job: Job, leased_at: float) -> None:
         self.job = job
@@ -91,6 +108,7 @@ class _Run:
         #: was asked for: the claim itself, a hold or a renewal. The lease runs until at
         #: least ``leased_at + lease_seconds``.
         self.leased_at = leased_at
+        self.final: FinalWrite | None = None  # the handler's last write, made with completion
         self.worker: asyncio.Task[None] | None = None
         self.handler: asyncio.Task[None] | None = None
         self.released = False
@@ -237,6 +255,23 @@ class Engine:
         # the job and look whether it arrived (:mod:`extmsg.sendguard` checks, right before
         # the request is written, and refuses it later).
         sendguard.hold_taken(sendguard.Hold(job.id, job.fence, asked, lease / 2))
+
+    async def complete_with(self, job: Job, write: FinalWrite) -> None:
+        """Hand over a handler's last write: once the handler has returned, the engine calls
+        ``write(complete=True)``, which makes that write and marks the job done in one store
+        write under the job's fence, instead of completing the job in a write of its own (a store
+        method's ``complete=True``). It raises :class:`~extmsg.errors.LeaseLost` (or answers
+        False) when the claim was taken over; then nothing of it is written. If the handler
+        fails after all, nothing of it is written either.
+
+        For a job this engine does not run under that claim (a flow called directly, or a
+        claim that was taken over), ``write(complete=False)`` is awaited at once, as the
+        handler's own write."""
+        run = self._runs.get(job.id)
+        if run is None or run.job.fence != job.fence or job.fence <= 0 or run.lost:
+            await write(complete=False)
+            return
+        run.final = write
 
     # -- intake ---------------------------------------------------------------------------------
     async def intake(self, items: Sequence[Intake]) -> list[IntakeResult]:
@@ -493,10 +528,18 @@ class Engine:
                 # The job's work is done: its slot is free now, so that the dispatcher's next
                 # claim can share the completion's commit (writes apply in order: that claim
                 # already sees this job done and may take the next one of its lane).
-                completing = asyncio.ensure_future(self.store.complete_job(job.id, fence=job.fence))
+                completing = asyncio.ensure_future(
+                    self.store.complete_job(job.id, fence=job.fence)
+                    if run.final is None
+                    else run.final(complete=True)
+                )
                 self._forget(run)
                 self.wake()
-                if await completing:
+                try:
+                    completed = await completing is not False
+                except LeaseLost:
+                    completed = False
+                if completed:
                     self._count(job, "done")
                 else:
                     self._fenced(job, "its completion")

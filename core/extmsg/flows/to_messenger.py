@@ -12,6 +12,7 @@ possible double is counted and logged.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import msgspec
@@ -66,10 +67,20 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
     )
     await send_rendered(runtime, job, channel, message)
     # SENT, or further when the provider reported on every part before the last was
-    # recorded; FAILED when it reported one failed.
-    settled = await runtime.store.complete_message(payload.message_id, job=job)
-    if settled is not None:
-        await _enqueue_report(runtime, payload, settled.state, settled.error)
+    # recorded; FAILED when it reported one failed. The message's state, its report's job and
+    # the job's completion go in one write.
+    assert runtime.engine is not None
+    await runtime.engine.complete_with(
+        job,
+        functools.partial(
+            runtime.store.complete_message,
+            payload.message_id,
+            job=job,
+            report=lambda settled: report_state_job(
+                _state_report(payload, settled.state, settled.error)
+            ),
+        ),
+    )
 
 
 async def send_rendered(
@@ -240,16 +251,22 @@ async def _enqueue_report(
     state: MessageState,
     error: str | None = None,
 ) -> None:
+    report = _state_report(payload, state, error)
+    assert runtime.engine is not None
+    await runtime.engine.intake([Intake(job=report_state_job(report))])
+
+
+def _state_report(
+    payload: p.OutboundMessageJob, state: MessageState, error: str | None
+) -> p.UnbluStateJob:
     failed = state == MessageState.FAILED
-    report = p.UnbluStateJob(
+    return p.UnbluStateJob(
         channel=payload.channel,
         message_id=payload.message_id,
         state=p.reported_state(state),
         failure_text=error if failed else None,
         terminal=failed,
     )
-    assert runtime.engine is not None
-    await runtime.engine.intake([Intake(job=report_state_job(report))])
 
 
 def report_state_job(report: p.UnbluStateJob) -> NewJob:

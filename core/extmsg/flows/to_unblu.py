@@ -61,12 +61,17 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
         unblu_id = await _post(
             runtime, channel, conversation_id, ref, payload.message_id, message, files, {}, hold
         )
-    await runtime.store.update_message(
-        payload.message_id,
-        unblu_message_id=unblu_id,
-        conversation_id=conversation_id,
-        state=MessageState.SENT,
-        job=job,
+    # Recorded with the job's completion, in one write.
+    await runtime.engine.complete_with(
+        job,
+        functools.partial(
+            runtime.store.update_message,
+            payload.message_id,
+            unblu_message_id=unblu_id,
+            conversation_id=conversation_id,
+            state=MessageState.SENT,
+            job=job,
+        ),
     )
 
 

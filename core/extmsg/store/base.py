@@ -350,13 +350,16 @@ class Store(abc.ABC):
         conversation_id: str | None = None,
         state: MessageState | None = None,
         job: Job | None = None,
+        complete: bool = False,
     ) -> None:
         """Fill in ids learned later; ``None`` leaves a column unchanged. ``state`` moves the
         state forward in the same write, by the rules of :meth:`advance_state`.
 
         Given the ``job`` whose work this records, the write is made only while that claim of
         it still holds (see :meth:`hold_job`); otherwise nothing changes and
-        :class:`~extmsg.errors.LeaseLost` is raised."""
+        :class:`~extmsg.errors.LeaseLost` is raised. With ``complete``, the job is marked
+        done in the same write, as by :meth:`complete_job` under its fence (the job's last
+        write; see :meth:`extmsg.engine.Engine.complete_with`)."""
 
     @abc.abstractmethod
     async def advance_state(
@@ -492,14 +495,20 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def complete_message(
-        self, message_id: str, *, job: Job | None = None
+        self,
+        message_id: str,
+        *,
+        job: Job | None = None,
+        complete: bool = False,
+        report: Callable[[MessageRow], NewJob | None] | None = None,
     ) -> MessageRow | None:
         """Every part of the message is recorded: move its state forward to what its parts
         reached (:func:`parts_state`; SENT unless statuses for its parts came first), in one
         write with the statuses of :meth:`apply_status`, so none is lost between the two.
 
         The row after the write when the state moved; None when it stayed (e.g. FAILED).
-        ``job``: as for :meth:`update_message`.
+        ``report``: given that row, the job that reports the new state (or None), enqueued in
+        the same write. ``job`` and ``complete``: as for :meth:`update_message`.
         """
 
     @abc.abstractmethod

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -59,6 +59,7 @@ from .base import (
     JobState,
     MediaRow,
     MessageRow,
+    NewJob,
     PayloadRefs,
     StatusOutcome,
     Store,
@@ -108,6 +109,14 @@ LOCK_TIMEOUT = 5.0
 _CLAIM_ROUND = 256
 
 _LEASE_EXPIRED = "the worker running it stopped before it finished (lease expired)"
+
+# Marks a running job done (under its fence, when one is given); the placeholders' numbers
+# are filled in per use.
+_COMPLETE = (
+    "UPDATE jobs SET state = 'done', lease_until = NULL, attempts = attempts + 1,"
+    " in_doubt = FALSE, updated_at = ${now} WHERE id = ${id} AND state = 'running'"
+    " AND fence = COALESCE(${fence}::bigint, fence)"
+)
 
 _RECLAIM = """
 UPDATE jobs SET state = 'ready', lease_until = NULL, attempts = attempts + 1, in_doubt = TRUE,
@@ -637,6 +646,7 @@ class PostgresStore(Store):
         conversation_id: str | None = None,
         state: MessageState | None = None,
         job: Job | None = None,
+        complete: bool = False,
     ) -> None:
         await self._update_held(
             job,
@@ -653,6 +663,7 @@ class PostgresStore(Store):
             message_id,
             None if state is None else int(state),
             int(MessageState.FAILED),
+            complete=complete,
         )
 
     async def advance_state(
@@ -675,12 +686,32 @@ class PostgresStore(Store):
         )
         return changed == 1
 
-    async def _update_held(self, job: Job | None, update: str, *args: Any) -> int:
+    async def _update_held(
+        self, job: Job | None, update: str, *args: Any, complete: bool = False
+    ) -> int:
         """Run ``update`` (an UPDATE ending in its WHERE clause); with ``job``, only while
         that claim of it holds, else :class:`LeaseLost`. The job's row is locked
         ``FOR SHARE`` in the same statement: a claimer taking the job back skips it until
-        the write has committed, so the next holder sees what this one recorded."""
+        the write has committed, so the next holder sees what this one recorded. With
+        ``complete``, the same statement marks the job done (which locks its row too)."""
         fence = fence_of(job)
+        if complete:
+            if job is None:
+                raise ValueError("complete=True needs the job to complete")
+            n = len(args)
+            row = await self._fetchrow(
+                f"WITH done AS ({_COMPLETE.format(id=n + 1, fence=n + 2, now=n + 3)}"  # noqa: S608
+                " RETURNING 1),"
+                f" changed AS ({update} AND EXISTS (SELECT 1 FROM done) RETURNING 1)"
+                " SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM changed)",
+                *args,
+                job.id,
+                fence,
+                time.time(),
+            )
+            if not row[0]:
+                raise LeaseLost(job.id, job.fence)
+            return int(row[1])
         if job is None or fence is None:
             return await self._execute(update, *args)
         n = len(args)
@@ -775,12 +806,7 @@ class PostgresStore(Store):
 
     async def complete_job(self, job_id: int, *, fence: int | None = None) -> bool:
         changed = await self._execute(
-            "UPDATE jobs SET state = 'done', lease_until = NULL, attempts = attempts + 1,"
-            " in_doubt = FALSE, updated_at = $1 WHERE id = $2 AND state = 'running'"
-            " AND fence = COALESCE($3, fence)",
-            time.time(),
-            job_id,
-            fence,
+            _COMPLETE.format(id=2, fence=3, now=1), time.time(), job_id, fence
         )
         return changed == 1
 
@@ -965,11 +991,26 @@ class PostgresStore(Store):
     # statement) the parts the other wrote, so a status kept on a part while the message was
     # still being sent is counted when the last part is recorded.
     async def complete_message(
-        self, message_id: str, *, job: Job | None = None
+        self,
+        message_id: str,
+        *,
+        job: Job | None = None,
+        complete: bool = False,
+        report: Callable[[MessageRow], NewJob | None] | None = None,
     ) -> MessageRow | None:
         fence = fence_of(job)
         async with self._tx() as conn:
-            await _hold(conn, job, fence)
+            if complete:
+                if job is None:
+                    raise ValueError("complete=True needs the job to complete")
+                if not _rowcount(
+                    await conn.execute(
+                        _COMPLETE.format(id=1, fence=2, now=3), job.id, fence, time.time()
+                    )
+                ):
+                    raise LeaseLost(job.id, job.fence)
+            else:
+                await _hold(conn, job, fence)
             current = await conn.fetchval(
                 "SELECT state FROM messages WHERE id = $1 FOR UPDATE", message_id
             )
@@ -983,7 +1024,11 @@ class PostgresStore(Store):
             if target <= current:
                 return None
             error = next((p[1] for p in parts if p[0] == MessageState.FAILED), None)
-            return await _set_state(conn, message_id, target, error)
+            settled = await _set_state(conn, message_id, target, error)
+            then = report(settled) if report is not None else None
+            if then is not None:
+                await _intake(conn, [Intake(job=then)], time.time())
+            return settled
 
     async def apply_status(
         self,

@@ -52,6 +52,7 @@ from .base import (
     JobState,
     MediaRow,
     MessageRow,
+    NewJob,
     NewMessage,
     PayloadRefs,
     StatusOutcome,
@@ -92,6 +93,12 @@ WHERE id IN (
     WHERE head = 1 AND state = 'ready' AND next_at <= ? ORDER BY next_at, id LIMIT ?)
 RETURNING {JOB_COLUMNS}
 """  # noqa: S608
+
+_COMPLETE = (
+    "UPDATE jobs SET state = 'done', head = 0, lease_until = NULL, in_doubt = 0,"
+    " attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'running'"
+    " AND fence = COALESCE(?, fence)"
+)
 
 # After a job of the lane of job ``?`` finished: its oldest unfinished job is the head, unless
 # a dead letter older than it holds the lane (``holds_lane``; the holder is not the head: it
@@ -563,12 +570,13 @@ class SqliteStore(Store):
         conversation_id: str | None = None,
         state: MessageState | None = None,
         job: Job | None = None,
+        complete: bool = False,
     ) -> None:
         target = None if state is None else int(state)
         fence = fence_of(job)
 
         def update(db: sqlite3.Connection) -> None:
-            _held(db, job, fence)
+            _held(db, job, fence, complete=complete)
             db.execute(
                 "UPDATE messages SET"
                 " provider_message_id = COALESCE(?, provider_message_id),"
@@ -682,13 +690,7 @@ class SqliteStore(Store):
         return changed == 1
 
     async def complete_job(self, job_id: int, *, fence: int | None = None) -> bool:
-        return await self._finish(
-            "UPDATE jobs SET state = 'done', head = 0, lease_until = NULL, in_doubt = 0,"
-            " attempts = attempts + 1, updated_at = ? WHERE id = ? AND state = 'running'"
-            " AND fence = COALESCE(?, fence)",
-            (time.time(), job_id, fence),
-            job_id,
-        )
+        return await self._finish(_COMPLETE, (time.time(), job_id, fence), job_id)
 
     async def _finish(self, sql: str, params: Sequence[Any], job_id: int) -> bool:
         """A job leaves its lane's unfinished ones: the next of its lane becomes the head."""
@@ -880,12 +882,17 @@ class SqliteStore(Store):
         return message_row(row) if row else None
 
     async def complete_message(
-        self, message_id: str, *, job: Job | None = None
+        self,
+        message_id: str,
+        *,
+        job: Job | None = None,
+        complete: bool = False,
+        report: Callable[[MessageRow], NewJob | None] | None = None,
     ) -> MessageRow | None:
         fence = fence_of(job)
 
-        def complete(db: sqlite3.Connection) -> MessageRow | None:
-            _held(db, job, fence)
+        def settle(db: sqlite3.Connection) -> MessageRow | None:
+            _held(db, job, fence, complete=complete)
             row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
             if row is None or row[0] == MessageState.FAILED:
                 return None
@@ -897,9 +904,13 @@ class SqliteStore(Store):
             if target <= row[0]:
                 return None
             error = next((p[1] for p in parts if p[0] == MessageState.FAILED), None)
-            return _set_state(db, message_id, target, error)
+            settled = _set_state(db, message_id, target, error)
+            then = report(settled) if report is not None else None
+            if then is not None:
+                _intake(db, [Intake(job=then)], time.time())
+            return settled
 
-        return await self._run(complete)
+        return await self._run(settle)
 
     async def apply_status(
         self,
@@ -1258,15 +1269,33 @@ def _set_state(
     return message_row(row)
 
 
-def _held(db: sqlite3.Connection, job: Job | None, fence: int | None) -> None:
+def _held(
+    db: sqlite3.Connection, job: Job | None, fence: int | None, *, complete: bool = False
+) -> None:
     """Raise :class:`LeaseLost` unless ``job`` still runs under the claim ``fence`` (None:
-    nothing to check); raised inside a write, it undoes that write (see :mod:`.sqlite_writer`)."""
+    nothing to check); raised inside a write, it undoes that write (see :mod:`.sqlite_writer`).
+    With ``complete``, mark the job done as well (the check is the completion's own)."""
+    if complete:
+        if job is None:
+            raise ValueError("complete=True needs the job to complete")
+        if not _complete(db, job.id, fence):
+            raise LeaseLost(job.id, job.fence)
+        return
     if job is None or fence is None:
         return
     if not db.execute(
         "SELECT 1 FROM jobs WHERE id = ? AND fence = ? AND state = 'running'", (job.id, fence)
     ).fetchone():
         raise LeaseLost(job.id, fence)
+
+
+def _complete(db: sqlite3.Connection, job_id: int, fence: int | None) -> bool:
+    """Mark a running job done (under ``fence``, when given) and pass its lane's head mark
+    on; False when it does not run (under that fence), and nothing changed."""
+    if not db.execute(_COMPLETE, (time.time(), job_id, fence)).rowcount:
+        return False
+    db.execute(_NEXT_HEAD, (job_id,))
+    return True
 
 
 def _existing(db: sqlite3.Connection, m: NewMessage) -> str | None:
