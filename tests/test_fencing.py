@@ -20,7 +20,7 @@ from extmsg.engine import Engine
 from extmsg.errors import LeaseLost, RetryableError
 from extmsg.metrics import Metrics
 from extmsg.models import MessageState
-from extmsg.store.base import Intake, Job, MessageRow, NewJob, Store
+from extmsg.store.base import Intake, Job, MessageRow, NewJob, PartSent, Store
 from extmsg.store.sqlite import SqliteStore
 
 from . import pg
@@ -612,15 +612,19 @@ async def test_a_message_settles_reports_and_completes_its_job_in_one_write(
     def report(row: MessageRow) -> NewJob:
         return NewJob(kind="report", lane="state:m1", payload=str(int(row.state)).encode())
 
-    # The stalled holder's last write is refused whole: no state, no report, no completion.
+    last = PartSent(channel="sms", part=1, provider_message_id="SM-2")
+
+    # The stalled holder's last write is refused whole: no part, state, report nor completion.
     with pytest.raises(LeaseLost):
-        await old.complete_message("m1", job=first, complete=True, report=report)
+        await old.complete_message("m1", job=first, complete=True, report=report, last=last)
     with pytest.raises(LeaseLost):
         await old.update_message("m1", unblu_message_id="u-late", job=first, complete=True)
     assert (await stored(new, second.id)).state == "running"
     assert await new.list_jobs(("ready",)) == []
+    assert await new.sent_parts("m1") == {0: "SM-1"}
 
-    settled = await new.complete_message("m1", job=second, complete=True, report=report)
+    settled = await new.complete_message("m1", job=second, complete=True, report=report, last=last)
+    assert await new.sent_parts("m1") == {0: "SM-1", 1: "SM-2"}
     assert settled is not None
     assert settled.state == MessageState.SENT
     assert (await stored(new, second.id)).state == "done"

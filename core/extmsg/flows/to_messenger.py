@@ -22,7 +22,7 @@ from ..errors import PermanentError
 from ..logsafe import mask_address
 from ..models import Attachment, Channel, Contact, MessageState, OutboundMessage, SendResult
 from ..runtime import Runtime
-from ..store.base import Intake, Job, NewJob
+from ..store.base import Intake, Job, NewJob, PartSent
 from ..unblu.calls import AgentMessage
 from . import payloads as p
 
@@ -65,10 +65,10 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
         last_inbound_at=await runtime.store.last_inbound_at(channel.name, thread),
         accepted_at=job.created_at or None,
     )
-    await send_rendered(runtime, job, channel, message)
+    last = await send_rendered(runtime, job, channel, message, keep_last=True)
     # SENT, or further when the provider reported on every part before the last was
-    # recorded; FAILED when it reported one failed. The message's state, its report's job and
-    # the job's completion go in one write.
+    # recorded; FAILED when it reported one failed. The last part's record, the message's
+    # state, its report's job and the job's completion go in one write.
     assert runtime.engine is not None
     await runtime.engine.complete_with(
         job,
@@ -76,6 +76,7 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
             runtime.store.complete_message,
             payload.message_id,
             job=job,
+            last=last,
             report=lambda settled: report_state_job(
                 _state_report(payload, settled.state, settled.error)
             ),
@@ -84,10 +85,18 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
 
 
 async def send_rendered(
-    runtime: Runtime, job: Job, channel: Channel, message: OutboundMessage
-) -> None:
+    runtime: Runtime,
+    job: Job,
+    channel: Channel,
+    message: OutboundMessage,
+    *,
+    keep_last: bool = False,
+) -> PartSent | None:
     """Render ``message`` for the channel and send the parts not recorded yet, each recorded
-    as soon as the provider accepted it; in doubt, the provider is asked first."""
+    as soon as the provider accepted it; in doubt, the provider is asked first.
+
+    With ``keep_last``, the last part, once sent, is not recorded but returned, for the
+    caller's next write to record (:meth:`Store.complete_message`, right after)."""
     parts = await runtime.hooks.render_outbound(channel, message)
     if not parts:
         raise PermanentError("the message has nothing this channel can send")
@@ -115,9 +124,15 @@ async def send_rendered(
         await runtime.engine.hold(job)
         with runtime.metrics.timed_call(channel.messenger, "send"):
             result = await runtime.hooks.send(channel, part)
-        await runtime.store.record_part(
-            message.id, channel.name, index, result.provider_message_id, job=job
+        sent = PartSent(
+            channel=channel.name, part=index, provider_message_id=result.provider_message_id
         )
+        if keep_last and index == len(parts) - 1:
+            return sent
+        await runtime.store.record_part(
+            message.id, sent.channel, sent.part, sent.provider_message_id, job=job
+        )
+    return None
 
 
 async def _look_before_sending(

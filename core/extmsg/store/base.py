@@ -37,6 +37,7 @@ __all__ = [
     "MessageRow",
     "NewJob",
     "NewMessage",
+    "PartSent",
     "PayloadRefs",
     "StatusOutcome",
     "Store",
@@ -170,6 +171,14 @@ class MediaRow(_Row, frozen=True):
     expires_at: float
     message_id: str | None = None
     """The message the file was sent with (erased with its contact)."""
+
+
+class PartSent(_Row, frozen=True):
+    """A part of an outbound message the provider accepted (:meth:`Store.record_part`)."""
+
+    channel: str
+    part: int
+    provider_message_id: str
 
 
 class StatusOutcome(_Row, frozen=True):
@@ -501,12 +510,14 @@ class Store(abc.ABC):
         job: Job | None = None,
         complete: bool = False,
         report: Callable[[MessageRow], NewJob | None] | None = None,
+        last: PartSent | None = None,
     ) -> MessageRow | None:
         """Every part of the message is recorded: move its state forward to what its parts
         reached (:func:`parts_state`; SENT unless statuses for its parts came first), in one
         write with the statuses of :meth:`apply_status`, so none is lost between the two.
 
         The row after the write when the state moved; None when it stayed (e.g. FAILED).
+        ``last``: the last part, recorded first in the same write (as by :meth:`record_part`).
         ``report``: given that row, the job that reports the new state (or None), enqueued in
         the same write. ``job`` and ``complete``: as for :meth:`update_message`.
         """

@@ -60,6 +60,7 @@ from .base import (
     MediaRow,
     MessageRow,
     NewJob,
+    PartSent,
     PayloadRefs,
     StatusOutcome,
     Store,
@@ -948,22 +949,10 @@ class PostgresStore(Store):
         fence = fence_of(job)
         async with self._tx() as conn:
             await _hold(conn, job, fence)
-            if part == 0:
-                # First, so the message's row is locked before the part's key, in the order
-                # apply_status takes them (it may record part 0 from a status).
-                await conn.execute(
-                    "UPDATE messages SET provider_message_id = $1, updated_at = $2 WHERE id = $3",
-                    provider_message_id,
-                    now,
-                    message_id,
-                )
-            await conn.execute(
-                "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
-                " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            await _record_part(
+                conn,
                 message_id,
-                part,
-                channel,
-                provider_message_id,
+                PartSent(channel=channel, part=part, provider_message_id=provider_message_id),
                 now,
             )
 
@@ -997,6 +986,7 @@ class PostgresStore(Store):
         job: Job | None = None,
         complete: bool = False,
         report: Callable[[MessageRow], NewJob | None] | None = None,
+        last: PartSent | None = None,
     ) -> MessageRow | None:
         fence = fence_of(job)
         async with self._tx() as conn:
@@ -1011,6 +1001,8 @@ class PostgresStore(Store):
                     raise LeaseLost(job.id, job.fence)
             else:
                 await _hold(conn, job, fence)
+            if last is not None:
+                await _record_part(conn, message_id, last, time.time())
             current = await conn.fetchval(
                 "SELECT state FROM messages WHERE id = $1 FOR UPDATE", message_id
             )
@@ -1313,6 +1305,29 @@ def _rowcount(status: str) -> int:
     """The row count of a command status such as ``UPDATE 3`` or ``INSERT 0 1``."""
     last = status.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else 0
+
+
+async def _record_part(
+    conn: asyncpg.Connection, message_id: str, sent: PartSent, now: float
+) -> None:
+    if sent.part == 0:
+        # First, so the message's row is locked before the part's key, in the order
+        # apply_status takes them (it may record part 0 from a status).
+        await conn.execute(
+            "UPDATE messages SET provider_message_id = $1, updated_at = $2 WHERE id = $3",
+            sent.provider_message_id,
+            now,
+            message_id,
+        )
+    await conn.execute(
+        "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
+        " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        message_id,
+        sent.part,
+        sent.channel,
+        sent.provider_message_id,
+        now,
+    )
 
 
 async def _hold(conn: asyncpg.Connection, job: Job | None, fence: int | None) -> None:

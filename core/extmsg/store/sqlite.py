@@ -54,6 +54,7 @@ from .base import (
     MessageRow,
     NewJob,
     NewMessage,
+    PartSent,
     PayloadRefs,
     StatusOutcome,
     Store,
@@ -850,16 +851,12 @@ class SqliteStore(Store):
 
         def record(db: sqlite3.Connection) -> None:
             _held(db, job, fence)
-            db.execute(
-                "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
-                " created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (message_id, part, channel, provider_message_id, now),
+            _record_part(
+                db,
+                message_id,
+                PartSent(channel=channel, part=part, provider_message_id=provider_message_id),
+                now,
             )
-            if part == 0:
-                db.execute(
-                    "UPDATE messages SET provider_message_id = ?, updated_at = ? WHERE id = ?",
-                    (provider_message_id, now, message_id),
-                )
 
         await self._run(record)
 
@@ -888,11 +885,14 @@ class SqliteStore(Store):
         job: Job | None = None,
         complete: bool = False,
         report: Callable[[MessageRow], NewJob | None] | None = None,
+        last: PartSent | None = None,
     ) -> MessageRow | None:
         fence = fence_of(job)
 
         def settle(db: sqlite3.Connection) -> MessageRow | None:
             _held(db, job, fence, complete=complete)
+            if last is not None:
+                _record_part(db, message_id, last, time.time())
             row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
             if row is None or row[0] == MessageState.FAILED:
                 return None
@@ -1287,6 +1287,19 @@ def _held(
         "SELECT 1 FROM jobs WHERE id = ? AND fence = ? AND state = 'running'", (job.id, fence)
     ).fetchone():
         raise LeaseLost(job.id, fence)
+
+
+def _record_part(db: sqlite3.Connection, message_id: str, sent: PartSent, now: float) -> None:
+    db.execute(
+        "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
+        " created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (message_id, sent.part, sent.channel, sent.provider_message_id, now),
+    )
+    if sent.part == 0:
+        db.execute(
+            "UPDATE messages SET provider_message_id = ?, updated_at = ? WHERE id = ?",
+            (sent.provider_message_id, now, message_id),
+        )
 
 
 def _complete(db: sqlite3.Connection, job_id: int, fence: int | None) -> bool:
