@@ -633,3 +633,23 @@ async def test_a_message_settles_reports_and_completes_its_job_in_one_write(
     # Its lane goes on: the report is claimable at once.
     [claimed] = await new.claim_jobs(5, 30)
     assert claimed.id == queued.id
+
+
+async def test_a_report_enqueued_with_a_completion_waits_behind_its_lane(
+    instances: tuple[Store, Store],
+) -> None:
+    store, _ = instances
+    await store.intake([Intake(message=message(1), job=job("a"))])
+    [running] = await store.claim_jobs(1, 30)
+    [earlier] = await enqueue(store, "state:m1")  # a report of the same message, not sent yet
+    await store.record_part("m1", "sms", 0, "SM-1", job=running)
+
+    def report(row: MessageRow) -> NewJob:
+        return NewJob(kind="report", lane="state:m1", payload=b"sent")
+
+    await store.complete_message("m1", job=running, complete=True, report=report)
+    [first] = await store.claim_jobs(5, 30)
+    assert first.id == earlier  # the lane keeps its order
+    assert await store.complete_job(first.id, fence=first.fence)
+    [second] = await store.claim_jobs(5, 30)
+    assert (second.kind, second.payload) == ("report", b"sent")

@@ -907,7 +907,7 @@ class SqliteStore(Store):
             settled = _set_state(db, message_id, target, error)
             then = report(settled) if report is not None else None
             if then is not None:
-                _intake(db, [Intake(job=then)], time.time())
+                _enqueue(db, then, time.time())
             return settled
 
         return await self._run(settle)
@@ -1221,6 +1221,20 @@ def _intake(db: sqlite3.Connection, items: Sequence[Intake], now: float) -> list
             [v for row, head in rows for v in (*row, head)],
         )
     return results
+
+
+def _enqueue(db: sqlite3.Connection, job: NewJob, now: float) -> None:
+    """One job, as :func:`_intake` enqueues it, in one statement: the head of its lane when
+    that has nothing unfinished and no dead letter holding it."""
+    db.execute(
+        "INSERT INTO jobs (kind, lane, payload, message_id, state, attempts, next_at,"
+        " created_at, updated_at, head) VALUES (?1, ?2, ?3, ?4, 'ready', 0, ?5, ?6, ?6,"
+        " NOT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_unfinished"
+        "  WHERE lane = ?2 AND state IN ('ready', 'running'))"
+        " AND NOT EXISTS (SELECT 1 FROM jobs INDEXED BY jobs_held"
+        "  WHERE lane = ?2 AND holds_lane = 1))",
+        (job.kind, job.lane, job.payload, job.message_id, now + max(job.delay, 0.0), now),
+    )
 
 
 def _first_part(
