@@ -1,10 +1,12 @@
 """A send that would go out late is refused at the last moment before its bytes are written.
 
-:meth:`extmsg.engine.Engine.hold` renews a job's lease right before a call that sends. Between
-that hold and the moment the request is written to the socket the process can stop — SIGSTOP,
-a frozen VM, a stalled event loop, a connection being opened — and wake up after the lease ran
-out and another worker took the job over, looked at the remote (the message is not there yet)
-and sent it. Had the stopped process then gone on, the message would arrive twice.
+:meth:`extmsg.engine.Engine.hold` renews a job's lease right before a call that sends (or, a
+moment after the claim or a renewal set it, relies on that lease, and counts the hold from when
+that write was asked for). Between that hold and the moment the request is written to the
+socket the process can stop — SIGSTOP, a frozen VM, a stalled event loop, a connection being
+opened — and wake up after the lease ran out and another worker took the job over, looked at
+the remote (the message is not there yet) and sent it. Had the stopped process then gone on,
+the message would arrive twice.
 
 So a hold is remembered for the task that made it (a context variable, which the tasks it
 starts inherit), and every HTTP request made by a session carrying :func:`trace_config`
