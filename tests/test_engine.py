@@ -128,6 +128,34 @@ async def finished(store: SqliteStore, n: int) -> bool:
 
 
 # -- ordering and concurrency -----------------------------------------------------------------
+async def test_each_finished_job_wakes_one_claim(
+    store: CountingStore, engines: list[Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lane's next job is claimed in the turn its predecessor completes, by one claim: no
+    claim comes back empty after each job (the dispatcher would never sleep on a slow lane),
+    and none is missed (the poll is far longer than the test may take)."""
+    claims = 0
+    claim_jobs = store.claim_jobs
+
+    async def counted(limit: int, lease_seconds: float) -> list[Job]:
+        nonlocal claims
+        claims += 1
+        return await claim_jobs(limit, lease_seconds)
+
+    monkeypatch.setattr(store, "claim_jobs", counted)
+    engine = make_engine(store, poll=60.0)
+
+    async def handler(job: Job) -> None:
+        await asyncio.sleep(0.001)
+
+    engine.register("work", handler)
+    await engine.intake([work("lane", seq=i) for i in range(30)])
+    engines.append(engine)
+    await engine.start()
+    await until(lambda: finished(store, 30), within=20)
+    assert claims <= 30 + 2
+
+
 async def test_lanes_keep_their_order_and_run_side_by_side(
     store: CountingStore, engines: list[Engine]
 ) -> None:

@@ -468,6 +468,7 @@ class Engine:
 
     async def _run_job(self, run: _Run) -> None:
         job = run.job
+        claimed_with_completion = False  # the dispatcher was woken while the job completed
         try:
             if job.attempts >= self.policy.max_attempts:
                 # Its earlier attempts were lost with their workers (expired leases).
@@ -526,15 +527,19 @@ class Engine:
                 self._fenced(job, "its handler's outcome")
             elif error is None:
                 # The job's work is done: its slot is free now, so that the dispatcher's next
-                # claim can share the completion's commit (writes apply in order: that claim
-                # already sees this job done and may take the next one of its lane).
+                # claim can share the completion's commit where writes apply in call order
+                # (that claim already sees this job done and may take the next one of its
+                # lane). Elsewhere the claim waits for the completion: one made before it
+                # could not see the lane's next job and would be made again.
                 completing = asyncio.ensure_future(
                     self.store.complete_job(job.id, fence=job.fence)
                     if run.final is None
                     else run.final(complete=True)
                 )
                 self._forget(run)
-                self.wake()
+                claimed_with_completion = self.store.writes_in_call_order
+                if claimed_with_completion:
+                    self.wake()
                 try:
                     completed = await completing is not False
                 except LeaseLost:
@@ -554,7 +559,8 @@ class Engine:
         finally:
             if not run.released:
                 self._forget(run)
-            self.wake()
+            if not claimed_with_completion:
+                self.wake()
 
     def _forget(self, run: _Run) -> None:
         if self._runs.get(run.job.id) is run:

@@ -275,6 +275,12 @@ def status_target(
 class Store(abc.ABC):
     """Persistence for extmsg. Open with :meth:`open`, close with :meth:`close`."""
 
+    #: A call made after another call's write was queued sees that write, even before the
+    #: write's caller got its answer (SQLite: one writer applies writes in call order). The
+    #: engine then claims a lane's next job in the same turn as the completion of the one
+    #: before; without it, once that completion has answered.
+    writes_in_call_order: bool = False
+
     # -- lifecycle -----------------------------------------------------------------------------
     @abc.abstractmethod
     async def open(self, *, create: bool = True) -> None:

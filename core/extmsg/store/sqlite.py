@@ -168,6 +168,8 @@ class SqliteStore(Store):
         ``[store] synchronous``).
     """
 
+    writes_in_call_order = True
+
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
         self._synchronous = synchronous
