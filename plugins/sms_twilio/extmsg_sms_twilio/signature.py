@@ -54,7 +54,7 @@ def compute_signature(
 
 def _signed_tail(params: Iterable[tuple[str, str]]) -> str:
     """What follows the URL in the signed text: the parameters sorted by name, then value."""
-    return "".join(name + value for name, value in sorted(set(params)))
+    return "".join(itertools.chain.from_iterable(sorted(set(params))))
 
 
 def _sign(payload: str, key: str, algorithm: str) -> str:
@@ -118,6 +118,16 @@ def _signed_params(request: InboundRequest) -> list[tuple[str, str]] | None:
     return request.form()
 
 
+def _signing_channel(
+    url: str, tail: str, keys: Sequence[tuple[Channel, str]], algorithm: str, signature: str
+) -> Channel | None:
+    """The channel whose key signed ``url`` followed by ``tail``, if any."""
+    for channel, key in keys:
+        if equal(_sign(url + tail, key, algorithm), signature):
+            return channel
+    return None
+
+
 def verify_request(request: InboundRequest, channels: Sequence[Channel]) -> Channel:
     """The channel whose key signed ``request``.
 
@@ -134,11 +144,15 @@ def verify_request(request: InboundRequest, channels: Sequence[Channel]) -> Chan
         key = settings.auth_token if algorithm == "HMAC_SHA1" else settings.webhook_signing_key
         if key:
             keys.append((channel, key))
-    # The URL as received first: the other spellings only when it does not match.
-    for url in itertools.chain((request.url,), _other_variants(request.url)):
-        for channel, key in keys:
-            if equal(_sign(url + tail, key, algorithm), signature):
-                return channel
+    # The URL as received first (it is the one Twilio signed, but for a default port): the
+    # other spellings only when it does not match.
+    found = _signing_channel(request.url, tail, keys, algorithm, signature)
+    if found is not None:
+        return found
+    for url in _other_variants(request.url):
+        found = _signing_channel(url, tail, keys, algorithm, signature)
+        if found is not None:
+            return found
     keyless = not keys
     if keyless and algorithm != "HMAC_SHA1":
         raise SignatureError(
