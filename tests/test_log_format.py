@@ -6,9 +6,11 @@ nothing left over after it, message texts shown only when ``log_message_text`` a
 from __future__ import annotations
 
 import asyncio
+import heapq
 import io
 import json
 import logging
+import random
 import re
 import subprocess
 import sys
@@ -359,3 +361,40 @@ def test_a_long_text_costs_a_job_and_its_lines_little() -> None:
         for _ in range(100):
             logcontext.scrub_texts("the provider said: line number 7 of a long mail")
     assert time.perf_counter() - started < 0.5  # measured: ~3 ms
+
+
+def _reference_pieces(texts: list[str | None]) -> tuple[str, ...]:
+    """The texts kept out of log lines, as first specified: each text, and the longest lines
+    of each, longest first, at most ``MAX_PIECES`` of at least ``MIN_TEXT`` characters."""
+    out: set[str] = set()
+    for text in texts:
+        if text:
+            out.add(text.strip())
+            lines = (line.strip() for line in text[: logcontext._LINES_FROM].splitlines())
+            out.update(heapq.nlargest(logcontext.MAX_PIECES, lines, key=len))
+    kept = (t for t in out if len(t) >= logcontext.MIN_TEXT)
+    return tuple(heapq.nlargest(logcontext.MAX_PIECES, kept, key=len))
+
+
+def test_the_texts_kept_out_are_the_longest_lines_longest_first() -> None:
+    rng = random.Random(7)
+    breaks = ["\n", "\r\n", "\r", "\u2028", "\x0c", "\n\n"]
+    for _ in range(2000):
+        texts: list[str | None] = []
+        for _ in range(rng.randrange(4)):
+            if rng.random() < 0.2:
+                texts.append(rng.choice([None, "", "  "]))
+                continue
+            # Lines of equal length that differ, and more than MAX_PIECES of them.
+            lines = [
+                " " * rng.randrange(2)
+                + "".join(rng.choice("ab") for _ in range(rng.randrange(20)))
+                + " " * rng.randrange(2)
+                for _ in range(rng.choice([1, 1, 2, 5, 31, 32, 33, 70]))
+            ]
+            text = "".join(line + rng.choice(breaks) for line in lines)
+            texts.append(text[: rng.randrange(1, len(text) + 2)])
+        pieces = logcontext._pieces(texts)
+        assert pieces == _reference_pieces(texts), texts
+        assert len(pieces) <= logcontext.MAX_PIECES
+        assert [len(p) for p in pieces] == sorted((len(p) for p in pieces), reverse=True)

@@ -103,12 +103,18 @@ def _pieces(texts: Iterable[str | None]) -> tuple[str, ...]:
             continue
         out.add(text.strip())
         # The longest lines of the text's start: a mail of a thousand lines costs a log line
-        # (and the job's start) little.
-        lines = (line.strip() for line in text[:_LINES_FROM].splitlines())
-        out.update(heapq.nlargest(MAX_PIECES, lines, key=len))
+        # (and the job's start) little. ``sorted`` answers what ``nlargest`` would, and costs
+        # less where there are few lines (a chat message has one).
+        lines = [line.strip() for line in text[:_LINES_FROM].splitlines()]
+        if len(lines) > MAX_PIECES:
+            out.update(heapq.nlargest(MAX_PIECES, lines, key=len))
+        elif len(lines) > 1:
+            out.update(sorted(lines, key=len, reverse=True))
+        else:
+            out.update(lines)
     # Longest first, so that a text containing another is replaced whole.
-    longest = heapq.nlargest(MAX_PIECES, (t for t in out if len(t) >= MIN_TEXT), key=len)
-    return tuple(longest)
+    longest = sorted([t for t in out if len(t) >= MIN_TEXT], key=len, reverse=True)
+    return tuple(longest[:MAX_PIECES])
 
 
 def scrub_texts(line: str) -> str:
