@@ -930,6 +930,43 @@ def cpu_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"  {name:<14}" + "  ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
     if data["environment"].get("store") == "postgres":
         lines += postgres_cpu_lines(data, phases)
+    else:
+        lines += cpu_budget_lines(data)
+    return lines
+
+
+def _server_cpu_us(result: dict[str, Any]) -> float | None:
+    """CPU µs the server (extmsg serve and its workers, or the floor) used per request or
+    message of a phase, from its first request until its last job finished."""
+    count = _counted(result)
+    if not count:
+        return None
+    used = sum(v for k, v in result["cpu"].items() if k.startswith(("serve", "floor-")))
+    return used * _phase_seconds(result) * 1e6 / count
+
+
+def cpu_budget_lines(data: dict[str, Any]) -> list[str]:
+    """What a message costs the server against what a bare request costs the floor: the ratio
+    that bounds end to end against floor (a), whatever the machine's speed."""
+    x = data["extmsg"]
+    rows = [
+        ("floor (a), a request", data["floor_bare"]["max"]),
+        ("floor (b), a request", data["floor_sqlite"]["max"]),
+        ("extmsg, an inbound message", x["inbound"]["max"]),
+        ("extmsg, an outbound message", x["outbound"]["max"]),
+    ]
+    base = _server_cpu_us(rows[0][1])
+    if not base:
+        return []
+    lines = [
+        "server CPU per request (floors) or per message (extmsg, acknowledged and delivered),"
+        " µs; vs (a):"
+    ]
+    for name, result in rows:
+        used = _server_cpu_us(result)
+        if used is None:
+            continue
+        lines.append(f"  {name:<29}{used:>7,.0f}  {used / base:>5.2f}x")
     return lines
 
 
