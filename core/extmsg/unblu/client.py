@@ -279,7 +279,7 @@ class UnbluClient:
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or (self._owns_session and self._session.closed):
             # A send that would go out long after its job's hold is refused (sendguard).
-            self._session = aiohttp.ClientSession(trace_configs=[sendguard.trace_config()])
+            self._session = sendguard.client_session()
             self._owns_session = True
         return self._session
 

@@ -26,11 +26,10 @@ class SessionHolder:
     def get(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
-            self._session = aiohttp.ClientSession(
+            # A send that would go out long after its job's hold is refused.
+            self._session = sendguard.client_session(
                 headers={"User-Agent": USER_AGENT},
                 connector=aiohttp.TCPConnector(limit=100, limit_per_host=50),
-                # A send that would go out long after its job's hold is refused.
-                trace_configs=[sendguard.trace_config()],
             )
             self._loop = loop
         return self._session

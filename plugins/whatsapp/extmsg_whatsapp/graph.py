@@ -68,11 +68,10 @@ class Graph:
     def session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
         if self._session is None or self._session.closed or self._loop is not loop:
-            self._session = aiohttp.ClientSession(
+            # A send that would go out long after its job's hold is refused.
+            self._session = sendguard.client_session(
                 headers={"User-Agent": USER_AGENT},
                 raise_for_status=False,
-                # A send that would go out long after its job's hold is refused.
-                trace_configs=[sendguard.trace_config()],
             )
             self._loop = loop
         return self._session
