@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from extmsg import jsonsafe, sanitize
+from extmsg.models import Attachment, Contact, InboundMessage
 from extmsg.plugins import build_hooks
 from extmsg.testing.helpers import eventually, raw_request, running_extmsg
 from extmsg.unblu import calls, signing, wire
@@ -179,6 +180,46 @@ def test_scrub_replaces_lone_surrogates_everywhere_and_keeps_the_rest() -> None:
     assert sanitize.scrub(value) == {"k\ufffd": ("a", ["b\ufffd", 1]), "ok": "😀"}
     same = {"a": ("b", ["c"])}
     assert sanitize.scrub(same) is same
+
+
+def _hostile_value(rng: random.Random, depth: int = 0) -> Any:
+    strings = ["", "ok", "caf\u00e9 \U0001f600", "x\ud800", "\udfff", "a\udbff\udc00b"]
+    kind = rng.randrange(9 if depth < 3 else 4)
+    if kind == 0:
+        return rng.choice(strings)
+    if kind == 1:
+        return rng.choice([None, 7, 2**70, 1.5, b"\xff\x00"])
+    if kind == 2:
+        return object() if rng.random() < 0.2 else {"set", rng.choice(strings)}
+    if kind == 3:
+        return rng.choice(strings) + rng.choice(strings)
+    if kind in (4, 5):
+        items = [_hostile_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+        return tuple(items) if kind == 4 else items
+    if kind == 6:
+        return {rng.choice(strings): _hostile_value(rng, depth + 1) for _ in range(3)}
+    name = rng.choice([None, *strings])
+    contact = Contact(address=rng.choice(strings), name=name)
+    caption = rng.choice([None, *strings])
+    attachments = (Attachment(file_name=rng.choice(strings), caption=caption),)
+    return InboundMessage(
+        provider_message_id=rng.choice(strings),
+        contact=contact,
+        text=rng.choice([None, *strings]),
+        attachments=attachments if rng.random() < 0.5 else (),
+    )
+
+
+def test_scrub_answers_what_walking_the_value_answers() -> None:
+    # Whatever is in the value (Structs, nesting, what does not encode): every lone surrogate
+    # replaced, and the very same object when there is none.
+    rng = random.Random(11)
+    for _ in range(3000):
+        value = _hostile_value(rng)
+        walked = sanitize._scrub(value)
+        scrubbed = sanitize.scrub(value)
+        assert (scrubbed is value) is (walked is value), value
+        assert repr(scrubbed) == repr(walked)
 
 
 async def test_unblu_call_with_a_lone_surrogate_is_read(world: World) -> None:

@@ -51,6 +51,8 @@ T = TypeVar("T")
 
 # Python never holds a valid pair as two code points: every surrogate in a str is a lone one.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: Encodes a value only to learn whether it holds a lone surrogate (see :func:`scrub`).
+_PROBE = msgspec.msgpack.Encoder()
 
 
 def clean(text: str) -> str:
@@ -63,8 +65,15 @@ def clean(text: str) -> str:
 def scrub(value: T) -> T:
     """``value`` with :func:`clean` applied to every string in it: Structs, tuples, lists and
     dicts are walked (keys too); an unchanged part is returned as the same object."""
-    out: Any = _scrub(value)
-    return out  # type: ignore[no-any-return]
+    try:
+        # Whether there is any, for a small part of the walk's cost: msgspec writes every
+        # string it meets as UTF-8, and refuses a lone surrogate. A value it cannot encode is
+        # walked as well.
+        _PROBE.encode(value)
+    except Exception:
+        out: Any = _scrub(value)
+        return out  # type: ignore[no-any-return]
+    return value
 
 
 def _scrub(value: Any) -> Any:
