@@ -393,3 +393,26 @@ async def test_a_module_may_hold_a_unit_and_raw_hooks() -> None:
     assert {"extmsg_mixed", "extmsg_mixed:hooks"} <= names
     channel = make_channel("m", "mixed", settings=_S())
     assert (await hooks.map_contact(channel, Contact(address="a"))).name == "From the CRM"
+
+
+async def test_context_tells_a_unit_the_server_is_stopping_and_its_drain_waits_for_held_work() -> (
+    None
+):
+    from aiohttp import web
+
+    from extmsg.draining import IN_FLIGHT, InFlight
+    from extmsg.messenger import MessengerContext
+
+    bare = MessengerContext(web.Application(), None, "relay")
+    assert not bare.stopping  # outside a server: never stopping, nothing to wait for
+    with bare.in_flight():
+        pass
+    app = web.Application()
+    requests = app[IN_FLIGHT] = InFlight()
+    ctx = MessengerContext(app, None, "relay")
+    with ctx.in_flight():
+        assert requests.count == 1
+        requests.stop_taking()
+        assert ctx.stopping
+        assert not await requests.idle(0.05)  # the drain waits for what a unit holds
+    assert await requests.idle(0.05)

@@ -16,9 +16,10 @@ cleanup run — and then it finds nothing to wait for but requests given up on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -49,6 +50,16 @@ class InFlight:
 
     def stop_taking(self) -> None:
         self._taking = False
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        """Count work that did not come over HTTP (a mail being stored) as a request in
+        flight while inside: the drain waits for it as for the others."""
+        self._enter()
+        try:
+            yield
+        finally:
+            self._leave()
 
     async def idle(self, timeout: float) -> bool:  # noqa: ASYNC109 - a grace period
         """Wait until no request is in flight, at most ``timeout`` seconds; answer whether so."""

@@ -38,6 +38,7 @@ applies (``render_outbound``: the sender prefix; ``render_ack``: an empty ``200`
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import msgspec
 
 from .appkeys import RUNTIME
+from .draining import IN_FLIGHT
 from .errors import PluginError
 from .hookspecs import hookimpl
 from .models import (
@@ -115,6 +117,23 @@ class MessengerContext:
         their jobs are committed: only then may the source be acknowledged.
         """
         return await self._require().accept(channel, events)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the server began to stop (SIGTERM): from then on a source that is not an
+        HTTP route (an SMTP listener) refuses new work with a temporary error, as the HTTP
+        listener answers 503."""
+        in_flight = self.app.get(IN_FLIGHT)
+        return in_flight is not None and not in_flight.taking()
+
+    def in_flight(self) -> contextlib.AbstractContextManager[None]:
+        """``with ctx.in_flight():`` counts the work inside (a mail being stored and
+        acknowledged) as a request in flight: the stop's drain waits for it, up to ``[server]
+        shutdown_timeout``, before the engine and the store stop. Enter it in the same step
+        as the check of :attr:`stopping` (no ``await`` between), so no work slips past the
+        drain."""
+        in_flight = self.app.get(IN_FLIGHT)
+        return in_flight.hold() if in_flight is not None else contextlib.nullcontext()
 
     def _require(self) -> Intake:
         if self._core is None:

@@ -45,7 +45,7 @@ class Email(Messenger):
 
     async def startup(self, ctx: MessengerContext) -> None:
         if ctx.channels:
-            await state.start(ctx, ctx.channels, ctx.store, receive=workers.leads())
+            await state.start(ctx, ctx.channels, ctx.store, receive=workers.leads(), gate=ctx)
 
     async def shutdown(self, ctx: MessengerContext) -> None:
         await state.stop()

@@ -9,7 +9,7 @@ from extmsg.models import Channel
 from .imap_in import ImapPoller
 from .inbound import Acceptor, MailIntake
 from .settings import EmailSettings
-from .smtp_in import Listener, listeners_for
+from .smtp_in import Gate, Listener, listeners_for
 from .threads import ThreadBook, ThreadStore
 
 __all__ = ["EmailState"]
@@ -38,16 +38,19 @@ class EmailState:
         memory: ThreadStore | None = None,
         *,
         receive: bool = True,
+        gate: Gate | None = None,
     ) -> None:
         """Start receiving for ``channels``; a listener that cannot bind stops the start.
         Without ``receive`` (a worker other than the first of ``serve --workers N``: one
-        process binds the SMTP ports and polls the mailboxes) only sending is set up."""
+        process binds the SMTP ports and polls the mailboxes) only sending is set up.
+        ``gate`` (the messenger's context) tells the listeners when the server begins to stop
+        and lets its drain wait for the mail they are storing."""
         self.memory = memory
         self.intake = MailIntake(acceptor, self.book, memory)
         if not receive:
             return
         try:
-            for listener in listeners_for(channels, self.intake):
+            for listener in listeners_for(channels, self.intake, gate):
                 await listener.start()
                 self.listeners.append(listener)
             for channel in channels:

@@ -7,15 +7,23 @@ retries — a retry of what was stored the first time is a duplicate the core dr
 recipients get ``550`` at RCPT, mail over a channel's size limit ``552``.
 
 Under LMTP (Postfix ``lmtp:`` transport) DATA is answered once per recipient (RFC 2033).
+
+From the moment the server begins to stop, the listener takes no new mail: a new connection is
+greeted with ``421`` (service closing, try again later), and so is a MAIL, RCPT or DATA on an
+open one, whose connection then closes (RFC 5321 §3.8). A mail whose DATA ended before that is
+stored first — the stop's drain waits for it — and answered ``250`` only once it is. The
+listener closes before the store does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Protocol
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -27,7 +35,7 @@ from . import addresses
 from .inbound import MailIntake, UnreadableMail
 from .settings import EmailSettings
 
-__all__ = ["Listener", "listeners_for", "quiet_aiosmtpd"]
+__all__ = ["Gate", "Listener", "listeners_for", "quiet_aiosmtpd"]
 
 log = logging.getLogger("extmsg.email.smtp")
 
@@ -44,6 +52,20 @@ OK = "250 2.0.0 OK: stored"
 TRY_LATER = "451 4.3.0 Temporary failure storing the message, try again later"
 TOO_BIG = "552 5.3.4 Message too big for this recipient"
 UNREADABLE = "554 5.6.0 Message could not be parsed"
+CLOSING = "421 4.3.2 Service shutting down, try again later"
+
+#: What :meth:`Listener.stop` still gives a mail being stored before it cuts the connection
+#: (unanswered: the sender tries again). The server's drain has waited for it already.
+STOP_GRACE = 0.5
+
+
+class Gate(Protocol):
+    """What the listener needs of the running server to stop well (``MessengerContext``)."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def in_flight(self) -> contextlib.AbstractContextManager[None]: ...
 
 
 class _Replies:
@@ -52,11 +74,21 @@ class _Replies:
     ``500 Error: (UnicodeEncodeError)``. They are sent escaped instead."""
 
     enable_SMTPUTF8: bool
+    event_handler: Listener
+    transport: asyncio.BaseTransport | None
 
     async def push(self, status: str | bytes) -> None:
         if isinstance(status, str):
             status = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii", "backslashreplace")
         await super().push(status)  # type: ignore[misc]
+        if status.startswith(b"421") and self.transport is not None:
+            self.transport.close()  # 421: the server closes the connection (RFC 5321 §3.8)
+
+    async def _handle_client(self) -> None:
+        if self.event_handler.refusing():
+            await self.push(CLOSING)  # instead of the greeting
+            return
+        await super()._handle_client()  # type: ignore[misc]
 
 
 class _SMTP(_Replies, SMTP):
@@ -78,6 +110,7 @@ class Listener:
         intake: MailIntake,
         protocol: str = "smtp",
         hostname: str | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -86,8 +119,13 @@ class Listener:
         self.protocol = protocol
         # aiosmtpd would look the FQDN up (DNS) for every connection without one.
         self.hostname = hostname or socket.gethostname()
+        self.gate = gate
         self._server: asyncio.AbstractServer | None = None
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
+        self._closing = False
+        self._storing = 0
+        self._stored = asyncio.Event()
+        self._stored.set()
 
     @property
     def size_limit(self) -> int:
@@ -135,10 +173,39 @@ class Listener:
             len(self.channels),
         )
 
-    async def stop(self) -> None:
+    def refusing(self) -> bool:
+        """Whether new mail is refused (``421``): the server or the listener is stopping."""
+        return self._closing or (self.gate is not None and self.gate.stopping)
+
+    @contextlib.contextmanager
+    def _storing_one(self) -> Iterator[None]:
+        in_flight = self.gate.in_flight() if self.gate is not None else contextlib.nullcontext()
+        with in_flight:
+            self._storing += 1
+            self._stored.clear()
+            try:
+                yield
+            finally:
+                self._storing -= 1
+                if not self._storing:
+                    self._stored.set()
+
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """Refuse new mail, let the mail being stored finish (at most ``grace`` seconds),
+        then close every connection."""
+        self._closing = True
         if self._server is None:
             return
         self._server.close()
+        try:
+            async with asyncio.timeout(grace):
+                await self._stored.wait()
+        except TimeoutError:
+            log.warning(
+                "email: %d mail(s) still being stored; their connections are cut (unanswered,"
+                " the sender tries again)",
+                self._storing,
+            )
         for session in list(self._sessions):
             transport = session.transport
             if transport is not None:
@@ -147,6 +214,20 @@ class Listener:
         self._server = None
 
     # -- aiosmtpd handler hooks ----------------------------------------------------------------
+    async def handle_MAIL(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self.refusing():
+            return CLOSING
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(
         self,
         server: SMTP,
@@ -155,6 +236,8 @@ class Listener:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        if self.refusing():
+            return CLOSING
         if self.route(address) is None:
             log.info("email: refused recipient %s", addresses.mask(address))
             return "550 5.1.1 Recipient address rejected: not accepted here"
@@ -162,6 +245,14 @@ class Listener:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        # The check and the count are one step: a mail either counts as in flight before
+        # the drain looks, or it is refused.
+        if self.refusing():
+            return CLOSING
+        with self._storing_one():
+            return await self._store_all(envelope)
+
+    async def _store_all(self, envelope: Envelope) -> str:
         raw = envelope.original_content or envelope.content or b""
         data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
         groups = _by_channel(self, envelope.rcpt_tos)
@@ -215,7 +306,9 @@ def _by_channel(listener: Listener, rcpts: Iterable[str]) -> list[tuple[Channel,
     return list(groups.values())
 
 
-def listeners_for(channels: Iterable[Channel], intake: MailIntake) -> list[Listener]:
+def listeners_for(
+    channels: Iterable[Channel], intake: MailIntake, gate: Gate | None = None
+) -> list[Listener]:
     """One listener per ``listen_host:listen_port`` among channels with ``smtp`` inbound."""
     by_address: dict[tuple[str, int], list[Channel]] = {}
     for channel in channels:
@@ -228,5 +321,5 @@ def listeners_for(channels: Iterable[Channel], intake: MailIntake) -> list[Liste
         if len(protocols) > 1:
             names = ", ".join(g.name for g in group)
             raise ValueError(f"email channels {names} share {host}:{port} but not listen_protocol")
-        out.append(Listener(host, port, group, intake, protocol=protocols.pop()))
+        out.append(Listener(host, port, group, intake, protocol=protocols.pop(), gate=gate))
     return out

@@ -1,9 +1,11 @@
 """The SMTP/LMTP listener: 250 only after the intake committed, 451 when it failed, 550 for
-recipients that are not ours, 552 over the size limit; mail routed to channels by RCPT TO."""
+recipients that are not ours, 552 over the size limit; mail routed to channels by RCPT TO;
+421 from the moment the server begins to stop, once what was being stored is."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -12,20 +14,39 @@ import aiosmtplib
 import pytest
 from email_testkit import FakeRuntime, channel, fill, load_case
 
+from extmsg.draining import InFlight
 from extmsg.models import Channel, InboundMessage, StatusUpdate
+from extmsg.testing.helpers import eventually
 from extmsg_email_smtp.inbound import MailIntake
-from extmsg_email_smtp.smtp_in import Listener, listeners_for
+from extmsg_email_smtp.smtp_in import Gate, Listener, listeners_for
 from extmsg_email_smtp.threads import ThreadBook
 
 SALES = "sales@acme.example"
 
 
+class ServerGate:
+    """The server's side of a stop, as ``MessengerContext`` gives it to the listener."""
+
+    def __init__(self) -> None:
+        self.requests = InFlight()
+
+    @property
+    def stopping(self) -> bool:
+        return not self.requests.taking()
+
+    def in_flight(self) -> contextlib.AbstractContextManager[None]:
+        return self.requests.hold()
+
+
 async def _listener(
-    runtime: FakeRuntime, channels: Sequence[Channel], protocol: str = "smtp"
+    runtime: FakeRuntime,
+    channels: Sequence[Channel],
+    protocol: str = "smtp",
+    gate: Gate | None = None,
 ) -> Listener:
     books: dict[str, ThreadBook] = {}
     intake = MailIntake(runtime, lambda name: books.setdefault(name, ThreadBook()))
-    listener = Listener("127.0.0.1", 0, channels, intake, protocol=protocol)
+    listener = Listener("127.0.0.1", 0, channels, intake, protocol=protocol, gate=gate)
     await listener.start()
     return listener
 
@@ -90,6 +111,97 @@ async def test_failed_intake_answers_451_and_retry_is_a_duplicate(
     await _send(support, raw, ["support@acme.example"])
     await _send(support, raw, ["support@acme.example"])
     assert len(fake_runtime.messages()) == 1
+
+
+async def test_mail_being_stored_when_the_stop_begins_is_waited_for_and_answered_250(
+    fake_runtime: FakeRuntime,
+) -> None:
+    gate = ServerGate()
+    listener = await _listener(fake_runtime, [channel("support")], gate=gate)
+    try:
+        raw, _ = load_case("gmail_reply")
+        fake_runtime.delay = 0.5
+        sending = asyncio.create_task(_send(listener, raw, ["support@acme.example"]))
+        await eventually(lambda: _calls(fake_runtime))
+        gate.requests.stop_taking()  # SIGTERM: the drain begins
+        assert gate.requests.count == 1  # the mail counts as a request in flight
+        assert await gate.requests.idle(5)  # the drain waits until it is stored
+        assert fake_runtime.messages()
+        _responses, message = await sending
+        assert message.startswith("2.0.0 OK")
+    finally:
+        await listener.stop()
+
+
+async def test_from_the_moment_the_stop_begins_mail_gets_421(fake_runtime: FakeRuntime) -> None:
+    gate = ServerGate()
+    listener = await _listener(fake_runtime, [channel("support")], gate=gate)
+    try:
+        raw, _ = load_case("gmail_reply")
+        # A session opened before the stop, with its envelope begun.
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        replies = [await reader.readline()]
+        for line in (b"EHLO mx.acme.example", b"MAIL FROM:<jane.doe@gmail.com>"):
+            writer.write(line + b"\r\n")
+            while (reply := await reader.readline())[3:4] == b"-":
+                pass
+            replies.append(reply)
+        assert all(r.startswith(b"2") for r in replies), replies
+        gate.requests.stop_taking()
+        writer.write(b"RCPT TO:<support@acme.example>\r\n")
+        assert (await reader.readline()).startswith(b"421 4.")
+        assert await reader.read() == b""  # and the connection closes
+        writer.close()
+        # A new connection is greeted with 421 instead of 220.
+        with pytest.raises(aiosmtplib.SMTPConnectResponseError) as refused:
+            await _send(listener, raw, ["support@acme.example"])
+        assert refused.value.code == 421
+        assert fake_runtime.calls == 0
+    finally:
+        await listener.stop()
+
+
+async def test_data_that_ends_after_the_stop_began_gets_421_not_250(
+    fake_runtime: FakeRuntime,
+) -> None:
+    gate = ServerGate()
+    listener = await _listener(fake_runtime, [channel("support")], gate=gate)
+    try:
+        raw, _ = load_case("gmail_reply")
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+        await reader.readline()
+        for line in (b"EHLO mx.acme.example", b"MAIL FROM:<jane.doe@gmail.com>",
+                     b"RCPT TO:<support@acme.example>", b"DATA"):  # fmt: skip
+            writer.write(line + b"\r\n")
+            while (reply := await reader.readline())[3:4] == b"-":
+                pass
+        assert reply.startswith(b"354")
+        writer.write(raw.replace(b"\n", b"\r\n")[:100])
+        gate.requests.stop_taking()
+        writer.write(raw.replace(b"\n", b"\r\n")[100:] + b"\r\n.\r\n")
+        assert (await reader.readline()).startswith(b"421 4.")
+        writer.close()
+        assert fake_runtime.calls == 0
+    finally:
+        await listener.stop()
+
+
+async def test_stopping_the_listener_lets_mail_being_stored_finish(
+    fake_runtime: FakeRuntime,
+) -> None:
+    listener = await _listener(fake_runtime, [channel("support")])
+    raw, _ = load_case("gmail_reply")
+    fake_runtime.delay = 0.3
+    sending = asyncio.create_task(_send(listener, raw, ["support@acme.example"]))
+    await eventually(lambda: _calls(fake_runtime))
+    await listener.stop(grace=5)
+    _responses, message = await sending
+    assert message.startswith("2.0.0 OK")
+    assert fake_runtime.messages()
+
+
+async def _calls(runtime: FakeRuntime) -> bool:
+    return runtime.calls > 0
 
 
 async def test_unknown_recipient_is_refused_at_rcpt(
