@@ -92,6 +92,12 @@ async def _contact_ref(runtime: Runtime, channel: Channel, contact: Contact) -> 
         phone=contact.phone,
         email=contact.email,
     )
+    if not v4 and row is not None and row.unblu_person_id:
+        # v3: the person the contact writes as may be one an agent put in their conversation
+        # (:func:`_adopt_participant`), not extmsg's own; a new name must not swap it back,
+        # or Unblu refuses the next message as not a participant's. (v4 keeps the contact's
+        # person in ensure_contact.)
+        ref = ContactRef(row.unblu_person_id, ref.contact_id)
     await runtime.store.upsert_contact(
         ContactRow(
             channel=channel.name,
