@@ -324,6 +324,9 @@ async def test_an_opt_out_outlives_the_erasure_until_an_opt_in(store: Store) -> 
     )
     assert await store.get_contact("sms", BOB) is None
     assert await store.get_contact("wa", ALICE) is None
+    # A job's view of her answers alike.
+    assert (await store.inbound_view("sms", ALICE, ALICE)).contact == suppressed
+    assert (await store.inbound_view("sms", BOB, BOB)).contact is None
     # A contact row made for her again (an agent's new conversation) starts opted out...
     await store.upsert_contact(ContactRow(channel="sms", address=ALICE, name="Alice"))
     again = await store.get_contact("sms", ALICE)

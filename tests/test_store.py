@@ -15,12 +15,15 @@ import pytest
 
 from extmsg.models import MessageState
 from extmsg.store.base import (
+    ContactRow,
+    ConversationRow,
     Intake,
     MediaRow,
     NewJob,
     NewMessage,
     StatusOutcome,
     Store,
+    ThreadView,
     parts_state,
     status_target,
 )
@@ -200,6 +203,54 @@ async def test_failed_is_final_until_the_job_is_retried(store: Store) -> None:
 
 
 # -- claiming ---------------------------------------------------------------------------------
+async def test_a_jobs_view_answers_as_the_reads_it_stands_for(store: Store) -> None:
+    ann, bob = "+41790000001", "+41790000002"
+    assert await store.inbound_view("sms", ann, ann) == ThreadView()
+    assert await store.outbound_view("sms", "c1") == ThreadView()
+    await store.upsert_contact(
+        ContactRow(channel="sms", address=ann, name="Ann", unblu_person_id="p1")
+    )
+    await store.set_opt_out("sms", ann, True, "STOP")
+    await store.add_conversation(
+        ConversationRow(channel="sms", thread=ann, contact_address=ann, unblu_conversation_id="c1")
+    )
+    await store.intake([Intake(message=message(1)), Intake(message=message(2))])
+
+    inbound = await store.inbound_view("sms", ann, ann)
+    assert inbound == ThreadView(
+        contact=await store.get_contact("sms", ann),
+        conversation=await store.active_conversation("sms", ann),
+    )
+    assert inbound.contact is not None
+    assert inbound.conversation is not None
+    assert (inbound.contact.name, inbound.contact.opted_out) == ("Ann", True)
+    assert inbound.conversation.unblu_conversation_id == "c1"
+    outbound = await store.outbound_view("sms", "c1")
+    assert outbound == ThreadView(
+        contact=inbound.contact,
+        conversation=await store.find_conversation("c1"),
+        last_inbound_at=await store.last_inbound_at("sms", ann),
+    )
+    assert outbound.last_inbound_at is not None
+    # The conversation's contact and messages on the channel asked for.
+    assert await store.outbound_view("wa", "c1") == ThreadView(conversation=outbound.conversation)
+
+    await store.end_conversation("c1")
+    assert await store.inbound_view("sms", ann, ann) == ThreadView(contact=inbound.contact)
+    ended = await store.outbound_view("sms", "c1")
+    assert ended.conversation is not None
+    assert ended.conversation.state == "ended"
+    await store.add_conversation(
+        ConversationRow(channel="sms", thread=bob, contact_address=bob, unblu_conversation_id="c2")
+    )
+    assert await store.outbound_view("sms", "c2") == ThreadView(
+        conversation=await store.find_conversation("c2")
+    )
+    assert await store.inbound_view("sms", bob, bob) == ThreadView(
+        conversation=await store.find_conversation("c2")
+    )
+
+
 async def test_claims_follow_lane_order(store: Store) -> None:
     a1, a2, a3, b1, b2 = await enqueue(store, "a", "a", "a", "b", "b")
     first = await store.claim_jobs(10, 30)

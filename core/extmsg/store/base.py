@@ -41,6 +41,7 @@ __all__ = [
     "PayloadRefs",
     "StatusOutcome",
     "Store",
+    "ThreadView",
     "fence_of",
     "parts_state",
     "purged_payload",
@@ -179,6 +180,17 @@ class PartSent(_Row, frozen=True):
     channel: str
     part: int
     provider_message_id: str
+
+
+class ThreadView(_Row, frozen=True):
+    """What a message's job knows of the contact and the thread it goes to, read in one store
+    call (:meth:`Store.inbound_view`, :meth:`Store.outbound_view`)."""
+
+    contact: ContactRow | None = None
+    """As :meth:`Store.get_contact` answers it."""
+    conversation: ConversationRow | None = None
+    last_inbound_at: float | None = None
+    """As :meth:`Store.last_inbound_at` answers it for the conversation's thread (outbound)."""
 
 
 class StatusOutcome(_Row, frozen=True):
@@ -329,6 +341,27 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def find_conversation(self, unblu_conversation_id: str) -> ConversationRow | None: ...
+
+    async def inbound_view(self, channel: str, address: str, thread: str) -> ThreadView:
+        """The contact ``address`` and the thread's active conversation: what a contact's
+        message needs on its way into Unblu, in one read where the backend can."""
+        return ThreadView(
+            contact=await self.get_contact(channel, address),
+            conversation=await self.active_conversation(channel, thread),
+        )
+
+    async def outbound_view(self, channel: str, unblu_conversation_id: str) -> ThreadView:
+        """The conversation, its contact on ``channel`` and when that contact last wrote on its
+        thread: what an agent's message needs on its way out, in one read where the backend
+        can. Empty when the conversation is unknown."""
+        conversation = await self.find_conversation(unblu_conversation_id)
+        if conversation is None:
+            return ThreadView()
+        return ThreadView(
+            contact=await self.get_contact(channel, conversation.contact_address),
+            conversation=conversation,
+            last_inbound_at=await self.last_inbound_at(channel, conversation.thread),
+        )
 
     @abc.abstractmethod
     async def add_conversation(self, row: ConversationRow) -> None:

@@ -9,23 +9,29 @@ from __future__ import annotations
 from typing import Any
 
 from ..models import MessageState
-from .base import ChannelRow, ConversationRow, Job, MediaRow, MessageRow
+from .base import ChannelRow, ContactRow, ConversationRow, Job, MediaRow, MessageRow, ThreadView
 
 __all__ = [
     "CHANNEL_COLUMNS",
+    "CONTACT_COLUMNS",
     "CONVERSATION_COLUMNS",
     "JOB_COLUMNS",
     "MEDIA_COLUMNS",
     "MESSAGE_COLUMNS",
+    "VIEW_COLUMNS",
     "channel_row",
     "conversation_row",
     "job_row",
     "media_row",
     "message_key",
     "message_row",
+    "view_row",
 ]
 
 CHANNEL_COLUMNS = "name, messenger, unblu_channel_id, webhook_status, provisioned_at"
+CONTACT_COLUMNS = (
+    "channel, address, name, unblu_person_id, unblu_contact_id, opted_out, opted_out_reason"
+)
 CONVERSATION_COLUMNS = (
     "channel, thread, contact_address, unblu_conversation_id, state, created_at, ended_at"
 )
@@ -38,6 +44,15 @@ JOB_COLUMNS = (
     "created_at, updated_at, fence, in_doubt, holds_lane"
 )
 MEDIA_COLUMNS = "id, channel, file_name, mime_type, data, expires_at"
+
+
+def _qualified(columns: str, table: str) -> str:
+    return ", ".join(f"{table}.{c.strip()}" for c in columns.split(","))
+
+
+#: What a :class:`ThreadView` is read from: a contact (``k``) and a conversation (``c``), either
+#: of them NULLs when there is none, then the thread's last inbound time (or NULL).
+VIEW_COLUMNS = f"{_qualified(CONTACT_COLUMNS, 'k')}, {_qualified(CONVERSATION_COLUMNS, 'c')}"
 
 
 def channel_row(row: Any) -> ChannelRow:
@@ -59,6 +74,28 @@ def conversation_row(row: Any) -> ConversationRow:
         state=row[4],
         created_at=row[5],
         ended_at=row[6],
+    )
+
+
+def contact_row(row: Any) -> ContactRow:
+    return ContactRow(
+        channel=row[0],
+        address=row[1],
+        name=row[2],
+        unblu_person_id=row[3],
+        unblu_contact_id=row[4],
+        opted_out=bool(row[5]),
+        opted_out_reason=row[6],
+    )
+
+
+def view_row(row: Any) -> ThreadView:
+    """A row of :data:`VIEW_COLUMNS` and the last inbound time."""
+    values = tuple(row)
+    return ThreadView(
+        contact=contact_row(values[0:7]) if values[1] is not None else None,
+        conversation=conversation_row(values[7:14]) if values[10] is not None else None,
+        last_inbound_at=float(values[14]) if values[14] is not None else None,
     )
 
 

@@ -58,6 +58,7 @@ from .base import (
     PayloadRefs,
     StatusOutcome,
     Store,
+    ThreadView,
     fence_of,
     parts_state,
     purged_payload,
@@ -68,12 +69,14 @@ from .migrations import MIGRATIONS
 from .rows import (
     JOB_COLUMNS,
     MESSAGE_COLUMNS,
+    VIEW_COLUMNS,
     channel_row,
     conversation_row,
     job_row,
     media_row,
     message_key,
     message_row,
+    view_row,
 )
 from .sqlite_writer import BatchWriter
 from .suppression import KEY_NAME, address_hash, new_key
@@ -501,6 +504,44 @@ class SqliteStore(Store):
             (unblu_conversation_id,),
         )
         return conversation_row(row) if row else None
+
+    async def inbound_view(self, channel: str, address: str, thread: str) -> ThreadView:
+        row = await self._one(
+            f"SELECT {VIEW_COLUMNS}, NULL FROM (SELECT 1) AS one"  # noqa: S608
+            " LEFT JOIN contacts AS k ON k.channel = ? AND k.address = ?"
+            " LEFT JOIN conversations AS c"
+            " ON c.channel = ? AND c.thread = ? AND c.state = 'active'",
+            (channel, address, channel, thread),
+        )
+        return await self._view(view_row(row), channel, address)
+
+    async def outbound_view(self, channel: str, unblu_conversation_id: str) -> ThreadView:
+        row = await self._one(
+            f"SELECT {VIEW_COLUMNS}, (SELECT MAX(m.created_at) FROM messages AS m"  # noqa: S608
+            "  WHERE m.channel = ? AND m.thread = c.thread AND m.direction = 'in')"
+            " FROM conversations AS c"
+            " LEFT JOIN contacts AS k ON k.channel = ? AND k.address = c.contact_address"
+            " WHERE c.unblu_conversation_id = ?",
+            (channel, channel, unblu_conversation_id),
+        )
+        if row is None:
+            return ThreadView()
+        view = view_row(row)
+        assert view.conversation is not None
+        return await self._view(view, channel, view.conversation.contact_address)
+
+    async def _view(self, view: ThreadView, channel: str, address: str) -> ThreadView:
+        """``view``, its contact as :meth:`get_contact` answers when it has no row."""
+        if view.contact is not None:
+            return view
+        suppressed = await self._suppressed(channel, address)
+        if suppressed is None:
+            return view
+        return ThreadView(
+            contact=suppressed,
+            conversation=view.conversation,
+            last_inbound_at=view.last_inbound_at,
+        )
 
     async def add_conversation(self, row: ConversationRow) -> None:
         now = time.time()
