@@ -20,7 +20,7 @@ from extmsg.engine import Engine
 from extmsg.errors import LeaseLost, RetryableError
 from extmsg.metrics import Metrics
 from extmsg.models import MessageState
-from extmsg.store.base import Intake, Job, MessageRow, NewJob, PartSent, Store
+from extmsg.store.base import Intake, Job, MessageRow, NewJob, PartSent, Store, first_run
 from extmsg.store.sqlite import SqliteStore
 
 from . import pg
@@ -184,6 +184,39 @@ async def test_a_dead_letter_keeps_its_doubt_for_a_hand_retry(
     assert await store.retry_job(a1)
     [retried] = await store.claim_jobs(1, 30)
     assert retried.in_doubt
+
+
+async def test_only_a_jobs_first_claim_is_its_first_run(instances: tuple[Store, Store]) -> None:
+    """A handler skips its look for an earlier attempt's work on the job's first run: every
+    other way a job comes back to be claimed must tell it was claimed before."""
+    old, new = instances
+    [a1] = await enqueue(old, "a")
+    assert not first_run(await stored(old, a1))  # not from a claim
+    [claimed] = await old.claim_jobs(1, 30)
+    assert first_run(claimed)
+    await old.release_jobs([a1], fences={a1: claimed.fence})  # given back at a stop
+    [given_back] = await old.claim_jobs(1, 0.05)
+    assert (given_back.attempts, given_back.in_doubt) == (0, False)
+    assert not first_run(given_back)
+    await asyncio.sleep(0.1)
+    [taken_over] = await new.claim_jobs(1, 30)  # its lease ran out
+    assert not first_run(taken_over)
+    assert await new.bury_job(a1, "gave up", fence=taken_over.fence)
+    assert await new.retry_job(a1)  # by hand: its attempts start again
+    [retried] = await new.claim_jobs(1, 30)
+    assert not first_run(retried)
+    assert await new.complete_job(a1, fence=retried.fence)
+
+    [b1] = await enqueue(new, "b")
+    [claimed_b] = await new.claim_jobs(1, 30)
+    assert await new.bury_job(b1, "refused", fence=claimed_b.fence)  # not in doubt
+    assert await new.retry_job(b1)
+    [retried_b] = await new.claim_jobs(1, 30)
+    assert (retried_b.attempts, retried_b.in_doubt) == (0, False)
+    assert not first_run(retried_b)
+    assert await new.reschedule_job(b1, 0, "later", fence=retried_b.fence)
+    [rescheduled] = await new.claim_jobs(1, 30)
+    assert not first_run(rescheduled)
 
 
 # -- the engine -------------------------------------------------------------------------------

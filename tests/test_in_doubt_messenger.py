@@ -24,11 +24,20 @@ from extmsg.flows.to_messenger import deliver_to_messenger
 from extmsg.models import MessageState, StatusUpdate
 from extmsg.plugins import build_hooks
 from extmsg.runtime import Runtime
-from extmsg.store.base import Intake, Job, NewJob, NewMessage, Store
+from extmsg.store.base import (
+    ContactRow,
+    ConversationRow,
+    Intake,
+    Job,
+    NewJob,
+    NewMessage,
+    Store,
+)
 from extmsg.unblu.calls import AgentMessage
 
 from . import loopback_plugin
 from .loopback_fake import LoopbackProvider
+from .store_reads import Reads
 
 CUSTOMER = "+41791234567"
 
@@ -95,11 +104,22 @@ class Flow:
                 )
             ]
         )
-        [job] = await store.claim_jobs(1, 60)
+        claimed = await store.claim_jobs(100, 60)
+        [job] = [j for j in claimed if j.kind == p.kind(payload) and j.message_id == message_id]
+        await store.release_jobs([j.id for j in claimed if j is not job])  # state reports
         return msgspec.structs.replace(job, in_doubt=in_doubt), payload
 
     async def run(self, job: Job, payload: p.OutboundMessageJob) -> None:
         await deliver_to_messenger(self.runtime, job, payload)
+
+    async def retried(self, job: Job, error: str = "failed") -> Job:
+        """``job`` failed (retryably): its next attempt, as the engine claims it."""
+        store = self.runtime.store
+        assert await store.reschedule_job(job.id, 0, error, fence=job.fence)
+        claimed = await store.claim_jobs(100, 60)
+        [again] = [j for j in claimed if j.id == job.id]
+        await store.release_jobs([j.id for j in claimed if j is not again])
+        return again
 
     def counted(self, outcome: str) -> float:
         value = self.runtime.metrics.registry.get_sample_value(
@@ -261,7 +281,7 @@ async def test_a_part_that_failed_ends_the_message_its_retry_sends_nothing_more(
     assert report == p.UnbluStateJob(
         channel="loop", message_id="m1", state="failed", failure_text=None, terminal=True
     )
-    await flow.run(job, payload)
+    await flow.run(await flow.retried(job), payload)
     assert [s["text"] for s in flow.provider.sends] == ["one"]
     assert len(await flow.engine.reports()) == 1
 
@@ -345,3 +365,45 @@ async def test_a_status_recorded_while_the_retry_looks_is_taken_as_this_message(
     assert len(flow.provider.sends) == 1
     assert await flow.runtime.store.sent_parts("m1") == {0: sid}
     assert flow.counted("found") == 1
+
+
+async def test_a_dead_letter_retried_by_hand_sends_only_the_parts_not_sent(flow: Flow) -> None:
+    """Retried by hand, its attempts start again at 0 and it is not in doubt, but it ran
+    before: it reads which parts went out, as a job on its first run need not."""
+    flow.provider.fail_text["two"] = 1
+    job, payload = await flow.job("one|two", in_doubt=False)
+    with pytest.raises(RetryableError):
+        await flow.run(job, payload)
+    store = flow.runtime.store
+    assert await store.bury_job(job.id, "gave up", fence=job.fence)
+    assert await store.retry_job(job.id)
+    [again] = await store.claim_jobs(100, 60)
+    assert (again.id, again.attempts, again.in_doubt) == (job.id, 0, False)
+    await flow.run(again, payload)
+    assert [s["text"] for s in flow.provider.sends] == ["one", "two"]
+
+
+async def test_a_first_run_reads_the_store_once(flow: Flow) -> None:
+    """An agent's message on its job's first run: its contact, conversation and the contact's
+    last message in one read, and no look for what an earlier attempt did (a retry looks)."""
+    store = flow.runtime.store
+    await store.add_conversation(
+        ConversationRow(
+            channel="loop", thread=CUSTOMER, contact_address=CUSTOMER, unblu_conversation_id="c1"
+        )
+    )
+    await store.upsert_contact(ContactRow(channel="loop", address=CUSTOMER, name="Ann"))
+    job, payload = await flow.job("Hi", in_doubt=False)
+    reads = Reads(store)
+    await flow.run(job, payload)
+    assert reads.count == 1
+
+    flow.provider.fail_text["Hello"] = 1
+    job, payload = await flow.job("Hello", in_doubt=False)
+    with pytest.raises(RetryableError):
+        await flow.run(job, payload)
+    retried = await flow.retried(job)
+    reads = Reads(store)
+    await flow.run(retried, payload)
+    assert reads.count == 3  # and whether it was sent, and which parts were
+    assert [s["text"] for s in flow.provider.sends] == ["Hi", "Hello"]

@@ -27,11 +27,12 @@ from extmsg.models import Attachment, Contact, InboundMessage
 from extmsg.plugins import build_hooks
 from extmsg.runtime import Runtime
 from extmsg.sandbox.state import Conversation, Message
-from extmsg.store.base import Intake, Job, NewMessage
+from extmsg.store.base import Intake, Job, NewJob, NewMessage
 from extmsg.testing.helpers import eventually, running_extmsg
 
 from . import loopback_plugin
 from .helpers import ROOT
+from .store_reads import Reads
 
 CUSTOMER = "+41790000001"
 LOG_OPERATION = "POST /conversationhistory/{conversationId}/exportMessageLog"
@@ -98,6 +99,46 @@ class World:
             in_doubt=in_doubt,
         )
         await deliver_to_unblu(self.runtime, job, payload)
+
+    async def claimed(self, payload: p.ToUnbluJob) -> Job:
+        """The message's job, stored and claimed as the engine claims it (which is stopped,
+        so that it does not run the job itself)."""
+        assert self.runtime.engine is not None
+        await self.runtime.engine.stop(1.0)
+        store = self.runtime.store
+        await store.intake(
+            [
+                Intake(
+                    job=NewJob(
+                        kind=p.kind(payload),
+                        lane=p.lane("loop", payload.message.thread_id),
+                        payload=p.encode(payload),
+                        message_id=payload.message_id,
+                    )
+                )
+            ]
+        )
+        [job] = await store.claim_jobs(1, 60)
+        assert job.message_id == payload.message_id
+        return job
+
+    async def run(self, job: Job, payload: p.ToUnbluJob) -> None:
+        """Run a claimed job, and complete it as the engine would."""
+        await deliver_to_unblu(self.runtime, job, payload)
+        assert await self.runtime.store.complete_job(job.id, fence=job.fence)
+
+    async def again(self, job: Job, *, by_hand: bool = False) -> Job:
+        """``job``'s next attempt after it failed: retried, or (``by_hand``) a dead letter
+        retried by hand."""
+        store = self.runtime.store
+        if by_hand:
+            assert await store.bury_job(job.id, "refused", fence=job.fence)
+            assert await store.retry_job(job.id)
+        else:
+            assert await store.reschedule_job(job.id, 0, "failed", fence=job.fence)
+        [again] = await store.claim_jobs(1, 60)
+        assert again.id == job.id
+        return again
 
     async def recorded_unblu_id(self, payload: p.ToUnbluJob) -> str | None:
         row = await self.runtime.store.get_message(payload.message_id)
@@ -272,6 +313,24 @@ async def test_a_retry_of_a_message_of_several_parts_skips_the_posted_ones(
     await world.attempt(payload, attempts=1)
     assert [m.source_id for m in world.messages()] == ["p0", "p1", "p1#1"]
     assert await world.recorded_unblu_id(payload) == world.messages()[1].id
+
+
+async def test_a_first_run_reads_the_store_once(world_v4: World) -> None:
+    """A contact's message on its job's first run: the contact and the thread's conversation
+    in one read, and no look for what an earlier attempt did (a retry looks)."""
+    world = world_v4
+    payload = await world.store(text("p1", "first"))
+    job = await world.claimed(payload)
+    reads = Reads(world.runtime.store)
+    await world.run(job, payload)
+    assert reads.count == 1
+
+    payload = await world.store(text("p2", "second"))
+    again = await world.again(await world.claimed(payload))
+    reads = Reads(world.runtime.store)
+    await world.run(again, payload)
+    assert reads.count == 2  # and whether it was posted
+    assert [m.text for m in world.messages()] == ["Hello", "first", "second"]
 
 
 async def test_jobs_not_in_doubt_make_no_extra_call(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import NamedTuple
 
 import msgspec
 
@@ -22,7 +23,7 @@ from ..errors import PermanentError
 from ..logsafe import mask_address
 from ..models import Attachment, Channel, Contact, MessageState, OutboundMessage, SendResult
 from ..runtime import Runtime
-from ..store.base import Intake, Job, NewJob, PartSent
+from ..store.base import ContactRow, Intake, Job, NewJob, PartSent, first_run
 from ..unblu.calls import AgentMessage
 from . import payloads as p
 
@@ -33,7 +34,8 @@ log = logging.getLogger("extmsg.to_messenger")
 
 async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMessageJob) -> None:
     channel = runtime.channel(payload.channel)
-    stored = await runtime.store.get_message(payload.message_id)
+    # On its first run, no earlier attempt can have sent it, nor can it have failed.
+    stored = None if first_run(job) else await runtime.store.get_message(payload.message_id)
     if stored is not None and stored.state >= MessageState.SENT:
         # A message reaches SENT only once all its parts went out (Store.complete_message;
         # a status for an early part waits on the part): sent in full before a crash or a
@@ -42,8 +44,7 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
             await _enqueue_report(runtime, payload, stored.state)
         return
     agent = payload.message
-    address, thread = await _recipient(runtime, payload)
-    contact_row = await runtime.store.get_contact(channel.name, address)
+    address, thread, contact_row, last_inbound_at = await _recipient(runtime, payload)
     if contact_row is not None and contact_row.opted_out:
         reason = f" ({contact_row.opted_out_reason})" if contact_row.opted_out_reason else ""
         word = optout.rules(channel, runtime.messengers.get(channel.messenger)).first_opt_in
@@ -62,7 +63,7 @@ async def deliver_to_messenger(runtime: Runtime, job: Job, payload: p.OutboundMe
         sender_name=agent.sender_display_name,
         thread=thread,
         reply_to=await _reply_to(runtime, channel.name, agent),
-        last_inbound_at=await runtime.store.last_inbound_at(channel.name, thread),
+        last_inbound_at=last_inbound_at,
         accepted_at=job.created_at or None,
     )
     last = await send_rendered(runtime, job, channel, message, keep_last=True)
@@ -100,7 +101,8 @@ async def send_rendered(
     parts = await runtime.hooks.render_outbound(channel, message)
     if not parts:
         raise PermanentError("the message has nothing this channel can send")
-    done = await runtime.store.sent_parts(message.id)
+    # On its first run, no earlier attempt can have recorded a part.
+    done = {} if first_run(job) else await runtime.store.sent_parts(message.id)
     by_url = runtime.messengers[channel.messenger].media_by_url
     in_doubt = job.in_doubt
     for index, part in enumerate(parts):
@@ -214,17 +216,39 @@ def _count_doubt(runtime: Runtime, channel: Channel, outcome: str) -> None:
     runtime.metrics.in_doubt.labels(channel.name, "to_messenger", outcome).inc()
 
 
-async def _recipient(runtime: Runtime, payload: p.OutboundMessageJob) -> tuple[str, str]:
-    """The contact's address and the thread, from what we know of the conversation."""
-    conversation = await runtime.store.find_conversation(payload.message.conversation_id)
-    if conversation is not None:
-        return conversation.contact_address, conversation.thread
+class _Recipient(NamedTuple):
+    address: str
+    thread: str
+    contact: ContactRow | None
+    last_inbound_at: float | None
+
+
+async def _recipient(runtime: Runtime, payload: p.OutboundMessageJob) -> _Recipient:
+    """The contact's address and the thread, from what we know of the conversation; the
+    contact's row, and when they last wrote there. One store read when the conversation is
+    known."""
+    channel = payload.channel
+    view = await runtime.store.outbound_view(channel, payload.message.conversation_id)
+    if view.conversation is not None:
+        conversation = view.conversation
+        return _Recipient(
+            conversation.contact_address, conversation.thread, view.contact, view.last_inbound_at
+        )
     if payload.contact_address:
-        return payload.contact_address, payload.thread or payload.contact_address
-    remote = await runtime.unblu_client().get_conversation(payload.message.conversation_id)
-    if remote.source_id:
-        return remote.source_id, remote.source_id
-    raise PermanentError("Not sent: this conversation is not linked to a contact of the channel")
+        address, thread = payload.contact_address, payload.thread or payload.contact_address
+    else:
+        remote = await runtime.unblu_client().get_conversation(payload.message.conversation_id)
+        if not remote.source_id:
+            raise PermanentError(
+                "Not sent: this conversation is not linked to a contact of the channel"
+            )
+        address = thread = remote.source_id
+    return _Recipient(
+        address,
+        thread,
+        await runtime.store.get_contact(channel, address),
+        await runtime.store.last_inbound_at(channel, thread),
+    )
 
 
 def _text(agent: AgentMessage) -> str | None:

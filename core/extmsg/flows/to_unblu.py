@@ -20,7 +20,7 @@ from .. import logcontext
 from ..errors import DeliveryError, FetchTooLarge
 from ..models import Attachment, Channel, Contact, InboundMessage, MessageState
 from ..runtime import Runtime
-from ..store.base import ContactRow, ConversationRow, Job
+from ..store.base import ContactRow, ConversationRow, Job, first_run
 from ..unblu.client import ContactRef, Recipient
 from ..unblu.errors import UnbluError
 from . import payloads as p
@@ -34,13 +34,17 @@ log = logging.getLogger("extmsg.to_unblu")
 async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) -> None:
     channel = runtime.channel(payload.channel)
     message = payload.message
-    stored = await runtime.store.get_message(payload.message_id)
-    if stored is not None and stored.unblu_message_id:
-        return  # posted before a crash; only the job's completion was lost
+    if not first_run(job):  # on its first run, no earlier attempt can have posted it
+        stored = await runtime.store.get_message(payload.message_id)
+        if stored is not None and stored.unblu_message_id:
+            return  # posted before a crash; only the job's completion was lost
     contact = await runtime.hooks.map_contact(channel, message.contact)
     files = await _fetch_files(runtime, channel, message)
-    ref = await _contact_ref(runtime, channel, contact)
-    conversation_id, ref = await _conversation(runtime, channel, contact, ref, message)
+    view = await runtime.store.inbound_view(channel.name, contact.address, message.thread_id)
+    ref = await _contact_ref(runtime, channel, contact, view.contact)
+    conversation_id, ref = await _conversation(
+        runtime, channel, contact, ref, message, view.conversation
+    )
     logcontext.set_field("conversation_id", conversation_id)
     posted = await already_posted(
         runtime, job, channel.name, conversation_id, payload.message_id, message
@@ -56,7 +60,8 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
             raise
         log.info("conversation %s ended in Unblu; opening a new one", conversation_id)
         await runtime.store.end_conversation(conversation_id)
-        conversation_id, ref = await _conversation(runtime, channel, contact, ref, message)
+        active = await runtime.store.active_conversation(channel.name, message.thread_id)
+        conversation_id, ref = await _conversation(runtime, channel, contact, ref, message, active)
         logcontext.set_field("conversation_id", conversation_id)
         unblu_id = await _post(
             runtime, channel, conversation_id, ref, payload.message_id, message, files, {}, hold
@@ -75,8 +80,10 @@ async def deliver_to_unblu(runtime: Runtime, job: Job, payload: p.ToUnbluJob) ->
     )
 
 
-async def _contact_ref(runtime: Runtime, channel: Channel, contact: Contact) -> ContactRef:
-    row = await runtime.store.get_contact(channel.name, contact.address)
+async def _contact_ref(
+    runtime: Runtime, channel: Channel, contact: Contact, row: ContactRow | None
+) -> ContactRef:
+    """The contact's Unblu ids: ``row`` (the stored contact) when it has them, else Unblu's."""
     v4 = runtime.config.unblu.api_version == "v4"
     if (
         row is not None
@@ -111,11 +118,16 @@ async def _contact_ref(runtime: Runtime, channel: Channel, contact: Contact) -> 
 
 
 async def _conversation(
-    runtime: Runtime, channel: Channel, contact: Contact, ref: ContactRef, message: InboundMessage
+    runtime: Runtime,
+    channel: Channel,
+    contact: Contact,
+    ref: ContactRef,
+    message: InboundMessage,
+    row: ConversationRow | None,
 ) -> tuple[str, ContactRef]:
-    """The thread's active conversation, opened if there is none, and who writes in it."""
+    """The thread's active conversation (``row``, as stored), opened if there is none, and who
+    writes in it."""
     thread = message.thread_id
-    row = await runtime.store.active_conversation(channel.name, thread)
     if row is not None:
         return row.unblu_conversation_id, ref
     client = runtime.unblu_client()

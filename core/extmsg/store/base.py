@@ -43,6 +43,7 @@ __all__ = [
     "Store",
     "ThreadView",
     "fence_of",
+    "first_run",
     "parts_state",
     "purged_payload",
     "status_target",
@@ -142,6 +143,18 @@ def fence_of(job: Job | None) -> int | None:
     """The fence a write made for ``job`` must find, or None for no check: a job that did not
     come from a claim (fence 0, e.g. built by hand in a test) has nothing to check."""
     return job.fence if job is not None and job.fence > 0 else None
+
+
+def first_run(job: Job) -> bool:
+    """Whether no attempt of ``job`` can have run before this one: its first claim (fence 1;
+    every claim raises the fence and nothing lowers it), no attempt counted, not in doubt.
+
+    Its handler need not look in the store for what an earlier attempt did: a job's handler
+    runs only under a claim, so there was none. A job given back at a stop, retried by hand
+    (its attempts start again at 0), rescheduled, or taken over once its lease ran out was
+    claimed before and is not on its first run; nor is one that did not come from a claim
+    (fence 0, built by hand)."""
+    return job.fence == 1 and job.attempts == 0 and not job.in_doubt
 
 
 class Intake(_Row, frozen=True):
