@@ -315,6 +315,24 @@ async def test_a_retry_of_a_message_of_several_parts_skips_the_posted_ones(
     assert await world.recorded_unblu_id(payload) == world.messages()[1].id
 
 
+async def test_a_dead_letter_retried_by_hand_skips_the_posted_parts(
+    world_v4: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its attempts start again at 0 and it is not in doubt, but it ran before: look."""
+    world = world_v4
+    payload = await world.store(text("p1", "a file", Attachment("a.txt", "text/plain", b"a")))
+    job = await world.claimed(payload)
+    with monkeypatch.context() as patch:
+        die_on_call(patch, world.runtime.unblu_client(), "send_file", 1)
+        with pytest.raises(Killed):
+            await deliver_to_unblu(world.runtime, job, payload)
+    again = await world.again(job, by_hand=True)
+    assert (again.attempts, again.in_doubt) == (0, False)
+    await world.run(again, payload)
+    assert [m.source_id for m in world.messages()] == ["p0", "p1", "p1#1"]
+    assert await world.recorded_unblu_id(payload) == world.messages()[1].id
+
+
 async def test_a_first_run_reads_the_store_once(world_v4: World) -> None:
     """A contact's message on its job's first run: the contact and the thread's conversation
     in one read, and no look for what an earlier attempt did (a retry looks)."""

@@ -59,11 +59,12 @@ async def already_posted(
     """The parts of the message the conversation already holds: our id → Unblu's id.
 
     Empty, without a call, unless an earlier attempt may have posted something: the job is in
-    doubt, or it is a retry of a message of several parts. A failed look is empty too (the
-    caller posts, and the double is counted).
+    doubt, or it is a retry of a message of several parts (after a failed attempt, or by hand:
+    a dead letter retried starts its attempts again at 0, but its fence tells it was claimed
+    before). A failed look is empty too (the caller posts, and the double is counted).
     """
     parts = part_count(message)
-    if not (job.in_doubt or (job.attempts > 0 and parts > 1)):
+    if not (job.in_doubt or (parts > 1 and (job.attempts > 0 or job.fence > 1))):
         return {}
     client = runtime.unblu_client()
     if not client.can_find_posted:
