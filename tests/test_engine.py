@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from extmsg import logcontext, sendguard
 from extmsg.config import EngineConfig
 from extmsg.engine import Engine, Requests
 from extmsg.errors import NotYet, PermanentError, RetryableError
@@ -505,6 +506,87 @@ async def test_a_failing_classifier_means_retry(
     await engine.intake([work("a")])
     await until(lambda: finished(store, 1))
     assert calls == 2
+
+
+async def test_a_cancellation_a_handler_raises_itself_is_its_failure(
+    store: CountingStore, engines: list[Engine]
+) -> None:
+    """A CancelledError nobody asked for (raised by the handler, or by a library it called)
+    fails that attempt: the job is retried, and the engine goes on."""
+    calls = 0
+
+    async def handler(job: Job) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError
+
+    engine = make_engine(store)
+    engine.register("work", handler)
+    engines.append(engine)
+    await engine.start()
+    await engine.intake([work("a")])
+    await until(lambda: finished(store, 1))
+    [job] = await store.list_jobs(("done",))
+    assert (calls, job.attempts) == (2, 2)
+
+
+async def test_what_a_handler_sets_in_its_context_stays_its_own(
+    store: CountingStore, engines: list[Engine]
+) -> None:
+    """A handler sees the job's log fields; what it sets itself (a send hold, a log field)
+    does not follow the engine's own work for the job once it has returned, such as reporting
+    a dead letter, whose call to Unblu may come long after the handler's hold."""
+    seen: list[tuple[dict[str, str], sendguard.Hold | None]] = []
+    engine = make_engine(store, on_dead=None)
+
+    async def handler(job: Job) -> None:
+        seen.append((logcontext.current(), sendguard.current()))
+        await engine.hold(job)
+        logcontext.set_field("conversation_id", "conversation-1")
+        raise PermanentError("refused")
+
+    async def on_dead(job: Job, verdict: ErrorVerdict) -> None:
+        seen.append((logcontext.current(), sendguard.current()))
+
+    engine._on_dead = on_dead
+    engine.register("work", handler)
+    engines.append(engine)
+    await engine.start()
+    await engine.intake([work("a")])
+    await until(lambda: finished(store, 1))
+    [buried] = await store.list_jobs(("dead",))
+    [(in_handler, handler_hold), (in_report, report_hold)] = seen
+    assert in_handler == in_report == {"job_id": str(buried.id)}
+    assert handler_hold is report_hold is None
+
+
+async def test_a_job_runs_in_one_task(store: CountingStore, engines: list[Engine]) -> None:
+    """A job costs one task: its handler and its completion run in its worker's."""
+    jobs = 20
+    await store.intake([work(f"lane-{i}") for i in range(jobs)])
+    engine = make_engine(store)
+
+    async def handler(job: Job) -> None:
+        await asyncio.sleep(0)
+
+    engine.register("work", handler)
+    loop = asyncio.get_running_loop()
+    created: list[str] = []
+
+    def counted(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        created.append(getattr(coro, "__qualname__", repr(coro)))
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    loop.set_task_factory(counted)
+    try:
+        engines.append(engine)
+        await engine.start()
+        await until(lambda: finished(store, jobs))
+    finally:
+        loop.set_task_factory(None)
+    # the dispatcher, the lease renewals and one per job
+    assert len(created) <= jobs + 2, created
 
 
 # -- leases: crashes, long jobs, stopping -----------------------------------------------------

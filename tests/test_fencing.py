@@ -328,17 +328,28 @@ async def test_a_hold_answered_after_its_lease_sends_nothing(
     assert isinstance(outcome[0], LeaseLost)
 
 
-async def test_a_lost_renewal_stops_the_handler(instances: tuple[Store, Store]) -> None:
-    """When the renewal finds another holder, the handler is cut off before it sends."""
+@pytest.mark.parametrize("swallows", [False, True])
+async def test_a_lost_renewal_stops_the_handler(
+    instances: tuple[Store, Store], swallows: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the renewal finds another holder, the handler is cut off before it sends; the
+    engine then notes that the job's outcome was not written, also when the handler swallowed
+    the cancellation and returned."""
     old_store, new_store = instances
     stall = Stall(old_store)
-    old = make_engine(old_store, workers=1, lease_seconds=0.3)  # type: ignore[arg-type]
+    metrics = Metrics()
+    old = make_engine(old_store, workers=1, lease_seconds=0.3, metrics=metrics)  # type: ignore[arg-type]
     sent: list[str] = []
     entered = asyncio.Event()
 
     async def slow(job: Job) -> None:
         entered.set()
-        await asyncio.sleep(3)
+        try:
+            await asyncio.sleep(3)
+        except asyncio.CancelledError:
+            if not swallows:
+                raise
+            return
         await old.hold(job)
         sent.append("old")
 
@@ -349,12 +360,53 @@ async def test_a_lost_renewal_stops_the_handler(instances: tuple[Store, Store]) 
         await asyncio.wait_for(entered.wait(), 5)
         await asyncio.sleep(0.4)
         [taken] = await new_store.claim_jobs(1, 30)
-        stall.resume.set()  # the renewal runs, finds the job another's, cancels the handler
-        await until(lambda: old.in_flight == 0)
+        with caplog.at_level(logging.WARNING, logger="extmsg.engine"):
+            stall.resume.set()  # the renewal runs, finds the job another's, cancels the handler
+            await until(lambda: old.in_flight == 0)
         assert await new_store.complete_job(taken.id, fence=taken.fence)
     finally:
         await old.stop(1.0)
     assert sent == []
+    assert metrics.fenced.labels("work")._value.get() == 1
+    assert "its handler's outcome was not written" in caplog.text
+
+
+async def test_a_job_claimed_again_here_stops_its_earlier_run(
+    instances: tuple[Store, Store], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An engine that stalled past a job's lease and claims it again itself stops the earlier
+    run's handler; that run writes nothing, and the new one finishes the job."""
+    store, _ = instances
+    Stall(store)  # no renewal keeps the first claim's lease
+    metrics = Metrics()
+    engine = make_engine(store, workers=2, lease_seconds=0.3, metrics=metrics)  # type: ignore[arg-type]
+    runs: list[Job] = []
+    outcome: list[str] = []
+
+    async def first_stalls(job: Job) -> None:
+        runs.append(job)
+        if len(runs) == 1:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+        outcome.append("done")
+
+    engine.register("work", first_stalls)
+    await engine.intake([work("a")])
+    with caplog.at_level(logging.WARNING, logger="extmsg.engine"):
+        await engine.start()
+        try:
+            await until(lambda: _done(store))
+            await until(lambda: engine.in_flight == 0)
+        finally:
+            await engine.stop(1.0)
+    assert outcome == ["cancelled", "done"]
+    assert [job.in_doubt for job in runs] == [False, True]
+    assert metrics.fenced.labels("work")._value.get() == 1
+    assert metrics.jobs_finished.labels("work", "done")._value.get() == 1
+    assert "its handler's outcome was not written" in caplog.text
 
 
 async def test_a_job_cut_off_at_stop_comes_back_in_doubt(instances: tuple[Store, Store]) -> None:

@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import heapq
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import msgspec
@@ -62,6 +63,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("extmsg.engine")
+
+T = TypeVar("T")
 
 JobHandler = Callable[[Job], Awaitable[None]]
 #: What a job's log lines carry beyond its id (channel, request id, texts to keep out): a
@@ -100,7 +103,18 @@ _TRUSTED_LEASE_SHARE = 0.25
 class _Run:
     """A job this engine holds a lease on."""
 
-    __slots__ = ("final", "handler", "job", "leased_at", "lost", "released", "sending", "worker")
+    __slots__ = (
+        "cancels",
+        "final",
+        "in_handler",
+        "job",
+        "leased_at",
+        "lost",
+        "released",
+        "sending",
+        "started",
+        "worker",
+    )
 
     def __init__(self, job: Job, leased_at: float) -> None:
         self.job = job
@@ -110,14 +124,19 @@ class _Run:
         self.leased_at = leased_at
         self.final: FinalWrite | None = None  # the handler's last write, made with completion
         self.worker: asyncio.Task[None] | None = None
-        self.handler: asyncio.Task[None] | None = None
+        self.started = False  # its handler was called
+        self.in_handler = False  # its worker is inside the handler now
+        self.cancels = 0  # cancellations of the worker that were meant for its handler
         self.released = False
         self.lost = False  # another worker took the job over
         self.sending = False  # the handler held the job to send: a call may have gone out
 
-    @property
-    def in_handler(self) -> bool:
-        return self.handler is not None and not self.handler.done()
+    def stop_handler(self) -> None:
+        """Cancel the handler, not the worker: the worker takes the cancellation back once
+        the handler has ended, and goes on to record what it has to."""
+        if self.in_handler and self.worker is not None:
+            self.cancels += 1
+            self.worker.cancel()
 
 
 class Engine:
@@ -345,9 +364,9 @@ class Engine:
             return
         held = list(self._runs.values())
         for run in held:
-            if run.in_handler and run.handler is not None:
+            if run.in_handler:
                 run.released = True
-                run.handler.cancel()
+                run.stop_handler()
         # Workers that were recording an outcome get a moment more; then they are cut off too.
         _, stuck = await asyncio.wait(pending, timeout=5.0)
         for task in stuck:
@@ -362,7 +381,7 @@ class Engine:
             await self.store.release_jobs(
                 ids,
                 fences={run.job.id: run.job.fence for run in back},
-                in_doubt=[run.job.id for run in back if run.handler is not None],
+                in_doubt=[run.job.id for run in back if run.started],
             )
         except Exception:
             log.exception(
@@ -444,8 +463,7 @@ class Engine:
             # Claimed again while an earlier claim of it still runs here: that one's lease ran
             # out (the process stalled); it stops and writes nothing.
             earlier.lost = True
-            if earlier.handler is not None:
-                earlier.handler.cancel()
+            earlier.stop_handler()
         run = _Run(job, leased_at)
         self._runs[job.id] = run
         task = asyncio.get_running_loop().create_task(self._work(run), name=f"extmsg-job-{job.id}")
@@ -455,8 +473,8 @@ class Engine:
 
     # -- running one job ------------------------------------------------------------------------
     async def _work(self, run: _Run) -> None:
-        # Bound here, so that the handler's task inherits them and the engine's own lines
-        # about the job (retry, dead letter) carry them too.
+        # Bound here, so that the handler (in a copy of this context) has them and the
+        # engine's own lines about the job (retry, dead letter) carry them too.
         context: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if self._log_context is not None:
             try:
@@ -491,26 +509,15 @@ class Engine:
                 await self._give_up(run, verdict, "unknown job kind", job.attempts + 1)
                 return
             started = time.perf_counter()
-            run.handler = asyncio.get_running_loop().create_task(
-                _call(handler, job), name=f"extmsg-job-{job.id}-handler"
-            )
-            try:
-                await asyncio.wait({run.handler})
-            except asyncio.CancelledError:
-                run.handler.cancel()
-                raise
+            error = await self._call_handler(run, handler)
             if self._metrics is not None:
                 self._metrics.child(self._metrics.job_seconds, job.kind).observe(
                     time.perf_counter() - started
                 )
-            if run.handler.cancelled():
+            if isinstance(error, asyncio.CancelledError):
                 if run.released:
                     return
-                error: BaseException | None = asyncio.CancelledError(
-                    "the job's handler was cancelled"
-                )
-            else:
-                error = run.handler.exception()
+                error = asyncio.CancelledError("the job's handler was cancelled")
             stale = sendguard.stale_hold(error)
             if stale is not None and not run.lost:
                 # Its send was refused as it was about to go out late: nothing was sent,
@@ -531,7 +538,12 @@ class Engine:
                 # (that claim already sees this job done and may take the next one of its
                 # lane). Elsewhere the claim waits for the completion: one made before it
                 # could not see the lane's next job and would be made again.
-                completing = asyncio.ensure_future(
+                #
+                # There, the completion runs in this task: awaiting it queues its write at once,
+                # before the dispatcher runs again (and SQLite applies a queued write whatever
+                # becomes of its caller). Elsewhere it gets a task of its own, so that a worker
+                # cut off at stop does not cut the write short.
+                completing: Awaitable[object] = (
                     self.store.complete_job(job.id, fence=job.fence)
                     if run.final is None
                     else run.final(complete=True)
@@ -540,6 +552,8 @@ class Engine:
                 claimed_with_completion = self.store.writes_in_call_order
                 if claimed_with_completion:
                     self.wake()
+                else:
+                    completing = asyncio.ensure_future(completing)
                 try:
                     completed = await completing is not False
                 except LeaseLost:
@@ -561,6 +575,37 @@ class Engine:
                 self._forget(run)
             if not claimed_with_completion:
                 self.wake()
+
+    async def _call_handler(self, run: _Run, handler: JobHandler) -> BaseException | None:
+        """Run the job's handler in the worker's own task; answer what it raised, if anything.
+
+        It runs as if in a task of its own, without the cost of one: in a copy of the
+        worker's context, so what it sets there (a send hold, a log field) stays its own and
+        the engine's lines and writes after it go without; and an engine's cancellation of it
+        (:meth:`_Run.stop_handler`: a lease lost, a stop) ends the handler, not the worker.
+        A cancellation of the worker itself (cut off at stop) ends the worker as well."""
+        worker = run.worker
+        assert worker is not None
+        run.started = run.in_handler = True
+        try:
+            await _InContext(_call(handler, run.job), contextvars.copy_context())
+        except (KeyboardInterrupt, SystemExit):
+            raise  # as from a task: these stop the event loop
+        except BaseException as exc:  # the handler's outcome, as a task's would be
+            error: BaseException | None = exc
+        else:
+            error = None
+        finally:
+            run.in_handler = False
+        for _ in range(run.cancels):
+            worker.uncancel()
+        run.cancels = 0
+        if worker.cancelling():
+            # Cut off itself (a stop's last resort, the loop closing): it records nothing.
+            if isinstance(error, asyncio.CancelledError):
+                raise error
+            raise asyncio.CancelledError
+        return error
 
     def _forget(self, run: _Run) -> None:
         if self._runs.get(run.job.id) is run:
@@ -712,8 +757,7 @@ class Engine:
             for run in lost:
                 # Another worker holds it now: this handler stops before it sends again.
                 run.lost = True
-                if run.handler is not None:
-                    run.handler.cancel()
+                run.stop_handler()
             if lost:
                 log.warning(
                     "lost the lease of running job(s) %s to another worker; stopped them here",
@@ -741,6 +785,37 @@ class Engine:
 
 async def _call(handler: JobHandler, job: Job) -> None:
     await handler(job)
+
+
+class _InContext(Generic[T]):
+    """Await ``coro`` with each of its steps run in ``context``, as a task created with that
+    context would run it: the context variables it sets stay in ``context``."""
+
+    __slots__ = ("_context", "_coro")
+
+    def __init__(self, coro: Coroutine[Any, Any, T], context: contextvars.Context) -> None:
+        self._coro = coro
+        self._context = context
+
+    def __await__(self) -> Generator[Any, Any, T]:
+        coro, run = self._coro, self._context.run
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                if thrown is None:
+                    step = run(coro.send, sent)
+                else:
+                    step, thrown = run(coro.throw, thrown), None
+            except StopIteration as end:
+                return end.value  # type: ignore[no-any-return]
+            try:
+                sent = yield step  # to the task: a future to wait for, or None for a turn
+            except GeneratorExit:
+                run(coro.close)
+                raise
+            except BaseException as exc:  # a cancellation, or whatever the task throws in
+                sent, thrown = None, exc
 
 
 def _may_have_reached(error: BaseException) -> bool:
