@@ -518,7 +518,7 @@ class Engine:
                 if run.released:
                     return
                 error = asyncio.CancelledError("the job's handler was cancelled")
-            stale = sendguard.stale_hold(error)
+            stale = None if error is None else sendguard.stale_hold(error)
             if stale is not None and not run.lost:
                 # Its send was refused as it was about to go out late: nothing was sent,
                 # nothing is written; whoever claims the job once its lease is over looks first.
