@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,6 +22,7 @@ from extmsg.errors import ConfigError
 from extmsg.logsafe import install_log_escaping, redact, register_secrets
 from extmsg.models import MessengerType, Secret, is_secret, redacted
 from extmsg.plugins import build_hooks
+from extmsg.testing.helpers import cpu_time
 
 TOKEN = "tok-4b1f9e2c7d"
 PASSWORD = "pw-9a8b7c6d5e"
@@ -148,10 +148,10 @@ def test_a_normal_log_line_stays_cheap() -> None:
         "job 42 for sms/+417******67 sent as SM0123456789abcdef0123456789abcdef "
         "after 2 attempts (https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json)"
     )
-    started = time.perf_counter()
-    for _ in range(10_000):
-        redact(line)
-    per_line = (time.perf_counter() - started) / 10_000
+    with cpu_time(this_thread=True) as took:
+        for _ in range(10_000):
+            redact(line)
+    per_line = took.seconds / 10_000
     assert per_line < 50e-6  # measured: ~1.5 µs
 
 
@@ -162,9 +162,9 @@ def test_redaction_is_linear_on_hostile_text(monkeypatch: pytest.MonkeyPatch) ->
     hostile = ("?" + "a" * 10**6, "&token" * 200_000, "://" + "a:" * 500_000)
     hostile += ("secret-value-" * 80_000, "authorization: " * 20_000)
     for text in hostile:
-        started = time.perf_counter()
-        redact(text)
-        assert time.perf_counter() - started < 1.0
+        with cpu_time(this_thread=True) as took:
+            redact(text)
+        assert took.seconds < 1.0
 
 
 class _Settings(msgspec.Struct, kw_only=True, frozen=True):

@@ -18,7 +18,7 @@ from email_testkit import ADDRESS
 from test_email_e2e import World, new_mail_rule, world  # noqa: F401 (fixtures)
 
 from extmsg.logsafe import install_log_escaping
-from extmsg.testing.helpers import eventually, loop_stalls
+from extmsg.testing.helpers import cpu_time, eventually, loop_stalls
 from extmsg_email_smtp.parse import parse_mail
 from extmsg_email_smtp.quotes import extract_reply
 from extmsg_email_smtp.settings import EmailSettings
@@ -62,30 +62,32 @@ async def test_a_huge_sender_address_never_stalls_the_loop(
     log_text: io.StringIO,
 ) -> None:
     async with loop_stalls() as stalls:
-        started = time.monotonic()
-        send = asyncio.ensure_future(
-            aiosmtplib.send(
-                hostile_mail(),
-                sender="jane@example.org",
-                recipients=[ADDRESS],
-                hostname="127.0.0.1",
-                port=world.listen_port,
-                start_tls=False,
-                timeout=10,
+        # The server runs in this process: its CPU time is the work the address cost, which a
+        # loaded machine does not stretch as it does the wall time.
+        with cpu_time() as took:
+            send = asyncio.ensure_future(
+                aiosmtplib.send(
+                    hostile_mail(),
+                    sender="jane@example.org",
+                    recipients=[ADDRESS],
+                    hostname="127.0.0.1",
+                    port=world.listen_port,
+                    start_tls=False,
+                    timeout=10,
+                )
             )
-        )
-        slowest = 0.0
-        while not send.done():
-            asked = time.monotonic()
-            async with world.session.get(f"{world.sandbox.url}/sandbox/") as resp:
-                assert resp.status < 500
-            slowest = max(slowest, time.monotonic() - asked)
-            await asyncio.sleep(0.005)
+            slowest = 0.0
+            while not send.done():
+                asked = time.monotonic()
+                async with world.session.get(f"{world.sandbox.url}/sandbox/") as resp:
+                    assert resp.status < 500
+                slowest = max(slowest, time.monotonic() - asked)
+                await asyncio.sleep(0.005)
         # refused (an SMTP 4xx/5xx answer) is fine, if said at once
         refused = send.exception()
         assert refused is None or isinstance(refused, aiosmtplib.SMTPResponseException)
         accepted = refused is None
-        assert time.monotonic() - started < 1.0
+        assert took.seconds < 1.0
         assert slowest < 1.0
         if accepted:
             # The intake decides (today: no valid sender, ignored); a conversation for it, or
@@ -118,11 +120,11 @@ async def test_a_hostile_body_is_read_without_stalling_the_loop(shape: str) -> N
     ).encode()
     settings = msgspec.convert({"address": ADDRESS, "smtp_host": "127.0.0.1"}, EmailSettings)
     async with loop_stalls() as stalls:
-        started = time.monotonic()
         # as the intake reads a mail: in a worker thread, which still holds the interpreter
-        # for as long as one pattern search takes
-        await asyncio.to_thread(parse_mail, raw, settings, [ADDRESS])
-        assert time.monotonic() - started < 2.0
+        # for as long as one pattern search takes (so the process's CPU time, not the thread's)
+        with cpu_time() as took:
+            await asyncio.to_thread(parse_mail, raw, settings, [ADDRESS])
+        assert took.seconds < 2.0
     assert stalls.longest < 1.0
 
 

@@ -23,7 +23,7 @@ from extmsg.errors import PermanentError
 from extmsg.logsafe import install_log_escaping
 from extmsg.models import Attachment, Contact, OutboundMessage
 from extmsg.plugins import build_hooks
-from extmsg.testing.helpers import eventually, free_port, loop_stalls, running_extmsg
+from extmsg.testing.helpers import cpu_time, eventually, free_port, loop_stalls, running_extmsg
 from extmsg_sms_twilio import plugin
 from extmsg_sms_twilio.fake import FakeTwilio, InboundResult, send_inbound
 from extmsg_sms_twilio.outbound import render, split_body
@@ -124,13 +124,15 @@ async def test_a_huge_signed_message_sid_never_stalls_the_loop(
     logging.getLogger("extmsg").setLevel(logging.DEBUG)  # the status's wait is logged at DEBUG
 
     async with running_extmsg(raw, hooks, port=port), loop_stalls() as stalls:
-        started = time.monotonic()
-        post = asyncio.ensure_future(
-            send_inbound(f"{base}/channels/sms/status", AUTH_TOKEN, status_params(sid))
-        )
-        slowest_health = await healthz_while(base, post)
-        answer: InboundResult = await post
-        assert time.monotonic() - started < 1.0
+        # The server runs in this process: its CPU time is the work the sid cost, which a
+        # loaded machine does not stretch as it does the wall time.
+        with cpu_time() as took:
+            post = asyncio.ensure_future(
+                send_inbound(f"{base}/channels/sms/status", AUTH_TOKEN, status_params(sid))
+            )
+            slowest_health = await healthz_while(base, post)
+            answer: InboundResult = await post
+        assert took.seconds < 1.0
         assert answer.status == 200 or 400 <= answer.status < 500
         assert slowest_health < 1.0
         if answer.status == 200:
@@ -197,20 +199,22 @@ THREE_MB["tabs between letters"] *= 3_000_000 // len(THREE_MB["tabs between lett
 @pytest.mark.parametrize("shape", sorted(THREE_MB))
 def test_a_three_megabyte_agent_text_is_split_or_refused_at_once(shape: str) -> None:
     text = THREE_MB[shape]
-    started = time.perf_counter()
-    parts = split_body(text)
-    assert time.perf_counter() - started < 1.0
+    with cpu_time(this_thread=True) as took:
+        parts = split_body(text)
+    assert took.seconds < 1.0
     assert all(len(part.encode("utf-16-le")) <= 2 * 1600 for part in parts)
 
     message = OutboundMessage(
         id="m1", unblu_message_id="u1", conversation_id="c1", contact=Contact(address=CUSTOMER)
     )
     for attachment in (None, Attachment(file_name="a.png", url="https://files.example/a.png")):
-        started = time.perf_counter()
-        with pytest.raises(
-            PermanentError, match=r"sent as more than 20 segments .* at most 20\. Please"
+        with (
+            cpu_time(this_thread=True) as took,
+            pytest.raises(
+                PermanentError, match=r"sent as more than 20 segments .* at most 20\. Please"
+            ),
         ):
             render(
                 make_channel(), msgspec.structs.replace(message, text=text, attachment=attachment)
             )
-        assert time.perf_counter() - started < 1.0
+        assert took.seconds < 1.0
