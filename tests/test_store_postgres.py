@@ -8,7 +8,9 @@ runs on both stores."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import random
 import time
 from collections import defaultdict
@@ -27,7 +29,7 @@ from extmsg.models import MessageState
 from extmsg.store import open_store
 from extmsg.store import postgres as postgres_module
 from extmsg.store.base import ChannelRow, Intake, Job, NewJob, NewMessage
-from extmsg.store.migrations import POSTGRES_MIGRATIONS
+from extmsg.store.migrations import MIGRATIONS, POSTGRES_MIGRATIONS
 from extmsg.store.postgres import PostgresStore, describe_dsn
 
 from . import pg
@@ -455,6 +457,124 @@ async def test_an_older_schema_is_upgraded_in_place(
         assert [j.lane for j in await new.claim_jobs(5, 30)] == ["a"]
     finally:
         await new.close()
+
+
+def test_indexes_built_concurrently_are_postgresql_only() -> None:
+    # SQLite's migrations run with the server stopped: an index there belongs in the SQL.
+    assert not [m.version for m in MIGRATIONS if m.indexes]
+    assert [m.version for m in POSTGRES_MIGRATIONS if m.indexes] == [6, 8]
+
+
+# Migration 8 indexes messages, which an older instance writes to all the while.
+_BEFORE_8 = POSTGRES_MIGRATIONS[:7]
+
+
+async def _index_state(conn: asyncpg.Connection, schema: str, name: str) -> bool | None:
+    """Whether the index is valid; None when there is none."""
+    valid: bool | None = await conn.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", f"{schema}.{name}"
+    )
+    return valid
+
+
+async def _building_on_messages(conn: asyncpg.Connection, schema: str) -> bool:
+    """An index build on messages has begun: a concurrent one has made its (INVALID) index, a
+    plain one waits for its lock on the table."""
+    started: bool = await conn.fetchval(
+        "SELECT to_regclass($2) IS NOT NULL OR EXISTS (SELECT 1 FROM pg_locks"
+        " WHERE relation = to_regclass($1) AND NOT granted)",
+        f"{schema}.messages",
+        f"{schema}.messages_outbound_thread",
+    )
+    return started
+
+
+def _outbound(n: int) -> Intake:
+    return Intake(message=NewMessage(id=f"o{n}", channel="sms", direction="out", thread="t"))
+
+
+@contextlib.asynccontextmanager
+async def _write_in_progress(schema: str) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction that wrote to messages and has not committed yet: an index build on the
+    table waits for it, whether plain or concurrent. Yields a connection of its own to watch
+    with (a statement in that transaction would be one more a concurrent build waits out)."""
+    conn = await asyncpg.connect(pg.DSN, server_settings={"search_path": schema})
+    watch = await asyncpg.connect(pg.DSN, server_settings={"search_path": schema})
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE messages IN ROW EXCLUSIVE MODE")
+            yield watch
+    finally:
+        await watch.close()
+        await conn.close()
+
+
+async def test_an_upgrade_builds_indexes_while_an_older_instance_writes_on(
+    schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(postgres_module, "POSTGRES_MIGRATIONS", _BEFORE_8)
+    old = pg.store_in(schema)
+    await old.open()
+    monkeypatch.setattr(postgres_module, "POSTGRES_MIGRATIONS", POSTGRES_MIGRATIONS)
+    new, later = pg.store_in(schema), pg.store_in(schema)
+    try:
+        async with _write_in_progress(schema) as watch:
+            opening = asyncio.ensure_future(new.open())
+            await until(lambda: _building_on_messages(watch, schema), within=10)
+            # A plain CREATE INDEX would queue for its lock and hold every writer behind it
+            # until the build ends; a concurrent one lets them by.
+            await asyncio.wait_for(old.intake([_outbound(1)]), 3)
+            # Another upgraded instance starts meanwhile and waits its turn (without holding
+            # a snapshot the build would wait for: each would wait on the other).
+            opening_later = asyncio.ensure_future(later.open())
+            await asyncio.sleep(0.3)
+            assert not opening.done()  # the build waits for the write in progress to end
+        await asyncio.wait_for(asyncio.gather(opening, opening_later), 30)
+        assert await new.schema_version() == POSTGRES_MIGRATIONS[-1].version
+        async with new._p.acquire() as conn:
+            assert await _index_state(conn, schema, "messages_outbound_thread") is True
+        assert await new.get_message("o1") is not None
+    finally:
+        await later.close()
+        await new.close()
+        await old.close()
+
+
+async def test_an_index_build_cut_off_is_finished_on_the_next_start(
+    schema: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(postgres_module, "POSTGRES_MIGRATIONS", _BEFORE_8)
+    old = pg.store_in(schema)
+    await old.open()
+    await old.close()
+    monkeypatch.setattr(postgres_module, "POSTGRES_MIGRATIONS", POSTGRES_MIGRATIONS)
+    cut = pg.store_in(schema)
+    async with _write_in_progress(schema) as watch:
+        opening = asyncio.ensure_future(cut.open())
+        await until(lambda: _building_on_messages(watch, schema), within=10)
+        # The instance dies mid-build: its connection is gone, the index stays INVALID.
+        await watch.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = to_regclass($1)"
+            " AND mode = 'ShareUpdateExclusiveLock' AND granted",
+            f"{schema}.messages",
+        )
+        with pytest.raises((asyncpg.PostgresError, HandledError)):
+            await asyncio.wait_for(opening, 10)
+    check = await asyncpg.connect(pg.DSN, server_settings={"search_path": schema})
+    try:
+        assert await _index_state(check, schema, "messages_outbound_thread") is False
+        assert await check.fetchval("SELECT MAX(version) FROM schema_version") == 8
+        later = pg.store_in(schema)
+        with caplog.at_level(logging.INFO, logger="extmsg.store"):
+            await later.open()
+        await later.close()
+        assert "messages_outbound_thread was left unfinished" in caplog.text
+        assert await _index_state(check, schema, "messages_outbound_thread") is True
+        assert await check.fetchval("SELECT MAX(version) FROM schema_version") == (
+            POSTGRES_MIGRATIONS[-1].version
+        )
+    finally:
+        await check.close()
 
 
 # -- the engine on two instances --------------------------------------------------------------

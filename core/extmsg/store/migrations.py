@@ -3,6 +3,13 @@
 A migration runs in one transaction together with the version bump, so a crash leaves either
 the old or the new schema. Never edit a released migration: add the next number.
 
+On PostgreSQL an index on a table that exists already (and may be large: jobs, messages) goes
+into :attr:`Migration.indexes`, not into its SQL: it is built ``CONCURRENTLY`` after the
+migration's transaction, so other instances' writes go on during the build, where a plain
+``CREATE INDEX`` would hold them up for all of it. Moving a released migration's index there
+changes how it is built, not what: the schema is the same. An index on a table the same
+migration creates stays in the SQL (an empty table is indexed at once).
+
 Each backend has its own list (:data:`MIGRATIONS` for SQLite, :data:`POSTGRES_MIGRATIONS` for
 PostgreSQL): the dialects differ in types and indexes, and their numbers advance on their own.
 """
@@ -11,13 +18,22 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["MIGRATIONS", "POSTGRES_MIGRATIONS", "Migration"]
+__all__ = ["MIGRATIONS", "POSTGRES_MIGRATIONS", "Index", "Migration"]
+
+
+class Index(NamedTuple):
+    """An index built ``CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} {definition}``."""
+
+    name: str
+    definition: str
 
 
 class Migration(NamedTuple):
     version: int
     description: str
     sql: str
+    #: PostgreSQL only: built concurrently, in order, once ``sql`` committed.
+    indexes: tuple[Index, ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -355,10 +371,8 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         6,
         "a dead letter that gave up for want of retries holds its lane until retried, skipped"
         " or purged, so that retrying it keeps the conversation's order",
-        """
-        ALTER TABLE jobs ADD COLUMN holds_lane BOOLEAN NOT NULL DEFAULT FALSE;
-        CREATE INDEX jobs_held ON jobs (lane, id) WHERE holds_lane;
-        """,
+        "ALTER TABLE jobs ADD COLUMN holds_lane BOOLEAN NOT NULL DEFAULT FALSE;",
+        (Index("jobs_held", "ON jobs (lane, id) WHERE holds_lane"),),
     ),
     Migration(
         7,
@@ -373,12 +387,13 @@ POSTGRES_MIGRATIONS: tuple[Migration, ...] = (
         8,
         "what erasing a contact needs: its conversations and outbound messages found by index,"
         " and the message a published file belongs to",
-        """
-        CREATE INDEX conversations_contact ON conversations (channel, contact_address);
-        CREATE INDEX messages_outbound_thread
-            ON messages (channel, thread) WHERE direction = 'out';
-        ALTER TABLE media ADD COLUMN message_id TEXT;
-        """,
+        "ALTER TABLE media ADD COLUMN message_id TEXT;",
+        (
+            Index("conversations_contact", "ON conversations (channel, contact_address)"),
+            Index(
+                "messages_outbound_thread", "ON messages (channel, thread) WHERE direction = 'out'"
+            ),
+        ),
     ),
     Migration(
         9,

@@ -71,7 +71,7 @@ from .base import (
     status_target,
 )
 from .erasure import CANCELLED, Found, lane_channel, needles
-from .migrations import POSTGRES_MIGRATIONS
+from .migrations import POSTGRES_MIGRATIONS, Index
 from .rows import (
     JOB_COLUMNS,
     MESSAGE_COLUMNS,
@@ -306,7 +306,7 @@ class PostgresStore(Store):
                     f"{f' (schema {self.schema})' if self.schema else ''}"
                     " ('extmsg serve' creates it)"
                 )
-            await self._migrate(pool)
+            await self._migrate()
         except asyncpg.PostgresError as exc:
             # Typically the user may not create tables there (PostgreSQL 15 and later no longer
             # let every user create in the "public" schema).
@@ -333,20 +333,30 @@ class PostgresStore(Store):
     def is_open(self) -> bool:
         return self._pool is not None
 
-    async def _migrate(self, pool: asyncpg.Pool) -> None:
-        """Apply pending migrations in one transaction with their version rows.
+    async def _migrate(self) -> None:
+        """Apply pending migrations, each in one transaction with its version row, then build
+        its indexes on existing tables ``CONCURRENTLY``: instances still serving (the older
+        version, during an upgrade) write on while a large table is indexed.
 
-        An advisory lock (per schema) serializes instances starting at once: the second waits,
-        then finds the migrations applied. Even the version table is created under it, since
-        two concurrent ``CREATE TABLE IF NOT EXISTS`` can collide.
+        A session advisory lock (per schema) serializes instances starting at once: the second
+        waits, then finds the migrations applied. Even the version table is created under it,
+        since two concurrent ``CREATE TABLE IF NOT EXISTS`` can collide. The lock is taken by
+        polling: a statement waiting for it in the server would hold a snapshot, which a
+        concurrent index build waits out — each waiting on the other. The work runs on a
+        connection of its own, without the pool's statement timeout and with no lock timeout:
+        a migration of a large table may take minutes, and is waited out.
         """
-        async with pool.acquire() as conn, conn.transaction():
-            # Another instance's migrations may take long (a large table): wait them out.
-            await conn.execute("SET LOCAL lock_timeout = 0")
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext(COALESCE(current_schema(), '')))",
-                _MIGRATION_LOCK,
-            )
+        settings = {"lock_timeout": "0"}
+        if self.schema:
+            settings["search_path"] = self.schema
+        try:
+            conn = await asyncpg.connect(self.dsn, server_settings=settings)
+        except (OSError, TimeoutError) as exc:
+            raise HandledError(
+                f"cannot connect to PostgreSQL at {describe_dsn(self.dsn)}: {exc}"
+            ) from exc
+        try:
+            await _take_migration_lock(conn)
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY,"
                 " description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
@@ -354,20 +364,33 @@ class PostgresStore(Store):
             current = int(
                 await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
             )
+            # A build cut off (a crash, a kill, a lost connection) after its migration
+            # committed: finished before any later migration, which may rely on it.
+            applied = [m for m in POSTGRES_MIGRATIONS if m.version <= current]
+            await _build_indexes(conn, [i for m in applied for i in m.indexes])
             for migration in POSTGRES_MIGRATIONS:
                 if migration.version <= current:
                     continue
-                await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_version (version, description, applied_at)"
-                    " VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.description,
-                    time.time(),
-                )
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_version (version, description, applied_at)"
+                        " VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.description,
+                        time.time(),
+                    )
+                await _build_indexes(conn, migration.indexes)
                 log.info(
                     "store migrated to version %d: %s", migration.version, migration.description
                 )
+        finally:
+            # Closing releases the session lock.
+            try:
+                await asyncio.wait_for(conn.close(), timeout=5.0)
+            except BaseException:
+                conn.terminate()
+                raise
 
     async def schema_version(self) -> int:
         return int(await self._fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
@@ -1334,6 +1357,50 @@ def describe_dsn(dsn: str) -> str:
     except ValueError:
         port = ""
     return f"{user}{url.hostname or 'localhost'}{port}{url.path}"
+
+
+async def _take_migration_lock(conn: asyncpg.Connection) -> None:
+    """Take the session advisory lock for migrations (per schema), polling until it is free."""
+    waiting = False
+    while not await conn.fetchval(
+        "SELECT pg_try_advisory_lock($1, hashtext(COALESCE(current_schema(), '')))",
+        _MIGRATION_LOCK,
+    ):
+        if not waiting:
+            log.info("waiting for another instance's store migrations")
+            waiting = True
+        await asyncio.sleep(_EXCLUSIVE_POLL)
+
+
+# Which of the named indexes exist in the store's schema, and whether each is valid (an index
+# whose concurrent build was cut off stays, INVALID: unused by queries, yet kept up by writes).
+_INDEX_STATES = """
+SELECT c.relname, i.indisvalid FROM pg_index AS i
+JOIN pg_class AS c ON c.oid = i.indexrelid
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = current_schema() AND c.relname = ANY($1::text[])
+"""
+
+
+async def _build_indexes(conn: asyncpg.Connection, indexes: Sequence[Index]) -> None:
+    """Build each of ``indexes`` that is missing or INVALID, concurrently (outside a
+    transaction): writers do not wait for the build; it waits for the transactions writing to
+    the table when it starts. An INVALID one is dropped (also concurrently) and built again."""
+    if not indexes:
+        return
+    valid: dict[str, bool] = dict(await conn.fetch(_INDEX_STATES, [i.name for i in indexes]))
+    for index in indexes:
+        if valid.get(index.name):
+            continue
+        if index.name in valid:
+            log.warning(
+                "index %s was left unfinished by a build cut off: building it again", index.name
+            )
+            await conn.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {index.name}")
+        log.info("building index %s (writes go on meanwhile)", index.name)
+        await conn.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {index.name} {index.definition}"
+        )
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
