@@ -30,8 +30,6 @@ from crash_harness import (
     Balancer,
     Traffic,
     metric_total,
-    running_sandbox,
-    running_twilio,
     serve_config,
 )
 
@@ -44,18 +42,6 @@ pytestmark = pytest.mark.slow
 CONTACTS = 50
 PER_CONTACT = 100  # 5,000 messages each way
 KILLS = 5
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Any]:
-    async with running_sandbox(delivery_retries=10_000) as server:
-        yield server
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[tuple[str, FakeTwilio]]:
-    async with running_twilio() as fake:
-        yield fake
 
 
 async def test_kill_9_five_times_nothing_lost_nothing_doubled(

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from crash_harness import running_sandbox, running_twilio, serve_config
+from crash_harness import running_sandbox, serve_config
 from twilio_testkit import ACCOUNT_SID, FROM_NUMBER
 
 from extmsg.testing.helpers import ServeProcess, free_port
@@ -89,14 +89,9 @@ async def pg_dsn() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Any]:
+    """The sandbox with its default delivery retries (conftest's retries until delivered)."""
     async with running_sandbox() as server:
         yield server
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[tuple[str, FakeTwilio]]:
-    async with running_twilio() as fake:
-        yield fake
 
 
 @pytest.mark.parametrize("kind", ["to_unblu.message", "to_messenger.message"])

@@ -12,28 +12,14 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
-from crash_harness import Traffic, metric_total, running_sandbox, running_twilio, serve_config
+from crash_harness import Traffic, metric_total, serve_config
 
 from extmsg.testing.helpers import ServeProcess, eventually, free_port
 from extmsg_sms_twilio.fake import FakeTwilio
-
-
-@pytest.fixture
-async def sandbox() -> AsyncIterator[Any]:
-    async with running_sandbox(delivery_retries=10_000) as server:
-        yield server
-
-
-@pytest.fixture
-async def twilio() -> AsyncIterator[tuple[str, FakeTwilio]]:
-    async with running_twilio() as fake:
-        yield fake
 
 
 def workers_of(pid: int) -> list[int]:
