@@ -73,6 +73,47 @@ async def test_a_failing_write_is_undone_alone(writer: BatchWriter) -> None:
     assert await _rows(writer) == [(1, "x"), (2, "x")]
 
 
+async def test_the_writes_of_a_batch_share_one_savepoint(writer: BatchWriter) -> None:
+    statements: list[str] = []
+    writer.connection.set_trace_callback(statements.append)
+    assert await asyncio.gather(*(writer.run(_insert(k)) for k in range(10))) == [1] * 10
+    writer.connection.set_trace_callback(None)
+    around = [s.split()[0] for s in statements if not s.startswith("INSERT")]
+    assert around == ["BEGIN", "SAVEPOINT", "RELEASE", "COMMIT"]
+
+
+async def test_the_writes_before_a_failing_one_run_again_each_alone(writer: BatchWriter) -> None:
+    """A write that raises rolls back the batch's savepoint: the writes before it run again
+    (each in a savepoint of its own, as the failing one, undone alone), the rest together."""
+    runs: list[str] = []
+
+    def write(k: int) -> Callable[[sqlite3.Connection], int]:
+        def insert(db: sqlite3.Connection) -> int:
+            runs.append(str(k))
+            return int(db.execute("INSERT INTO t (k, v) VALUES (?, 'x')", (k,)).rowcount)
+
+        return insert
+
+    def failing(db: sqlite3.Connection) -> None:
+        runs.append("F")
+        db.execute("INSERT INTO t (k, v) VALUES (100, 'x')")
+        raise LookupError("no")
+
+    pending = [write(1), write(2), failing, write(3), failing, write(4)]
+    outcomes = await asyncio.gather(*map(writer.run, pending), return_exceptions=True)
+    assert [o if isinstance(o, int) else type(o) for o in outcomes] == [
+        1, 1, LookupError, 1, LookupError, 1,
+    ]  # fmt: skip
+    assert runs == ["1", "2", "F", "1", "2", "F", "3", "F", "3", "F", "4"]
+    assert await _rows(writer) == [(k, "x") for k in (1, 2, 3, 4)]
+
+    runs.clear()  # a failing first write was undone alone already: it does not run again
+    outcomes = await asyncio.gather(*map(writer.run, [failing, write(5)]), return_exceptions=True)
+    assert [o if isinstance(o, int) else type(o) for o in outcomes] == [LookupError, 1]
+    assert runs == ["F", "5"]
+    assert (5, "x") in await _rows(writer)
+
+
 async def test_a_failed_transaction_fails_every_write_of_its_batch(
     writer: BatchWriter,
 ) -> None:

@@ -571,7 +571,9 @@ class Store(abc.ABC):
         The row after the write when the state moved; None when it stayed (e.g. FAILED).
         ``last``: the last part, recorded first in the same write (as by :meth:`record_part`).
         ``report``: given that row, the job that reports the new state (or None), enqueued in
-        the same write. ``job`` and ``complete``: as for :meth:`update_message`.
+        the same write; it may be called more than once (a write may be applied again before
+        it commits), so it only builds the job. ``job`` and ``complete``: as for
+        :meth:`update_message`.
         """
 
     @abc.abstractmethod

@@ -14,10 +14,16 @@ the interpreter's switch interval — so the same batch took milliseconds there.
 run long (purges) do not come here, and the log is checkpointed in a thread
 (``wal_autocheckpoint`` is off on this connection).
 
-Each write runs inside a savepoint, so a write that raises is undone alone and its caller gets
-the exception while the rest of its batch commits. When the transaction as a whole fails (disk
-full, I/O error), every write of the batch gets that error and none of them is kept. Writes
-are applied in the order they were queued. While another process holds the file's write lock
+A write that raises is undone alone and its caller gets the exception while the rest of its
+batch commits. The writes of a batch run one after another inside one savepoint; when one
+raises, the batch is rolled back to that savepoint, and the writes up to the failing one run
+again, each inside a savepoint of its own (the failing one is undone alone there), before the
+rest go on together. A savepoint per write would cost two statements per write where a batch
+that goes through costs two in all, and writes rarely raise. So a write may run more than once
+before its batch commits: it must do nothing but its statements on the connection (and
+compute its result). When the transaction as a whole fails (disk full, I/O error), every write
+of the batch gets that error and none of them is kept. Writes are applied in the order they
+were queued. While another process holds the file's write lock
 the batch waits for it without blocking the loop, up to ``lock_timeout``.
 """
 
@@ -183,25 +189,26 @@ class BatchWriter:
             self._flushing = None
             self._more()
 
-    def _commit(
-        self, db: sqlite3.Connection, batch: list[tuple[Write, asyncio.Future[Any]]]
-    ) -> list[_Outcome]:
+    def _commit(self, db: sqlite3.Connection, batch: _Batch) -> list[_Outcome]:
         """Apply ``batch`` in the transaction just begun, then commit it."""
         outcomes: list[_Outcome] = []
         try:
-            for fn, future in batch:
-                db.execute("SAVEPOINT write")
-                try:
-                    result = fn(db)
-                except Exception as exc:
-                    if not _undo_savepoint(db):
-                        # The error ended the whole transaction: nothing of the batch is kept.
-                        return [(f, None, exc) for _, f in batch]
-                    outcomes.append((future, None, exc))
-                    continue
-                db.execute("RELEASE write")
-                outcomes.append((future, result, None))
+            rest = batch
+            while rest:
+                kept, failed = _apply_together(db, rest)
+                outcomes += kept
+                if failed is None:
+                    break
+                index, error = failed
+                if index == 0:  # rolled back to right before it: it was undone alone
+                    outcomes.append((rest[0][1], None, error))
+                else:  # again up to the failing write, each alone
+                    outcomes += _apply_each(db, rest[: index + 1])
+                rest = rest[index + 1 :]
             db.execute("COMMIT")
+        except _TransactionLost as lost:
+            # The error ended the whole transaction: nothing of the batch is kept.
+            return [(f, None, lost.error) for _, f in batch]
         except sqlite3.Error as exc:
             _abandon(db)
             return [(f, None, exc) for _, f in batch]
@@ -212,19 +219,69 @@ class BatchWriter:
 
 
 _Outcome = tuple[asyncio.Future[Any], Any, BaseException | None]
+_Batch = list[tuple[Write, asyncio.Future[Any]]]
+
+
+class _TransactionLost(Exception):
+    """A write's error ended the batch's whole transaction."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _apply_together(
+    db: sqlite3.Connection, writes: _Batch
+) -> tuple[list[_Outcome], tuple[int, Exception] | None]:
+    """Apply ``writes`` inside one savepoint: their outcomes and None, or, when one raised,
+    no outcomes and its index and error (all of ``writes`` is rolled back then)."""
+    db.execute("SAVEPOINT batch")
+    outcomes: list[_Outcome] = []
+    for index, (fn, future) in enumerate(writes):
+        try:
+            result = fn(db)
+        except Exception as exc:
+            if not _undo_savepoint(db, "batch"):
+                raise _TransactionLost(exc) from exc
+            return [], (index, exc)
+        if not db.in_transaction:
+            # A statement of the write ended the transaction (as an I/O error would): the
+            # next writes must not run outside it.
+            raise sqlite3.OperationalError("a write ended the batch's transaction")
+        outcomes.append((future, result, None))
+    db.execute("RELEASE batch")
+    return outcomes, None
+
+
+def _apply_each(db: sqlite3.Connection, writes: _Batch) -> list[_Outcome]:
+    """Apply ``writes`` each inside a savepoint of its own, so one that raises is undone
+    alone."""
+    outcomes: list[_Outcome] = []
+    for fn, future in writes:
+        db.execute("SAVEPOINT write")
+        try:
+            result = fn(db)
+        except Exception as exc:
+            if not _undo_savepoint(db, "write"):
+                raise _TransactionLost(exc) from exc
+            outcomes.append((future, None, exc))
+            continue
+        db.execute("RELEASE write")
+        outcomes.append((future, result, None))
+    return outcomes
 
 
 def _busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in str(exc) or "busy" in str(exc)
 
 
-def _undo_savepoint(db: sqlite3.Connection) -> bool:
-    """Roll back to the open savepoint; answer whether the transaction is still open."""
+def _undo_savepoint(db: sqlite3.Connection, name: str) -> bool:
+    """Roll back to the savepoint ``name``; answer whether the transaction is still open."""
     if not db.in_transaction:
         return False
     try:
-        db.execute("ROLLBACK TO write")
-        db.execute("RELEASE write")
+        db.execute(f"ROLLBACK TO {name}")
+        db.execute(f"RELEASE {name}")
     except sqlite3.Error:
         _abandon(db)
         return False
