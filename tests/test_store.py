@@ -21,6 +21,7 @@ from extmsg.store.base import (
     MediaRow,
     NewJob,
     NewMessage,
+    PartSent,
     StatusOutcome,
     Store,
     ThreadView,
@@ -678,6 +679,31 @@ async def test_a_status_naming_no_part_of_a_sent_message_applies_to_the_message(
     assert await store.apply_status("o1", "SM-x", MessageState.READ) == StatusOutcome(
         applied=True, state=MessageState.READ
     )
+
+
+async def test_the_last_part_if_the_first_gives_the_message_its_provider_id(store: Store) -> None:
+    """A message sent in one piece: its completion records the part's id on the message (a
+    reply quotes it) with the new state, and also when the state stays."""
+    for n, failed in ((1, False), (2, True)):
+        out = NewMessage(
+            id=f"o{n}", channel="sms", direction="out", thread="t", unblu_message_id=f"u{n}"
+        )
+        await store.intake([Intake(message=out)])
+        if failed:
+            await store.advance_state(f"o{n}", MessageState.FAILED, "refused")
+        last = PartSent(channel="sms", part=0, provider_message_id=f"SM-{n}")
+        settled = await store.complete_message(f"o{n}", last=last)
+        row = await store.get_message(f"o{n}")
+        assert row is not None
+        assert (row.provider_message_id, row.unblu_message_id) == (f"SM-{n}", f"u{n}")
+        assert await store.sent_parts(f"o{n}") == {0: f"SM-{n}"}
+        if failed:
+            assert settled is None
+            assert (row.state, row.error) == (MessageState.FAILED, "refused")
+        else:
+            assert settled == row
+            assert row.state == MessageState.SENT
+        assert await store.find_message("sms", "out", provider_message_id=f"SM-{n}") == row
 
 
 def test_a_message_is_as_far_as_its_least_advanced_part() -> None:

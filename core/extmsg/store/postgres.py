@@ -716,21 +716,19 @@ class PostgresStore(Store):
         job: Job | None = None,
         complete: bool = False,
     ) -> None:
+        given = {
+            "provider_message_id": provider_message_id,
+            "unblu_message_id": unblu_message_id,
+            "conversation_id": conversation_id,
+            "state": None if state is None else int(state),
+        }
+        given = {column: value for column, value in given.items() if value is not None}
         await self._update_held(
             job,
-            "UPDATE messages SET"
-            " provider_message_id = COALESCE($1, provider_message_id),"
-            " unblu_message_id = COALESCE($2, unblu_message_id),"
-            " conversation_id = COALESCE($3, conversation_id),"
-            " state = CASE WHEN $6::int > state AND state != $7 THEN $6::int ELSE state END,"
-            " updated_at = $4 WHERE id = $5",
-            provider_message_id,
-            unblu_message_id,
-            conversation_id,
+            _update_message_sql(tuple(given)),
+            *given.values(),
             time.time(),
             message_id,
-            None if state is None else int(state),
-            int(MessageState.FAILED),
             complete=complete,
         )
 
@@ -1068,22 +1066,30 @@ class PostgresStore(Store):
                     raise LeaseLost(job.id, job.fence)
             else:
                 await _hold(conn, job, fence)
-            if last is not None:
-                await _record_part(conn, message_id, last, time.time())
+            # The message's row is locked before the part's key, in the order apply_status
+            # takes them; part 0's provider id goes into it with the new state, in one update
+            # (or alone, when the state stays).
             current = await conn.fetchval(
                 "SELECT state FROM messages WHERE id = $1 FOR UPDATE", message_id
             )
-            if current is None or current == MessageState.FAILED:
+            now = time.time()
+            first = None
+            if last is not None:
+                await _insert_part(conn, message_id, last, now)
+                first = last.provider_message_id if last.part == 0 else None
+            target, error = MessageState.PENDING, None
+            if current is not None and current != MessageState.FAILED:
+                parts = await conn.fetch(
+                    "SELECT state, error FROM message_parts WHERE message_id = $1 ORDER BY part",
+                    message_id,
+                )
+                target = parts_state(MessageState(p[0]) for p in parts)
+                error = next((p[1] for p in parts if p[0] == MessageState.FAILED), None)
+            if current is None or current == MessageState.FAILED or target <= current:
+                if first is not None:
+                    await _set_first_part(conn, message_id, first, now)
                 return None
-            parts = await conn.fetch(
-                "SELECT state, error FROM message_parts WHERE message_id = $1 ORDER BY part",
-                message_id,
-            )
-            target = parts_state(MessageState(p[0]) for p in parts)
-            if target <= current:
-                return None
-            error = next((p[1] for p in parts if p[0] == MessageState.FAILED), None)
-            settled = await _set_state(conn, message_id, target, error)
+            settled = await _set_state(conn, message_id, target, error, first=first)
             then = report(settled) if report is not None else None
             if then is not None:
                 await _intake(conn, [Intake(job=then)], time.time())
@@ -1423,12 +1429,13 @@ async def _record_part(
     if sent.part == 0:
         # First, so the message's row is locked before the part's key, in the order
         # apply_status takes them (it may record part 0 from a status).
-        await conn.execute(
-            "UPDATE messages SET provider_message_id = $1, updated_at = $2 WHERE id = $3",
-            sent.provider_message_id,
-            now,
-            message_id,
-        )
+        await _set_first_part(conn, message_id, sent.provider_message_id, now)
+    await _insert_part(conn, message_id, sent, now)
+
+
+async def _insert_part(
+    conn: asyncpg.Connection, message_id: str, sent: PartSent, now: float
+) -> None:
     await conn.execute(
         "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
         " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -1437,6 +1444,37 @@ async def _record_part(
         sent.channel,
         sent.provider_message_id,
         now,
+    )
+
+
+async def _set_first_part(
+    conn: asyncpg.Connection, message_id: str, provider_message_id: str, now: float
+) -> None:
+    """The message's provider id is its part 0's (a reply to it quotes that one)."""
+    await conn.execute(
+        "UPDATE messages SET provider_message_id = $1, updated_at = $2 WHERE id = $3",
+        provider_message_id,
+        now,
+        message_id,
+    )
+
+
+def _update_message_sql(columns: tuple[str, ...]) -> str:
+    """``update_message``'s statement setting only ``columns`` (then ``updated_at``, by id),
+    as the SQLite store's: a column left out keeps its value, and the unique index of an id
+    left out gets no new entry. The state moves only forward, and never away from FAILED."""
+    failed = int(MessageState.FAILED)
+    sets = [
+        f"state = CASE WHEN ${n}::int > state AND state != {failed} THEN ${n}::int"
+        " ELSE state END"
+        if column == "state"
+        else f"{column} = ${n}"
+        for n, column in enumerate(columns, 1)
+    ]
+    n = len(columns)
+    return (
+        f"UPDATE messages SET {', '.join(sets)}{', ' if sets else ''}"  # noqa: S608
+        f"updated_at = ${n + 1} WHERE id = ${n + 2}"
     )
 
 
@@ -1492,15 +1530,23 @@ async def _first_part(
 
 
 async def _set_state(
-    conn: asyncpg.Connection, message_id: str, state: MessageState, error: str | None
+    conn: asyncpg.Connection,
+    message_id: str,
+    state: MessageState,
+    error: str | None,
+    *,
+    first: str | None = None,
 ) -> MessageRow:
+    """Move the message to ``state``; ``first``: its part 0's provider id, set as well."""
     row = await conn.fetchrow(
-        "UPDATE messages SET state = $1, error = COALESCE($2, error), updated_at = $3"  # noqa: S608
+        "UPDATE messages SET state = $1, error = COALESCE($2, error), updated_at = $3,"  # noqa: S608
+        " provider_message_id = COALESCE($5, provider_message_id)"
         f" WHERE id = $4 RETURNING {MESSAGE_COLUMNS}",
         int(state),
         error,
         time.time(),
         message_id,
+        first,
     )
     return message_row(row)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -616,29 +617,20 @@ class SqliteStore(Store):
         job: Job | None = None,
         complete: bool = False,
     ) -> None:
-        target = None if state is None else int(state)
         fence = fence_of(job)
+        given = {
+            "provider_message_id": provider_message_id,
+            "unblu_message_id": unblu_message_id,
+            "conversation_id": conversation_id,
+            "state": None if state is None else int(state),
+        }
+        given = {column: value for column, value in given.items() if value is not None}
+        sql = _update_message_sql(tuple(given))
+        params = (*given.values(), time.time(), message_id)
 
         def update(db: sqlite3.Connection) -> None:
             _held(db, job, fence, complete=complete)
-            db.execute(
-                "UPDATE messages SET"
-                " provider_message_id = COALESCE(?, provider_message_id),"
-                " unblu_message_id = COALESCE(?, unblu_message_id),"
-                " conversation_id = COALESCE(?, conversation_id),"
-                " state = CASE WHEN ? > state AND state != ? THEN ? ELSE state END,"
-                " updated_at = ? WHERE id = ?",
-                (
-                    provider_message_id,
-                    unblu_message_id,
-                    conversation_id,
-                    target,
-                    int(MessageState.FAILED),
-                    target,
-                    time.time(),
-                    message_id,
-                ),
-            )
+            db.execute(sql, params)
 
         await self._run(update)
 
@@ -934,20 +926,27 @@ class SqliteStore(Store):
 
         def settle(db: sqlite3.Connection) -> MessageRow | None:
             _held(db, job, fence, complete=complete)
+            now = time.time()
+            # Part 0's provider id goes into the message's row with its new state, in one
+            # update (or alone, when the state stays).
+            first = None
             if last is not None:
-                _record_part(db, message_id, last, time.time())
+                _insert_part(db, message_id, last, now)
+                first = last.provider_message_id if last.part == 0 else None
             row = db.execute("SELECT state FROM messages WHERE id = ?", (message_id,)).fetchone()
-            if row is None or row[0] == MessageState.FAILED:
+            target, error = MessageState.PENDING, None
+            if row is not None and row[0] != MessageState.FAILED:
+                parts = db.execute(
+                    "SELECT state, error FROM message_parts WHERE message_id = ? ORDER BY part",
+                    (message_id,),
+                ).fetchall()
+                target = parts_state(MessageState(p[0]) for p in parts)
+                error = next((p[1] for p in parts if p[0] == MessageState.FAILED), None)
+            if row is None or row[0] == MessageState.FAILED or target <= row[0]:
+                if first is not None:
+                    _set_first_part(db, message_id, first, now)
                 return None
-            parts = db.execute(
-                "SELECT state, error FROM message_parts WHERE message_id = ? ORDER BY part",
-                (message_id,),
-            ).fetchall()
-            target = parts_state(MessageState(p[0]) for p in parts)
-            if target <= row[0]:
-                return None
-            error = next((p[1] for p in parts if p[0] == MessageState.FAILED), None)
-            settled = _set_state(db, message_id, target, error)
+            settled = _set_state(db, message_id, target, error, first=first)
             then = report(settled) if report is not None else None
             if then is not None:
                 _enqueue(db, then, time.time())
@@ -1316,14 +1315,40 @@ def _first_part(
 
 
 def _set_state(
-    db: sqlite3.Connection, message_id: str, state: MessageState, error: str | None
+    db: sqlite3.Connection,
+    message_id: str,
+    state: MessageState,
+    error: str | None,
+    *,
+    first: str | None = None,
 ) -> MessageRow:
+    """Move the message to ``state``; ``first``: its part 0's provider id, set as well."""
     row = db.execute(
-        "UPDATE messages SET state = ?, error = COALESCE(?, error), updated_at = ?"  # noqa: S608
+        "UPDATE messages SET state = ?, error = COALESCE(?, error), updated_at = ?,"  # noqa: S608
+        " provider_message_id = COALESCE(?, provider_message_id)"
         f" WHERE id = ? RETURNING {MESSAGE_COLUMNS}",
-        (int(state), error, time.time(), message_id),
+        (int(state), error, time.time(), first, message_id),
     ).fetchone()
     return message_row(row)
+
+
+@functools.cache
+def _update_message_sql(columns: tuple[str, ...]) -> str:
+    """``update_message``'s statement setting only ``columns`` (then ``updated_at``, by id):
+    a column left out keeps its value, and the unique index of an id left out is not
+    rewritten. The state moves only forward, and never away from FAILED."""
+    failed = int(MessageState.FAILED)
+    sets = [
+        f"state = CASE WHEN ?{n} > state AND state != {failed} THEN ?{n} ELSE state END"
+        if column == "state"
+        else f"{column} = ?{n}"
+        for n, column in enumerate(columns, 1)
+    ]
+    n = len(columns)
+    return (
+        f"UPDATE messages SET {', '.join(sets)}{', ' if sets else ''}"  # noqa: S608
+        f"updated_at = ?{n + 1} WHERE id = ?{n + 2}"
+    )
 
 
 def _held(
@@ -1347,16 +1372,27 @@ def _held(
 
 
 def _record_part(db: sqlite3.Connection, message_id: str, sent: PartSent, now: float) -> None:
+    _insert_part(db, message_id, sent, now)
+    if sent.part == 0:
+        _set_first_part(db, message_id, sent.provider_message_id, now)
+
+
+def _insert_part(db: sqlite3.Connection, message_id: str, sent: PartSent, now: float) -> None:
     db.execute(
         "INSERT INTO message_parts (message_id, part, channel, provider_message_id,"
         " created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (message_id, sent.part, sent.channel, sent.provider_message_id, now),
     )
-    if sent.part == 0:
-        db.execute(
-            "UPDATE messages SET provider_message_id = ?, updated_at = ? WHERE id = ?",
-            (sent.provider_message_id, now, message_id),
-        )
+
+
+def _set_first_part(
+    db: sqlite3.Connection, message_id: str, provider_message_id: str, now: float
+) -> None:
+    """The message's provider id is its part 0's (a reply to it quotes that one)."""
+    db.execute(
+        "UPDATE messages SET provider_message_id = ?, updated_at = ? WHERE id = ?",
+        (provider_message_id, now, message_id),
+    )
 
 
 def _complete(db: sqlite3.Connection, job_id: int, fence: int | None) -> bool:
