@@ -1,11 +1,12 @@
-"""Counting what a job reads from the SQLite store, so a saving in reads cannot go unnoticed."""
+"""Counting what a job reads from (and writes to) the SQLite store, so a saving in statements
+cannot go unnoticed."""
 
 from __future__ import annotations
 
 from extmsg.store.base import Store
 from extmsg.store.sqlite import SqliteStore
 
-__all__ = ["Reads"]
+__all__ = ["Reads", "Statements"]
 
 
 class Reads:
@@ -31,3 +32,29 @@ class Reads:
             elif verb == "SELECT" and not writing:
                 reads += 1
         return reads
+
+
+class Statements:
+    """Counts the statements the SQLite store's connection runs from now on, by their first
+    word, leaving out those that begin, end or divide transactions: what the store's calls
+    cost, whatever batches they share."""
+
+    CONTROL = frozenset({"BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE"})
+
+    def __init__(self, store: Store) -> None:
+        assert isinstance(store, SqliteStore)
+        assert store._writer is not None
+        self.statements: list[str] = []
+        self._connection = store._writer.connection
+        self._connection.set_trace_callback(self.statements.append)
+
+    def stop(self) -> None:
+        self._connection.set_trace_callback(None)
+
+    def by_verb(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for sql in self.statements:
+            verb = sql.split(None, 1)[0].upper()
+            if verb not in self.CONTROL:
+                counts[verb] = counts.get(verb, 0) + 1
+        return counts
