@@ -5,8 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import string
 from typing import NamedTuple
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -23,7 +24,15 @@ from .segments import count_segments
 from .session import basic_auth
 from .settings import TWILIO_MAX_BODY, TwilioSettings
 
-__all__ = ["messages_url", "render", "send", "send_form", "split_body", "status_callback_url"]
+__all__ = [
+    "form_encode",
+    "messages_url",
+    "render",
+    "send",
+    "send_form",
+    "split_body",
+    "status_callback_url",
+]
 
 log = logging.getLogger("extmsg.sms_twilio")
 
@@ -146,6 +155,29 @@ def send_form(channel: Channel, message: OutboundMessage) -> list[tuple[str, str
     return form
 
 
+_FORM_SAFE = frozenset(string.ascii_letters + string.digits + "_.-~")
+#: What ``quote_plus`` makes of each byte (as the Latin-1 character of that byte): ASCII
+#: letters, digits and ``_.-~`` stay, the space becomes ``+``, anything else ``%XX``.
+_FORM_BYTES = [
+    chr(i) if chr(i) in _FORM_SAFE else "+" if i == 0x20 else f"%{i:02X}" for i in range(256)
+]
+
+
+def _form_value(text: str) -> str:
+    if not text.isascii():
+        # UTF-8 bytes, one character each; a lone surrogate raises as in ``quote_plus``.
+        text = text.encode().decode("latin-1")
+    return text.translate(_FORM_BYTES)
+
+
+def form_encode(pairs: list[tuple[str, str]]) -> bytes:
+    """``urlencode(pairs).encode()``, byte for byte, at a fraction of its cost: ``quote_plus``
+    looks at every byte of a value in Python once it has one to escape (a phone number's
+    ``+``, a URL's ``:``), which made the form the dearest part of a send; ``str.translate``
+    does the same in C."""
+    return "&".join([f"{_form_value(k)}={_form_value(v)}" for k, v in pairs]).encode()
+
+
 class _Api(NamedTuple):
     """What every send of one account repeats: worked out once per settings."""
 
@@ -180,7 +212,7 @@ async def send(
     """
     api = _api(channel.settings)
     # Encoded here, as aiohttp's FormData would, without its per-call multipart set-up.
-    form = urlencode(send_form(channel, message)).encode()
+    form = form_encode(send_form(channel, message))
     headers = {
         "Accept": "application/json",
         "Authorization": api.authorization,

@@ -7,11 +7,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twilio_testkit import case_params, make_channel, text_of, twilio_sign
 
 from extmsg.errors import PermanentError, SignatureError
 from extmsg.models import Attachment, Contact, InboundRequest, OutboundMessage
 from extmsg.plugins import Hooks
+from extmsg_sms_twilio.outbound import form_encode
 from extmsg_sms_twilio.segments import count_segments
 from extmsg_sms_twilio.signature import body_sha256, compute_signature, url_variants
 
@@ -51,6 +54,44 @@ async def test_signature_vectors_verify(hooks: Hooks, case: dict[str, Any]) -> N
     tampered = msgspec.structs.replace(request, headers={"x-twilio-signature": "AAAA"})
     with pytest.raises(SignatureError):
         await hooks.verify_inbound(channel.messenger, tampered, [channel])
+
+
+_FORM_CASES = [
+    "",
+    "+15551234567",
+    "Hello there, how are you? 100% sure & done = yes.",
+    "http://127.0.0.1:8080/channels/sms/status?ref=01HX%2F~_-.*'()!$,;:@",
+    "Grüße aus Zürich 😀 — 𝄞 bis bald!\r\n\t\x00\x7f",
+    "".join(chr(i) for i in range(256)),
+]
+
+
+@pytest.mark.parametrize("text", _FORM_CASES)
+def test_form_encode_is_urlencode(text: str) -> None:
+    pairs = [("Body", text), (text, "To"), ("To", "+1 555")]
+    assert form_encode(pairs) == urlencode(pairs).encode()
+
+
+def test_form_encode_refuses_a_lone_surrogate_as_urlencode_does() -> None:
+    pairs = [("Body", "ok \ud83d then")]
+    with pytest.raises(UnicodeEncodeError) as expected:
+        urlencode(pairs)
+    with pytest.raises(UnicodeEncodeError) as got:
+        form_encode(pairs)
+    assert str(got.value) == str(expected.value)
+
+
+@given(st.lists(st.tuples(st.text(), st.text()), max_size=4))
+def test_form_encode_is_urlencode_for_any_text(pairs: list[tuple[str, str]]) -> None:
+    try:
+        expected: bytes | str = urlencode(pairs).encode()
+    except UnicodeEncodeError as exc:
+        expected = str(exc)
+    try:
+        got: bytes | str = form_encode(pairs)
+    except UnicodeEncodeError as exc:
+        got = str(exc)
+    assert got == expected
 
 
 def test_url_variants() -> None:
