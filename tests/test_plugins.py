@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from extmsg import hookimpl
 from extmsg.errors import PluginError
+from extmsg.hooktrace import enable_hook_tracing
+from extmsg.models import Channel, Contact, OutboundMessage, SendResult
 from extmsg.plugins import DEFAULT_PLUGINS, build_hooks
 
 REAL = {"sms_twilio", "whatsapp", "email_smtp"}
@@ -133,3 +138,86 @@ class _Twin:
 
 
 _TWIN = _Twin()
+
+
+# -- first-result hooks: called as pluggy calls them --------------------------------------------
+class _Sender:
+    """Sends for one messenger; remembers what it was given."""
+
+    def __init__(self, messenger: str, answer: str) -> None:
+        self.messenger = messenger
+        self.answer = answer
+        self.calls: list[tuple[object, object]] = []
+
+    @hookimpl
+    def extmsg_send(self, message: OutboundMessage, channel: Channel) -> object:
+        # The arguments in another order than the spec's: each gets its own by name.
+        self.calls.append((channel, message))
+        if channel.messenger != self.messenger:
+            return None
+        return SendResult(provider_message_id=self.answer)
+
+
+def _hook_channel(messenger: str) -> Channel:
+    return Channel(
+        name=f"{messenger}-1",
+        messenger=messenger,
+        settings=None,
+        public_url="http://127.0.0.1:8080",
+        webhook_secret="secret",
+    )
+
+
+def _message() -> OutboundMessage:
+    return OutboundMessage(
+        id="m1",
+        unblu_message_id="u1",
+        conversation_id="c1",
+        contact=Contact(address="+41790000000"),
+        text="hi",
+    )
+
+
+async def test_a_plugin_registered_after_calls_is_called_from_then_on() -> None:
+    hooks = build_hooks(entry_points=False)
+    first = _Sender("late", "first")
+    hooks.pm.register(first)
+    assert (await hooks.send(_hook_channel("late"), _message())).provider_message_id == "first"
+    later = _Sender("late", "later")
+    hooks.pm.register(later)  # registered last: asked first
+    result = await hooks.send(_hook_channel("late"), _message())
+    assert result.provider_message_id == "later"
+    assert len(later.calls) == 1
+    assert later.calls[0][0] == _hook_channel("late")
+    assert later.calls[0][1] == _message()
+    hooks.pm.unregister(later)
+    assert (await hooks.send(_hook_channel("late"), _message())).provider_message_id == "first"
+    assert len(later.calls) == 1
+
+
+async def test_a_wrapper_registered_after_calls_wraps_them() -> None:
+    hooks = build_hooks(entry_points=False)
+    hooks.pm.register(_Sender("wrapped", "plain"))
+    assert (await hooks.send(_hook_channel("wrapped"), _message())).provider_message_id == "plain"
+
+    class Wrapper:
+        @hookimpl(wrapper=True)
+        def extmsg_send(self, channel: Channel, message: OutboundMessage) -> Any:
+            result = yield
+            return SendResult(provider_message_id=f"wrapped {result.provider_message_id}")
+
+    hooks.pm.register(Wrapper())
+    result = await hooks.send(_hook_channel("wrapped"), _message())
+    assert result.provider_message_id == "wrapped plain"
+
+
+async def test_hook_calls_are_traced_once_tracing_is_enabled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hooks = build_hooks(entry_points=False)
+    hooks.pm.register(_Sender("traced", "sid"))
+    await hooks.send(_hook_channel("traced"), _message())
+    enable_hook_tracing(hooks.pm)
+    with caplog.at_level(logging.DEBUG, logger="extmsg.plugins"):
+        await hooks.send(_hook_channel("traced"), _message())
+    assert "hook extmsg_send returned" in caplog.text
