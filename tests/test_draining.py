@@ -9,7 +9,8 @@ import time
 import aiohttp
 from aiohttp import web
 
-from extmsg.draining import CUT_OFF_GRACE, InFlight, drain, in_flight_middleware
+from extmsg.app import public_middleware
+from extmsg.draining import CUT_OFF_GRACE, InFlight, drain
 from extmsg.testing.helpers import eventually
 
 
@@ -19,7 +20,7 @@ async def _app_and_runner() -> tuple[InFlight, web.AppRunner, str]:
     async def echo(request: web.Request) -> web.Response:
         return web.Response(body=await request.read())
 
-    app = web.Application(middlewares=[in_flight_middleware(in_flight)])
+    app = web.Application(middlewares=[public_middleware(in_flight)])
     app.router.add_post("/echo", echo)
     runner = web.AppRunner(app, shutdown_timeout=CUT_OFF_GRACE)
     await runner.setup()

@@ -141,14 +141,18 @@ async def test_requests_get_an_id_answered_in_x_request_id() -> None:
         seen.append(logcontext.request_id())
         return web.Response(text="ok")
 
-    from extmsg.app import request_id_middleware
+    from extmsg.app import public_middleware
+    from extmsg.draining import InFlight
 
-    app = web.Application(middlewares=[request_id_middleware])
+    app = web.Application(middlewares=[public_middleware(InFlight())])
     app.router.add_get("/", handler)
     async with TestClient(TestServer(app)) as client:
         kept = await client.get("/", headers={"X-Request-Id": "abc-123"})
         made = await client.get("/", headers={"X-Request-Id": "no good <b>"})
         again = await client.get("/")
+        missing = await client.get("/nowhere", headers={"X-Request-Id": "lost-1"})
+    assert missing.status == 404
+    assert missing.headers["X-Request-Id"] == "lost-1"  # aiohttp's own answers carry it too
     assert kept.headers["X-Request-Id"] == "abc-123"
     assert re.fullmatch("[0-9a-f]{32}", made.headers["X-Request-Id"])  # 32 hex digits
     assert made.headers["X-Request-Id"] != again.headers["X-Request-Id"]

@@ -18,11 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from . import logcontext
 from .admin import create_admin_app
 from .config import Config
-from .draining import CUT_OFF_GRACE, IN_FLIGHT, InFlight, drain, in_flight_middleware
+from .draining import CUT_OFF_GRACE, IN_FLIGHT, InFlight, drain, refusal
 from .flows.accept import provider_request
 from .lifecycle import runtime_context
 from .media import serve_media
@@ -36,6 +37,7 @@ __all__ = [
     "admin_runner",
     "announce_listening",
     "create_app",
+    "public_middleware",
     "public_runner",
     "route_urls",
     "stop_serving",
@@ -48,7 +50,7 @@ def create_app(config: Config, hooks: Hooks, *, store: Store | None = None) -> w
     in_flight = InFlight()
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[in_flight_middleware(in_flight), request_id_middleware],
+        middlewares=[public_middleware(in_flight)],
     )
     runtime = Runtime(config, hooks, store)
     app[RUNTIME] = runtime
@@ -115,25 +117,45 @@ def _provider_handler(
     return handle
 
 
-@web.middleware
-async def request_id_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Give the request an id (the caller's ``X-Request-Id`` when sane, else a new one) that
-    its log lines and the jobs it stores carry, and answer with it."""
-    rid = (
-        logcontext.sane_request_id(request.headers.get(logcontext.REQUEST_ID_HEADER))
-        or logcontext.new_request_id()
-    )
-    with logcontext.bind(request_id=rid):
+def public_middleware(in_flight: InFlight) -> Middleware:
+    """What every request of the public listener goes through, as one middleware (each one
+    more is a call and a coroutine on every request, and aiohttp adds one of its own to any):
+
+    * refused with 503 while the server stops, else counted while in flight
+      (:mod:`extmsg.draining`); an answer given once the stop began closes its connection;
+    * given an id (the caller's ``X-Request-Id`` when sane, else a new one) that its log lines
+      and the jobs it stores carry, and answered with it.
+    """
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not in_flight.taking():
+            return refusal()
+        in_flight._enter()
         try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers[logcontext.REQUEST_ID_HEADER] = rid
-            raise
-    if not response.prepared:
-        response.headers[logcontext.REQUEST_ID_HEADER] = rid
-    return response
+            rid = (
+                logcontext.sane_request_id(request.headers.get(logcontext.REQUEST_ID_HEADER))
+                or logcontext.new_request_id()
+            )
+            token = logcontext.bind_request_id(rid)
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                exc.headers[logcontext.REQUEST_ID_HEADER] = rid
+                raise
+            finally:
+                logcontext.unbind(token)
+        finally:
+            in_flight._leave()
+        if not response.prepared:
+            response.headers[logcontext.REQUEST_ID_HEADER] = rid
+            if not in_flight.taking():
+                response.force_close()  # this connection takes nothing more
+        return response
+
+    return middleware
 
 
 def _channel_handler(

