@@ -15,6 +15,7 @@ from aiohttp import web
 
 from extmsg import hookimpl
 from extmsg.errors import PermanentError, PluginError, RetryableError, SignatureError
+from extmsg.flows import accept
 from extmsg.models import (
     Attachment,
     Contact,
@@ -171,6 +172,30 @@ async def test_hook_extmsg_render_ack() -> None:
 
     reply = await hooks_with(Twiml()).render_ack("loopback", request(b""), [])
     assert reply.body == b"<Response/>"
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        HttpReply(),
+        HttpReply(status=202, body=b"<Response/>", content_type="text/xml"),
+        HttpReply(body=b"{}", content_type="application/json; charset=utf-8"),
+        HttpReply(body=b"x", headers={"X-Extra": "1"}),
+        HttpReply(body=b"x", content_type="text/xml", headers={"content-type": "a/b; q=1"}),
+        HttpReply(body="text", content_type="text/xml"),  # type: ignore[arg-type]
+    ],
+)
+def test_the_ack_is_answered_as_the_reply_says(reply: HttpReply) -> None:
+    """The usual reply (no headers of its own) is built in one go: it must come out as the
+    general way makes it, the content type set on the response after the headers."""
+    got = accept._response(reply)
+    general = web.Response(status=reply.status, body=reply.body, headers=dict(reply.headers))
+    general.content_type = reply.content_type
+    assert got.status == general.status
+    if isinstance(reply.body, bytes):
+        assert got.body == general.body
+    assert list(got.headers.items()) == list(general.headers.items())
+    assert got.content_type == general.content_type
 
 
 async def test_hook_extmsg_map_contact() -> None:

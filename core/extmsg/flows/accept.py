@@ -268,6 +268,15 @@ def _headers(request: web.Request) -> dict[str, str]:
 
 
 def _response(reply: HttpReply) -> web.Response:
+    if not reply.headers and type(reply.body) is bytes:
+        # What the general way makes of the usual reply, built in one go: its content type
+        # is the only header.
+        return web.Response(
+            status=reply.status,
+            body=reply.body,
+            headers={"Content-Type": str(reply.content_type)},
+        )
+    # Set after the headers: a Content-Type among them gives its parameters, not its type.
     resp = web.Response(status=reply.status, body=reply.body, headers=dict(reply.headers))
     resp.content_type = reply.content_type
     return resp
