@@ -10,6 +10,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 import pytest
@@ -27,6 +28,7 @@ from extmsg.unblu import (
     UnbluNotFound,
     virtual_person_source_id,
 )
+from extmsg.unblu.client import _fill_path
 from extmsg.unblu.errors import parse_retry_after
 
 PASSWORD = "pa55-W0rd!"
@@ -522,3 +524,25 @@ async def test_every_call_is_counted_by_name_and_outcome_and_a_cancelled_one_not
         "extmsg_remote_call_seconds_count", {"remote": "unblu", "call": read}
     )
     assert timed == 3  # the cancelled call is neither counted nor timed
+
+
+@pytest.mark.parametrize(
+    "value", ["ch-1_A.b~", "a b/c%2F?#é😀", "+41 79", "x" * 300, "conv:1", "a/b", "%"]
+)
+def test_paths_are_filled_with_each_value_quoted(value: str) -> None:
+    one = "/externalmessengers/{channelId}/sendMessage"
+    two = "/conversations/{conversationId}/participants/{personId}"
+    for _ in range(2):  # once made, once kept
+        assert _fill_path(one, {"channelId": value}) == (
+            f"/externalmessengers/{quote(value, safe='')}/sendMessage"
+        )
+        assert _fill_path(two, {"conversationId": value, "personId": "p"}) == (
+            f"/conversations/{quote(value, safe='')}/participants/p"
+        )
+    assert _fill_path(one, {"channelId": "other"}) == "/externalmessengers/other/sendMessage"
+    with pytest.raises(ValueError, match="missing path parameter 'channelId'"):
+        _fill_path(one, {})
+    with pytest.raises(ValueError, match="empty path parameter 'channelId'"):
+        _fill_path(one, {"channelId": ""})
+    with pytest.raises(ValueError, match="empty path parameter 'personId'"):
+        _fill_path(two, {"conversationId": value, "personId": ""})

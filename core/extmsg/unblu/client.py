@@ -366,7 +366,6 @@ class UnbluClient:
             ) as resp:
                 status = resp.status
                 raw = await resp.read()
-                content_type = resp.content_type
                 reason = resp.reason
                 retry_after = resp.headers.get("Retry-After")
         except TimeoutError as exc:
@@ -389,6 +388,8 @@ class UnbluClient:
             except msgspec.DecodeError:
                 data = None
                 if 200 <= status < 300:
+                    # Parsed only here: most answers are JSON, and it costs on every call.
+                    content_type = resp.content_type
                     if content_type == "text/plain" or _BARE_TOKEN.fullmatch(raw.strip()):
                         data = raw.decode("utf-8", "replace").strip()
                     else:
@@ -1296,17 +1297,30 @@ def _fill_path(template: str, params: Mapping[str, str]) -> str:
     pieces = _path_pieces(template)
     if len(pieces) == 1:
         return template
+    if len(pieces) == 3:
+        return _filled_once(template, _path_param(template, params, pieces[1]))
     filled = list(pieces)
     for index in range(1, len(pieces), 2):
-        name = pieces[index]
-        try:
-            value = params[name]
-        except KeyError:
-            raise ValueError(f"missing path parameter {name!r} for {template}") from None
-        if not value:
-            raise ValueError(f"empty path parameter {name!r} for {template}")
-        filled[index] = quote(value, safe="")
+        filled[index] = quote(_path_param(template, params, pieces[index]), safe="")
     return "".join(filled)
+
+
+def _path_param(template: str, params: Mapping[str, str], name: str) -> str:
+    try:
+        value = params[name]
+    except KeyError:
+        raise ValueError(f"missing path parameter {name!r} for {template}") from None
+    if not value:
+        raise ValueError(f"empty path parameter {name!r} for {template}")
+    return value
+
+
+@functools.lru_cache(maxsize=1024)
+def _filled_once(template: str, value: str) -> str:
+    """``template`` of one parameter filled with ``value``, kept: a channel's paths come back
+    with every message posted and every state reported, and ``quote`` is dear."""
+    head, _, tail = _path_pieces(template)
+    return head + quote(value, safe="") + tail
 
 
 @functools.lru_cache(maxsize=256)
