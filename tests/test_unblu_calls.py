@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from extmsg.testing.openapi import SpecUnavailable, UnbluSpec, load_spec
 from extmsg.unblu import (
@@ -516,6 +517,24 @@ def test_unknown_message_types_and_fields_decode() -> None:
     )
     assert isinstance(call, NewMessage)
     assert call.message.type == "SOMETHING_NEW"
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_the_last_of_a_repeated_header_counts_whatever_its_case(multi: bool) -> None:
+    """aiohttp's headers (a CIMultiDictProxy) answer as a plain mapping of the same does."""
+    body = msgspec.json.encode({"pingId": "p1", "accountId": "a"})
+    pairs = [
+        ("X-Unblu-Service-Name", "outbound.bogus"),
+        ("x-unblu-SERVICE-name", "outbound.ping"),
+    ]
+    headers: Any = CIMultiDictProxy(CIMultiDict(pairs)) if multi else dict(pairs)
+    call = decode_call(headers, body)
+    assert call == Ping(service="outbound.ping", account_id="a", ping_id="p1")
+    event = msgspec.json.encode({"accountId": "a"})
+    pairs = [("X-UNBLU-EVENT", "nonsense"), ("X-Unblu-Event", "external_messenger.message_state")]
+    headers = CIMultiDictProxy(CIMultiDict(pairs)) if multi else dict(pairs)
+    with pytest.raises(MalformedCall, match="`messageId`"):  # the message_state event's body
+        decode_call(headers, event)
 
 
 NEW_MESSAGE = {"x-unblu-service-name": "outbound.external_messenger.new_message"}

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Literal, TypeVar
 
 import msgspec
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from extmsg import jsonsafe
 from extmsg.unblu import wire
@@ -221,8 +222,7 @@ def decode_call(headers: Mapping[str, str], body: bytes) -> ChannelCall:
     ``headers`` may be any mapping (header names are compared case-insensitively). Raises
     :class:`MalformedCall` naming the problem.
     """
-    lowered = {k.lower(): v for k, v in headers.items()}
-    service = (lowered.get(SERVICE_HEADER) or "").strip()
+    service = (_header(headers, SERVICE_HEADER) or "").strip()
     if service:
         if service not in _SERVICES:
             known = ", ".join(sorted(_SERVICES))
@@ -230,7 +230,7 @@ def decode_call(headers: Mapping[str, str], body: bytes) -> ChannelCall:
         return _decode_service(service, body)
 
     envelope = _decode(body, wire.EventEnvelope, "webhook event")
-    event = (envelope.event_type or lowered.get(EVENT_HEADER) or "").strip()
+    event = (envelope.event_type or _header(headers, EVENT_HEADER) or "").strip()
     if not event:
         raise MalformedCall(
             f"no {SERVICE_HEADER} header, no {EVENT_HEADER} header and no eventType in the body"
@@ -254,6 +254,19 @@ def decode_call(headers: Mapping[str, str], body: bytes) -> ChannelCall:
             end_reason=ended.end_reason or ended.conversation.end_reason,
         )
     return _message_state(event, _decode(body, wire.MessageStateBody, event))
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    """The last value of the header ``name`` (lower case), its name compared case-insensitively.
+    aiohttp's headers are looked up as they are (a copy of them all costs on every call)."""
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        values = headers.getall(name, None)
+        return values[-1] if values else None
+    found = None
+    for key, value in headers.items():
+        if key.lower() == name:
+            found = value
+    return found
 
 
 def _decode_service(service: str, body: bytes) -> ChannelCall:
