@@ -9,6 +9,7 @@ import pytest
 
 from extmsg.errors import PermanentError, RetryableError
 from extmsg.metrics import Metrics
+from extmsg.sendguard import StaleHold
 
 
 def calls(metrics: Metrics, outcome: str) -> float:
@@ -48,3 +49,15 @@ def test_a_call_stopped_here_is_not_counted() -> None:
     assert metrics.registry.get_sample_value(
         "extmsg_remote_call_seconds_count", {"remote": "sms_twilio", "call": "send"}
     ) in (None, 0.0)
+
+
+def test_a_send_refused_before_it_was_written_is_not_counted() -> None:
+    metrics = Metrics()
+    refused = RetryableError("could not send")
+    refused.__cause__ = StaleHold(job_id=1, fence=1, age=9.0, bound=5.0)
+    with pytest.raises(RetryableError), metrics.timed_call("sms_twilio", "send"):
+        raise refused
+    assert calls(metrics, "retryable") == 0
+    with pytest.raises(KeyError), metrics.timed_call("sms_twilio", "send"):
+        raise KeyError("sid")
+    assert calls(metrics, "error") == 1
