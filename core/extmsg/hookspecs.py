@@ -7,13 +7,12 @@ classification) is registered the same way, so a plugin overrides it with
 ``@hookimpl(tryfirst=True)``.
 
 **Async results.** Any implementation may return a plain value or an awaitable; the core
-resolves every result as ``await_me_maybe`` does (awaited when awaitable). For hooks marked
-*first result*, the call stops at the first implementation (last registered first, as pluggy
-orders them) that returns something other than ``None``, so an implementation declines by
-returning ``None`` *synchronously*: write it as a plain ``def`` that returns ``None`` for
-channels that are not its own and otherwise returns a value or a coroutine (for example
-``return self._send(channel, message)``). ``async def`` implementations of first-result hooks
-are rejected when the plugin is loaded, since a coroutine is never ``None``.
+resolves every result with one ``await_me_maybe``. For hooks marked *first result*, pluggy stops
+at the first implementation that returns something other than ``None``, so an implementation
+declines by returning ``None`` *synchronously*: write it as a plain ``def`` that returns
+``None`` for channels that are not its own and otherwise returns a value or a coroutine (for
+example ``return self._send(channel, message)``). ``async def`` implementations of first-result
+hooks are rejected when the plugin is loaded, since a coroutine is never ``None``.
 
 **Messenger hooks** receive the channel (or the messenger name) and must return ``None`` for
 messengers that are not theirs. A :class:`extmsg.messenger.Messenger` unit is adapted into

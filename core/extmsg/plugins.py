@@ -13,14 +13,12 @@ import importlib
 import inspect
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from importlib import metadata
-from inspect import isawaitable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import pluggy
-from pluggy._callers import _multicall
 
 from . import hookspecs
 from .asyncutil import await_me_maybe
@@ -270,65 +268,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-_Plan = tuple[tuple[Callable[..., Any], tuple[int, ...] | None], ...]
-
-
-class _FirstResult:
-    """One first-result hook, called as pluggy calls it: the implementations last registered
-    first, each with the arguments it names, until one answers something other than None.
-
-    Without pluggy's general machinery (keyword checks, a copy of the implementations, the
-    wrapper and teardown bookkeeping), a call costs a fraction: several hooks run for every
-    message. Whenever the implementations are not plain ones — a wrapper, a keyword-only
-    argument — or calls are monitored (hook tracing), the call goes through pluggy itself.
-    The plan is made again whenever the registered implementations change: a plugin
-    registered (or unregistered) at any time is called (or not) from its next call on.
-    """
-
-    __slots__ = ("_caller", "_names", "_plan", "_pm", "_seen")
-
-    def __init__(self, pm: pluggy.PluginManager, name: str, names: tuple[str, ...]) -> None:
-        self._pm = pm
-        self._caller: Any = getattr(pm.hook, name)
-        spec = self._caller.spec
-        if spec is None or tuple(spec.argnames) != names or not spec.opts.get("firstresult"):
-            raise PluginError(f"{name} is not the first-result hook ({', '.join(names)})")
-        self._names = names
-        self._seen: list[Any] = []
-        self._plan: _Plan | None = ()
-
-    def __call__(self, *args: Any) -> Any:
-        impls = self._caller._hookimpls
-        if impls != self._seen:
-            self._plan = self._make_plan(impls)
-            self._seen = list(impls)
-        plan = self._plan
-        if plan is None or self._pm._inner_hookexec is not _multicall:
-            return self._caller(**dict(zip(self._names, args, strict=True)))
-        for function, order in plan:
-            result = function(*args) if order is None else function(*[args[i] for i in order])
-            if result is not None:
-                return result
-        return None
-
-    def _make_plan(self, impls: list[Any]) -> _Plan | None:
-        """Each implementation's function and where its arguments are among the spec's (None:
-        in the spec's order); None when pluggy must call them."""
-        plan = []
-        for impl in reversed(impls):
-            names = tuple(impl.argnames)
-            if (
-                impl.hookwrapper
-                or impl.wrapper
-                or getattr(impl, "kwargnames", ())
-                or not set(names) <= set(self._names)
-            ):
-                return None
-            order = None if names == self._names else tuple(self._names.index(n) for n in names)
-            plan.append((impl.function, order))
-        return tuple(plan)
-
-
 class Hooks:
     """One typed method per hook; the only way core code calls plugins."""
 
@@ -340,26 +279,6 @@ class Hooks:
         self._h: Any = pm.hook
         self._messengers: dict[str, MessengerType] | None = None
         self._owners: dict[str, str] = {}
-        inbound = ("messenger", "request", "channels")
-        self._verify_inbound = _FirstResult(pm, "extmsg_verify_inbound", inbound)
-        self._parse_inbound = _FirstResult(pm, "extmsg_parse_inbound", inbound)
-        self._render_ack = _FirstResult(pm, "extmsg_render_ack", ("messenger", "request", "events"))
-        self._map_contact = _FirstResult(pm, "extmsg_map_contact", ("channel", "contact"))
-        self._route_conversation = _FirstResult(
-            pm, "extmsg_route_conversation", ("channel", "contact", "message")
-        )
-        self._fetch_attachment = _FirstResult(
-            pm, "extmsg_fetch_attachment", ("channel", "attachment")
-        )
-        self._validate_contact = _FirstResult(
-            pm, "extmsg_validate_contact", ("channel", "identifier")
-        )
-        outbound = ("channel", "message")
-        self._render_outbound = _FirstResult(pm, "extmsg_render_outbound", outbound)
-        self._send = _FirstResult(pm, "extmsg_send", outbound)
-        self._find_sent = _FirstResult(pm, "extmsg_find_sent", outbound)
-        self._mark_read = _FirstResult(pm, "extmsg_mark_read", ("channel", "provider_message_id"))
-        self._classify_error = _FirstResult(pm, "extmsg_classify_error", ("channel", "error"))
 
     # -- introspection -----------------------------------------------------------------------
     def plugins(self) -> list[PluginInfo]:
@@ -446,80 +365,76 @@ class Hooks:
     async def verify_inbound(
         self, messenger: str, request: InboundRequest, channels: Sequence[Channel]
     ) -> bool | None:
-        result = self._verify_inbound(messenger, request, channels)
-        if isawaitable(result):
-            result = await result
-        return cast("bool | None", result)
+        result: bool | None = await await_me_maybe(
+            self._h.extmsg_verify_inbound(messenger=messenger, request=request, channels=channels)
+        )
+        return result
 
     async def parse_inbound(
         self, messenger: str, request: InboundRequest, channels: Sequence[Channel]
     ) -> list[InboundEvent] | None:
-        result = self._parse_inbound(messenger, request, channels)
-        if isawaitable(result):
-            result = await result
+        result = await await_me_maybe(
+            self._h.extmsg_parse_inbound(messenger=messenger, request=request, channels=channels)
+        )
         return None if result is None else list(result)
 
     async def render_ack(
         self, messenger: str, request: InboundRequest, events: Sequence[InboundEvent]
     ) -> HttpReply:
-        reply = self._render_ack(messenger, request, events)
-        if isawaitable(reply):
-            reply = await reply
+        reply = await await_me_maybe(
+            self._h.extmsg_render_ack(messenger=messenger, request=request, events=events)
+        )
         return reply if reply is not None else HttpReply()
 
     async def map_contact(self, channel: Channel, contact: Contact) -> Contact:
-        result = self._map_contact(channel, contact)
-        if isawaitable(result):
-            result = await result
+        result = await await_me_maybe(self._h.extmsg_map_contact(channel=channel, contact=contact))
         return contact if result is None else result
 
     async def route_conversation(
         self, channel: Channel, contact: Contact, message: InboundMessage
     ) -> Routing:
-        result = self._route_conversation(channel, contact, message)
-        if isawaitable(result):
-            result = await result
+        result = await await_me_maybe(
+            self._h.extmsg_route_conversation(channel=channel, contact=contact, message=message)
+        )
         return result if result is not None else Routing()
 
     async def fetch_attachment(self, channel: Channel, attachment: Attachment) -> Attachment:
-        result = self._fetch_attachment(channel, attachment)
-        if isawaitable(result):
-            result = await result
+        result = await await_me_maybe(
+            self._h.extmsg_fetch_attachment(channel=channel, attachment=attachment)
+        )
         return attachment if result is None else result
 
     async def validate_contact(self, channel: Channel, identifier: str) -> ContactCheck:
-        result = self._validate_contact(channel, identifier)
-        if isawaitable(result):
-            result = await result
+        result: ContactCheck | None = await await_me_maybe(
+            self._h.extmsg_validate_contact(channel=channel, identifier=identifier)
+        )
         if result is None:
             return ContactCheck(valid=False, error="no plugin validates contacts")
-        return cast("ContactCheck", result)
+        return result
 
     # -- outbound ------------------------------------------------------------------------------
     async def render_outbound(
         self, channel: Channel, message: OutboundMessage
     ) -> list[OutboundMessage]:
-        result = self._render_outbound(channel, message)
-        if isawaitable(result):
-            result = await result
+        result = await await_me_maybe(
+            self._h.extmsg_render_outbound(channel=channel, message=message)
+        )
         return [message] if result is None else list(result)
 
     async def send(self, channel: Channel, message: OutboundMessage) -> SendResult:
-        result = self._send(channel, message)
-        if isawaitable(result):
-            result = await result
+        result: SendResult | None = await await_me_maybe(
+            self._h.extmsg_send(channel=channel, message=message)
+        )
         if result is None:
             raise PluginError(f"no plugin sends messages for messenger {channel.messenger!r}")
-        return cast("SendResult", result)
+        return result
 
     async def find_sent(
         self, channel: Channel, message: OutboundMessage
     ) -> SendResult | bool | None:
         """The provider's record of ``message``: a SendResult (it has it), False (it has not),
         None (nobody can tell)."""
-        result = self._find_sent(channel, message)
-        if isawaitable(result):
-            result = await result
+        result = await await_me_maybe(self._h.extmsg_find_sent(channel=channel, message=message))
         if result is None or isinstance(result, SendResult | bool):
             return result
         raise PluginError(
@@ -527,15 +442,15 @@ class Hooks:
         )
 
     async def mark_read(self, channel: Channel, provider_message_id: str) -> bool:
-        result = self._mark_read(channel, provider_message_id)
-        if isawaitable(result):
-            result = await result
+        result = await await_me_maybe(
+            self._h.extmsg_mark_read(channel=channel, provider_message_id=provider_message_id)
+        )
         return bool(result)
 
     async def classify_error(self, channel: Channel | None, error: BaseException) -> ErrorVerdict:
-        result = self._classify_error(channel, error)
-        if isawaitable(result):
-            result = await result
+        result: ErrorVerdict | None = await await_me_maybe(
+            self._h.extmsg_classify_error(channel=channel, error=error)
+        )
         if result is None:
             return ErrorVerdict(retryable=True, reason=f"{type(error).__name__}: {error}")
-        return cast("ErrorVerdict", result)
+        return result
