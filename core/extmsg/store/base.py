@@ -363,6 +363,14 @@ class Store(abc.ABC):
             conversation=await self.active_conversation(channel, thread),
         )
 
+    async def _with_contact(self, view: ThreadView, channel: str, address: str) -> ThreadView:
+        """``view`` read in one statement, with its contact as :meth:`get_contact` answers it
+        when that statement found no contact row (a suppression left by an erasure)."""
+        if view.contact is not None:
+            return view
+        contact = await self.get_contact(channel, address)
+        return view if contact is None else msgspec.structs.replace(view, contact=contact)
+
     async def outbound_view(self, channel: str, unblu_conversation_id: str) -> ThreadView:
         """The conversation, its contact on ``channel`` and when that contact last wrote on its
         thread: what an agent's message needs on its way out, in one read where the backend

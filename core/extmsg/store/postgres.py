@@ -77,6 +77,7 @@ from .rows import (
     MESSAGE_COLUMNS,
     VIEW_COLUMNS,
     channel_row,
+    contact_row,
     conversation_row,
     job_row,
     media_row,
@@ -494,15 +495,7 @@ class PostgresStore(Store):
         )
         if row is None:
             return await self._suppressed(channel, address)
-        return ContactRow(
-            channel=row[0],
-            address=row[1],
-            name=row[2],
-            unblu_person_id=row[3],
-            unblu_contact_id=row[4],
-            opted_out=bool(row[5]),
-            opted_out_reason=row[6],
-        )
+        return contact_row(row)
 
     async def _suppressed(self, channel: str, address: str) -> ContactRow | None:
         """An opted-out stand-in for an erased contact that had opted out, else None."""
@@ -596,7 +589,7 @@ class PostgresStore(Store):
             address,
             thread,
         )
-        return await self._view(view_row(row), channel, address)
+        return await self._with_contact(view_row(row), channel, address)
 
     async def outbound_view(self, channel: str, unblu_conversation_id: str) -> ThreadView:
         row = await self._fetchrow(
@@ -612,20 +605,7 @@ class PostgresStore(Store):
             return ThreadView()
         view = view_row(row)
         assert view.conversation is not None
-        return await self._view(view, channel, view.conversation.contact_address)
-
-    async def _view(self, view: ThreadView, channel: str, address: str) -> ThreadView:
-        """``view``, its contact as :meth:`get_contact` answers when it has no row."""
-        if view.contact is not None:
-            return view
-        suppressed = await self._suppressed(channel, address)
-        if suppressed is None:
-            return view
-        return ThreadView(
-            contact=suppressed,
-            conversation=view.conversation,
-            last_inbound_at=view.last_inbound_at,
-        )
+        return await self._with_contact(view, channel, view.conversation.contact_address)
 
     async def add_conversation(self, row: ConversationRow) -> None:
         now = time.time()
@@ -1465,8 +1445,7 @@ def _update_message_sql(columns: tuple[str, ...]) -> str:
     left out gets no new entry. The state moves only forward, and never away from FAILED."""
     failed = int(MessageState.FAILED)
     sets = [
-        f"state = CASE WHEN ${n}::int > state AND state != {failed} THEN ${n}::int"
-        " ELSE state END"
+        f"state = CASE WHEN ${n}::int > state AND state != {failed} THEN ${n}::int ELSE state END"
         if column == "state"
         else f"{column} = ${n}"
         for n, column in enumerate(columns, 1)

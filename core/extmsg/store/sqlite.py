@@ -72,6 +72,7 @@ from .rows import (
     MESSAGE_COLUMNS,
     VIEW_COLUMNS,
     channel_row,
+    contact_row,
     conversation_row,
     job_row,
     media_row,
@@ -415,15 +416,7 @@ class SqliteStore(Store):
         )
         if row is None:
             return await self._suppressed(channel, address)
-        return ContactRow(
-            channel=row[0],
-            address=row[1],
-            name=row[2],
-            unblu_person_id=row[3],
-            unblu_contact_id=row[4],
-            opted_out=bool(row[5]),
-            opted_out_reason=row[6],
-        )
+        return contact_row(row)
 
     async def _suppressed(self, channel: str, address: str) -> ContactRow | None:
         """An opted-out stand-in for an erased contact that had opted out, else None."""
@@ -514,7 +507,7 @@ class SqliteStore(Store):
             " ON c.channel = ? AND c.thread = ? AND c.state = 'active'",
             (channel, address, channel, thread),
         )
-        return await self._view(view_row(row), channel, address)
+        return await self._with_contact(view_row(row), channel, address)
 
     async def outbound_view(self, channel: str, unblu_conversation_id: str) -> ThreadView:
         row = await self._one(
@@ -529,20 +522,7 @@ class SqliteStore(Store):
             return ThreadView()
         view = view_row(row)
         assert view.conversation is not None
-        return await self._view(view, channel, view.conversation.contact_address)
-
-    async def _view(self, view: ThreadView, channel: str, address: str) -> ThreadView:
-        """``view``, its contact as :meth:`get_contact` answers when it has no row."""
-        if view.contact is not None:
-            return view
-        suppressed = await self._suppressed(channel, address)
-        if suppressed is None:
-            return view
-        return ThreadView(
-            contact=suppressed,
-            conversation=view.conversation,
-            last_inbound_at=view.last_inbound_at,
-        )
+        return await self._with_contact(view, channel, view.conversation.contact_address)
 
     async def add_conversation(self, row: ConversationRow) -> None:
         now = time.time()
