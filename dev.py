@@ -3,7 +3,7 @@
 
     python3 dev.py sandbox   # venv + install, then `extmsg serve --sandbox`
     python3 dev.py test      # venv + install, then the whole test suite
-    python3 dev.py lint      # venv + install, then ruff and mypy
+    python3 dev.py lint      # venv + install, then ruff (lint and format) and mypy
     python3 dev.py bench     # venv + install, then the benchmarks (--quick: under a minute)
 
 Needs only Python 3.11+ with pip and venv. The virtual environment lives in ``.venv``; it is
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
         # pytest exits 5 when it collected nothing: that is a failure here too.
         return run("pytest", *rest)
     if command == "lint":
-        return run("ruff", "check", ".") or run("mypy")
+        return run("ruff", "check", ".") or run("ruff", "format", "--check", ".") or run("mypy")
     if command == "bench":
         return subprocess.call([str(PY), str(ROOT / "benchmarks" / "run.py"), *rest], cwd=ROOT)
     return 0
