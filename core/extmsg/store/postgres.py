@@ -83,6 +83,7 @@ from .rows import (
     media_row,
     message_key,
     message_row,
+    update_message_sql,
     view_row,
 )
 from .suppression import KEY_NAME, address_hash, new_key
@@ -705,7 +706,7 @@ class PostgresStore(Store):
         given = {column: value for column, value in given.items() if value is not None}
         await self._update_held(
             job,
-            _update_message_sql(tuple(given)),
+            update_message_sql(tuple(given), "$", "::int"),
             *given.values(),
             time.time(),
             message_id,
@@ -1436,24 +1437,6 @@ async def _set_first_part(
         provider_message_id,
         now,
         message_id,
-    )
-
-
-def _update_message_sql(columns: tuple[str, ...]) -> str:
-    """``update_message``'s statement setting only ``columns`` (then ``updated_at``, by id),
-    as the SQLite store's: a column left out keeps its value, and the unique index of an id
-    left out gets no new entry. The state moves only forward, and never away from FAILED."""
-    failed = int(MessageState.FAILED)
-    sets = [
-        f"state = CASE WHEN ${n}::int > state AND state != {failed} THEN ${n}::int ELSE state END"
-        if column == "state"
-        else f"{column} = ${n}"
-        for n, column in enumerate(columns, 1)
-    ]
-    n = len(columns)
-    return (
-        f"UPDATE messages SET {', '.join(sets)}{', ' if sets else ''}"  # noqa: S608
-        f"updated_at = ${n + 1} WHERE id = ${n + 2}"
     )
 
 

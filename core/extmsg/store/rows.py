@@ -6,6 +6,7 @@ Both backends select columns in these orders, so one converter per table turns a
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..models import MessageState
@@ -25,6 +26,7 @@ __all__ = [
     "media_row",
     "message_key",
     "message_row",
+    "update_message_sql",
     "view_row",
 ]
 
@@ -153,3 +155,25 @@ def message_key(provider_message_id: str | None, unblu_message_id: str | None) -
     if unblu_message_id is not None:
         return "unblu_message_id", unblu_message_id
     raise ValueError("give provider_message_id or unblu_message_id")
+
+
+@functools.cache
+def update_message_sql(columns: tuple[str, ...], mark: str, state_cast: str = "") -> str:
+    """``Store.update_message``'s statement setting only ``columns`` (then ``updated_at``, by
+    id): a column left out keeps its value, and the unique index of an id left out gets no new
+    entry. The state moves only forward, and never away from FAILED. ``mark``: the backend's
+    numbered placeholder (``?`` for SQLite's ``?1``, ``$`` for PostgreSQL's ``$1``);
+    ``state_cast``: what the state's placeholder needs (PostgreSQL: ``::int``)."""
+    failed = int(MessageState.FAILED)
+    sets = [
+        f"state = CASE WHEN {mark}{n}{state_cast} > state AND state != {failed}"
+        f" THEN {mark}{n}{state_cast} ELSE state END"
+        if column == "state"
+        else f"{column} = {mark}{n}"
+        for n, column in enumerate(columns, 1)
+    ]
+    n = len(columns)
+    return (
+        f"UPDATE messages SET {', '.join(sets)}{', ' if sets else ''}"  # noqa: S608
+        f"updated_at = {mark}{n + 1} WHERE id = {mark}{n + 2}"
+    )

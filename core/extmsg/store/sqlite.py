@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import json
 import logging
 import math
@@ -78,6 +77,7 @@ from .rows import (
     media_row,
     message_key,
     message_row,
+    update_message_sql,
     view_row,
 )
 from .sqlite_writer import BatchWriter
@@ -605,7 +605,7 @@ class SqliteStore(Store):
             "state": None if state is None else int(state),
         }
         given = {column: value for column, value in given.items() if value is not None}
-        sql = _update_message_sql(tuple(given))
+        sql = update_message_sql(tuple(given), "?")
         params = (*given.values(), time.time(), message_id)
 
         def update(db: sqlite3.Connection) -> None:
@@ -1310,25 +1310,6 @@ def _set_state(
         (int(state), error, time.time(), first, message_id),
     ).fetchone()
     return message_row(row)
-
-
-@functools.cache
-def _update_message_sql(columns: tuple[str, ...]) -> str:
-    """``update_message``'s statement setting only ``columns`` (then ``updated_at``, by id):
-    a column left out keeps its value, and the unique index of an id left out is not
-    rewritten. The state moves only forward, and never away from FAILED."""
-    failed = int(MessageState.FAILED)
-    sets = [
-        f"state = CASE WHEN ?{n} > state AND state != {failed} THEN ?{n} ELSE state END"
-        if column == "state"
-        else f"{column} = ?{n}"
-        for n, column in enumerate(columns, 1)
-    ]
-    n = len(columns)
-    return (
-        f"UPDATE messages SET {', '.join(sets)}{', ' if sets else ''}"  # noqa: S608
-        f"updated_at = ?{n + 1} WHERE id = ?{n + 2}"
-    )
 
 
 def _held(
